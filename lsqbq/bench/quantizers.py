@@ -1,0 +1,104 @@
+"""Quantizer cost: ``lsqbq bench quantizers [--out results/bench] [--threads N] [--quick]``.
+
+Part 1 times ``quantize(x, scheme)`` (fit + encode) on a weight-like ``(512, 4608)`` and an activation-like
+``(256, 50176)`` tensor next to ``torch.sort`` of the same tensor. Part 2 times the forward + backward of a
+``QuantConv2d`` training step per activation scheme (ls-1 weights) next to ``gf-2``. All ratios come from the
+same run; each time is the median of repeats after warm-up.
+
+Writes ``quantizers.csv`` and ``quantizers.md`` to ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from ..layers import QuantConv2d
+from ..quantizers import quantize
+from .timing import machine_info, median_time
+
+SCHEMES = ("ls-1", "gf-2", "gf-3", "gf-4", "ls-T", "ls-2")
+TENSORS = {"weight 512x4608": (512, 4608), "activation 256x50176": (256, 50176)}
+# (name, C_in = C_out, H = W, batch): ResNet-18 3x3 convs at CIFAR (32x32 input) and ImageNet resolution.
+LAYERS = (("cifar stage1 64@32x32 b32", 64, 32, 32), ("imagenet stage3 256@14x14 b32", 256, 14, 32))
+LAYER_SCHEMES = ("fp", "ls-1", "gf-2", "ls-T", "ls-2", "gf-3")
+
+
+def time_quantizers(repeats: int) -> list[dict]:
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    for name, shape in TENSORS.items():
+        x = torch.randn(*shape, generator=gen)
+        t_sort = median_time(lambda: torch.sort(x, dim=1), repeats)
+        rows.append({"part": "quantizer", "case": name, "scheme": "torch.sort", "ms": 1e3 * t_sort, "ratio": 1.0,
+                     "reference": "torch.sort"})
+        for scheme in SCHEMES:
+            t = median_time(lambda: quantize(x, scheme), repeats)
+            rows.append({"part": "quantizer", "case": name, "scheme": scheme, "ms": 1e3 * t, "ratio": t / t_sort,
+                         "reference": "torch.sort"})
+    return rows
+
+
+def time_layers(repeats: int, quick: bool) -> list[dict]:
+    rows = []
+    for name, ch, hw, batch in LAYERS[:1] if quick else LAYERS:
+        x = torch.randn(batch, ch, hw, hw)
+        times = {}
+        for scheme in LAYER_SCHEMES:
+            torch.manual_seed(0)
+            layer = QuantConv2d(ch, ch, 3, padding=1, x_quant=scheme, w_quant="ls-1", clamp=2.0)
+
+            def step():
+                layer.zero_grad(set_to_none=True)
+                inp = x.clone().requires_grad_()
+                layer(inp).sum().backward()
+
+            times[scheme] = median_time(step, repeats)
+        for scheme, t in times.items():
+            rows.append({"part": "layer fwd+bwd", "case": name, "scheme": scheme, "ms": 1e3 * t,
+                         "ratio": t / times["gf-2"], "reference": "gf-2"})
+    return rows
+
+
+def to_markdown(df: pd.DataFrame, info: dict) -> str:
+    lines = [f"# Quantizer cost\n\nMachine: {info['cpu']}, {info['threads']} torch threads, torch {info['torch']}.\n"
+             "Median wall time; ratio against the reference measured in the same run.\n"]
+    for part, group in df.groupby("part", sort=False):
+        ref = group["reference"].iloc[0]
+        lines.append(f"\n## {part} (ratio vs {ref})\n")
+        table = group.pivot(index="scheme", columns="case", values="ms").reindex(group["scheme"].unique())
+        ratio = group.pivot(index="scheme", columns="case", values="ratio").reindex(group["scheme"].unique())
+        header = "| scheme | " + " | ".join(table.columns) + " |"
+        lines += [header, "|---" * (len(table.columns) + 1) + "|"]
+        for scheme in table.index:
+            cells = [f"{table.loc[scheme, c]:.1f} ms ({ratio.loc[scheme, c]:.2f}x)" for c in table.columns]
+            lines.append(f"| {scheme} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lsqbq bench quantizers", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("results/bench"))
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, one layer shape")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repeats = 3 if args.quick else args.repeats
+    info = machine_info()
+    df = pd.DataFrame(time_quantizers(repeats) + time_layers(repeats, args.quick))
+    for key, value in info.items():
+        df[key] = value
+    args.out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(args.out / "quantizers.csv", index=False, float_format="%.4f")
+    md = to_markdown(df, info)
+    (args.out / "quantizers.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

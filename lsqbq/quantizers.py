@@ -1,0 +1,290 @@
+"""Least-squares binary quantizers: pure functions on 2-D tensors, one row at a time.
+
+Every scheme represents a row ``x`` (length n) as a *foldable* sum of k scaled sign vectors::
+
+    x_q = sum_{i=1..k} v_i * b_i,   b_1 = sign(x),   b_i = sign(x - sum_{j<i} v_j b_j),   sign(0) = +1
+
+and differs only in how the scales ``v`` (one row of the ``(R, k)`` result of :func:`fit`) are chosen:
+
+==========  ==========================================  =============================================
+scheme      scales                                      optimality
+==========  ==========================================  =============================================
+``ls-1``    v = mean|x|                                 exact minimiser of ||x - v b||^2 (v >= 0)
+``gf-k``    v_i = mean|r_i|, r_{i+1} = r_i - v_i b_i     greedy: ls-1 on each residual
+``ls-T``    v: levels {-2v, 0, 2v}                      exact least-squares ternary (sort + scan)
+``ls-2``    (v_1, v_2): levels {±(v_1-v_2), ±(v_1+v_2)} exact least-squares 2-bit (sort + scan)
+==========  ==========================================  =============================================
+
+Reference: Pouransari, Tu, Tuzel, *Least squares binary quantization of neural networks*,
+CVPR-W 2020 (arXiv 2001.02786), Sec. 3.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["sign", "fit", "quantize", "foldable_bits", "rows_per_sample", "check_finite"]
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def sign(x: Tensor) -> Tensor:
+    """``+1`` where ``x >= 0`` (so ``sign(0) = sign(-0.0) = +1``), else ``-1``; same dtype as ``x``."""
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+def rows_per_sample(x: Tensor) -> Tensor:
+    """View an N-D tensor as ``(x.shape[0], -1)``: one row per output channel (weights) or sample (activations)."""
+    if x.dim() < 1:
+        raise ValueError(f"expected a tensor with at least one dimension, got a scalar of shape {tuple(x.shape)}")
+    return x.reshape(x.shape[0], -1)
+
+
+def check_finite(x: Tensor, scheme: str) -> None:
+    """Raise ``ValueError`` naming ``scheme`` and the first row of ``x`` holding NaN or Inf."""
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        row = int(bad.reshape(x.shape[0], -1).any(dim=1).nonzero()[0, 0])
+        kind = "NaN" if bool(torch.isnan(x[row]).any()) else "Inf"
+        raise ValueError(f"{scheme}: row {row} of the input holds {kind}; quantizers need finite values")
+
+
+def _check_2d(x: Tensor, scheme: str) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{scheme}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(
+            f"{scheme}: expected a 2-D tensor (rows are quantized independently), got shape {tuple(x.shape)}; "
+            "use lsqbq.quantizers.rows_per_sample(x) to view weights per output channel or activations per sample"
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"{scheme}: expected a floating-point tensor, got {x.dtype}")
+
+
+def _work_dtype(x: Tensor) -> torch.dtype:
+    return torch.float32 if x.dtype in _LOW_PRECISION else x.dtype
+
+
+# --------------------------------------------------------------------------------------------- fits
+
+
+def fit_ls1(x: Tensor) -> Tensor:
+    """1-bit least squares: ``v = mean|x|`` per row.
+
+    Why: for fixed v >= 0 the nearest of ±v is ``v sign(x)``; the cost ``n v^2 - 2 v sum|x| + sum x^2`` is then
+    minimised at ``v = mean|x|``. Shapes: ``x: (R, n) -> (R, 1)``. Cost: O(n) per row.
+    """
+    return x.abs().mean(dim=1, keepdim=True)
+
+
+def fit_greedy(x: Tensor, k: int) -> Tensor:
+    """Greedy foldable k-bit (gf-k, Algorithm 1 of the paper): ls-1 applied to the running residual.
+
+    Math: ``r_1 = x``; ``v_i = mean|r_i|``; ``r_{i+1} = r_i - v_i sign(r_i)``.
+    Shapes: ``x: (R, n) -> (R, k)``. Cost: O(k n) per row. ``gf-1`` equals ``ls-1``.
+    """
+    scales = []
+    r = x
+    for _ in range(k):
+        v = r.abs().mean(dim=1, keepdim=True)  # (R, 1)
+        scales.append(v)
+        r = r - v * sign(r)
+    return torch.cat(scales, dim=1)
+
+
+_SAME_WIDTH_INT = {torch.float32: torch.int32, torch.float64: torch.int64}
+
+
+def _sort_nonnegative(m: Tensor) -> Tensor:
+    """Sort each row of a tensor of magnitudes (all >= +0.0, NaN positive) ascending.
+
+    IEEE-754 bit patterns of non-negative floats order exactly like the same-width integers (+0 < subnormals <
+    normals < +Inf < NaN), and torch sorts integers faster than floats (no NaN handling), so sort the bits.
+    """
+    int_dtype = _SAME_WIDTH_INT.get(m.dtype)
+    if int_dtype is None or m.device.type != "cpu":
+        return torch.sort(m, dim=1).values
+    return torch.sort(m.contiguous().view(int_dtype), dim=1).values.view(m.dtype)
+
+
+def _sorted_magnitudes(x: Tensor, scheme: str) -> tuple[Tensor, Tensor]:
+    """Prefix sums of the sorted magnitudes of each row, with the finiteness check folded in.
+
+    Returns ``(prefix, norm)``: ``prefix[:, j] = sum of the j smallest |x| / norm`` for j = 0..n, accumulated in
+    float64 (exact enough that the scan below compares costs at float64 precision), and ``norm`` (R, 1), the
+    factor that was divided out: 1 for float32/16 input (float64 holds their squared sums without overflow),
+    the row maximum for float64 input. NaN and Inf sort last, so checking the last sorted entry checks the row.
+    """
+    mag = x.abs()
+    if x.dtype == torch.float64:
+        norm = mag.amax(dim=1, keepdim=True)
+        norm = torch.where((norm > 0) & torch.isfinite(norm), norm, torch.ones_like(norm))
+        mag = mag / norm
+    else:
+        norm = x.new_ones(x.shape[0], 1)
+    a = _sort_nonnegative(mag)  # (R, n) ascending; NaN and Inf last
+    if not bool(torch.isfinite(a[:, -1]).all()):
+        check_finite(x, scheme)
+    prefix = torch.zeros(a.shape[0], a.shape[1] + 1, dtype=torch.float64, device=a.device)
+    torch.cumsum(a, dim=1, dtype=torch.float64, out=prefix[:, 1:])
+    return prefix, norm
+
+
+def _inverse_counts(n: int, device) -> tuple[Tensor, Tensor]:
+    """``1/j`` (0 for j = 0) and ``1/(n - j)`` for j = 0..n-1, float64."""
+    j = torch.arange(n, device=device, dtype=torch.float64)
+    inv_low = torch.where(j > 0, 1 / j.clamp(min=1), 0.0)
+    return inv_low, 1 / (n - j)
+
+
+def fit_ls2(x: Tensor) -> Tensor:
+    """Exact least-squares 2-bit foldable quantizer (ls-2): ``(v_1, v_2)`` per row minimising ``||x - x_q||^2``.
+
+    Math: the representable values are ``±a, ±b`` with ``a = v_1 - v_2 >= 0`` and ``b = v_1 + v_2``. A value's
+    sign is free, so the problem is the best 2-level quantizer ``{a, b}`` of the magnitudes ``m = |x|``, i.e.
+    1-D 2-means. Its optimal clusters are contiguous in sorted order: with ``m_(1) <= ... <= m_(n)`` and split
+    ``j`` (the j smallest go to ``a``), ``a = mean(m_(1..j))``, ``b = mean(m_(j+1..n))`` and the error is
+    ``sum m^2 - S_j^2 / j - (S_n - S_j)^2 / (n - j)`` with prefix sums ``S``. Scanning all ``j = 0..n-1`` (j = 0
+    is the 1-bit solution, a = b) finds the global optimum; then ``v_1 = (a + b)/2``, ``v_2 = (b - a)/2``.
+    The foldable encoding assigns ``|x| <= v_1`` to ``a`` and ``|x| > v_1`` to ``b``, the nearest level, so
+    ``quantize(x, fit(x))`` attains the optimum. This solves the paper's conditions (10)-(11) globally instead
+    of testing them at sampled points. Ties between equal costs go to the smallest ``j``.
+
+    Shapes: ``x: (R, n) -> (R, 2)``. Cost: O(n log n) per row (one sort, prefix sums, one scan), vectorised over
+    rows. Reference: paper Sec. 3.2.2, eqs. (10)-(11).
+    """
+    prefix, norm = _sorted_magnitudes(x, "ls-2")
+    n = prefix.shape[1] - 1
+    inv_low, inv_high = _inverse_counts(n, x.device)
+    low_sum = prefix[:, :n]  # (R, n): S_j
+    high_sum = prefix[:, n:] - low_sum  # S_n - S_j
+    # Between-cluster gain S_j^2/j + (S_n - S_j)^2/(n - j) = sum m^2 - error; maximise it.
+    gain = low_sum.square().mul_(inv_low).add_(high_sum.square().mul_(inv_high))
+    best = gain.argmax(dim=1, keepdim=True)  # (R, 1), first maximiser
+    high = high_sum.gather(1, best) * inv_high[best]
+    low = torch.where(best > 0, low_sum.gather(1, best) * inv_low[best], high)
+    v = torch.cat([(high + low) / 2, (high - low) / 2], dim=1)  # (R, 2)
+    return (v * norm).to(x.dtype)
+
+
+def fit_ternary(x: Tensor) -> Tensor:
+    """Exact least-squares ternary quantizer (ls-T): ``v`` per row with values ``{-2v, 0, 2v}``, returned ``(v, v)``.
+
+    Math: the magnitudes get the levels ``{0, c}`` with ``c = 2v``; the optimal partition is contiguous in sorted
+    order, the ``n - j`` largest going to ``c = mean(m_(j+1..n))`` with error ``sum m^2 - (S_n - S_j)^2 / (n - j)``.
+    Scanning ``j = 0..n-1`` gives the global optimum. The foldable encoding ``v (b_1 + b_2)`` sends ``|x| > v``
+    to ``±2v`` and ``|x| <= v`` to 0, the nearest level. Solves the paper's condition (12),
+    ``v = E[|x| : |x| > v] / 2``, globally.
+
+    Shapes: ``x: (R, n) -> (R, 2)`` with equal columns. Cost: O(n log n) per row. Reference: paper Sec. 3.2.3.
+    """
+    prefix, norm = _sorted_magnitudes(x, "ls-T")
+    n = prefix.shape[1] - 1
+    _, inv_high = _inverse_counts(n, x.device)
+    high_sum = prefix[:, n:] - prefix[:, :n]  # (R, n): S_n - S_j
+    best = high_sum.square().mul_(inv_high).argmax(dim=1, keepdim=True)
+    v = (high_sum.gather(1, best) * inv_high[best] / 2 * norm).to(x.dtype)  # (R, 1)
+    return torch.cat([v, v], dim=1)
+
+
+# ------------------------------------------------------------------------------------------- encode
+
+
+def _as_row_scales(scales: Tensor, x: Tensor, k: int, scheme: str) -> Tensor:
+    scales = torch.as_tensor(scales, device=x.device)
+    if scales.dim() == 1:
+        scales = scales.unsqueeze(0)
+    if scales.dim() != 2 or scales.shape[1] != k or scales.shape[0] not in (1, x.shape[0]):
+        raise ValueError(
+            f"{scheme}: scales must have shape ({x.shape[0]}, {k}) or ({k},), got {tuple(scales.shape)}"
+        )
+    return scales.to(x.dtype)
+
+
+def foldable_bits(x: Tensor, scales: Tensor) -> Tensor:
+    """The sign planes of the foldable encoding.
+
+    Math: ``b_1 = sign(x)``, ``b_i = sign(x - sum_{j<i} v_j b_j)``, ``sign(0) = +1``; ``x_q = sum_i v_i b_i``.
+    Shapes: ``x: (R, n)``, ``scales: (R, k)`` or ``(k,)`` -> ``(k, R, n)`` of ±1 in ``x.dtype``. Cost: O(k n) per row.
+    """
+    scales = _as_row_scales(scales, x, scales.shape[-1], "foldable_bits")
+    bits = []
+    approx = torch.zeros_like(x)
+    for i in range(scales.shape[1]):
+        b = sign(x - approx)
+        bits.append(b)
+        approx = approx + scales[:, i : i + 1] * b
+    return torch.stack(bits) if bits else x.new_zeros((0, *x.shape))
+
+
+def _encode(x: Tensor, scales: Tensor) -> Tensor:
+    """``sum_i v_i b_i`` of the foldable encoding (see :func:`foldable_bits`); ``x: (R, n)``, ``scales: (R|1, k)``."""
+    if scales.shape[1] == 0:
+        return torch.zeros_like(x)
+    v = scales[:, :1]
+    approx = torch.where(x >= 0, v, -v)
+    for i in range(1, scales.shape[1]):
+        v = scales[:, i : i + 1]
+        approx = approx + torch.where(x >= approx, v, -v)  # sign(x - approx) with sign(0) = +1
+    return approx
+
+
+# --------------------------------------------------------------------------------------- public API
+
+
+def _fit_checked(x: Tensor, s) -> Tensor:
+    """``s.fit_fn`` in the working dtype, then an O(R) check of the scales: non-finite scales mean the input held
+    NaN/Inf (reported with its row) or that a row's sum overflowed the dtype."""
+    v = s.fit_fn(x.to(_work_dtype(x)))
+    if not bool(torch.isfinite(v).all()):
+        check_finite(x, s.name)
+        row = int((~torch.isfinite(v)).any(dim=1).nonzero()[0, 0])
+        raise ValueError(f"{s.name}: the scales of row {row} overflow {x.dtype}; rescale the input")
+    return v.to(x.dtype)
+
+
+def fit(x: Tensor, scheme) -> Tensor:
+    """Scales of ``scheme`` for every row of the 2-D tensor ``x``.
+
+    Shapes: ``x: (R, n) -> (R, k)`` with k = 1 (ls-1), 2 (ls-2: v_1, v_2; ls-T: v, v), k (gf-k).
+    fp16/bf16 are computed in float32 and returned in the input dtype; float64 stays float64.
+
+    Raises:
+        ValueError: unknown scheme (listing the valid ones), ``fp`` (it has no scales), input not 2-D or holding
+            NaN/Inf (naming the row), or an empty row dimension.
+    """
+    from .schemes import get_scheme
+
+    s = get_scheme(scheme)
+    if s.is_fp:
+        raise ValueError("fp: full precision has no scales to fit; choose one of the quantized schemes")
+    _check_2d(x, s.name)
+    if x.shape[1] == 0:
+        raise ValueError(f"{s.name}: cannot fit scales to empty rows (shape {tuple(x.shape)})")
+    return _fit_checked(x, s)
+
+
+def quantize(x: Tensor, scheme, scales: Tensor | None = None) -> Tensor:
+    """Quantize every row of ``x`` with ``scheme``: ``x_q = sum_i v_i b_i`` (foldable signs, ``sign(0) = +1``).
+
+    With ``scales`` given (``(R, k)`` or ``(k,)``, e.g. moving averages at inference) they are used as they are;
+    otherwise they are fitted with :func:`fit`. ``fp`` returns ``x`` unchanged.
+    Shapes: ``x: (R, n) -> (R, n)``, same dtype (fp16/bf16 computed in float32).
+    """
+    from .schemes import get_scheme
+
+    s = get_scheme(scheme)
+    if s.is_fp:
+        return x
+    _check_2d(x, s.name)
+    if x.numel() == 0:
+        return x.clone()
+    work = x.to(_work_dtype(x))
+    if scales is None:
+        v = _fit_checked(work, s)
+    else:
+        check_finite(x, s.name)
+        v = _as_row_scales(scales, work, s.k, s.name)
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError(f"{s.name}: the given scales hold NaN or Inf")
+    return _encode(work, v).to(x.dtype)
