@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import _native
+
 __all__ = ["sign", "fit", "quantize", "foldable_bits", "rows_per_sample", "check_finite"]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -74,21 +76,24 @@ def fit_ls1(x: Tensor) -> Tensor:
     Why: for fixed v >= 0 the nearest of ±v is ``v sign(x)``; the cost ``n v^2 - 2 v sum|x| + sum x^2`` is then
     minimised at ``v = mean|x|``. Shapes: ``x: (R, n) -> (R, 1)``. Cost: O(n) per row.
     """
-    return x.abs().mean(dim=1, keepdim=True)
+    return fit_greedy(x, 1)
 
 
 def fit_greedy(x: Tensor, k: int) -> Tensor:
     """Greedy foldable k-bit (gf-k, Algorithm 1 of the paper): ls-1 applied to the running residual.
 
-    Math: ``r_1 = x``; ``v_i = mean|r_i|``; ``r_{i+1} = r_i - v_i sign(r_i)``.
+    Math: ``r_1 = x``; ``v_i = mean|r_i|``; ``r_{i+1} = x - sum_{j<=i} v_j sign(r_j)``.
     Shapes: ``x: (R, n) -> (R, k)``. Cost: O(k n) per row. ``gf-1`` equals ``ls-1``.
     """
+    if _native.usable(x):
+        return _native.ops().fit_greedy(x, k)
     scales = []
-    r = x
-    for _ in range(k):
-        v = r.abs().mean(dim=1, keepdim=True)  # (R, 1)
+    approx = torch.zeros_like(x)
+    for i in range(k):
+        v = (x - approx).abs().mean(dim=1, keepdim=True, dtype=torch.float64).to(x.dtype)  # (R, 1)
         scales.append(v)
-        r = r - v * sign(r)
+        if i + 1 < k:
+            approx = approx + torch.where(x >= approx, v, -v)
     return torch.cat(scales, dim=1)
 
 
@@ -153,6 +158,8 @@ def fit_ls2(x: Tensor) -> Tensor:
     Shapes: ``x: (R, n) -> (R, 2)``. Cost: O(n log n) per row (one sort, prefix sums, one scan), vectorised over
     rows. Reference: paper Sec. 3.2.2, eqs. (10)-(11).
     """
+    if _native.usable(x):
+        return _native.ops().fit_ls2(x)
     prefix, norm = _sorted_magnitudes(x, "ls-2")
     n = prefix.shape[1] - 1
     inv_low, inv_high = _inverse_counts(n, x.device)
@@ -178,6 +185,8 @@ def fit_ternary(x: Tensor) -> Tensor:
 
     Shapes: ``x: (R, n) -> (R, 2)`` with equal columns. Cost: O(n log n) per row. Reference: paper Sec. 3.2.3.
     """
+    if _native.usable(x):
+        return _native.ops().fit_ternary(x)
     prefix, norm = _sorted_magnitudes(x, "ls-T")
     n = prefix.shape[1] - 1
     _, inv_high = _inverse_counts(n, x.device)
@@ -221,6 +230,8 @@ def _encode(x: Tensor, scales: Tensor) -> Tensor:
     """``sum_i v_i b_i`` of the foldable encoding (see :func:`foldable_bits`); ``x: (R, n)``, ``scales: (R|1, k)``."""
     if scales.shape[1] == 0:
         return torch.zeros_like(x)
+    if _native.usable(x):
+        return _native.ops().encode(x, scales.contiguous(), False)[0]
     v = scales[:, :1]
     approx = torch.where(x >= 0, v, -v)
     for i in range(1, scales.shape[1]):
