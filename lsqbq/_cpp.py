@@ -57,7 +57,7 @@ def load_library(name: str, sources: list[Path], extra_cflags: tuple[str, ...] =
             _loaded[name] = False
             _errors[name] = exc
             warnings.warn(f"lsqbq: could not build the C++ library {name} ({type(exc).__name__}: {exc}); "
-                          "using the pure-torch implementation", RuntimeWarning, stacklevel=3)
+                          "falling back to the pure-torch implementation", RuntimeWarning, stacklevel=3)
         return _loaded[name]
 
 

@@ -1,0 +1,50 @@
+"""XNOR/popcount inference kernels for foldable binary quantization.
+
+The paper's identity ``<x_q, w_q> = sum_i sum_j v_i u_j <b_i, c_j>`` turns a k_a-bit x k_w-bit dot product into
+k_a * k_w binary ones, each ``K - 2 popcount(a XOR c)`` on sign bits packed 64 to a word. This package holds
+
+* :mod:`~lsqbq.kernels.reference`  pure-torch kernels (exact; the test oracle; used on GPU),
+* :mod:`~lsqbq.kernels.ops`        typed wrappers over the C++ ops ``torch.ops.lsqbq.*`` and the back-end choice
+                                   (``LSQBQ_KERNELS`` = auto | reference | portable | avx512),
+* :mod:`~lsqbq.kernels.convert`    ``to_bitwise(model)``: quantized layers -> bitwise inference modules.
+
+    >>> import torch, lsqbq
+    >>> from lsqbq.kernels import to_bitwise
+    >>> net = torch.nn.Sequential(lsqbq.QuantConv2d(64, 64, 3, padding=1, x_quant="ls-1", w_quant="ls-1"))
+    >>> fast = to_bitwise(net)            # weights packed once, eval mode
+    >>> y = fast(torch.randn(1, 64, 8, 8))  # equals net.eval()(x) within float rounding
+"""
+from .convert import BitwiseConv2d, BitwiseLinear, convertible, to_bitwise
+from .ops import (
+    BACKENDS,
+    PackedWeight,
+    available_backends,
+    encode,
+    pack_signs,
+    pack_weight,
+    popcount_peak,
+    resolve_backend,
+    xnor_conv2d,
+    xnor_conv2d_scaled,
+    xnor_gemm,
+    xnor_gemm_scaled,
+)
+
+__all__ = [
+    "BACKENDS",
+    "BitwiseConv2d",
+    "BitwiseLinear",
+    "PackedWeight",
+    "available_backends",
+    "convertible",
+    "encode",
+    "pack_signs",
+    "pack_weight",
+    "popcount_peak",
+    "resolve_backend",
+    "to_bitwise",
+    "xnor_conv2d",
+    "xnor_conv2d_scaled",
+    "xnor_gemm",
+    "xnor_gemm_scaled",
+]

@@ -1,0 +1,295 @@
+"""Typed entry points of the XNOR/popcount kernels, weight packing and back-end choice.
+
+Back ends (one API, chosen per call):
+    ``reference``  pure torch (:mod:`lsqbq.kernels.reference`), always present, used on non-CPU devices;
+    ``portable``   compiled C++ (``torch.ops.lsqbq.*``), scalar popcount, any CPU;
+    ``avx512``     the same library, AVX-512 VPOPCNTDQ micro-kernels (chosen at run time when the CPU has them).
+The environment variable ``LSQBQ_KERNELS`` = ``auto`` (default) | ``reference`` | ``portable`` | ``avx512`` forces
+one; ``auto`` takes the fastest available and falls back to ``reference`` (with one warning) if the C++ build
+fails. ``backend=`` on every function overrides it.
+
+Layouts (bit = 1 <=> -1, bit ``c mod 64`` of word ``c // 64``, tail bits 0):
+    activations  ``(P_a, B, H + 2 ph, W + 2 pw, Cw)`` int64, NHWC packed along channels, zero words at the
+                 padding (from :func:`encode`); for GEMMs ``(P_a, M, Kw)``. Ternary: ``P_a = 2`` = (sign, mask).
+    weights      :class:`PackedWeight` (from :func:`pack_weight`), k index = tap * Cw + word.
+Integer results are ``(P_a', P_w, ...)`` int32 dot products of the ±1 planes (``P_a' = 1`` for ternary, where the
+value is ``<t, c>`` with ``t = x_q / (2v)`` in {-1, 0, 1}); scaled results are float32
+``bias[n] + sum_ij sa[., i] sw[n, j] d_ij``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from . import reference as ref
+from ._build import load_library
+
+__all__ = [
+    "BACKENDS",
+    "PackedWeight",
+    "available_backends",
+    "resolve_backend",
+    "pack_signs",
+    "pack_weight",
+    "encode",
+    "xnor_gemm",
+    "xnor_gemm_scaled",
+    "xnor_conv2d",
+    "xnor_conv2d_scaled",
+    "popcount_peak",
+]
+
+BACKENDS = ("reference", "portable", "avx512")
+_ISA = {"portable": 0, "avx512": 1}
+NB = 32  # output channels per weight panel (fixed by the C++ micro-kernel)
+
+
+def _compiled() -> bool:
+    ok = load_library()
+    if ok:
+        _register_fakes()
+    return ok
+
+
+def available_backends() -> list[str]:
+    """Back ends usable on this machine (``reference`` always; the C++ ones if the library builds)."""
+    out = ["reference"]
+    if _compiled():
+        out.append("portable")
+        if torch.ops.lsqbq.isa_supported(_ISA["avx512"]):
+            out.append("avx512")
+    return out
+
+
+def resolve_backend(backend: str | None = None, device: torch.device | str = "cpu") -> str:
+    """The back end a call will use: ``backend`` or ``LSQBQ_KERNELS`` (default ``auto``), on ``device``.
+
+    Raises:
+        ValueError: unknown name, or a compiled back end that is not available here.
+    """
+    name = backend or os.environ.get("LSQBQ_KERNELS", "auto") or "auto"
+    if name not in (*BACKENDS, "auto"):
+        raise ValueError(f"unknown kernel backend {name!r}; choose one of auto, {', '.join(BACKENDS)}")
+    if torch.device(device).type != "cpu" or name == "reference":
+        return "reference"
+    avail = available_backends()
+    if name == "auto":
+        return avail[-1]
+    if name not in avail:
+        raise ValueError(f"kernel backend {name!r} is not available on this machine (available: {avail})")
+    return name
+
+
+# ------------------------------------------------------------------------------------------ weights
+
+
+@dataclass(frozen=True)
+class PackedWeight:
+    """Sign planes of a quantized weight, packed once.
+
+    Attributes:
+        rows: ``(P_w, N, T, Cw)`` int64 sign words per output channel and tap (reference layout).
+        panels: ``(P_w, ceil(N/32), T * Cw, 32)`` int64: 32 output channels side by side per k word (C++ layout).
+        tapsum: ``(P_w, T, ceil(N/32) * 32)`` int32 ``sum_c c_j[n, c, t] = C - 2 popcount``: what a tap holding
+            +1 everywhere adds, subtracted where the tap is padding.
+        scales: ``(P_w, ceil(N/32) * 32)`` float32 weight scales (zero past ``n_out``).
+        n_out, c_in, kernel: output channels, input channels (per tap), ``(KH, KW)``.
+    """
+
+    rows: Tensor
+    panels: Tensor
+    tapsum: Tensor
+    scales: Tensor
+    n_out: int
+    c_in: int
+    kernel: tuple[int, int]
+
+    @property
+    def planes(self) -> int:
+        return self.rows.shape[0]
+
+    def scales_nk(self) -> Tensor:
+        """Weight scales as ``(N, P_w)``."""
+        return self.scales[:, : self.n_out].t()
+
+
+def pack_weight(planes: Tensor, scales: Tensor | None = None) -> PackedWeight:
+    """Pack ±1 weight planes.
+
+    Shapes: ``planes: (P_w, N, C, KH, KW)`` (conv) or ``(P_w, N, K)`` (linear), ``scales: (N, P_w)`` or None
+    (ones) -> :class:`PackedWeight`. Cost: O(P_w N K), once per layer.
+    """
+    if planes.dim() == 3:
+        planes = planes[..., None, None]
+    if planes.dim() != 5:
+        raise ValueError(f"weight planes must be (P_w, N, C, KH, KW) or (P_w, N, K), got {tuple(planes.shape)}")
+    P, N, C, KH, KW = planes.shape
+    T = KH * KW
+    planes = planes.float()
+    nhwc = planes.permute(0, 1, 3, 4, 2).reshape(P, N, T, C)  # (P_w, N, T, C)
+    rows = ref.pack_signs(nhwc)  # (P_w, N, T, Cw)
+    cw = rows.shape[-1]
+    n_pad = -(-N // NB) * NB
+    flat = torch.nn.functional.pad(rows.reshape(P, N, T * cw), (0, 0, 0, n_pad - N))  # (P_w, Npad, T*Cw)
+    panels = flat.reshape(P, n_pad // NB, NB, T * cw).transpose(2, 3).contiguous()  # (P_w, NP, T*Cw, 32)
+    tapsum = nhwc.sum(-1).round().to(torch.int32)  # (P_w, N, T)
+    tapsum = torch.nn.functional.pad(tapsum.transpose(1, 2), (0, n_pad - N)).contiguous()  # (P_w, T, Npad)
+    s = torch.ones(N, P) if scales is None else scales.detach().float().reshape(N, P)
+    s = torch.nn.functional.pad(s.t(), (0, n_pad - N)).contiguous()  # (P_w, Npad)
+    return PackedWeight(rows.contiguous(), panels, tapsum, s, N, C, (KH, KW))
+
+
+# ------------------------------------------------------------------------------------------- ops
+
+
+def pack_signs(x: Tensor, *, backend: str | None = None) -> Tensor:
+    """``(..., K)`` float -> ``(..., ceil(K/64))`` int64 sign bits (bit = 1 iff not ``x >= 0``)."""
+    b = resolve_backend(backend, x.device)
+    if b == "reference":
+        return ref.pack_signs(x)
+    return torch.ops.lsqbq.pack_signs(x)
+
+
+def encode(x: Tensor, scales: Tensor, *, clamp: float | None = None, mask: bool = False,
+           padding: tuple[int, int] = (0, 0), backend: str | None = None) -> Tensor:
+    """Foldable sign planes of activations, packed (see :func:`lsqbq.kernels.reference.encode` for the math).
+
+    Shapes: ``x: (B, C, H, W)`` (channels_last is read without a copy) or ``(B, n)``; ``scales: (B, k)`` ->
+    ``(k, B, H + 2 ph, W + 2 pw, Cw)`` or ``(k, B, Cw)`` int64; with ``mask`` (ternary) the 2 planes are
+    (sign, non-zero mask).
+    """
+    b = resolve_backend(backend, x.device)
+    scales = scales.float()
+    if scales.dim() == 1:
+        scales = scales.expand(x.shape[0], -1)
+    if b == "reference":
+        return ref.encode(x, scales, clamp, mask, tuple(padding))
+    return torch.ops.lsqbq.encode(x.float(), scales.contiguous(), float(clamp or 0.0), scales.shape[1], mask,
+                                  int(padding[0]), int(padding[1]), _ISA[b])
+
+
+def _check_gemm(a: Tensor, w: PackedWeight, mask: bool) -> None:
+    if w.kernel != (1, 1):
+        raise ValueError(f"xnor_gemm needs a (1, 1) packed weight, got kernel {w.kernel}")
+    if a.dim() != 3 or a.shape[-1] != w.rows.shape[-1]:
+        raise ValueError(f"activation words {tuple(a.shape)} do not match (P_a, M, {w.rows.shape[-1]})")
+    if mask and a.shape[0] != 2:
+        raise ValueError("the ternary mask encoding has 2 planes (sign, mask)")
+
+
+def xnor_gemm(a: Tensor, w: PackedWeight, *, mask: bool = False, backend: str | None = None) -> Tensor:
+    """Integer binary GEMM ``d[i, j, m, n] = <a_i[m], c_j[n]> = K - 2 popcount(a XOR c)``.
+
+    Shapes: ``a: (P_a, M, Kw)`` -> ``(P_a', P_w, M, N)`` int32. Cost: ``P_a P_w M N Kw`` word ops.
+    """
+    _check_gemm(a, w, mask)
+    b = resolve_backend(backend, a.device)
+    if b == "reference":
+        return ref.xnor_gemm(a, w.rows[:, :, 0, :], w.c_in, mask)
+    return torch.ops.lsqbq.xnor_gemm(a.contiguous(), w.panels, w.n_out, w.c_in, mask, _ISA[b])
+
+
+def xnor_gemm_scaled(a: Tensor, w: PackedWeight, sa: Tensor, bias: Tensor | None = None, *, mask: bool = False,
+                     backend: str | None = None) -> Tensor:
+    """``out[m, n] = bias[n] + sum_ij sa[m, i] sw[n, j] d[i, j, m, n]`` with the weight scales of ``w``.
+
+    Shapes: ``a: (P_a, M, Kw)``, ``sa: (M, P_a')`` -> ``(M, N)`` float32.
+    """
+    _check_gemm(a, w, mask)
+    b = resolve_backend(backend, a.device)
+    if b == "reference":
+        return ref.xnor_gemm_scaled(a, w.rows[:, :, 0, :], w.c_in, sa, w.scales_nk(), bias, mask)
+    bias = None if bias is None else bias.detach().float().contiguous()
+    return torch.ops.lsqbq.xnor_gemm_scaled(a.contiguous(), w.panels, sa.float().contiguous(), w.scales, bias,
+                                            w.n_out, w.c_in, mask, _ISA[b])
+
+
+def _pair(v) -> list[int]:
+    return [int(v), int(v)] if isinstance(v, int) else [int(t) for t in v]
+
+
+def xnor_conv2d(a: Tensor, w: PackedWeight, hw: tuple[int, int], stride=1, padding=0, dilation=1, *,
+                mask: bool = False, backend: str | None = None) -> Tensor:
+    """Integer binary convolution with exact zero padding of the quantized activations.
+
+    Shapes: ``a: (P_a, B, H + 2 ph, W + 2 pw, Cw)`` (from :func:`encode` with the same ``padding``) ->
+    ``(P_a', P_w, B, OH, OW, N)`` int32. Sign planes: padding words are +1 and each padded tap's
+    ``sum_c c_j`` (``w.tapsum``) is subtracted; ternary: padding has mask 0.
+    """
+    b = resolve_backend(backend, a.device)
+    s, p, d = _pair(stride), _pair(padding), _pair(dilation)
+    if b == "reference":
+        return ref.xnor_conv2d(a, w.rows, w.c_in, tuple(hw), w.kernel, s, p, d, mask)
+    return torch.ops.lsqbq.xnor_conv2d(a.contiguous(), w.panels, w.tapsum, w.n_out, w.c_in, list(hw),
+                                       list(w.kernel), s, p, d, mask, _ISA[b])
+
+
+def xnor_conv2d_scaled(a: Tensor, w: PackedWeight, sa: Tensor, bias: Tensor | None, hw: tuple[int, int], stride=1,
+                       padding=0, dilation=1, *, mask: bool = False, backend: str | None = None) -> Tensor:
+    """Scaled binary convolution ``bias[n] + sum_ij sa[b, i] sw[n, j] d_ij``; ``sa: (B, P_a')`` ->
+    ``(B, OH, OW, N)`` float32 (NHWC memory)."""
+    b = resolve_backend(backend, a.device)
+    s, p, d = _pair(stride), _pair(padding), _pair(dilation)
+    if b == "reference":
+        return ref.xnor_conv2d_scaled(a, w.rows, w.c_in, tuple(hw), w.kernel, sa, w.scales_nk(), bias, s, p, d, mask)
+    bias = None if bias is None else bias.detach().float().contiguous()
+    return torch.ops.lsqbq.xnor_conv2d_scaled(a.contiguous(), w.panels, w.tapsum, sa.float().contiguous(), w.scales,
+                                              bias, w.n_out, w.c_in, list(hw), list(w.kernel), s, p, d, mask, _ISA[b])
+
+
+def popcount_peak(iters: int, *, backend: str | None = None) -> int:
+    """Run the register-only XOR/popcount/add loop; returns the binary MACs done (time it to get the peak)."""
+    b = resolve_backend(backend)
+    if b == "reference":
+        raise ValueError("the popcount peak needs a compiled back end")
+    return int(torch.ops.lsqbq.popcount_peak(int(iters), _ISA[b]))
+
+
+# ------------------------------------------------------------------------------- fake (meta) kernels
+
+_fakes_done = False
+
+
+def _register_fakes() -> None:
+    """Shape-only implementations so the ops trace under FakeTensor / torch.compile."""
+    global _fakes_done
+    if _fakes_done:
+        return
+    _fakes_done = True
+    lib = "lsqbq::"
+
+    def conv_out(hw, kernel, stride, padding, dilation):
+        return [(hw[i] + 2 * padding[i] - dilation[i] * (kernel[i] - 1) - 1) // stride[i] + 1 for i in range(2)]
+
+    @torch.library.register_fake(lib + "pack_signs")
+    def _(x):
+        return x.new_empty((*x.shape[:-1], (x.shape[-1] + 63) // 64), dtype=torch.int64)
+
+    @torch.library.register_fake(lib + "encode")
+    def _(x, scales, clamp, planes, mask, pad_h, pad_w, isa):
+        cw = (x.shape[1] + 63) // 64
+        if x.dim() == 2:
+            return x.new_empty((planes, x.shape[0], cw), dtype=torch.int64)
+        return x.new_empty((planes, x.shape[0], x.shape[2] + 2 * pad_h, x.shape[3] + 2 * pad_w, cw),
+                           dtype=torch.int64)
+
+    @torch.library.register_fake(lib + "xnor_gemm")
+    def _(a, w, n_out, k, mask, isa):
+        return a.new_empty((1 if mask else a.shape[0], w.shape[0], a.shape[1], n_out), dtype=torch.int32)
+
+    @torch.library.register_fake(lib + "xnor_gemm_scaled")
+    def _(a, w, sa, sw, bias, n_out, k, mask, isa):
+        return a.new_empty((a.shape[1], n_out), dtype=torch.float32)
+
+    @torch.library.register_fake(lib + "xnor_conv2d")
+    def _(a, w, wtap, n_out, c_in, hw, kernel, stride, padding, dilation, mask, isa):
+        oh, ow = conv_out(hw, kernel, stride, padding, dilation)
+        return a.new_empty((1 if mask else a.shape[0], w.shape[0], a.shape[1], oh, ow, n_out), dtype=torch.int32)
+
+    @torch.library.register_fake(lib + "xnor_conv2d_scaled")
+    def _(a, w, wtap, sa, sw, bias, n_out, c_in, hw, kernel, stride, padding, dilation, mask, isa):
+        oh, ow = conv_out(hw, kernel, stride, padding, dilation)
+        return a.new_empty((a.shape[1], oh, ow, n_out), dtype=torch.float32)

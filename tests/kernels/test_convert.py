@@ -1,0 +1,89 @@
+"""``to_bitwise``: converted models equal the simulated ones (logits within float rounding, integer dots exactly)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lsqbq
+from lsqbq.kernels import BitwiseConv2d, BitwiseLinear, to_bitwise
+from lsqbq.quantizers import foldable_bits
+
+PAIRS = [("ls-1", "ls-1"), ("ls-2", "ls-1"), ("ls-2", "ls-2"), ("ls-T", "ls-1"), ("ls-T", "ls-T"), ("gf-2", "gf-2"),
+         ("gf-3", "ls-1")]
+
+
+def _cnn(xq: str, wq: str, act_stats: str = "off") -> nn.Module:
+    q = dict(x_quant=xq, w_quant=wq, act_stats=act_stats)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16),  # full-precision stem stays as it is
+        lsqbq.QuantConv2d(16, 70, 3, stride=2, padding=1, clamp=2.0, **q), nn.BatchNorm2d(70), nn.ReLU(),
+        lsqbq.QuantConv2d(70, 40, 3, padding=1, bias=False, **q), nn.BatchNorm2d(40), nn.PReLU(),
+        lsqbq.QuantConv2d(40, 33, 1, **q), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        lsqbq.QuantLinear(33, 10, **q), lsqbq.QuantLinear(10, 10, x_quant="fp", w_quant=wq))
+
+
+def _randomise_bn(model: nn.Module, gen) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=gen))
+            m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=gen))
+
+
+@pytest.mark.parametrize("xq,wq", PAIRS)
+def test_logits_match_simulated(backend, xq, wq):
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    net = _cnn(xq, wq).eval()
+    _randomise_bn(net, gen)
+    fast = to_bitwise(net, backend=backend)
+    kinds = [type(m).__name__ for m in fast.modules()]
+    assert kinds.count("BitwiseConv2d") == 3 and kinds.count("BitwiseLinear") == 1
+    assert isinstance(fast[-1], lsqbq.QuantLinear)  # fp activations: left as it is
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 13, 11, generator=gen)
+        with torch.no_grad():
+            want, got = net(x), fast(x)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert not any(isinstance(m, (BitwiseConv2d, BitwiseLinear)) for m in net.modules())  # input not modified
+
+
+@pytest.mark.parametrize("xq,wq", PAIRS)
+def test_integer_dot_products_exact(backend, xq, wq):
+    torch.manual_seed(1)
+    layer = lsqbq.QuantConv2d(70, 9, 3, stride=2, padding=1, x_quant=xq, w_quant=wq, clamp=2.0).eval()
+    bit = BitwiseConv2d(layer, backend=backend)
+    x = 2 * torch.randn(2, 70, 7, 8)
+    d = bit.dot_products(x)  # (P_a', P_w, B, OH, OW, N)
+    _, sx = layer.quantize_input(x)
+    _, sw = layer.quantized_weight()
+    xc = x.clamp(-2, 2)
+    xb = foldable_bits(xc.reshape(2, -1), sx).reshape(-1, *x.shape)
+    if layer.x_scheme.ternary:
+        xb = (xb[0:1] + xb[1:2]) / 2  # {-1, 0, 1}
+    wb = foldable_bits(layer.weight.detach().reshape(9, -1), sw).reshape(-1, *layer.weight.shape)
+    want = torch.stack([torch.stack([F.conv2d(xi.double(), wj.double(), stride=2, padding=1) for wj in wb])
+                        for xi in xb]).permute(0, 1, 2, 4, 5, 3)
+    assert torch.equal(d.double(), want)
+
+
+def test_moving_average_scales(backend):
+    torch.manual_seed(2)
+    net = _cnn("ls-2", "ls-1", act_stats="eval_only")
+    net.train()
+    for _ in range(3):
+        net(torch.randn(4, 3, 13, 11))
+    net.eval()
+    x = torch.randn(2, 3, 13, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(to_bitwise(net, backend=backend)(x), net(x), rtol=1e-4, atol=1e-5)
+
+
+def test_unconvertible_layers_stay():
+    net = nn.Sequential(lsqbq.QuantConv2d(8, 8, 3, groups=2, x_quant="ls-1", w_quant="ls-1"),
+                        lsqbq.QuantConv2d(8, 8, 3, x_quant="ls-1", w_quant="fp"), nn.ReLU())
+    fast = to_bitwise(net)
+    assert [type(m) for m in fast] == [type(m) for m in net]
+    single = to_bitwise(lsqbq.QuantLinear(5, 3, x_quant="ls-1", w_quant="ls-2"))
+    assert isinstance(single, BitwiseLinear)
