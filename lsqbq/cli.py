@@ -4,6 +4,7 @@ A thin dispatcher; every command lives in its own module with its own ``main(arg
 so that ``lsqbq train ...`` and ``python -m lsqbq.train ...`` are the same thing.
 
 Commands:
+    data       prepare and verify datasets (``lsqbq data prepare fashion-mnist``) -> lsqbq.data
     train      train (or resume, or evaluate) one model from a YAML config   -> lsqbq.train
     evaluate   evaluate a checkpoint on the test split                        -> lsqbq.evaluate
     analyze    quantization-error, post-training and angle analyses            -> lsqbq.analysis
@@ -16,6 +17,7 @@ import importlib
 import sys
 
 COMMANDS = {
+    "data": "lsqbq.data",
     "train": "lsqbq.train",
     "evaluate": "lsqbq.evaluate",
     "analyze": "lsqbq.analysis",

@@ -1,0 +1,90 @@
+"""Training throughput per scheme: ``lsqbq bench training [--config FILE] [--out results/bench] [--threads N]``.
+
+Times one optimiser step (forward, backward, Adam update) of the default profile's model on a batch of
+the profile's shape, for the fp/fp teacher and for every activation scheme with 1-bit ``ls-1`` weights.
+The candidates are timed round-robin (``--rounds`` rounds, median per scheme) so that a slow spell of a
+shared machine hits all of them alike. Writes ``training.csv`` (images/s and the ratio to fp/fp) to ``--out``.
+KD's teacher forward is not included: it costs the same for every student.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ..config import load_config
+from ..data import dataset_info
+from ..models import build
+from ..train import model_options
+from .timing import machine_info
+
+CONFIGS = (("fp", "fp"), ("fp", "ls-1"), ("ls-1", "ls-1"), ("gf-2", "ls-1"), ("ls-T", "ls-1"), ("ls-2", "ls-1"),
+           ("gf-3", "ls-1"))
+
+
+def _step_fn(cfg, x_quant: str, w_quant: str, batch: int):
+    info = dataset_info(cfg.data.name, cfg.data.root)
+    cfg.model.x_quant, cfg.model.w_quant = x_quant, w_quant
+    torch.manual_seed(0)
+    model = build(cfg.model.name, **model_options(cfg, info.num_classes, info.in_chans)).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, info.in_chans, info.image_size, info.image_size, generator=g)
+    y = torch.randint(0, info.num_classes, (batch,), generator=g)
+
+    def step():
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def run(config: str, threads: int, rounds: int, steps: int) -> pd.DataFrame:
+    torch.set_num_threads(threads)
+    cfg = load_config(config)
+    batch = cfg.data.batch_size
+    fns = {c: _step_fn(load_config(config), *c, batch) for c in CONFIGS}
+    for fn in fns.values():  # warm-up
+        fn()
+    times: dict[tuple, list[float]] = {c: [] for c in CONFIGS}
+    for _ in range(rounds):
+        for c, fn in fns.items():
+            t = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            times[c].append((time.perf_counter() - t) / steps)
+    info = machine_info()
+    fp = statistics.median(times[("fp", "fp")])
+    rows = []
+    for (xq, wq), ts in times.items():
+        t = statistics.median(ts)
+        rows.append({"model": cfg.model.name, "x_quant": xq, "w_quant": wq, "batch": batch,
+                     "ms_per_step": round(1e3 * t, 3), "images_per_s": round(batch / t, 1),
+                     "relative_to_fp": round(fp / t, 3), "threads": threads, "cpu": info["cpu"],
+                     "torch": info["torch"]})
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lsqbq bench training", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="config/train/fmnist_resnet.yaml")
+    parser.add_argument("--out", default="results/bench")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=5, help="optimiser steps per timing")
+    parser.add_argument("--quick", action="store_true", help="1 round of 1 step (a check, not a measurement)")
+    args = parser.parse_args(argv)
+    rounds, steps = (1, 1) if args.quick else (args.rounds, args.steps)
+    df = run(args.config, args.threads, rounds, steps)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "training.csv", index=False)
+    print(df.to_string(index=False))
+    return 0

@@ -1,0 +1,95 @@
+"""Every profile builds its full DAG without data; bad configs fail naming the key; lint is clean.
+
+Run in a throw-away copy of the project without outputs, so every job of a profile is scheduled.
+"""
+import pytest
+import yaml
+
+from ._repo import REPO, copy_repo, job_counts, snakemake
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    return copy_repo(tmp_path_factory.mktemp("dryrun") / "repo")
+
+
+def _profile(name):
+    base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    if name != "default":
+        base.update(yaml.safe_load((REPO / "config" / f"{name}.yaml").read_text()))
+    return base
+
+
+def _expected(cfg):
+    runs = len(cfg["models"]) * (1 + len(cfg["students"])) * len(cfg["seeds"])
+    exp = {"train": runs, "prepare_data": 1, "make_tables": 1}
+    if cfg.get("evaluate", True):
+        exp["evaluate"] = runs
+    if cfg.get("analysis", {}).get("enabled", True):
+        exp |= {"analyze_ptq": len(cfg["models"]) * len(cfg["seeds"]), "analyze_error": len(cfg["models"]),
+                "analyze_angles": len(cfg["models"])}
+    if cfg.get("bench", {}).get("kernels", True):
+        exp["bench_kernels"] = 1
+    return exp
+
+
+@pytest.mark.parametrize("name, extra", [
+    ("default", []),
+    ("test", []),
+    ("cifar10", []),
+    ("cifar100", []),
+    ("imagenet", ["--config", "data_root=/nonexistent/imagenet"]),
+    ("imagefolder", ["--config", "data_root=/nonexistent/my-images", "dataset_tag=flowers", "image_size=64"]),
+])
+def test_profile_dry_run_builds_full_dag(repo, name, extra):
+    args = ["-n", "--cores", "2", "--nolock"]
+    if name != "default":
+        args += ["--configfile", f"config/{name}.yaml"]
+    out = snakemake(args + extra, repo).stdout
+    counts = job_counts(out)
+    expected = _expected(_profile(name))
+    assert {k: counts.get(k) for k in expected} == expected
+    if name == "imagefolder":
+        assert "results/tables/flowers/qat.md" in out and "/nonexistent/my-images" in out
+        assert "data.image_size=64" in snakemake(args + extra + ["-p"], repo).stdout
+
+
+def test_profile_by_name_equals_configfile(repo):
+    by_file = job_counts(snakemake(["-n", "--nolock", "--configfile", "config/cifar100.yaml"], repo).stdout)
+    by_name = job_counts(snakemake(["-n", "--nolock", "--config", "profile=cifar100"], repo).stdout)
+    assert by_name == by_file and by_name["train"] == 27
+
+
+def test_imagenet_uses_torchrun_and_the_official_recipe(repo):
+    out = snakemake(["-n", "-p", "--nolock", "--configfile", "config/imagenet.yaml"], repo).stdout
+    ls2 = next(line for line in out.splitlines() if "model.x_quant=ls-2" in line and "torchrun" in line)
+    for key in ("--nproc-per-node=8", "epochs=240", "optim.lr=2.0e-4", "schedule.name=linear", "model.clamp=3.0",
+                "model.nonlinearity=relu", "kd.temperature=1.0", "kd.teacher=checkpoints/imagenet/resnet18/fp_fp/s0"):
+        assert key in ls2, key
+
+
+def test_slurm_profile_dry_run(repo):
+    out = snakemake(["-n", "--nolock", "--profile", "workflow/profiles/slurm", "--configfile", "config/cifar100.yaml"],
+                    repo).stdout
+    assert job_counts(out)["train"] == 27
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", "epochz=3"], "(top level): Additional properties are not allowed ('epochz' was unexpected)"),
+    (["--config", "threads=zero"], "threads: 'zero' is not of type 'integer'"),
+    (["--configfile", "bad.yaml"], "analysis: Additional properties are not allowed ('imagez' was unexpected)"),
+    (["--configfile", "bad_scheme.yaml"], "students.0.x_quant: 'ls-3' does not match"),
+])
+def test_bad_config_fails_naming_the_key(repo, args, message):
+    (repo / "bad.yaml").write_text("analysis:\n  imagez: 3\n")
+    (repo / "bad_scheme.yaml").write_text("students:\n  - {x_quant: ls-3, w_quant: ls-1}\n")
+    p = snakemake(["-n", "--nolock", *args], repo, check=False)
+    assert p.returncode != 0
+    assert message in p.stdout + p.stderr
+
+
+def test_lint_is_clean(repo):
+    p = snakemake(["--lint"], repo, check=False)
+    assert "Congratulations, your workflow is in a good condition!" in p.stdout + p.stderr, p.stdout + p.stderr
