@@ -24,7 +24,7 @@ def usable(x: torch.Tensor) -> bool:
         return False
     if os.environ.get("LSQBQ_NATIVE", "1") == "0":
         return False
-    return load_library("lsqbq_quant", [_SOURCE], ("-ffp-contract=off",))
+    return load_library("lsqbq_quant", [_SOURCE], ("-ffp-contract=off", "-fno-trapping-math"))
 
 
 def ops():

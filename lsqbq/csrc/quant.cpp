@@ -1,7 +1,8 @@
 // Fused CPU implementations of the foldable least-squares quantizers (float32, one row per task).
 //
 // They compute exactly what the pure-torch functions in lsqbq/quantizers.py and lsqbq/ste.py compute, with the
-// same floating-point operations in the same order (built with -ffp-contract=off), so both paths agree bit for
+// same floating-point operations in the same order (built with -ffp-contract=off; -fno-trapping-math only lets
+// compares be vectorised), so both paths agree bit for
 // bit; the tests check that. What changes is the cost: one pass over a row instead of a dozen tensor passes,
 // and a 3-pass LSD radix sort of the magnitudes' bit patterns instead of a comparison sort.
 //
@@ -17,6 +18,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -29,57 +31,65 @@ void check_rows(const at::Tensor& x, const char* op) {
   TORCH_CHECK(x.scalar_type() == at::kFloat, op, ": expected float32, got ", x.scalar_type());
 }
 
-// LSD radix sort of non-negative float bit patterns (sign bit clear): 11 + 11 + 9 bits.
-void radix_sort(uint32_t* keys, uint32_t* tmp, int64_t n) {
-  constexpr int kBits[3] = {11, 11, 9};
+// LSD radix sort of non-negative float bit patterns (sign bit clear, 31 significant bits). Short rows use
+// 8-bit digits (4 passes over 256 buckets), long rows 11/11/9-bit digits (3 passes over 2048 buckets), so the
+// bucket bookkeeping stays small next to n. A pass whose digit is the same for every key is skipped.
+void radix_sort(uint32_t* keys, uint32_t* tmp, int64_t n, std::vector<int64_t>& count) {
+  static constexpr int kShort[4] = {8, 8, 8, 7}, kLong[3] = {11, 11, 9};
+  const bool is_long = n >= 32768;
+  const int* bits = is_long ? kLong : kShort;
+  const int passes = is_long ? 3 : 4;
   int shift = 0;
   uint32_t* src = keys;
   uint32_t* dst = tmp;
-  std::vector<int64_t> count(1 << 11);
-  for (int pass = 0; pass < 3; ++pass) {
-    const uint32_t mask = (1u << kBits[pass]) - 1;
+  for (int pass = 0; pass < passes; ++pass) {
+    const uint32_t mask = (1u << bits[pass]) - 1;
     std::fill(count.begin(), count.begin() + (mask + 1), 0);
     for (int64_t i = 0; i < n; ++i) ++count[(src[i] >> shift) & mask];
-    int64_t sum = 0;
-    for (uint32_t b = 0; b <= mask; ++b) {
-      const int64_t c = count[b];
-      count[b] = sum;
-      sum += c;
+    if (count[(src[0] >> shift) & mask] != n) {  // else every key has this digit: order unchanged
+      int64_t sum = 0;
+      for (uint32_t b = 0; b <= mask; ++b) {
+        const int64_t c = count[b];
+        count[b] = sum;
+        sum += c;
+      }
+      for (int64_t i = 0; i < n; ++i) dst[count[(src[i] >> shift) & mask]++] = src[i];
+      std::swap(src, dst);
     }
-    for (int64_t i = 0; i < n; ++i) dst[count[(src[i] >> shift) & mask]++] = src[i];
-    std::swap(src, dst);
-    shift += kBits[pass];
+    shift += bits[pass];
   }
-  if (src != keys) std::memcpy(keys, src, n * sizeof(uint32_t));  // odd number of passes: copy back
+  if (src != keys) std::memcpy(keys, src, n * sizeof(uint32_t));
 }
 
 // Sorted magnitudes of one row as floats (ascending; NaN/Inf last). Returns false if the row is not finite.
-bool sorted_magnitudes(const float* row, int64_t n, uint32_t* keys, uint32_t* tmp, float* out) {
+bool sorted_magnitudes(const float* row, int64_t n, uint32_t* keys, uint32_t* tmp, std::vector<int64_t>& count,
+                       float* out) {
   for (int64_t i = 0; i < n; ++i) {
     uint32_t bits;
     std::memcpy(&bits, row + i, 4);
     keys[i] = bits & 0x7fffffffu;  // |x|
   }
-  radix_sort(keys, tmp, n);
+  radix_sort(keys, tmp, n, count);
   std::memcpy(out, keys, n * sizeof(float));
   return std::isfinite(out[n - 1]);
 }
 
 // Scan of every split j = 0..n-1 of the sorted magnitudes a (float64 prefix sums, as torch.cumsum does).
 // ls-2 maximises S_j^2/j + (S_n - S_j)^2/(n - j); ternary maximises (S_n - S_j)^2/(n - j). First maximiser wins.
-void scan_split(const float* a, int64_t n, bool ternary, double* v1, double* v2) {
+// inv[j] = 1/j (inv[0] = 0), shared by all rows of a call.
+void scan_split(const float* a, int64_t n, const double* inv, bool ternary, double* v1, double* v2) {
   double total = 0.0;
   for (int64_t i = 0; i < n; ++i) total += static_cast<double>(a[i]);
   double low = 0.0, best_gain = -1.0, best_low = 0.0, best_high = 0.0;
   int64_t best = 0;
   for (int64_t j = 0; j < n; ++j) {
     const double high = total - low;
-    const double inv_high = 1.0 / static_cast<double>(n - j);
+    const double inv_high = inv[n - j];
     double gain;
     if (ternary) {
       gain = (high * high) * inv_high;
     } else {
-      const double inv_low = j > 0 ? 1.0 / static_cast<double>(j) : 0.0;
+      const double inv_low = inv[j];
       gain = (low * low) * inv_low + (high * high) * inv_high;
     }
     if (gain > best_gain) {
@@ -90,12 +100,12 @@ void scan_split(const float* a, int64_t n, bool ternary, double* v1, double* v2)
     }
     low += static_cast<double>(a[j]);
   }
-  const double hi_mean = best_high * (1.0 / static_cast<double>(n - best));
+  const double hi_mean = best_high * inv[n - best];
   if (ternary) {
     *v1 = *v2 = hi_mean / 2;
     return;
   }
-  const double lo_mean = best > 0 ? best_low * (1.0 / static_cast<double>(best)) : hi_mean;
+  const double lo_mean = best > 0 ? best_low * inv[best] : hi_mean;
   *v1 = (hi_mean + lo_mean) / 2;
   *v2 = (hi_mean - lo_mean) / 2;
 }
@@ -108,16 +118,20 @@ at::Tensor fit_sorted(const at::Tensor& x_in, bool ternary) {
   at::Tensor out = at::empty({rows, 2}, x.options());
   const float* px = x.data_ptr<float>();
   float* po = out.data_ptr<float>();
+  std::vector<double> inv(n + 1);
+  inv[0] = 0.0;
+  for (int64_t j = 1; j <= n; ++j) inv[j] = 1.0 / static_cast<double>(j);
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     std::vector<uint32_t> keys(n), tmp(n);
     std::vector<float> sorted(n);
+    std::vector<int64_t> count(1 << 11);
     for (int64_t r = begin; r < end; ++r) {
-      if (!sorted_magnitudes(px + r * n, n, keys.data(), tmp.data(), sorted.data())) {
+      if (!sorted_magnitudes(px + r * n, n, keys.data(), tmp.data(), count, sorted.data())) {
         po[2 * r] = po[2 * r + 1] = std::numeric_limits<float>::quiet_NaN();
         continue;
       }
       double v1, v2;
-      scan_split(sorted.data(), n, ternary, &v1, &v2);
+      scan_split(sorted.data(), n, inv.data(), ternary, &v1, &v2);
       po[2 * r] = static_cast<float>(v1);
       po[2 * r + 1] = static_cast<float>(v2);
     }
@@ -155,6 +169,52 @@ at::Tensor fit_greedy(const at::Tensor& x_in, int64_t k) {
   return out;
 }
 
+// One row of the foldable encoding; K > 0 is a compile-time bit count (unrolled), K == 0 means "use k".
+// Branch-free selects so the compiler vectorises the element loop.
+template <int K>
+void encode_row(const float* __restrict__ x, const float* v_in, int64_t k, int64_t n, float* __restrict__ out,
+                float* __restrict__ slope) {
+  constexpr int kMax = 8;
+  const int64_t kk = K > 0 ? K : k;
+  float v[kMax];
+  for (int64_t i = 0; i < std::min<int64_t>(kk, kMax); ++i) v[i] = v_in[i];  // scales in registers
+  if (K == 0 && kk > kMax) {  // many bits: plain loop reading the scales from memory
+    for (int64_t e = 0; e < n; ++e) {
+      float approx = 0.0f, keep = 1.0f;
+      for (int64_t i = 0; i < kk; ++i) {
+        const float r = x[e] - approx;
+        approx = approx + ((r >= 0.0f) ? v_in[i] : -v_in[i]);
+        keep = keep * (1.0f - v_in[i] * ((std::fabs(r) <= 1.0f) ? 1.0f : 0.0f));
+      }
+      out[e] = approx;
+      if (slope) slope[e] = 1.0f - keep;
+    }
+    return;
+  }
+  auto step = [&](float xe, float& approx, float& keep) {
+    for (int64_t i = 0; i < kk; ++i) {
+      const float r = xe - approx;
+      approx = approx + ((r >= 0.0f) ? v[i] : -v[i]);
+      const float m = (std::fabs(r) <= 1.0f) ? v[i] : 0.0f;  // v * 1{|r| <= 1}, exactly
+      keep = keep * (1.0f - m);
+    }
+  };
+  if (slope) {
+    for (int64_t e = 0; e < n; ++e) {
+      float approx = 0.0f, keep = 1.0f;
+      step(x[e], approx, keep);
+      out[e] = approx;
+      slope[e] = 1.0f - keep;
+    }
+  } else {
+    for (int64_t e = 0; e < n; ++e) {
+      float approx = 0.0f, keep = 1.0f;
+      step(x[e], approx, keep);
+      out[e] = approx;
+    }
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> encode(const at::Tensor& x_in, const at::Tensor& scales_in, bool with_slope) {
   check_rows(x_in, "encode");
   TORCH_CHECK(scales_in.dim() == 2 && scales_in.scalar_type() == at::kFloat, "encode: scales must be (R|1, k) float32");
@@ -169,18 +229,21 @@ std::tuple<at::Tensor, at::Tensor> encode(const at::Tensor& x_in, const at::Tens
   const float* ps = scales.data_ptr<float>();
   float* po = out.data_ptr<float>();
   float* pd = with_slope ? slope.data_ptr<float>() : nullptr;
-  at::parallel_for(0, rows * n, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t idx = begin; idx < end; ++idx) {
-      const float* v = ps + (idx / n) * scale_stride;
-      const float xe = px[idx];
-      float approx = 0.0f, keep = 1.0f;
-      for (int64_t i = 0; i < k; ++i) {
-        const float r = xe - approx;
-        approx = approx + ((r >= 0.0f) ? v[i] : -v[i]);
-        keep = keep * (1.0f - v[i] * (std::fabs(r) <= 1.0f ? 1.0f : 0.0f));
+  // Tasks are (row, chunk) pairs of at most kChunk elements, so one long row still uses every thread.
+  constexpr int64_t kChunk = 16384;
+  const int64_t chunks = n == 0 ? 0 : (n + kChunk - 1) / kChunk;
+  at::parallel_for(0, rows * chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t r = task / chunks, c = task % chunks;
+      const int64_t off = r * n + c * kChunk, len = std::min(kChunk, n - c * kChunk);
+      const float* v = ps + r * scale_stride;
+      float* sl = pd ? pd + off : nullptr;
+      switch (k) {
+        case 1: encode_row<1>(px + off, v, k, len, po + off, sl); break;
+        case 2: encode_row<2>(px + off, v, k, len, po + off, sl); break;
+        case 3: encode_row<3>(px + off, v, k, len, po + off, sl); break;
+        default: encode_row<0>(px + off, v, k, len, po + off, sl); break;
       }
-      po[idx] = approx;
-      if (pd) pd[idx] = 1.0f - keep;
     }
   });
   return {out, slope};
