@@ -241,6 +241,10 @@ def final_targets():
         ]
     if config["bench"]["kernels"]:
         targets.append(out(f"results/tables/{DATASET}/pareto.png"))
+    if config["bench"]["quantizers"]:
+        targets.append(out("results/bench/quantizers.csv"))
+    if config["bench"]["training"]:
+        targets.append(out("results/bench/training.csv"))
     return targets
 
 

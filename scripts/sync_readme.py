@@ -1,0 +1,45 @@
+"""Copy generated result files into README.md between include markers.
+
+    <!-- include: results/tables/fashion-mnist/qat.md -->
+    ...replaced by the file's content...
+    <!-- end include -->
+
+Usage: python scripts/sync_readme.py [--check]   (--check: exit 1 if README.md is out of date)
+The README's results are therefore generated, never typed; tests/unit/test_readme.py runs --check.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(r"(<!-- include: (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- end include -->)", re.S)
+
+
+def render(text: str) -> str:
+    def fill(m: re.Match) -> str:
+        path = ROOT / m.group("path")
+        if not path.is_file():
+            raise SystemExit(f"README.md includes {m.group('path')}, which does not exist")
+        body = path.read_text().strip("\n") + "\n"
+        return m.group(1) + body + m.group(4)
+
+    return BLOCK.sub(fill, text)
+
+
+def main(argv: list[str]) -> int:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    new = render(text)
+    if "--check" in argv:
+        if new != text:
+            print("README.md is out of date: run `python scripts/sync_readme.py`", file=sys.stderr)
+            return 1
+        return 0
+    readme.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
