@@ -530,6 +530,18 @@ at::Tensor pack_signs_cpu(const at::Tensor& x) {
   return out;
 }
 
+// Store one 64-channel word of every plane: k sign planes, or (mask) sign + non-zero mask of a ternary pair
+// (non-zero where the two signs agree; bits past the last channel cn stay 0).
+inline void store_words(const uint64_t* words, int64_t k, bool mask, int64_t cn, uint64_t* dst, int64_t plane_stride) {
+  if (mask) {
+    const uint64_t valid = cn == 64 ? ~uint64_t(0) : ((uint64_t(1) << cn) - 1);
+    dst[0] = words[0];
+    dst[plane_stride] = ~(words[0] ^ words[1]) & valid;
+  } else {
+    for (int64_t i = 0; i < k; ++i) dst[i * plane_stride] = words[i];
+  }
+}
+
 // encode: quantize activations per sample with fixed scales into packed planes (foldable residual signs).
 //   r_1 = clamp(x), b_i = sign(r_i), approx += v_i b_i, r_{i+1} = clamp(x) - approx     (same float ops as the layer)
 // x: (B, C, H, W) float (any memory format; channels_last is read without a copy) or (B, n).
@@ -557,13 +569,7 @@ void encode_pixel<false>(const float* src, int64_t C, const float* v, int64_t k,
         approx = approx + (neg ? -v[i] : v[i]);
       }
     }
-    if (mask) {
-      const uint64_t valid = cn == 64 ? ~uint64_t(0) : ((uint64_t(1) << cn) - 1);
-      dst[q] = words[0];
-      dst[plane_stride + q] = ~(words[0] ^ words[1]) & valid;
-    } else {
-      for (int64_t i = 0; i < k; ++i) dst[i * plane_stride + q] = words[i];
-    }
+    store_words(words, k, mask, cn, dst + q, plane_stride);
   }
 }
 
@@ -595,13 +601,7 @@ LSQBQ_AVX512 inline __attribute__((always_inline)) void encode_pixel<true>(const
       }
     }
     const int64_t cn = std::min<int64_t>(64, C - q * 64);
-    if (mask) {
-      const uint64_t valid = cn == 64 ? ~uint64_t(0) : ((uint64_t(1) << cn) - 1);
-      dst[q] = words[0];
-      dst[plane_stride + q] = ~(words[0] ^ words[1]) & valid;
-    } else {
-      for (int64_t i = 0; i < k; ++i) dst[i * plane_stride + q] = words[i];
-    }
+    store_words(words, k, mask, cn, dst + q, plane_stride);
   }
 }
 #endif
