@@ -12,18 +12,35 @@ STAMP  := $(VENV)/.installed
 CORES  ?= all
 PYTEST_ARGS ?= -n 2
 
-export MLFLOW_ENABLE_TELEMETRY ?= false
-export DO_NOT_TRACK ?= 1
+# MLflow 3 phones home unless told not to; nothing here may touch the network at run time.
+export MLFLOW_DISABLE_TELEMETRY ?= true
+export DO_NOT_TRACK ?= true
 
-.PHONY: venv data pull reproduce retrain test smoke mlflow-ui
+.PHONY: venv lock data pull reproduce retrain test smoke mlflow-ui mlflow-ui-local
 
-$(STAMP): pyproject.toml
+# Exact versions that pass the suite (x86_64 Linux, Python 3.11): `make lock` refreshes the file from a fresh
+# venv. Elsewhere the ranges in pyproject.toml apply.
+LOCK   := requirements/lock-linux-x86_64.txt
+ifeq ($(shell uname -sm),Linux x86_64)
+LOCK_ARGS := -r $(LOCK)
+endif
+
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet $(LOCK_ARGS) -e ".[pipeline,dev]"
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+lock:               # re-resolve every dependency in a scratch venv and write $(LOCK)
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade "pip>=24"
+	.lock-venv/bin/python -m pip install --quiet -e ".[pipeline,dev]"
+	mkdir -p requirements
+	{ echo "# make lock: exact versions of lsqbq[pipeline,dev] (x86_64 Linux, Python 3.11)"; \
+	  .lock-venv/bin/python -m pip freeze --exclude-editable --all | grep -v '^\(pip\|setuptools\)=='; } > $(LOCK)
+	rm -rf .lock-venv
 
 data: venv          # raw Fashion-MNIST from the DVC store (offline)
 	$(VENV)/bin/dvc pull --quiet fashion_mnist
@@ -43,5 +60,8 @@ test: data
 smoke: data
 	$(VENV)/bin/lsqbq train --config config/smoke.yaml
 
-mlflow-ui: venv
+mlflow-ui: venv     # the published store (the workflow's runs, pulled with DVC)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+mlflow-ui-local: venv   # runs made by hand: smoke, benchmarks, your own trainings
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns-local/mlflow.db --host 127.0.0.1 --port 5001

@@ -8,9 +8,25 @@ quantized layers trained with a straight-through estimator, and XNOR/popcount in
     >>> v = lsqbq.fit(x, "ls-2")            # (4, 2): v_1 >= v_2 >= 0 per row
     >>> xq = lsqbq.quantize(x, "ls-2", v)   # values in {±(v_1 - v_2), ±(v_1 + v_2)}
 """
-from .quantizers import fit, quantize
-from .schemes import Scheme, get_scheme, list_schemes, register_scheme
-from .layers import QuantConv2d, QuantLinear
+import os as _os
+
+# MLflow 3 sends usage telemetry unless told not to; lsqbq makes no network calls, so switch it off before any
+# module imports mlflow (a user's explicit setting wins).
+_os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+_os.environ.setdefault("DO_NOT_TRACK", "true")
+
+from .schemes import Scheme, fit, get_scheme, list_schemes, quantize, register_scheme  # noqa: E402
+
+_LAZY = {"QuantConv2d": "lsqbq.layers", "QuantLinear": "lsqbq.layers"}
+
+
+def __getattr__(name: str):
+    """Load the torch-backed layers on first use, so ``import lsqbq.schemes`` (the workflow) stays light."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lsqbq' has no attribute {name!r}")
 
 __version__ = "0.1.0"
 

@@ -1,42 +1,117 @@
-"""Dispatch to the fused C++ quantizers (``csrc/quant.cpp``) where they apply.
+"""The native op library ``torch.ops.lsqbq``: the C++ quantizers and XNOR/popcount kernels, built on first use.
 
-They apply to contiguous-or-not CPU float32 tensors; everything else (float64, fp16 computed in float32 is
-float32 again, CUDA) uses the pure-torch code, which computes the same values. ``LSQBQ_NATIVE=0`` turns the
-C++ path off; :func:`disabled` does so temporarily (the tests compare both paths).
+Both sources (``csrc/quant.cpp``, ``kernels/csrc/xnor.cpp``) are compiled together with
+``torch.utils.cpp_extension`` into one library, once per source/flags/torch version, in a cache directory:
+``LSQBQ_BUILD_DIR``, else ``TORCH_EXTENSIONS_DIR/lsqbq``, else ``$XDG_CACHE_HOME/lsqbq`` (``~/.cache/lsqbq``),
+one sub-directory per torch version. No ``-march`` flag is used: the AVX-512 kernels carry function target
+attributes and are chosen at run time, so one build runs on any x86-64 CPU. The Python side of the ops
+(portable kernels, autograd, fake kernels) and the calls themselves live in :mod:`lsqbq._ops`.
+
+The switch: ``LSQBQ_NATIVE=0`` leaves the library unbuilt and unloaded, so the quantizers run their pure-torch
+code and the kernels the ``reference`` back end. A failed build has the same effect, after one warning.
+:func:`disabled` does the same inside a block, for the calling thread.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
+import warnings
 from pathlib import Path
 
 import torch
 
-from ._cpp import load_library
+__all__ = ["SOURCES", "active", "build_error", "cache_dir", "disabled", "enabled", "load"]
 
-_SOURCE = Path(__file__).parent / "csrc" / "quant.cpp"
-_state = {"forced_off": False}
+_ROOT = Path(__file__).parent
+SOURCES = sorted(_ROOT.glob("csrc/*.cpp")) + sorted(_ROOT.glob("kernels/csrc/*.cpp"))  # one library of all
+_NAME = "lsqbq_native"
+# -ffp-contract=off keeps every float operation as written (no fused multiply-add), so the C++ quantizers round
+# exactly like the torch code; -fno-trapping-math only lets compares vectorise.
+_CFLAGS = ("-ffp-contract=off", "-fno-trapping-math")
+
+_lock = threading.Lock()
+_state: dict = {"loaded": None, "error": None}  # loaded: None (not tried), True, False
+_thread = threading.local()
 
 
-def usable(x: torch.Tensor) -> bool:
-    """True when ``x`` should go through the C++ quantizers (and the library is, or can be, built)."""
-    if _state["forced_off"] or x.dtype != torch.float32 or x.device.type != "cpu":
+def enabled() -> bool:
+    """False when the environment says ``LSQBQ_NATIVE=0`` (pure-torch quantizers, reference kernels)."""
+    return os.environ.get("LSQBQ_NATIVE", "1") != "0"
+
+
+def cache_dir() -> Path:
+    """Directory holding the compiled library (created on demand)."""
+    if os.environ.get("LSQBQ_BUILD_DIR"):
+        root = Path(os.environ["LSQBQ_BUILD_DIR"])
+    elif os.environ.get("TORCH_EXTENSIONS_DIR"):
+        root = Path(os.environ["TORCH_EXTENSIONS_DIR"]) / "lsqbq"
+    else:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lsqbq"
+    return root / ("torch" + torch.__version__.split("+")[0].replace(".", "_"))
+
+
+def load() -> bool:
+    """Build (if needed) and load the library; True when ``torch.ops.lsqbq`` is ready.
+
+    False without building when ``LSQBQ_NATIVE=0``; False after one ``RuntimeWarning`` when the build fails.
+    """
+    if _state["loaded"] is not None:
+        return _state["loaded"]
+    if not enabled():
         return False
-    if os.environ.get("LSQBQ_NATIVE", "1") == "0":
+    with _lock:
+        if _state["loaded"] is None:
+            _state["loaded"] = _build_and_register()
+    return _state["loaded"]
+
+
+def _build_and_register() -> bool:
+    try:
+        import logging
+
+        from torch.utils import cpp_extension
+
+        # torch's build helper logs "No CUDA runtime is found" on every CPU-only machine; we never build CUDA.
+        logging.getLogger("torch.utils.cpp_extension").addFilter(
+            lambda r: not str(r.msg).startswith("No CUDA runtime is found"))
+
+        build = cache_dir() / _NAME
+        build.mkdir(parents=True, exist_ok=True)
+        debug = os.environ.get("DEBUG", "0") == "1"
+        cpp_extension.load(
+            name=_NAME,
+            sources=[str(s) for s in SOURCES],
+            extra_cflags=(["-O0", "-g"] if debug else ["-O3"]) + list(_CFLAGS),
+            build_directory=str(build),
+            is_python_module=False,
+            with_cuda=False,
+            verbose=os.environ.get("LSQBQ_BUILD_VERBOSE", "0") == "1",
+        )
+    except Exception as exc:  # noqa: BLE001 - any build or load failure means "use the pure-torch code"
+        _state["error"] = exc
+        warnings.warn(f"lsqbq: could not build the C++ library {_NAME} ({type(exc).__name__}: {exc}); "
+                      "falling back to the pure-torch implementation", RuntimeWarning, stacklevel=4)
         return False
-    return load_library("lsqbq_quant", [_SOURCE], ("-ffp-contract=off", "-fno-trapping-math"))
+    return True
 
 
-def ops():
-    return torch.ops.lsqbq_quant
+def build_error() -> BaseException | None:
+    """The exception of a failed build, or None."""
+    return _state["error"]
+
+
+def active() -> bool:
+    """True when calls should go to ``torch.ops.lsqbq``: the library is loaded (or loads now) and the calling
+    thread is not inside :func:`disabled`."""
+    return not getattr(_thread, "off", 0) and load()
 
 
 @contextlib.contextmanager
 def disabled():
-    """Use the pure-torch quantizers inside the block."""
-    old = _state["forced_off"]
-    _state["forced_off"] = True
+    """Run the pure-torch code inside the block (this thread only); the portable kernels of the ops use it."""
+    _thread.off = getattr(_thread, "off", 0) + 1
     try:
         yield
     finally:
-        _state["forced_off"] = old
+        _thread.off -= 1

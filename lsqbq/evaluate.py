@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint on the test split (optionally re-quantizing its weights with another scheme).
+"""Evaluation: loss and top-k accuracy of a model on a loader, and of a checkpoint on its test split.
 
 Usage::
 
@@ -15,39 +15,94 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from . import checkpoint as ckpt_io
-from .config import ConfigError, apply_overrides, from_dict, to_dict
+from . import distributed as D
+from .config import apply_overrides, from_dict, to_dict
+from .errors import ConfigError
 
-__all__ = ["main", "evaluate_checkpoint"]
+__all__ = ["main", "evaluate", "evaluate_checkpoint", "accuracy_counts"]
+
+
+def accuracy_counts(logits: Tensor, target: Tensor, ks=(1, 5)) -> list[int]:
+    """Number of samples whose target is among the top-k logits, for each k (k capped at #classes).
+
+    Shapes: ``logits: (B, C)``, ``target: (B,)``.
+    """
+    maxk = min(max(ks), logits.shape[1])
+    top = logits.topk(maxk, dim=1).indices                      # (B, maxk)
+    hit = top == target[:, None]
+    return [int(hit[:, :min(k, maxk)].any(1).sum()) for k in ks]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device | str = "cpu", amp: bool = False) -> dict[str, float]:
+    """Mean cross-entropy, top-1 and top-5 accuracy (%) of ``model`` on ``loader`` (summed over DDP ranks).
+
+    Returns ``{"loss", "top1", "top5", "n"}``; the model's train/eval mode is restored afterwards.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64)  # loss sum, top1, top5, n
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if (amp and device.type == "cuda") else nullcontext()
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with ctx:
+            out = model(x)
+        out = out.float()
+        t1, t5 = accuracy_counts(out, y)
+        sums += torch.tensor([F.cross_entropy(out, y, reduction="sum").item(), t1, t5, len(y)], dtype=torch.float64)
+    model.train(was_training)
+    D.all_reduce_sum(sums)
+    n = max(sums[3].item(), 1.0)
+    return {"loss": sums[0].item() / n, "top1": 100.0 * sums[1].item() / n, "top5": 100.0 * sums[2].item() / n,
+            "n": int(sums[3].item())}
 
 
 def evaluate_checkpoint(path: str | Path, w_quant: str | None = None, x_quant: str | None = None,
                         overrides: list[str] | None = None, device: str | None = None) -> dict:
-    from .data import build_loaders
-    from .train import build_model, evaluate
+    """Evaluate checkpoint ``path`` on the test split of its (overridden) config, optionally with other schemes.
 
-    state = ckpt_io.load(path, "cpu")
-    cfg = from_dict(apply_overrides(state["config"], overrides))
+    A changed ``x_quant`` needs ``act_stats: off`` (per-sample scales): moving averages recorded for one
+    activation scheme do not apply to another.
+    """
+    from .data import build_loaders
+
+    state = ckpt_io.load(path, "cpu", require=ckpt_io.MODEL_KEYS)
     options = dict(state["model_options"])
-    if w_quant is not None:
-        options["w_quant"] = w_quant
-    if x_quant is not None:
-        options["x_quant"] = x_quant
-    cfg = from_dict(apply_overrides(to_dict(cfg), [f"model.w_quant={options['w_quant']}",
+    trained_x = options.get("x_quant")
+    options.update({k: v for k, v in (("w_quant", w_quant), ("x_quant", x_quant)) if v is not None})
+    try:
+        base = from_dict(apply_overrides(state["config"], overrides))
+    except ConfigError as e:
+        raise ConfigError(f"{e} (in the config stored in {path}, with --set overrides)") from None
+    act_stats = base.model.act_stats
+    if options["x_quant"] != trained_x and act_stats != "off":
+        raise ConfigError(f"--x-quant {x_quant}: {path} was trained with model.act_stats={act_stats}, whose moving "
+                          f"averages belong to x_quant={trained_x}; add --set model.act_stats=off to fit the "
+                          "activation scales per sample")
+    options["act_stats"] = act_stats
+    cfg = from_dict(apply_overrides(to_dict(base), [f"model.w_quant={options['w_quant']}",
                                                     f"model.x_quant={options['x_quant']}"]))
-    model = build_model(cfg.model.name, options)
-    model.load_state_dict(state["model"])
+    if device not in (None, "cpu", "cuda"):
+        raise ConfigError(f"--device {device!r}: choose cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: torch finds no CUDA device here; use --device cpu")
+    model = ckpt_io.load_model(path, options=options, state=state).model
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
     _, test_loader = build_loaders(cfg)
     result = evaluate(model, test_loader, dev)
     result.update({"checkpoint": str(path), "x_quant": options["x_quant"], "w_quant": options["w_quant"],
                    "data_hash": test_loader.data_hash, "source_run_id": state.get("run_id"),
-                   "epochs": int(state["epoch"])})
+                   "epochs": int(state.get("epoch", 0))})
     return result
 
 
@@ -58,23 +113,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--x-quant", default=None, help="quantize the activations with this scheme")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a key of the stored config (e.g. data.root=...)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--device", default=None, choices=("cpu", "cuda"),
+                        help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--out", default=None, help="write the result as JSON here")
     args = parser.parse_args(argv)
-    from .data import DataError
+    for flag, value in (("--w-quant", args.w_quant), ("--x-quant", args.x_quant)):
+        if value is not None:
+            from .schemes import is_scheme_name, list_schemes
 
-    try:
-        result = evaluate_checkpoint(args.checkpoint, args.w_quant, args.x_quant, args.overrides, args.device)
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
-        print(f"lsqbq evaluate: {e}", file=sys.stderr)
-        return 1
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+            if not is_scheme_name(value):
+                raise ConfigError(f"{flag}: unknown scheme {value!r}; expected one of "
+                                  f"{', '.join(list_schemes(trainable_only=True))}")
+    check_out(args.out)
+    emit_json(evaluate_checkpoint(args.checkpoint, args.w_quant, args.x_quant, args.overrides, args.device), args.out)
     return 0
 
 
+def check_out(out: str | None) -> None:
+    """Refuse an ``--out`` that names a directory before any work is done."""
+    if out and Path(out).is_dir():
+        raise ConfigError(f"--out {out}: is a directory; give a file name such as {Path(out) / 'eval.json'}")
+
+
+def emit_json(result: dict, out: str | None) -> None:
+    """Print ``result`` as JSON and, with ``out``, write it there atomically."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        ckpt_io.write_text_atomic(out, text + "\n")
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    from .cli import run_command
+
+    sys.exit(run_command("evaluate", main))

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .quantizers import fit
+from .schemes import fit
 from .schemes import Scheme, get_scheme
 from .ste import foldable_ste
 
@@ -64,11 +64,11 @@ class _Quantized:
             x = x.clamp(-self.clamp, self.clamp)
         if self.x_scheme.is_fp:
             return x, None
-        rows = x.reshape(x.shape[0], -1)  # (B, n)
+        rows = x.flatten(1)  # (B, n); B = 0 keeps its shape
         use_ema = self.act_stats == "train_and_eval" or (self.act_stats == "eval_only" and not self.training)
         if self.training or not use_ema:
             scales = fit(rows.detach(), self.x_scheme)  # (B, k)
-        if self.training and self.act_stats != "off":
+        if self.training and self.act_stats != "off" and rows.shape[0] > 0:  # an empty batch has no mean
             self._update_ema(scales)
         if use_ema:
             if int(self.x_ema_updates) == 0:
@@ -112,6 +112,11 @@ class _Quantized:
         # Weight scales are a cache of a function of the weights; a shape from another scheme is refitted.
         if state_dict[prefix + "w_scales"].shape != self.w_scales.shape:
             state_dict[prefix + "w_scales"] = self.w_scales.detach().clone()
+        # An activation moving average of another scheme's k (e.g. ``lsqbq evaluate --x-quant``) is dropped: the
+        # layer starts untracked, so evaluation refuses to use an average it never recorded.
+        if state_dict[prefix + "x_scales_ema"].shape != self.x_scales_ema.shape:
+            state_dict[prefix + "x_scales_ema"] = self.x_scales_ema.detach().clone()
+            state_dict[prefix + "x_ema_updates"] = torch.zeros_like(self.x_ema_updates)
         self._w_cache_key = None
 
     def _quant_repr(self) -> str:

@@ -1,4 +1,7 @@
-"""Least-squares binary quantizers: pure functions on 2-D tensors, one row at a time.
+"""Least-squares binary quantizers: pure-torch functions on 2-D tensors, one row at a time, free of scheme names.
+
+These are the reference maths; :mod:`lsqbq._ops` runs the same computations through the C++ ops where they
+apply, and :mod:`lsqbq.schemes` resolves names to them.
 
 Every scheme represents a row ``x`` (length n) as a *foldable* sum of k scaled sign vectors::
 
@@ -20,12 +23,16 @@ CVPR-W 2020 (arXiv 2001.02786), Sec. 3.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from . import _native
+from .errors import InputError, InputTypeError
 
-__all__ = ["sign", "fit", "quantize", "foldable_bits", "rows_per_sample", "check_finite"]
+__all__ = [
+    "sign", "fit_ls1", "fit_greedy", "fit_ls2", "fit_ternary", "fit_official_skip3", "foldable_bits",
+    "foldable_quantize", "foldable_quantize_with_slope", "rows_per_sample", "check_finite", "check_2d", "work_dtype", "as_row_scales",
+]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -38,7 +45,7 @@ def sign(x: Tensor) -> Tensor:
 def rows_per_sample(x: Tensor) -> Tensor:
     """View an N-D tensor as ``(x.shape[0], -1)``: one row per output channel (weights) or sample (activations)."""
     if x.dim() < 1:
-        raise ValueError(f"expected a tensor with at least one dimension, got a scalar of shape {tuple(x.shape)}")
+        raise InputError(f"expected a tensor with at least one dimension, got a scalar of shape {tuple(x.shape)}")
     return x.reshape(x.shape[0], -1)
 
 
@@ -48,22 +55,24 @@ def check_finite(x: Tensor, scheme: str) -> None:
     if bool(bad.any()):
         row = int(bad.reshape(x.shape[0], -1).any(dim=1).nonzero()[0, 0])
         kind = "NaN" if bool(torch.isnan(x[row]).any()) else "Inf"
-        raise ValueError(f"{scheme}: row {row} of the input holds {kind}; quantizers need finite values")
+        raise InputError(f"{scheme}: row {row} of the input holds {kind}; quantizers need finite values")
 
 
-def _check_2d(x: Tensor, scheme: str) -> None:
+def check_2d(x: Tensor, scheme: str) -> None:
+    """Raise naming ``scheme`` unless ``x`` is a 2-D floating-point tensor (rows are quantized independently)."""
     if not isinstance(x, Tensor):
-        raise TypeError(f"{scheme}: expected a torch.Tensor, got {type(x).__name__}")
+        raise InputTypeError(f"{scheme}: expected a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 2:
-        raise ValueError(
+        raise InputError(
             f"{scheme}: expected a 2-D tensor (rows are quantized independently), got shape {tuple(x.shape)}; "
             "use lsqbq.quantizers.rows_per_sample(x) to view weights per output channel or activations per sample"
         )
     if not x.is_floating_point():
-        raise TypeError(f"{scheme}: expected a floating-point tensor, got {x.dtype}")
+        raise InputTypeError(f"{scheme}: expected a floating-point tensor, got {x.dtype}")
 
 
-def _work_dtype(x: Tensor) -> torch.dtype:
+def work_dtype(x: Tensor) -> torch.dtype:
+    """float32 for fp16/bf16 (their sums overflow or lose precision), else the dtype itself."""
     return torch.float32 if x.dtype in _LOW_PRECISION else x.dtype
 
 
@@ -85,8 +94,6 @@ def fit_greedy(x: Tensor, k: int) -> Tensor:
     Math: ``r_1 = x``; ``v_i = mean|r_i|``; ``r_{i+1} = x - sum_{j<=i} v_j sign(r_j)``.
     Shapes: ``x: (R, n) -> (R, k)``. Cost: O(k n) per row. ``gf-1`` equals ``ls-1``.
     """
-    if _native.usable(x):
-        return _native.ops().fit_greedy(x, k)
     scales = []
     approx = torch.zeros_like(x)
     for i in range(k):
@@ -158,8 +165,6 @@ def fit_ls2(x: Tensor) -> Tensor:
     Shapes: ``x: (R, n) -> (R, 2)``. Cost: O(n log n) per row (one sort, prefix sums, one scan), vectorised over
     rows. Reference: paper Sec. 3.2.2, eqs. (10)-(11).
     """
-    if _native.usable(x):
-        return _native.ops().fit_ls2(x)
     prefix, norm = _sorted_magnitudes(x, "ls-2")
     n = prefix.shape[1] - 1
     inv_low, inv_high = _inverse_counts(n, x.device)
@@ -185,8 +190,6 @@ def fit_ternary(x: Tensor) -> Tensor:
 
     Shapes: ``x: (R, n) -> (R, 2)`` with equal columns. Cost: O(n log n) per row. Reference: paper Sec. 3.2.3.
     """
-    if _native.usable(x):
-        return _native.ops().fit_ternary(x)
     prefix, norm = _sorted_magnitudes(x, "ls-T")
     n = prefix.shape[1] - 1
     _, inv_high = _inverse_counts(n, x.device)
@@ -199,12 +202,13 @@ def fit_ternary(x: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------------------- encode
 
 
-def _as_row_scales(scales: Tensor, x: Tensor, k: int, scheme: str) -> Tensor:
+def as_row_scales(scales: Tensor, x: Tensor, k: int, scheme: str) -> Tensor:
+    """``scales`` as ``(R, k)`` or ``(1, k)`` in ``x.dtype``; raise naming the expected and given shapes."""
     scales = torch.as_tensor(scales, device=x.device)
     if scales.dim() == 1:
         scales = scales.unsqueeze(0)
     if scales.dim() != 2 or scales.shape[1] != k or scales.shape[0] not in (1, x.shape[0]):
-        raise ValueError(
+        raise InputError(
             f"{scheme}: scales must have shape ({x.shape[0]}, {k}) or ({k},), got {tuple(scales.shape)}"
         )
     return scales.to(x.dtype)
@@ -216,7 +220,7 @@ def foldable_bits(x: Tensor, scales: Tensor) -> Tensor:
     Math: ``b_1 = sign(x)``, ``b_i = sign(x - sum_{j<i} v_j b_j)``, ``sign(0) = +1``; ``x_q = sum_i v_i b_i``.
     Shapes: ``x: (R, n)``, ``scales: (R, k)`` or ``(k,)`` -> ``(k, R, n)`` of ±1 in ``x.dtype``. Cost: O(k n) per row.
     """
-    scales = _as_row_scales(scales, x, scales.shape[-1], "foldable_bits")
+    scales = as_row_scales(scales, x, scales.shape[-1], "foldable_bits")
     bits = []
     approx = torch.zeros_like(x)
     for i in range(scales.shape[1]):
@@ -226,12 +230,69 @@ def foldable_bits(x: Tensor, scales: Tensor) -> Tensor:
     return torch.stack(bits) if bits else x.new_zeros((0, *x.shape))
 
 
-def _encode(x: Tensor, scales: Tensor) -> Tensor:
-    """``sum_i v_i b_i`` of the foldable encoding (see :func:`foldable_bits`); ``x: (R, n)``, ``scales: (R|1, k)``."""
+# ------------------------------------------------------------------------------ official reference
+
+
+def fit_official_skip3(x: Tensor, ternary: bool = False, skip: int = 3) -> Tensor:
+    """The official code's candidate search for ls-2 / ls-T scales, re-implemented from its description.
+
+    For every row: take ``a = sort(|x[::skip]|)`` (n' values) and prefix sums. At each interior split j
+    (``1 <= j <= n'-2``: the first and last sorted entries are skipped) form the fixed-point targets
+    ``m = (E_lo + E_hi)/2`` (condition (10); ls-2 only) and ``t = E_hi/2`` (condition (12), the ternary-type
+    target) with ``E_lo = mean(a_0..a_j)`` and ``E_hi = mean(a_{j+1}..a_{n'-1})``. The *data value* ``a_j`` is a
+    candidate v_1 when a target lies in ``[a_j, a_{j+1}]``. Ternary edge case: if ``min a > mean(a)/2``,
+    ``mean(a)/2`` is added. The winner minimises, on the subsample, ``||r - v_2 sign(r)||`` with
+    ``r = |x| - v_1`` (equivalently ``x - v_1 sign(x)``) and ``v_2 = mean|r|`` (ls-2) or ``v_2 = v_1`` (ls-T).
+    Finally, for ls-2, ``v_2`` is recomputed as ``mean|x - v_1 sign(x)|`` over the full row; for ls-T the
+    subsample's v is kept.
+
+    Differences from the exact :func:`fit_ls2`: only every ``skip``-th entry is searched and v_1 is a data
+    value, not the fixed point itself; rows without candidates fall back to ``v_1 = 0`` (the official code pads
+    candidate lists with zeros), so ``v_2 > v_1`` can happen.
+
+    Shapes: ``x: (R, n) -> (R, 2)``, float64 search, returned in ``x.dtype``. Cost: O(n/skip log(n/skip)) per
+    row plus O(c n/skip) for c candidates.
+    """
+    check_2d(x, "official search")
+    rows = x.detach().double().cpu().numpy()
+    out = np.zeros((rows.shape[0], 2))
+    for i, row in enumerate(rows):
+        sub = np.abs(row[::skip])
+        a = np.sort(sub)
+        n = a.size
+        cands: list[float] = []
+        if n >= 3:
+            cs = np.cumsum(a)
+            j = np.arange(1, n - 1)
+            lo = cs[j] / (j + 1)
+            hi = (cs[-1] - cs[j]) / (n - 1 - j)
+            targets = [hi / 2] if ternary else [hi / 2, (lo + hi) / 2]
+            mask = np.zeros(j.size, dtype=bool)
+            for t in targets:
+                mask |= (a[j] <= t) & (t <= a[j + 1])
+            cands = list(a[j][mask])
+        if ternary and n and a[0] > a.mean() / 2:
+            cands.append(a.mean() / 2)
+        if not cands:
+            cands = [0.0]
+        v1s = np.asarray(cands)[:, None]  # (c, 1)
+        r = sub[None, :] - v1s  # |x| - v1 has the magnitude of x - v1 sign(x)
+        v2s = v1s if ternary else np.abs(r).mean(axis=1, keepdims=True)
+        cost = np.linalg.norm(r - v2s * np.where(r >= 0, 1.0, -1.0), axis=1)
+        v1 = float(v1s[int(np.argmin(cost)), 0])
+        v2 = v1 if ternary else float(np.abs(np.abs(row) - v1).mean())
+        out[i] = (v1, v2)
+    return torch.from_numpy(out).to(device=x.device, dtype=x.dtype)
+
+
+def foldable_quantize(x: Tensor, scales: Tensor) -> Tensor:
+    """``x_q = sum_i v_i b_i`` of the foldable encoding (see :func:`foldable_bits`) for given scales.
+
+    Shapes: ``x: (R, n)``, ``scales: (R, k)`` or ``(1, k)`` -> ``(R, n)``. Cost: O(k n) per row. No checks: the
+    name-based :func:`lsqbq.schemes.quantize` validates its inputs first.
+    """
     if scales.shape[1] == 0:
         return torch.zeros_like(x)
-    if _native.usable(x):
-        return _native.ops().encode(x, scales.contiguous(), False)[0]
     v = scales[:, :1]
     approx = torch.where(x >= 0, v, -v)
     for i in range(1, scales.shape[1]):
@@ -240,62 +301,17 @@ def _encode(x: Tensor, scales: Tensor) -> Tensor:
     return approx
 
 
-# --------------------------------------------------------------------------------------- public API
+def foldable_quantize_with_slope(x: Tensor, scales: Tensor) -> tuple[Tensor, Tensor]:
+    """``x_q`` and the straight-through derivative ``d x_q / d x = 1 - prod_i (1 - v_i 1{|r_i| <= 1})``.
 
-
-def _fit_checked(x: Tensor, s) -> Tensor:
-    """``s.fit_fn`` in the working dtype, then an O(R) check of the scales: non-finite scales mean the input held
-    NaN/Inf (reported with its row) or that a row's sum overflowed the dtype."""
-    v = s.fit_fn(x.to(_work_dtype(x)))
-    if not bool(torch.isfinite(v).all()):
-        check_finite(x, s.name)
-        row = int((~torch.isfinite(v)).any(dim=1).nonzero()[0, 0])
-        raise ValueError(f"{s.name}: the scales of row {row} overflow {x.dtype}; rescale the input")
-    return v.to(x.dtype)
-
-
-def fit(x: Tensor, scheme) -> Tensor:
-    """Scales of ``scheme`` for every row of the 2-D tensor ``x``.
-
-    Shapes: ``x: (R, n) -> (R, k)`` with k = 1 (ls-1), 2 (ls-2: v_1, v_2; ls-T: v, v), k (gf-k).
-    fp16/bf16 are computed in float32 and returned in the input dtype; float64 stays float64.
-
-    Raises:
-        ValueError: unknown scheme (listing the valid ones), ``fp`` (it has no scales), input not 2-D or holding
-            NaN/Inf (naming the row), or an empty row dimension.
+    ``r_i = x - sum_{j<i} v_j b_j`` is the residual the i-th sign sees; each sign is a hard tanh in the backward
+    pass, so the chain rule through the fold gives the product. Shapes as :func:`foldable_quantize`.
     """
-    from .schemes import get_scheme
-
-    s = get_scheme(scheme)
-    if s.is_fp:
-        raise ValueError("fp: full precision has no scales to fit; choose one of the quantized schemes")
-    _check_2d(x, s.name)
-    if x.shape[1] == 0:
-        raise ValueError(f"{s.name}: cannot fit scales to empty rows (shape {tuple(x.shape)})")
-    return _fit_checked(x, s)
-
-
-def quantize(x: Tensor, scheme, scales: Tensor | None = None) -> Tensor:
-    """Quantize every row of ``x`` with ``scheme``: ``x_q = sum_i v_i b_i`` (foldable signs, ``sign(0) = +1``).
-
-    With ``scales`` given (``(R, k)`` or ``(k,)``, e.g. moving averages at inference) they are used as they are;
-    otherwise they are fitted with :func:`fit`. ``fp`` returns ``x`` unchanged.
-    Shapes: ``x: (R, n) -> (R, n)``, same dtype (fp16/bf16 computed in float32).
-    """
-    from .schemes import get_scheme
-
-    s = get_scheme(scheme)
-    if s.is_fp:
-        return x
-    _check_2d(x, s.name)
-    if x.numel() == 0:
-        return x.clone()
-    work = x.to(_work_dtype(x))
-    if scales is None:
-        v = _fit_checked(work, s)
-    else:
-        check_finite(x, s.name)
-        v = _as_row_scales(scales, work, s.k, s.name)
-        if not bool(torch.isfinite(v).all()):
-            raise ValueError(f"{s.name}: the given scales hold NaN or Inf")
-    return _encode(work, v).to(x.dtype)
+    approx = torch.zeros_like(x)
+    keep = torch.ones_like(x)  # prod_i (1 - v_i 1_{|r_i| <= 1})
+    for i in range(scales.shape[1]):
+        v = scales[:, i : i + 1]
+        r = x - approx
+        approx = approx + v * sign(r)
+        keep = keep * (1 - v * (r.abs() <= 1).to(x.dtype))
+    return approx, 1 - keep

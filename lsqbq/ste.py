@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _native
+from . import _ops
 from .quantizers import sign
 
 __all__ = ["sign_ste", "foldable_ste"]
@@ -36,18 +36,8 @@ class _SignSTE(torch.autograd.Function):
 class _FoldableSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, scales: Tensor) -> Tensor:
-        if _native.usable(x):
-            approx, slope = _native.ops().encode(x, scales.contiguous(), True)
-            ctx.save_for_backward(slope)
-            return approx
-        approx = torch.zeros_like(x)
-        keep = torch.ones_like(x)  # prod_i (1 - v_i 1_{|r_i| <= 1})
-        for i in range(scales.shape[1]):
-            v = scales[:, i : i + 1]
-            r = x - approx
-            approx = approx + v * sign(r)
-            keep = keep * (1 - v * (r.abs() <= 1).to(x.dtype))
-        ctx.save_for_backward(1 - keep)
+        approx, slope = _ops.quant_encode_with_slope(x, scales)
+        ctx.save_for_backward(slope)
         return approx
 
     @staticmethod

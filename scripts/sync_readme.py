@@ -4,6 +4,9 @@
     ...replaced by the file's content...
     <!-- end include -->
 
+``<!-- include: PATH headings=+N -->`` moves the file's markdown headings N levels down (``# Title`` becomes
+``### Title`` with +2), so that a generated document nests under the README section that includes it.
+
 Usage: python scripts/sync_readme.py [--check]   (--check: exit 1 if README.md is out of date)
 The README's results are therefore generated, never typed; tests/unit/test_readme.py runs --check.
 """
@@ -14,7 +17,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCK = re.compile(r"(<!-- include: (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- end include -->)", re.S)
+BLOCK = re.compile(
+    r"(<!-- include: (?P<path>\S+)(?: headings=\+(?P<shift>\d))? -->\n)(?P<body>.*?)(<!-- end include -->)", re.S)
+HEADING = re.compile(r"^(#{1,6}) ", re.M)
+
+
+def shift_headings(text: str, levels: int) -> str:
+    """Add ``levels`` '#' to every ATX heading (at most six in all)."""
+    return HEADING.sub(lambda m: "#" * min(6, len(m.group(1)) + levels) + " ", text) if levels else text
 
 
 def render(text: str) -> str:
@@ -22,8 +32,8 @@ def render(text: str) -> str:
         path = ROOT / m.group("path")
         if not path.is_file():
             raise SystemExit(f"README.md includes {m.group('path')}, which does not exist")
-        body = path.read_text().strip("\n") + "\n"
-        return m.group(1) + body + m.group(4)
+        body = shift_headings(path.read_text().strip("\n"), int(m.group("shift") or 0)) + "\n"
+        return m.group(1) + body + m.group(5)
 
     return BLOCK.sub(fill, text)
 

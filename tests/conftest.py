@@ -1,8 +1,8 @@
 """Shared test settings: deterministic CPU runs, MLflow telemetry off."""
 import os
 
-os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

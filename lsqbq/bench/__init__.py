@@ -1,4 +1,4 @@
-"""Benchmarks (not tests): ``lsqbq bench {quantizers,kernels,training} [args]``.
+"""Benchmarks (not tests): ``lsqbq bench {quantizers,kernels,models,training} [args]``.
 
 Every benchmark times the candidates side by side in one process and writes ratios to ``results/bench/``.
 """
@@ -7,17 +7,32 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("quantizers", "kernels", "training")
+BENCHMARKS = ("quantizers", "kernels", "models", "training")
+
+
+USAGE = f"""usage: lsqbq bench {{{','.join(BENCHMARKS)}}} [options]
+
+  quantizers   fit/quantize time per scheme and quantized-layer training steps
+  kernels      XNOR/popcount GEMM and conv latency against fp32 and int8 (results/bench/kernels.*)
+  models       bitwise ResNet-18 and the trained checkpoints against fp32 (results/bench/models.*)
+  training     optimiser-step time of the training recipe per activation scheme
+
+`lsqbq bench <name> --help` lists each benchmark's options."""
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
     if not argv or argv[0] not in BENCHMARKS:
-        print(f"usage: lsqbq bench {{{','.join(BENCHMARKS)}}} [options]", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
     module = importlib.import_module(f"lsqbq.bench.{argv[0]}")
     return int(module.main(argv[1:]) or 0)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ..cli import run_command
+
+    sys.exit(run_command("bench", main))

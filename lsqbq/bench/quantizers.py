@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from ..layers import QuantConv2d
-from ..quantizers import quantize
+from ..schemes import quantize
 from .timing import machine_info, median_time
 
 SCHEMES = ("ls-1", "gf-2", "gf-3", "gf-4", "ls-T", "ls-2")
@@ -80,9 +80,9 @@ def to_markdown(df: pd.DataFrame, info: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lsqbq bench quantizers", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("results/bench"))
+    parser.add_argument("--out", type=Path, default=Path("results/bench"), help="output directory")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=7, help="timed repeats per candidate")
     parser.add_argument("--quick", action="store_true", help="fewer repeats, one layer shape")
     args = parser.parse_args(argv)
     if args.threads:

@@ -10,16 +10,40 @@ from typing import Callable
 import torch
 
 
-def median_time(fn: Callable[[], object], repeats: int = 7, warmup: int = 2) -> float:
-    """Median wall time of ``fn()`` in seconds over ``repeats`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
+def time_stats(fns: dict[str, Callable[[], object]], repeats: int = 7, min_time: float = 0.0,
+               warmup: int = 2) -> dict[str, tuple[float, float]]:
+    """``{name: (median, min)}`` seconds per call of each function, timed round-robin side by side.
+
+    Every repeat runs each candidate once for at least ``min_time`` seconds (an inner loop sized from one timed
+    call), so candidates share the machine's state and their ratios stay honest when the load changes.
+    ``warmup`` untimed calls of each first.
+    """
+    inner = {}
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            fn()
         start = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        inner[name] = max(1, int(min_time / max(time.perf_counter() - start, 1e-7)))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(inner[name]):
+                fn()
+            times[name].append((time.perf_counter() - start) / inner[name])
+    return {name: (statistics.median(t), min(t)) for name, t in times.items()}
+
+
+def time_group(fns: dict[str, Callable[[], object]], repeats: int = 7, min_time: float = 0.0,
+               warmup: int = 2) -> dict[str, float]:
+    """Median seconds per call of each function (:func:`time_stats`)."""
+    return {name: med for name, (med, _) in time_stats(fns, repeats, min_time, warmup).items()}
+
+
+def median_time(fn: Callable[[], object], repeats: int = 7, min_time: float = 0.0, warmup: int = 2) -> float:
+    """Median seconds per call of one function (:func:`time_group` with one candidate)."""
+    return time_group({"fn": fn}, repeats, min_time, warmup)["fn"]
 
 
 def cpu_flags() -> list[str]:

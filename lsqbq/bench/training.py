@@ -9,8 +9,6 @@ KD's teacher forward is not included: it costs the same for every student.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -20,8 +18,8 @@ import torch.nn.functional as F
 from ..config import load_config
 from ..data import dataset_info
 from ..models import build
-from ..train import model_options
-from .timing import machine_info
+from ..config import model_options
+from .timing import machine_info, time_group
 
 CONFIGS = (("fp", "fp"), ("fp", "ls-1"), ("ls-1", "ls-1"), ("gf-2", "ls-1"), ("ls-T", "ls-1"), ("ls-2", "ls-1"),
            ("gf-3", "ls-1"))
@@ -51,20 +49,12 @@ def run(config: str, threads: int, rounds: int, steps: int) -> pd.DataFrame:
     cfg = load_config(config)
     batch = cfg.data.batch_size
     fns = {c: _step_fn(load_config(config), *c, batch) for c in CONFIGS}
-    for fn in fns.values():  # warm-up
-        fn()
-    times: dict[tuple, list[float]] = {c: [] for c in CONFIGS}
-    for _ in range(rounds):
-        for c, fn in fns.items():
-            t = time.perf_counter()
-            for _ in range(steps):
-                fn()
-            times[c].append((time.perf_counter() - t) / steps)
+    per_round = {c: (lambda fn=fn: [fn() for _ in range(steps)]) for c, fn in fns.items()}
+    seconds = {c: t / steps for c, t in time_group(per_round, repeats=rounds, warmup=1).items()}
     info = machine_info()
-    fp = statistics.median(times[("fp", "fp")])
+    fp = seconds[("fp", "fp")]
     rows = []
-    for (xq, wq), ts in times.items():
-        t = statistics.median(ts)
+    for (xq, wq), t in seconds.items():
         rows.append({"model": cfg.model.name, "x_quant": xq, "w_quant": wq, "batch": batch,
                      "ms_per_step": round(1e3 * t, 3), "images_per_s": round(batch / t, 1),
                      "relative_to_fp": round(fp / t, 3), "threads": threads, "cpu": info["cpu"],
@@ -74,10 +64,10 @@ def run(config: str, threads: int, rounds: int, steps: int) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lsqbq bench training", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="config/train/fmnist_resnet.yaml")
-    parser.add_argument("--out", default="results/bench")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--config", default="config/train/fmnist_resnet.yaml", help="training recipe whose model is timed")
+    parser.add_argument("--out", default="results/bench", help="output directory")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per configuration")
     parser.add_argument("--steps", type=int, default=5, help="optimiser steps per timing")
     parser.add_argument("--quick", action="store_true", help="1 round of 1 step (a check, not a measurement)")
     args = parser.parse_args(argv)

@@ -1,4 +1,5 @@
-// Fused CPU implementations of the foldable least-squares quantizers (float32, one row per task).
+// Fused CPU implementations of the foldable least-squares quantizers (float32, one row per task), and the
+// definition of the op namespace torch.ops.lsqbq (the kernels of lsqbq/kernels/csrc/xnor.cpp add to it).
 //
 // They compute exactly what the pure-torch functions in lsqbq/quantizers.py and lsqbq/ste.py compute, with the
 // same floating-point operations in the same order (built with -ffp-contract=off; -fno-trapping-math only lets
@@ -6,15 +7,19 @@
 // bit; the tests check that. What changes is the cost: one pass over a row instead of a dozen tensor passes,
 // and a 3-pass LSD radix sort of the magnitudes' bit patterns instead of a comparison sort.
 //
-//   fit_greedy(x, k)      (R, n) -> (R, k)   v_i = mean|r_i|, r_{i+1} = r_i - v_i sign(r_i)          O(k n)
-//   fit_ls2(x)            (R, n) -> (R, 2)   exact 2-level split of sorted |x| (see fit_ls2 in Python)  O(n)
-//   fit_ternary(x)        (R, n) -> (R, 2)   exact {0, c} split of sorted |x|, returns (c/2, c/2)      O(n)
-//   encode(x, s, slope)   (R, n), (R|1, k) -> x_q = sum_i v_i b_i and, if slope, the STE derivative
-//                         d x_q / d x = 1 - prod_i (1 - v_i 1{|r_i| <= 1})                               O(k n)
+//   fit_greedy(x, k)            (R, n) -> (R, k)   v_i = mean|r_i|, r_{i+1} = r_i - v_i sign(r_i)         O(k n)
+//   fit_ls2(x)                  (R, n) -> (R, 2)   exact 2-level split of sorted |x| (see fit_ls2 in Python) O(n)
+//   fit_ternary(x)              (R, n) -> (R, 2)   exact {0, c} split of sorted |x|, returns (c/2, c/2)     O(n)
+//   quant_encode(x, s, slope)   (R, n), (R|1, k) -> x_q = sum_i v_i b_i and, if slope, the STE derivative
+//                               d x_q / d x = 1 - prod_i (1 - v_i 1{|r_i| <= 1}) (else an empty tensor)  O(k n)
 // sign(0) = +1 throughout. Rows with NaN/Inf produce NaN scales (fit) so the caller can report the row.
+// These are the CPU kernels of the ops; inputs other than float32 go to the op's portable kernel (the pure-torch
+// code, registered from Python as CompositeExplicitAutograd), as do tensors on other devices.
 #include <torch/library.h>
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
 
 #include <cmath>
 #include <cstdint>
@@ -24,6 +29,19 @@
 #include <vector>
 
 namespace {
+
+// The op's portable kernel (the pure-torch code, registered from Python as CompositeExplicitAutograd) on the
+// given arguments: what a CPU kernel runs for inputs the fused code does not cover (dtypes other than float32).
+template <class... Args>
+torch::jit::Stack portable(const char* name, Args&&... args) {
+  const c10::OperatorHandle op = c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
+  TORCH_CHECK(op.hasKernelForDispatchKey(c10::DispatchKey::CompositeExplicitAutograd), name,
+              ": the C++ kernel takes float32 only and no portable kernel is registered (import lsqbq first)");
+  torch::jit::Stack stack;
+  torch::jit::push(stack, std::forward<Args>(args)...);
+  op.callBoxedForDispatchKey(c10::DispatchKey::CompositeExplicitAutograd, stack);
+  return stack;
+}
 
 void check_rows(const at::Tensor& x, const char* op) {
   TORCH_CHECK(x.device().is_cpu(), op, ": expected a CPU tensor");
@@ -139,10 +157,18 @@ at::Tensor fit_sorted(const at::Tensor& x_in, bool ternary) {
   return out;
 }
 
-at::Tensor fit_ls2(const at::Tensor& x) { return fit_sorted(x, false); }
-at::Tensor fit_ternary(const at::Tensor& x) { return fit_sorted(x, true); }
+at::Tensor fit_ls2(const at::Tensor& x) {
+  if (x.scalar_type() != at::kFloat) return portable("lsqbq::fit_ls2", x)[0].toTensor();
+  return fit_sorted(x, false);
+}
+
+at::Tensor fit_ternary(const at::Tensor& x) {
+  if (x.scalar_type() != at::kFloat) return portable("lsqbq::fit_ternary", x)[0].toTensor();
+  return fit_sorted(x, true);
+}
 
 at::Tensor fit_greedy(const at::Tensor& x_in, int64_t k) {
+  if (x_in.scalar_type() != at::kFloat) return portable("lsqbq::fit_greedy", x_in, k)[0].toTensor();
   check_rows(x_in, "fit_greedy");
   TORCH_CHECK(k >= 1, "fit_greedy: k must be >= 1");
   const at::Tensor x = x_in.contiguous();
@@ -215,16 +241,20 @@ void encode_row(const float* __restrict__ x, const float* v_in, int64_t k, int64
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> encode(const at::Tensor& x_in, const at::Tensor& scales_in, bool with_slope) {
-  check_rows(x_in, "encode");
-  TORCH_CHECK(scales_in.dim() == 2 && scales_in.scalar_type() == at::kFloat, "encode: scales must be (R|1, k) float32");
+std::tuple<at::Tensor, at::Tensor> quant_encode(const at::Tensor& x_in, const at::Tensor& scales_in, bool with_slope) {
+  if (x_in.scalar_type() != at::kFloat || scales_in.scalar_type() != at::kFloat) {
+    const auto out = portable("lsqbq::quant_encode", x_in, scales_in, with_slope);
+    return {out[0].toTensor(), out[1].toTensor()};
+  }
+  check_rows(x_in, "quant_encode");
+  TORCH_CHECK(scales_in.dim() == 2, "quant_encode: scales must be (R|1, k)");
   const at::Tensor x = x_in.contiguous();
   const at::Tensor scales = scales_in.contiguous();
   const int64_t rows = x.size(0), n = x.size(1), k = scales.size(1);
-  TORCH_CHECK(scales.size(0) == rows || scales.size(0) == 1, "encode: scales must have 1 or ", rows, " rows");
+  TORCH_CHECK(scales.size(0) == rows || scales.size(0) == 1, "quant_encode: scales must have 1 or ", rows, " rows");
   const int64_t scale_stride = scales.size(0) == 1 ? 0 : k;
   at::Tensor out = at::empty_like(x);
-  at::Tensor slope = with_slope ? at::empty_like(x) : at::Tensor();
+  at::Tensor slope = with_slope ? at::empty_like(x) : at::empty({0}, x.options());
   const float* px = x.data_ptr<float>();
   const float* ps = scales.data_ptr<float>();
   float* po = out.data_ptr<float>();
@@ -251,16 +281,17 @@ std::tuple<at::Tensor, at::Tensor> encode(const at::Tensor& x_in, const at::Tens
 
 }  // namespace
 
-TORCH_LIBRARY(lsqbq_quant, m) {
+// The one definition of the namespace; every other source file adds ops with TORCH_LIBRARY_FRAGMENT.
+TORCH_LIBRARY(lsqbq, m) {
   m.def("fit_greedy(Tensor x, int k) -> Tensor");
   m.def("fit_ls2(Tensor x) -> Tensor");
   m.def("fit_ternary(Tensor x) -> Tensor");
-  m.def("encode(Tensor x, Tensor scales, bool with_slope) -> (Tensor, Tensor)");
+  m.def("quant_encode(Tensor x, Tensor scales, bool with_slope) -> (Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(lsqbq_quant, CPU, m) {
+TORCH_LIBRARY_IMPL(lsqbq, CPU, m) {
   m.impl("fit_greedy", &fit_greedy);
   m.impl("fit_ls2", &fit_ls2);
   m.impl("fit_ternary", &fit_ternary);
-  m.impl("encode", &encode);
+  m.impl("quant_encode", &quant_encode);
 }

@@ -13,23 +13,23 @@ CLI::
 Loaders are deterministic: the shuffling order is a function of (seed, epoch) through a
 DistributedSampler (also with one process, so one process and N processes see the same global
 batches), and in-memory augmentation is a function of (seed, epoch, sample index). Call
-``set_epoch(loader, epoch)`` before each epoch. Missing or corrupt files raise :class:`DataError`
-naming the expected path and how to obtain the data.
+``set_epoch(loader, epoch)`` before each epoch. Missing files raise :class:`DataNotFoundError`, corrupt or
+malformed ones :class:`DataError` (both from :mod:`lsqbq.errors`), naming the file and how to obtain the data.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 
 from . import cifar, idx, imagefolder
-from ._common import ArrayDataset, DataError, DatasetInfo, batched_collate, subset_indices
+from ..errors import ConfigError
+from ._common import ArrayDataset, DataError, DataNotFoundError, DatasetInfo, batched_collate, subset_indices
 
-__all__ = ["DATASETS", "DataError", "DatasetInfo", "build_datasets", "build_loaders", "dataset_info", "set_epoch",
-           "prepare", "main"]
+__all__ = ["DATASETS", "DataError", "DataNotFoundError", "DatasetInfo", "build_datasets", "build_loaders",
+           "dataset_info", "set_epoch", "prepare", "main"]
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder")
 
@@ -44,10 +44,13 @@ def dataset_info(name: str, root: str | None = None, image_size: int | None = No
         return cifar.INFO[name]
     if name == "imagefolder":
         if root is None:
-            raise ValueError("imagefolder: dataset_info needs the root to count classes")
-        classes = sorted(p.name for p in (Path(root) / "train").iterdir() if p.is_dir())
+            raise ConfigError("data.root: imagefolder needs the root to count classes; set data.root")
+        train = Path(root) / "train"
+        if not train.is_dir():
+            raise DataNotFoundError(f"imagefolder: {train} not found; {imagefolder.how_to_get(Path(root))}")
+        classes = sorted(p.name for p in train.iterdir() if p.is_dir())
         return imagefolder.info(len(classes), image_size or 224)
-    raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+    raise ConfigError(f"data.name: unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
 def build_datasets(cfg, seed: int | None = None):
@@ -64,7 +67,7 @@ def build_datasets(cfg, seed: int | None = None):
         train, test, info, digest = imagefolder.build(d.root, d.image_size or 224, d.augment)
         return _subset(train, d.train_subset), _subset(test, d.test_subset), info, digest
     else:
-        raise ValueError(f"unknown dataset {d.name!r}; choose one of {DATASETS}")
+        raise ConfigError(f"data.name: unknown dataset {d.name!r}; choose one of {', '.join(DATASETS)}")
     tr = subset_indices(len(arrays["train_labels"]), d.train_subset)
     te = subset_indices(len(arrays["test_labels"]), d.test_subset)
     pick = lambda a, i: a if i is None else a[i]  # noqa: E731
@@ -99,7 +102,8 @@ def build_loaders(cfg, rank: int = 0, world: int = 1) -> tuple[DataLoader, DataL
     """
     d = cfg.data
     if d.batch_size % world:
-        raise ValueError(f"data.batch_size={d.batch_size} is not divisible by the {world} distributed ranks")
+        raise ConfigError(f"data.batch_size: {d.batch_size} is not divisible by the {world} distributed ranks; "
+                          f"choose a multiple of {world}")
     train, test, info, digest = build_datasets(cfg)
     array_based = isinstance(train, ArrayDataset)
     collate = batched_collate if array_based else None
@@ -133,10 +137,27 @@ def prepare(name: str, root: str | Path, source: str | Path | None = None) -> st
     if name in ("fashion-mnist", "mnist"):
         return idx.prepare(name, root, source)
     if name in ("cifar10", "cifar100"):
+        if source is not None:
+            _copy_cifar(name, Path(root), Path(source))
         return cifar.load(name, root, download=True)[1]
     if name == "imagefolder":
         return imagefolder.build(root)[3]
-    raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+    raise ConfigError(f"data.name: unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def _copy_cifar(name: str, root: Path, source: Path) -> None:
+    """Extract the official archive found in ``source`` (md5-checked) into ``root``, or copy its batch folder."""
+    import shutil
+
+    archive, folder = source / cifar.ARCHIVE_MD5[name][0], cifar.LAYOUT[name][0]
+    if archive.is_file():
+        cifar.extract_archive(name, root, archive)
+    elif (source / folder).is_dir():
+        cifar.load(name, source)  # verify before copying: a corrupt source leaves nothing behind in root
+        shutil.copytree(source / folder, root / folder, dirs_exist_ok=True)
+    else:
+        raise DataNotFoundError(f"{name}: neither {archive} nor {source / folder}/ exists; "
+                                f"{cifar.how_to_get(name, root)}")
 
 
 def data_hash(name: str, root: str | Path) -> str:
@@ -146,24 +167,26 @@ def data_hash(name: str, root: str | Path) -> str:
         return cifar.load(name, root)[1]
     if name == "imagefolder":
         return imagefolder.build(root)[3]
-    raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+    raise ConfigError(f"data.name: unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lsqbq data", description="Prepare and verify datasets.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="copy or download a dataset into ROOT and verify it; prints the data hash")
-    p.add_argument("name", choices=DATASETS)
+    p.add_argument("name", choices=DATASETS, help="dataset")
     p.add_argument("--root", required=True, help="dataset directory, e.g. data/fashion-mnist")
-    p.add_argument("--source", default=None, help="directory holding the official files to copy (optional)")
+    p.add_argument("--source", default=None,
+                   help="directory holding the official files to copy: the four IDX .gz files, or the CIFAR "
+                        "archive or its extracted folder (optional)")
     h = sub.add_parser("hash", help="verify an existing copy and print its data hash")
-    h.add_argument("name", choices=DATASETS)
-    h.add_argument("--root", required=True)
+    h.add_argument("name", choices=DATASETS, help="dataset")
+    h.add_argument("--root", required=True, help="dataset directory, e.g. data/fashion-mnist")
     args = parser.parse_args(argv)
-    try:
-        digest = prepare(args.name, args.root, args.source) if args.command == "prepare" else data_hash(args.name, args.root)
-    except DataError as e:
-        print(f"lsqbq data: {e}", file=sys.stderr)
-        return 1
+    # errors propagate: the command line (lsqbq.cli) prints them as one line with the DataError exit code
+    if args.command == "prepare":
+        digest = prepare(args.name, args.root, args.source)
+    else:
+        digest = data_hash(args.name, args.root)
     print(digest)
     return 0

@@ -1,4 +1,8 @@
-"""Shared pieces of the dataset modules: in-memory image arrays, batched augmentation, hashing, errors."""
+"""Shared pieces of the dataset modules: in-memory image arrays, batched augmentation, hashing, errors.
+
+``DataError`` (corrupt or malformed files) and ``DataNotFoundError`` (missing files) come from
+:mod:`lsqbq.errors`; their messages name the file and how to obtain the data.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -9,11 +13,19 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["DataError", "DatasetInfo", "ArrayDataset", "array_hash", "sample_hash", "subset_indices", "batched_collate"]
+from ..errors import DataError, DataNotFoundError
+
+__all__ = ["DataError", "DataNotFoundError", "DatasetInfo", "ArrayDataset", "array_hash", "sample_hash",
+           "subset_indices", "batched_collate", "file_md5"]
 
 
-class DataError(FileNotFoundError):
-    """Dataset files are missing or corrupt; the message names the path and how to obtain the data."""
+def file_md5(path) -> str:
+    """md5 of a file's bytes (the checksum torchvision and the dataset authors publish)."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)

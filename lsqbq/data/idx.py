@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import shutil
+import zlib
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from ._common import DataError, DatasetInfo
+from ._common import DataError, DataNotFoundError, DatasetInfo
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -70,18 +72,33 @@ def _read_bytes(path: Path) -> bytes:
             with gzip.open(path, "rb") as f:
                 return f.read()
         return path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise DataError(f"{path}: cannot read ({e}); the file is corrupt") from None
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a bad deflate stream is zlib.error
+        what = "truncated" if isinstance(e, EOFError) else "corrupt"
+        raise DataError(f"{path}: cannot read ({type(e).__name__}: {e}); the file is {what}, replace it") from None
 
 
-def parse_idx(raw: bytes, path: Path) -> np.ndarray:
-    if len(raw) < 8 or raw[0] != 0 or raw[1] != 0 or raw[2] != 8:
-        raise DataError(f"{path}: not an IDX uint8 file")
-    ndim = raw[3]
-    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    offset = 4 + 4 * ndim
-    if len(raw) != offset + int(np.prod(dims)):
-        raise DataError(f"{path}: size {len(raw)} does not match its header {dims} (truncated or corrupt)")
+MAGIC = {3: 0x00000803, 1: 0x00000801}  # uint8 images (N, H, W), uint8 labels (N,)
+
+
+def parse_idx(raw: bytes, path: Path, ndim: int | None = None) -> np.ndarray:
+    """Decode an uint8 IDX file; ``ndim`` (3 images, 1 labels) is checked when given."""
+    if len(raw) < 4:
+        raise DataError(f"{path}: {len(raw)} bytes, shorter than an IDX header (4 bytes); the file is truncated")
+    magic = int.from_bytes(raw[:4], "big")
+    want = MAGIC.get(ndim) if ndim is not None else None
+    if raw[0] != 0 or raw[1] != 0 or raw[2] != 8 or (want is not None and magic != want):
+        expected = f"0x{want:08x}" if want is not None else "0x000008NN (uint8)"
+        kind = {3: "image file", 1: "label file"}.get(ndim, "file")
+        raise DataError(f"{path}: magic number 0x{magic:08x}, expected {expected}; not an IDX uint8 {kind}")
+    n = raw[3]
+    offset = 4 + 4 * n
+    if len(raw) < offset:
+        raise DataError(f"{path}: {len(raw)} bytes, shorter than its {offset}-byte header; the file is truncated")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(n))
+    expected = offset + int(np.prod(dims, dtype=np.int64))
+    if len(raw) != expected:
+        raise DataError(f"{path}: {len(raw)} bytes, but its header {dims} needs {expected} bytes "
+                        f"({'truncated' if len(raw) < expected else 'trailing data'} or corrupt)")
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
 
 
@@ -91,25 +108,30 @@ def _load_cached(name: str, root: str, stamp: tuple) -> tuple[dict[str, np.ndarr
 
     root_p = Path(root)
     arrays = {}
+    paths = {}
     for key, stem in FILES.items():
-        path = find_file(root_p, name, stem)
+        path = paths[key] = find_file(root_p, name, stem)
+        if path is None:
+            raise DataNotFoundError(f"{name}: {root_p / (stem + '.gz')} not found; {how_to_get(name, root_p)}")
         raw = _read_bytes(path)
         if name == "fashion-mnist":
             digest = hashlib.sha256(raw).hexdigest()
             if digest != FASHION_SHA256[stem]:
                 raise DataError(f"{path}: sha256 of the decompressed file is {digest}, expected "
                                 f"{FASHION_SHA256[stem]} (corrupt); {how_to_get(name, root_p)}")
-        arrays[key] = parse_idx(raw, path)
+        arrays[key] = parse_idx(raw, path, ndim=3 if key.endswith("images") else 1)
     n_train, n_test = 60000, 10000
     expect = {"train_images": (n_train, 28, 28), "train_labels": (n_train,),
               "test_images": (n_test, 28, 28), "test_labels": (n_test,)}
     for key, shape in expect.items():
         if arrays[key].shape != shape:
-            raise DataError(f"{root_p}: {FILES[key]} has shape {arrays[key].shape}, expected {shape}")
+            raise DataError(f"{paths[key]}: shape {arrays[key].shape}, expected {shape} (not the full {name} "
+                            f"{key.split('_')[0]} set); {how_to_get(name, root_p)}")
     for key in ("train_labels", "test_labels"):
         counts = np.bincount(arrays[key], minlength=10)
         if len(counts) != 10 or (name == "fashion-mnist" and not (counts == counts[0]).all()):
-            raise DataError(f"{root_p}: unexpected label counts {counts.tolist()} in {FILES[key]}")
+            raise DataError(f"{paths[key]}: label counts {counts.tolist()}, expected 10 classes"
+                            f"{' of equal size' if name == 'fashion-mnist' else ''} (corrupt)")
     digest = array_hash(arrays["train_images"], arrays["train_labels"], arrays["test_images"], arrays["test_labels"])
     return arrays, digest
 
@@ -121,7 +143,7 @@ def load(name: str, root: str | Path) -> tuple[dict[str, np.ndarray], str]:
     for stem in FILES.values():
         path = find_file(root, name, stem)
         if path is None:
-            raise DataError(f"{name}: {root / (stem + '.gz')} not found; {how_to_get(name, root)}")
+            raise DataNotFoundError(f"{name}: {root / (stem + '.gz')} not found; {how_to_get(name, root)}")
         paths.append(path)
     stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
     return _load_cached(name, str(root.resolve()), stamp)
@@ -134,21 +156,29 @@ def prepare(name: str, root: str | Path, source: str | Path | None = None) -> st
     (Fashion-MNIST only), else a torchvision download into ``root``.
     """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     if source is None and name == "fashion-mnist" and DEBIAN_FASHION.is_dir():
         source = DEBIAN_FASHION
     if source is not None:
         source = Path(source)
-        for stem in FILES.values():
-            src = source / (stem + ".gz")
+        srcs = [source / (stem + ".gz") for stem in FILES.values()]
+        for src in srcs:
             if not src.is_file():
-                raise DataError(f"{src} not found (expected the 4 official .gz files in {source})")
+                raise DataNotFoundError(f"{src} not found (expected the 4 official .gz files in {source})")
+        load(name, source)  # verify before copying: a corrupt source leaves nothing behind in root
+        root.mkdir(parents=True, exist_ok=True)
+        for src in srcs:
             dst = root / src.name
             if not dst.is_file() or dst.stat().st_size != src.stat().st_size:
-                shutil.copyfile(src, dst)
+                tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+                try:
+                    shutil.copyfile(src, tmp)
+                    os.replace(tmp, dst)
+                finally:
+                    tmp.unlink(missing_ok=True)
     elif find_file(root, name, FILES["train_images"]) is None:
         import torchvision
 
+        root.mkdir(parents=True, exist_ok=True)
         cls = torchvision.datasets.FashionMNIST if name == "fashion-mnist" else torchvision.datasets.MNIST
         try:
             cls(str(root), train=True, download=True)

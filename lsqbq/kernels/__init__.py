@@ -5,8 +5,10 @@ k_a * k_w binary ones, each ``K - 2 popcount(a XOR c)`` on sign bits packed 64 t
 
 * :mod:`~lsqbq.kernels.reference`  pure-torch kernels (exact; the test oracle; used on GPU),
 * :mod:`~lsqbq.kernels.ops`        typed wrappers over the C++ ops ``torch.ops.lsqbq.*`` and the back-end choice
-                                   (``LSQBQ_KERNELS`` = auto | reference | portable | avx512),
-* :mod:`~lsqbq.kernels.convert`    ``to_bitwise(model)``: quantized layers -> bitwise inference modules.
+                                   (``backend=`` auto | reference | portable | avx512; ``LSQBQ_NATIVE=0``: reference),
+* :mod:`~lsqbq.kernels.convert`    ``to_bitwise(model)``: quantized layers -> bitwise inference modules, with the
+                                   neighbouring BatchNorm / ReLU / PReLU / residual add fused into their ops,
+* :mod:`~lsqbq.kernels.evaluation` trained checkpoints evaluated bitwise beside the simulated model.
 
     >>> import torch, lsqbq
     >>> from lsqbq.kernels import to_bitwise
@@ -14,12 +16,14 @@ k_a * k_w binary ones, each ``K - 2 popcount(a XOR c)`` on sign bits packed 64 t
     >>> fast = to_bitwise(net)            # weights packed once, eval mode
     >>> y = fast(torch.randn(1, 64, 8, 8))  # equals net.eval()(x) within float rounding
 """
-from .convert import BitwiseConv2d, BitwiseLinear, convertible, to_bitwise
+from .convert import BitwiseConv2d, BitwiseLinear, FusedRegularBlock, FusedXnorBlock, convertible, to_bitwise
 from .ops import (
     BACKENDS,
     PackedWeight,
     available_backends,
+    bitwise_conv2d,
     encode,
+    encode_fit,
     pack_signs,
     pack_weight,
     popcount_peak,
@@ -34,10 +38,14 @@ __all__ = [
     "BACKENDS",
     "BitwiseConv2d",
     "BitwiseLinear",
+    "FusedRegularBlock",
+    "FusedXnorBlock",
     "PackedWeight",
     "available_backends",
+    "bitwise_conv2d",
     "convertible",
     "encode",
+    "encode_fit",
     "pack_signs",
     "pack_weight",
     "popcount_peak",

@@ -2,11 +2,13 @@
 
 Back ends (one API, chosen per call):
     ``reference``  pure torch (:mod:`lsqbq.kernels.reference`), always present, used on non-CPU devices;
-    ``portable``   compiled C++ (``torch.ops.lsqbq.*``), scalar popcount, any CPU;
+    ``portable``   compiled C++ (``torch.ops.lsqbq.*``, see :mod:`lsqbq._native`), scalar popcount, any CPU;
     ``avx512``     the same library, AVX-512 VPOPCNTDQ micro-kernels (chosen at run time when the CPU has them).
-The environment variable ``LSQBQ_KERNELS`` = ``auto`` (default) | ``reference`` | ``portable`` | ``avx512`` forces
-one; ``auto`` takes the fastest available and falls back to ``reference`` (with one warning) if the C++ build
-fails. ``backend=`` on every function overrides it.
+``backend=`` on every function picks one; ``None`` or ``auto`` (default) takes the fastest available, or the one
+named by the environment variable ``LSQBQ_KERNELS`` (e.g. ``LSQBQ_KERNELS=portable`` runs the portable C++ path on
+an AVX-512 machine, so CI covers it on any CPU). Without the
+C++ library (``LSQBQ_NATIVE=0``, a failed build, or inside :func:`lsqbq._native.disabled`) only ``reference`` is
+available, so ``auto`` means ``reference``.
 
 Layouts (bit = 1 <=> -1, bit ``c mod 64`` of word ``c // 64``, tail bits 0):
     activations  ``(P_a, B, H + 2 ph, W + 2 pw, Cw)`` int64, NHWC packed along channels, zero words at the
@@ -18,14 +20,16 @@ value is ``<t, c>`` with ``t = x_q / (2v)`` in {-1, 0, 1}); scaled results are f
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from .. import _ops
 from . import reference as ref
-from ._build import load_library
+from .reference import FIT_GIVEN, FIT_GREEDY, FIT_LS2, FIT_TERNARY
 
 __all__ = [
     "BACKENDS",
@@ -35,6 +39,12 @@ __all__ = [
     "pack_signs",
     "pack_weight",
     "encode",
+    "encode_fit",
+    "bitwise_conv2d",
+    "FIT_GIVEN",
+    "FIT_GREEDY",
+    "FIT_LS2",
+    "FIT_TERNARY",
     "xnor_gemm",
     "xnor_gemm_scaled",
     "xnor_conv2d",
@@ -47,33 +57,33 @@ _ISA = {"portable": 0, "avx512": 1}
 NB = 32  # output channels per weight panel (fixed by the C++ micro-kernel)
 
 
-def _compiled() -> bool:
-    ok = load_library()
-    if ok:
-        _register_fakes()
-    return ok
-
-
 def available_backends() -> list[str]:
-    """Back ends usable on this machine (``reference`` always; the C++ ones if the library builds)."""
+    """Back ends usable here and now (``reference`` always; the C++ ones when the native library is active)."""
     out = ["reference"]
-    if _compiled():
+    if _ops.active():
         out.append("portable")
-        if torch.ops.lsqbq.isa_supported(_ISA["avx512"]):
+        if _avx512_supported():
             out.append("avx512")
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _avx512_supported() -> bool:
+    return bool(torch.ops.lsqbq.isa_supported(_ISA["avx512"]))
+
+
 def resolve_backend(backend: str | None = None, device: torch.device | str = "cpu") -> str:
-    """The back end a call will use: ``backend`` or ``LSQBQ_KERNELS`` (default ``auto``), on ``device``.
+    """The back end a call with ``backend`` (None: ``auto``, the fastest available) will use on ``device``.
 
     Raises:
         ValueError: unknown name, or a compiled back end that is not available here.
     """
-    name = backend or os.environ.get("LSQBQ_KERNELS", "auto") or "auto"
+    name = backend or "auto"
+    if name == "auto" and os.environ.get("LSQBQ_KERNELS", "auto") != "auto":
+        name = os.environ["LSQBQ_KERNELS"]
     if name not in (*BACKENDS, "auto"):
         raise ValueError(f"unknown kernel backend {name!r}; choose one of auto, {', '.join(BACKENDS)}")
-    if torch.device(device).type != "cpu" or name == "reference":
+    if (device.type if isinstance(device, torch.device) else torch.device(device).type) != "cpu" or name == "reference":
         return "reference"
     avail = available_backends()
     if name == "auto":
@@ -81,6 +91,11 @@ def resolve_backend(backend: str | None = None, device: torch.device | str = "cp
     if name not in avail:
         raise ValueError(f"kernel backend {name!r} is not available on this machine (available: {avail})")
     return name
+
+
+def compiled_isa(backend: str | None, device: torch.device | str = "cpu") -> int | None:
+    """The ``isa`` argument of the C++ ops for :func:`resolve_backend`'s choice, or None for ``reference``."""
+    return _ISA.get(resolve_backend(backend, device))
 
 
 # ------------------------------------------------------------------------------------------ weights
@@ -155,7 +170,8 @@ def pack_signs(x: Tensor, *, backend: str | None = None) -> Tensor:
 
 def encode(x: Tensor, scales: Tensor, *, clamp: float | None = None, mask: bool = False,
            padding: tuple[int, int] = (0, 0), backend: str | None = None) -> Tensor:
-    """Foldable sign planes of activations, packed (see :func:`lsqbq.kernels.reference.encode` for the math).
+    """Foldable sign planes of activations, packed (op ``lsqbq::pack_activations``; the math is in
+    :func:`lsqbq.kernels.reference.encode`).
 
     Shapes: ``x: (B, C, H, W)`` (channels_last is read without a copy) or ``(B, n)``; ``scales: (B, k)`` ->
     ``(k, B, H + 2 ph, W + 2 pw, Cw)`` or ``(k, B, Cw)`` int64; with ``mask`` (ternary) the 2 planes are
@@ -167,8 +183,50 @@ def encode(x: Tensor, scales: Tensor, *, clamp: float | None = None, mask: bool 
         scales = scales.expand(x.shape[0], -1)
     if b == "reference":
         return ref.encode(x, scales, clamp, mask, tuple(padding))
-    return torch.ops.lsqbq.encode(x.float(), scales.contiguous(), float(clamp or 0.0), scales.shape[1], mask,
-                                  int(padding[0]), int(padding[1]), _ISA[b])
+    return torch.ops.lsqbq.pack_activations(x.float(), scales.contiguous(), float(clamp or 0.0), scales.shape[1],
+                                            mask, int(padding[0]), int(padding[1]), _ISA[b])
+
+
+def encode_fit(x: Tensor, planes: int, fit: int, *, scales: Tensor | None = None, clamp: float | None = None,
+               mask: bool = False, padding: tuple[int, int] = (0, 0), prologue: tuple[Tensor, Tensor] | None = None,
+               backend: str | None = None) -> tuple[Tensor, Tensor]:
+    """Fused activation encode (op ``lsqbq::encode_fused``): per-channel prologue ``y = fma(x, a, b)`` (a
+    BatchNorm in front of the layer), clamp, per-sample scales and the packed planes in one pass per plane.
+
+    ``fit``: ``FIT_GIVEN`` (``scales (B | 1, planes)``), ``FIT_GREEDY`` (ls-1 / gf-k: ``v_i = mean|r_i|``, float64
+    sums in a fixed order, fused with the encode), ``FIT_LS2`` / ``FIT_TERNARY`` (the exact fits on the NHWC
+    activation). Shapes: ``x: (B, C, H, W)`` (channels_last read in place) or ``(B, n)`` -> ``(words, scales)``
+    with ``words`` as :func:`encode` and ``scales (B, planes)`` float32.
+    """
+    b = resolve_backend(backend, x.device)
+    if b == "reference":
+        return ref.encode_fit(x, planes, fit, scales, clamp, mask, tuple(padding), prologue)
+    a, sh = (None, None) if prologue is None else prologue
+    return torch.ops.lsqbq.encode_fused(x.float(), a, sh, scales, float(clamp or 0.0), int(planes), int(fit), mask,
+                                        int(padding[0]), int(padding[1]), _ISA[b])
+
+
+def bitwise_conv2d(x: Tensor, w: PackedWeight, bias: Tensor | None = None, stride=1, padding=0, dilation=1, *,
+                   planes: int, fit: int, scales: Tensor | None = None, clamp: float | None = None,
+                   mask: bool = False, prologue: tuple[Tensor, Tensor] | None = None, residual: Tensor | None = None,
+                   act: int = 0, slope: Tensor | None = None, residual_first: bool = True,
+                   backend: str | None = None) -> Tensor:
+    """A whole bitwise convolution layer in one op (``lsqbq::bitwise_conv2d``): :func:`encode_fit`, the binary
+    convolution and the float epilogue ``y = bias + sum_ij sa_i sw_j d_ij``, ``(+ residual if residual_first)``,
+    ``act`` (0 none, 1 ReLU, 2 PReLU with ``slope (N,)`` or ``(1,)``), ``(+ residual otherwise)``.
+
+    Shapes: ``x: (B, C, H, W)``, ``residual: (B, N, OH, OW)`` -> ``(B, OH, OW, N)`` float32 (NHWC memory).
+    Cost: ``planes`` passes over ``x`` for the encode, ``P_a P_w B OH OW N T Cw`` word ops for the convolution.
+    """
+    b = resolve_backend(backend, x.device)
+    s, p, d = _pair(stride), _pair(padding), _pair(dilation)
+    if b == "reference":
+        return ref.bitwise_conv2d(x, w.rows, w.scales_nk(), bias, w.kernel, s, p, d, planes, fit, scales, clamp, mask,
+                                  prologue, residual, act, slope, residual_first)
+    a, sh = (None, None) if prologue is None else prologue
+    return torch.ops.lsqbq.bitwise_conv2d(x.float(), w.panels, w.tapsum, w.scales, bias, a, sh, scales, residual, slope,
+                                          float(clamp or 0.0), int(planes), int(fit), mask, int(act), residual_first,
+                                          w.n_out, w.c_in, list(w.kernel), s, p, d, _ISA[b])
 
 
 def _check_gemm(a: Tensor, w: PackedWeight, mask: bool) -> None:
@@ -246,50 +304,3 @@ def popcount_peak(iters: int, *, backend: str | None = None) -> int:
     if b == "reference":
         raise ValueError("the popcount peak needs a compiled back end")
     return int(torch.ops.lsqbq.popcount_peak(int(iters), _ISA[b]))
-
-
-# ------------------------------------------------------------------------------- fake (meta) kernels
-
-_fakes_done = False
-
-
-def _register_fakes() -> None:
-    """Shape-only implementations so the ops trace under FakeTensor / torch.compile."""
-    global _fakes_done
-    if _fakes_done:
-        return
-    _fakes_done = True
-    lib = "lsqbq::"
-
-    def conv_out(hw, kernel, stride, padding, dilation):
-        return [(hw[i] + 2 * padding[i] - dilation[i] * (kernel[i] - 1) - 1) // stride[i] + 1 for i in range(2)]
-
-    @torch.library.register_fake(lib + "pack_signs")
-    def _(x):
-        return x.new_empty((*x.shape[:-1], (x.shape[-1] + 63) // 64), dtype=torch.int64)
-
-    @torch.library.register_fake(lib + "encode")
-    def _(x, scales, clamp, planes, mask, pad_h, pad_w, isa):
-        cw = (x.shape[1] + 63) // 64
-        if x.dim() == 2:
-            return x.new_empty((planes, x.shape[0], cw), dtype=torch.int64)
-        return x.new_empty((planes, x.shape[0], x.shape[2] + 2 * pad_h, x.shape[3] + 2 * pad_w, cw),
-                           dtype=torch.int64)
-
-    @torch.library.register_fake(lib + "xnor_gemm")
-    def _(a, w, n_out, k, mask, isa):
-        return a.new_empty((1 if mask else a.shape[0], w.shape[0], a.shape[1], n_out), dtype=torch.int32)
-
-    @torch.library.register_fake(lib + "xnor_gemm_scaled")
-    def _(a, w, sa, sw, bias, n_out, k, mask, isa):
-        return a.new_empty((a.shape[1], n_out), dtype=torch.float32)
-
-    @torch.library.register_fake(lib + "xnor_conv2d")
-    def _(a, w, wtap, n_out, c_in, hw, kernel, stride, padding, dilation, mask, isa):
-        oh, ow = conv_out(hw, kernel, stride, padding, dilation)
-        return a.new_empty((1 if mask else a.shape[0], w.shape[0], a.shape[1], oh, ow, n_out), dtype=torch.int32)
-
-    @torch.library.register_fake(lib + "xnor_conv2d_scaled")
-    def _(a, w, wtap, sa, sw, bias, n_out, c_in, hw, kernel, stride, padding, dilation, mask, isa):
-        oh, ow = conv_out(hw, kernel, stride, padding, dilation)
-        return a.new_empty((a.shape[1], oh, ow, n_out), dtype=torch.float32)

@@ -13,18 +13,31 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .. import quantizers
 from ..quantizers import foldable_bits
 
 __all__ = [
+    "FIT_GIVEN",
+    "FIT_GREEDY",
+    "FIT_LS2",
+    "FIT_TERNARY",
     "popcount64",
     "pack_signs",
     "unpack_signs",
     "encode",
+    "encode_fit",
+    "bitwise_conv2d",
     "xnor_gemm",
     "xnor_gemm_scaled",
     "xnor_conv2d",
     "xnor_conv2d_scaled",
 ]
+
+# How the activation scales of a call are obtained (the ``fit`` argument of the fused ops):
+FIT_GIVEN = 0    # passed in (moving averages, or fitted by the caller)
+FIT_GREEDY = 1   # v_i = mean |r_i| per sample (ls-1 = gf-1, gf-k), fitted while encoding
+FIT_LS2 = 2      # exact least-squares 2-bit fit per sample
+FIT_TERNARY = 3  # exact least-squares ternary fit per sample
 
 _M1 = 0x5555555555555555
 _M2 = 0x3333333333333333
@@ -165,3 +178,67 @@ def xnor_conv2d_scaled(a: Tensor, w_rows: Tensor, c_in: int, hw, kernel, sa: Ten
     rows_sa = sa.repeat_interleave(OH * OW, dim=0)  # (B*OH*OW, Pa)
     out = _scale(d.reshape(Pa, Pw, B * OH * OW, N), rows_sa, sw, bias)
     return out.reshape(B, OH, OW, N)
+
+
+def fma32(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``x * a + b`` rounded once to float32 (a fused multiply-add: the float32 product is exact in float64), as
+    torch's CPU BatchNorm evaluates it."""
+    return (x.double() * a.double() + b.double()).float()
+
+
+def encode_fit(x: Tensor, planes: int, fit: int, scales: Tensor | None = None, clamp: float | None = None,
+               mask: bool = False, padding: tuple[int, int] = (0, 0),
+               prologue: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """Fused activation encode: ``y = clamp(fma(x, a_c, b_c))``, per-sample scales, packed planes.
+
+    ``prologue = (a, b)``: per-channel ``(C,)`` affine in front (a BatchNorm in eval mode). ``fit``: one of the
+    ``FIT_*`` codes; ``scales`` ``(B | 1, planes)`` for ``FIT_GIVEN``. Scales are fitted on the rows
+    ``y.reshape(B, -1)`` as the simulated layer does. Shapes: ``x: (B, C, H, W)`` or ``(B, n)`` ->
+    ``(words, scales (B, planes))``.
+    """
+    y = x.float()
+    if prologue is not None:
+        shape = (1, -1) + (1,) * (y.dim() - 2)
+        y = fma32(y, prologue[0].reshape(shape), prologue[1].reshape(shape))
+    if clamp:
+        y = y.clamp(-clamp, clamp)
+    B = y.shape[0]
+    rows = y.reshape(B, -1)
+    if fit == FIT_GIVEN:
+        v = scales.float().reshape(-1, planes).expand(B, planes).contiguous()
+    elif fit == FIT_GREEDY:
+        v = quantizers.fit_greedy(rows, planes)
+    elif fit in (FIT_LS2, FIT_TERNARY):
+        v = (quantizers.fit_ternary if fit == FIT_TERNARY else quantizers.fit_ls2)(rows)
+    else:
+        raise ValueError(f"unknown fit mode {fit}")
+    if fit != FIT_GIVEN and not bool(torch.isfinite(v).all()):
+        b = int((~torch.isfinite(v)).any(1).nonzero()[0, 0])
+        raise ValueError(f"lsqbq: the activation scales of sample {b} are not finite: the input holds NaN or Inf")
+    return encode(y, v, None, mask, padding), v
+
+
+def bitwise_conv2d(x: Tensor, w_rows: Tensor, sw: Tensor, bias: Tensor | None, kernel, stride, padding, dilation,
+                   planes: int, fit: int, scales: Tensor | None = None, clamp: float | None = None,
+                   mask: bool = False, prologue=None, residual: Tensor | None = None, act: int = 0,
+                   slope: Tensor | None = None, residual_first: bool = True) -> Tensor:
+    """A whole bitwise convolution layer: :func:`encode_fit`, :func:`xnor_conv2d_scaled` and the epilogue
+    ``y (+ residual if residual_first); act (0 none, 1 ReLU, 2 PReLU); (+ residual otherwise)``.
+
+    Shapes: ``x: (B, C, H, W)``, ``w_rows: (P_w, N, T, Cw)``, ``sw: (N, P_w)``, ``residual: (B, N, OH, OW)`` ->
+    ``(B, OH, OW, N)``.
+    """
+    a, v = encode_fit(x, planes, fit, scales, clamp, mask, tuple(padding), prologue)
+    sa = 2 * v[:, :1] if mask else v
+    y = xnor_conv2d_scaled(a, w_rows, x.shape[1], tuple(x.shape[-2:]), tuple(kernel), sa, sw, bias, tuple(stride),
+                           tuple(padding), tuple(dilation), mask)
+    res = None if residual is None else residual.float().permute(0, 2, 3, 1)
+    if res is not None and residual_first:
+        y = y + res
+    if act == 1:
+        y = torch.relu(y)
+    elif act == 2:
+        y = torch.where(y > 0, y, slope.float() * y)
+    if res is not None and not residual_first:
+        y = y + res
+    return y

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..layers import QuantConv2d, QuantLinear
+from ..schemes import get_scheme
 from . import lenet, resnet  # noqa: F401  (registers the builders)
 from ._registry import create_model, list_models, register_model
 
@@ -92,9 +93,10 @@ def summary(model: nn.Module, input_shape: tuple[int, ...]) -> ModelSummary:
 
     counted = set()
     for name, m in leaves.items():
-        xq = m.x_scheme if isinstance(m, (QuantConv2d, QuantLinear)) else None
-        wq = m.w_scheme if isinstance(m, (QuantConv2d, QuantLinear)) else None
-        x_bits, w_bits = (xq.k if xq else 0), (wq.k if wq else 0)
+        quantized = isinstance(m, (QuantConv2d, QuantLinear))
+        xq = m.x_scheme if quantized else get_scheme("fp")
+        wq = m.w_scheme if quantized else get_scheme("fp")
+        x_bits, w_bits = xq.planes, wq.planes
         n_w = m.weight.numel()
         n_b = m.bias.numel() if m.bias is not None else 0
         macs = macs_of.get(name, 0)
@@ -114,8 +116,8 @@ def summary(model: nn.Module, input_shape: tuple[int, ...]) -> ModelSummary:
             out.params["fp32"] += n_w + n_b
             out.memory_bytes += (n_w + n_b) * 4
         counted.update({id(m.weight)} | ({id(m.bias)} if m.bias is not None else set()))
-        out.rows.append({"name": name, "type": type(m).__name__, "x_quant": xq.name if xq else "fp",
-                         "w_quant": wq.name if wq else "fp", "params": n_w + n_b, "macs": macs, "kind": kind})
+        out.rows.append({"name": name, "type": type(m).__name__, "x_quant": xq.name,
+                         "w_quant": wq.name, "params": n_w + n_b, "macs": macs, "kind": kind})
     rest = sum(p.numel() for p in model.parameters() if id(p) not in counted)  # BN, PReLU
     out.params["fp32"] += rest
     out.memory_bytes += rest * 4

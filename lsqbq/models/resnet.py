@@ -22,6 +22,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..layers import QuantConv2d
+from ..schemes import get_scheme
 from ._registry import register_model
 
 __all__ = ["ResNet", "RegularBlock", "XnorBlock", "resnet18", "resnet_small"]
@@ -109,7 +110,7 @@ class ResNet(nn.Module):
                  double_shortcut: bool | None = None, stem_stride: int = 1):
         super().__init__()
         if block is None:
-            block = "regular" if x_quant == "fp" and w_quant == "fp" else "xnor"
+            block = "regular" if get_scheme(x_quant).is_fp and get_scheme(w_quant).is_fp else "xnor"
         if block not in BLOCKS:
             raise ValueError(f"block must be one of {sorted(BLOCKS)}, got {block!r}")
         if double_shortcut is None:

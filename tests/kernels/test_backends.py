@@ -8,8 +8,9 @@ import sys
 import pytest
 import torch
 
-from lsqbq.kernels import (encode, pack_signs, pack_weight, popcount_peak, reference as ref, resolve_backend,
-                           xnor_conv2d, xnor_conv2d_scaled, xnor_gemm, xnor_gemm_scaled)
+from lsqbq import _native
+from lsqbq.kernels import (available_backends, encode, pack_signs, pack_weight, popcount_peak, reference as ref,
+                           resolve_backend, xnor_conv2d, xnor_conv2d_scaled, xnor_gemm, xnor_gemm_scaled)
 
 MODES = [(1, 1, False), (2, 1, False), (2, 2, False), (3, 2, False), (1, 2, False), (2, 1, True), (2, 2, True)]
 IDS = ["1x1", "2x1", "2x2", "3x2", "1x2", "Tx1", "Tx2"]
@@ -100,35 +101,27 @@ def test_peak_runs(backend):
     assert popcount_peak(1000, backend=backend) > 0
 
 
-def test_opcheck(backend):
-    gen = torch.Generator().manual_seed(0)
-    a = encode(torch.randn(1, 70, 5, 4, generator=gen), torch.rand(1, 2, generator=gen), padding=(1, 1),
-               backend=backend)
-    w = pack_weight(_pm1(1, 9, 70, 3, 3, gen=gen))
-    isa = {"portable": 0, "avx512": 1}[backend]
-    torch.library.opcheck(torch.ops.lsqbq.xnor_conv2d.default,
-                          (a, w.panels, w.tapsum, 9, 70, [5, 4], [3, 3], [1, 1], [1, 1], [1, 1], False, isa),
-                          test_utils=("test_schema", "test_faketensor"))
-    sa = torch.rand(1, 2, generator=gen)
-    torch.library.opcheck(torch.ops.lsqbq.xnor_conv2d_scaled.default,
-                          (a, w.panels, w.tapsum, sa, w.scales, None, 9, 70, [5, 4], [3, 3], [1, 1], [1, 1], [1, 1],
-                           False, isa), test_utils=("test_schema", "test_faketensor"))
-
-
-def test_backend_env_var(monkeypatch):
-    monkeypatch.setenv("LSQBQ_KERNELS", "reference")
-    assert resolve_backend() == "reference"
-    monkeypatch.setenv("LSQBQ_KERNELS", "nonsense")
+def test_backend_names():
+    assert resolve_backend() == resolve_backend("auto") == available_backends()[-1]
+    assert resolve_backend("reference") == "reference"
     with pytest.raises(ValueError, match="unknown kernel backend"):
-        resolve_backend()
-    monkeypatch.delenv("LSQBQ_KERNELS")
+        resolve_backend("nonsense")
     assert resolve_backend(device="meta") == "reference"  # non-CPU tensors use the reference
+
+
+def test_disabled_means_reference(backend):
+    with _native.disabled():
+        assert available_backends() == ["reference"]
+        assert resolve_backend() == "reference"
+        with pytest.raises(ValueError, match="not available"):
+            resolve_backend(backend)
 
 
 _FALLBACK = """
 import warnings, torch
-import lsqbq.kernels._build as B
-B._SOURCE = B._SOURCE.with_name("missing.cpp")     # the build cannot succeed
+from pathlib import Path
+from lsqbq import _native
+_native.SOURCES = [Path(_native.SOURCES[0]).with_name("missing.cpp")]     # the build cannot succeed
 from lsqbq.kernels import available_backends, resolve_backend, to_bitwise
 import lsqbq
 with warnings.catch_warnings(record=True) as caught:
@@ -136,7 +129,9 @@ with warnings.catch_warnings(record=True) as caught:
     assert available_backends() == ["reference"], available_backends()
     assert resolve_backend() == "reference"
     available_backends()
+    v = lsqbq.fit(torch.randn(3, 10), "ls-2")                  # the quantizers run their torch code
 assert sum("falling back" in str(w.message) for w in caught) == 1, [str(w.message) for w in caught]
+assert _native.build_error() is not None
 net = torch.nn.Sequential(lsqbq.QuantConv2d(8, 4, 3, padding=1, x_quant="ls-1", w_quant="ls-1")).eval()
 x = torch.randn(1, 8, 5, 5)
 torch.testing.assert_close(to_bitwise(net)(x), net(x), rtol=1e-5, atol=1e-5)
@@ -145,6 +140,6 @@ print("fallback-ok")
 
 
 def test_build_failure_falls_back_to_reference(tmp_path):
-    env = {**os.environ, "LSQBQ_BUILD_DIR": str(tmp_path), "LSQBQ_KERNELS": "auto"}
+    env = {**os.environ, "LSQBQ_BUILD_DIR": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", _FALLBACK], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "fallback-ok" in out.stdout, out.stderr[-2000:]

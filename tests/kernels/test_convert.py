@@ -87,3 +87,69 @@ def test_unconvertible_layers_stay():
     assert [type(m) for m in fast] == [type(m) for m in net]
     single = to_bitwise(lsqbq.QuantLinear(5, 3, x_quant="ls-1", w_quant="ls-2"))
     assert isinstance(single, BitwiseLinear)
+
+
+# ---------------------------------------------------------------- bad input and scale modes
+from lsqbq.errors import InputError, InputTypeError  # noqa: E402
+
+
+def _conv(padding=1, act_stats="off"):
+    torch.manual_seed(0)
+    return lsqbq.QuantConv2d(8, 16, 3, padding=padding, x_quant="ls-2", w_quant="ls-1", act_stats=act_stats).eval()
+
+
+@pytest.mark.parametrize("shape,needle", [((2, 7, 6, 6), "expected 8 input channels, got 7"),
+                                          ((8, 6, 6), "(B, C, H, W)"),
+                                          ((2, 8, 6, 6, 1), "(B, C, H, W)")])
+def test_bitwise_conv_rejects_wrong_shapes_naming_sizes(shape, needle):
+    with pytest.raises(InputError) as e:
+        to_bitwise(_conv(), backend="reference")(torch.randn(*shape))
+    assert needle in str(e.value) and str(tuple(shape)) in str(e.value)
+
+
+def test_bitwise_conv_rejects_inputs_smaller_than_the_kernel():
+    with pytest.raises(InputError, match=r"input \(2, 2\) is smaller than the kernel \(3, 3\)"):
+        to_bitwise(_conv(padding=0), backend="reference")(torch.randn(1, 8, 2, 2))
+
+
+def test_bitwise_linear_rejects_a_wrong_feature_count_and_integer_input():
+    lin = lsqbq.QuantLinear(12, 5, x_quant="ls-1", w_quant="ls-1").eval()
+    b = to_bitwise(lin, backend="reference")
+    with pytest.raises(InputError, match="expected 12 input features, got 11"):
+        b(torch.randn(3, 11))
+    with pytest.raises(InputTypeError, match="floating-point"):
+        b(torch.ones(3, 12, dtype=torch.int64))
+
+
+def test_bitwise_layers_give_the_correct_result_for_batch0_float64_and_strided_input():
+    layer = _conv()
+    b = to_bitwise(layer, backend="reference")
+    assert b(torch.randn(0, 8, 6, 6)).shape == (0, 16, 6, 6)
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(b(x.double()), layer(x), rtol=1e-5, atol=1e-5)
+        xt = x.transpose(2, 3)  # non-contiguous
+        torch.testing.assert_close(b(xt), layer(xt), rtol=1e-5, atol=1e-5)
+    lin = lsqbq.QuantLinear(12, 5, x_quant="ls-1", w_quant="ls-1").eval()
+    assert to_bitwise(lin, backend="reference")(torch.randn(0, 12)).shape == (0, 5)
+
+
+def test_scale_modes_fitted_and_stored():
+    layer = _conv(act_stats="eval_only")
+    with pytest.raises(ValueError, match="no moving averages"):
+        to_bitwise(layer, backend="reference")  # auto follows act_stats: stored, but none recorded
+    layer.train()
+    with torch.no_grad():
+        for _ in range(3):
+            layer(torch.randn(4, 8, 6, 6))
+    layer.eval()
+    x = torch.randn(2, 8, 6, 6)
+    stored = to_bitwise(layer, backend="reference")
+    fitted = to_bitwise(layer, backend="reference", scales="fitted")
+    assert (stored.scale_mode, fitted.scale_mode) == ("stored", "fitted")
+    with torch.no_grad():
+        torch.testing.assert_close(stored(x), layer(x), rtol=1e-5, atol=1e-5)  # eval uses the moving average
+        layer.act_stats = "off"  # the simulated layer fitting per sample
+        torch.testing.assert_close(fitted(x), layer(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="scales must be one of"):
+        to_bitwise(layer, scales="ema")

@@ -6,15 +6,40 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
 
 PROJECT = Path(__file__).resolve().parents[2]
 
 
+def _from_dvc_cache(dest: Path) -> bool:
+    """Copy the four Fashion-MNIST files out of the in-repo DVC cache (the ``fashion_mnist`` stage of dvc.lock)."""
+    import json
+    import shutil
+
+    import yaml
+
+    lock, cache = PROJECT / "dvc.lock", PROJECT / "dvc-store" / "files" / "md5"
+    if not lock.is_file():
+        return False
+    outs = yaml.safe_load(lock.read_text())["stages"].get("fashion_mnist", {}).get("outs", [])
+    md5 = next((o["md5"] for o in outs if o.get("path") == "data/fashion-mnist"), None)
+    listing = cache / md5[:2] / md5[2:] if md5 else None
+    if listing is None or not listing.is_file():
+        return False
+    entries = json.loads(listing.read_text())
+    blobs = [(cache / e["md5"][:2] / e["md5"][2:], dest / e["relpath"]) for e in entries]
+    if not all(src.is_file() for src, _ in blobs):
+        return False
+    for src, dst in blobs:
+        shutil.copyfile(src, dst)
+    return True
+
+
 @pytest.fixture(scope="session")
 def fmnist_root(tmp_path_factory) -> str:
-    """A verified Fashion-MNIST directory: the project's data/ copy, else one prepared from the Debian package."""
+    """A verified Fashion-MNIST directory: the project's data/ copy, else the in-repo DVC cache, else the Debian
+    package."""
     from lsqbq.data import DataError, idx
 
     local = PROJECT / "data" / "fashion-mnist"
@@ -23,9 +48,12 @@ def fmnist_root(tmp_path_factory) -> str:
         return str(local)
     except DataError:
         pass
+    root = tmp_path_factory.mktemp("fashion-mnist")
+    if _from_dvc_cache(root):
+        idx.load("fashion-mnist", root)
+        return str(root)
     if not idx.DEBIAN_FASHION.is_dir():
         pytest.skip("Fashion-MNIST not available (run `lsqbq data prepare fashion-mnist --root data/fashion-mnist`)")
-    root = tmp_path_factory.mktemp("fashion-mnist")
     idx.prepare("fashion-mnist", root)
     return str(root)
 

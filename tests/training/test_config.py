@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from lsqbq.config import (Config, ConfigError, apply_overrides, config_hash, dump_yaml, flatten, from_dict,
-                          load_config, to_dict)
+                          load_config, load_yaml, to_dict)
 
 PROJECT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((PROJECT / "config").glob("smoke.yaml")) + sorted((PROJECT / "config" / "train").glob("*.yaml"))
@@ -112,3 +112,104 @@ def test_yaml_round_trip(tmp_path):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"optim": {"lr": float("inf")}}, "optim.lr"),
+    ({"optim": {"lr": float("nan")}}, "optim.lr"),
+    ({"optim": {"lr": 0}}, "optim.lr"),
+    ({"optim": {"weight_decay": float("nan")}}, "optim.weight_decay"),
+    ({"optim": {"weight_decay": -1e-4}}, "optim.weight_decay"),
+    ({"optim": {"momentum": 1.0}}, "optim.momentum"),
+    ({"optim": {"momentum": float("-inf")}}, "optim.momentum"),
+    ({"model": {"clamp": float("inf")}}, "model.clamp"),
+    ({"kd": {"teacher": "t.pt", "temperature": float("nan")}}, "kd.temperature"),
+    ({"kd": {"teacher": "t.pt", "temperature": 0.0}}, "kd.temperature"),
+    ({"kd": {"teacher": "t.pt", "ce_weight": float("nan")}}, "kd.ce_weight"),
+    ({"schedule": {"gamma": float("inf")}}, "schedule.gamma"),
+    ({"schedule": {"gamma": 0}}, "schedule.gamma"),
+    ({"schedule": {"min_lr": -1.0}}, "schedule.min_lr"),
+    ({"schedule": {"name": "multistep", "milestones": [-1]}}, r"schedule.milestones\[0\]"),
+    ({"data": {"batch_size": 1}}, "data.batch_size"),
+    ({"data": {"train_subset": 0}}, "data.train_subset"),
+    ({"data": {"workers": -1}}, "data.workers"),
+    ({"threads": 0}, "threads"),
+    ({"seed": 2**64}, "seed"),
+    ({"progress_every": 0}, "progress_every"),
+    ({"output": {"dir": ""}}, "output.dir"),
+])
+def test_non_finite_and_out_of_range_values_are_named(data, key):
+    with pytest.raises(ConfigError, match=f"^{key}: ") as err:
+        from_dict(data)
+    assert "\n" not in str(err.value)
+
+
+def test_negative_seed_message_is_clear():
+    with pytest.raises(ConfigError, match=r"^seed: must be >= 0, got -1 \(seeds are non-negative integers\)$"):
+        load_config(None, ["seed=-1"])
+
+
+def test_schemes_come_from_the_registry():
+    from lsqbq.schemes import is_scheme_name, list_schemes
+
+    for name in list_schemes(examples=True, trainable_only=True):
+        assert from_dict({"model": {"x_quant": name}}).model.x_quant == name and is_scheme_name(name)
+    with pytest.raises(ConfigError, match="model.w_quant: unknown scheme 'ls-2-official'"):
+        from_dict({"model": {"w_quant": "ls-2-official"}})   # a reference scheme of the analyses, not trainable
+
+
+def test_duplicate_yaml_keys_are_rejected_with_the_line(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("seed: 0\nepochs: 1\nmodel:\n  width: 8\n  x_quant: ls-1\n  width: 4\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}, line 6, column 3: invalid YAML: duplicate key 'width' "
+                                     "(first given on line 4)")
+    path.write_text("epochs: 1\nepochs: 2\n")
+    with pytest.raises(ConfigError, match=r"line 2, .*duplicate key 'epochs' \(first given on line 1\)"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"--set .*duplicate key 'a'"):
+        load_config(None, ["tracking.tags={a: x, a: y}"])
+    assert load_yaml("a: &b {x: 1}\nc:\n  <<: *b\n  x: 2\n", "s") == {"a": {"x": 1}, "c": {"x": 2}}  # merge keys
+
+
+@pytest.mark.parametrize("text, line", [
+    ("seed: 0\nmodel: {width: 4\n", 3),
+    ("seed: 0\n  epochs: 2\n", 2),
+    ("data:\n\t batch_size: 4\n", 2),
+])
+def test_yaml_syntax_errors_name_file_and_line(tmp_path, text, line):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"^{path}, line {line}, column \d+: invalid YAML: ") as err:
+        load_config(path)
+    assert "\n" not in str(err.value)
+
+
+def test_top_level_must_be_a_mapping(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(path)
+    (tmp_path / "empty.yaml").write_text("# nothing\n")
+    assert load_config(tmp_path / "empty.yaml") == from_dict({})
+
+
+def test_empty_section_means_defaults():
+    assert from_dict({"kd": None, "tracking": None}) == from_dict({})
+
+
+def test_readme_documents_every_key():
+    readme = (PROJECT / "config" / "README.md").read_text()
+    missing = [key for key in flatten(from_dict({})) if f"`{key}`" not in readme]
+    assert not missing, f"config/README.md does not document {missing}"
+
+
+def test_only_true_and_false_are_booleans(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("progress: off\nmodel: {x_quant: ls-1, act_stats: off}\ndata: {augment: false}\n")
+    cfg = load_config(path, ["model.act_stats=eval_only", "progress=on"])
+    assert (cfg.progress, cfg.model.act_stats, cfg.data.augment) == ("on", "eval_only", False)
+    assert load_config(path).model.act_stats == "off"
+    with pytest.raises(ConfigError, match=r"^data.augment: expected bool, got str 'yes'$"):
+        load_config(None, ["data.augment=yes"])

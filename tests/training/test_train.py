@@ -1,118 +1,19 @@
-"""Training loop: KD loss, schedules, checkpoints, resume, eval-only, MLflow records, CLI errors."""
+"""Training loop: outputs, MLflow records, resume, eval-only, KD students, evaluation, CLI errors."""
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from lsqbq import checkpoint as ckpt_io
+from lsqbq.cli import run_command
 from lsqbq.config import from_dict
-from lsqbq.train import LRSchedule, accuracy_counts, kd_loss, load_checkpoint, main, run
+from lsqbq.errors import ConfigError
+from lsqbq.evaluate import accuracy_counts
+from lsqbq.train import main, run
 
 from .conftest import tiny_config
-
-
-# ------------------------------------------------------------------------------------------ KD loss
-
-
-def _kd_reference(s, t, y, T, ce_weight, correction):
-    """Per-sample loops over classes (independent of the vectorised implementation)."""
-    total = 0.0
-    for i in range(len(y)):
-        ps = [math.exp(v / T) for v in s[i].tolist()]
-        pt = [math.exp(v / T) for v in t[i].tolist()]
-        zs, zt = sum(ps), sum(pt)
-        kl = sum((b / zt) * (math.log(b / zt) - math.log(a / zs)) for a, b in zip(ps, pt)) * T * T
-        e = [math.exp(v) for v in s[i].tolist()]
-        ce = -math.log(e[y[i]] / sum(e))
-        term = ce if (correction and int(t[i].argmax()) != int(y[i])) else kl
-        total += (1 - ce_weight) * term + ce_weight * ce
-    return total / len(y)
-
-
-@pytest.mark.parametrize("T, ce_weight, correction", [(1.0, 0.0, False), (4.0, 0.0, False), (2.0, 0.3, False),
-                                                      (5.0, 0.0, True), (3.0, 0.5, True)])
-def test_kd_loss_matches_reference(T, ce_weight, correction):
-    g = torch.Generator().manual_seed(0)
-    s, t = torch.randn(12, 5, generator=g, dtype=torch.float64), torch.randn(12, 5, generator=g, dtype=torch.float64)
-    y = torch.randint(0, 5, (12,), generator=g)
-    got = kd_loss(s, t, y, T, ce_weight, correction).item()
-    assert got == pytest.approx(_kd_reference(s, t, y, T, ce_weight, correction), rel=1e-9)
-
-
-def test_teacher_correction_really_switches_to_ce():
-    s = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.2, 0.1]])
-    t = torch.tensor([[0.0, 3.0, 0.0], [3.0, 0.0, 0.0]])     # teacher wrong on sample 0, right on sample 1
-    y = torch.tensor([0, 0])
-    mixed = kd_loss(s, t, y, 2.0, 0.0, teacher_correction=True)
-    ce0 = F.cross_entropy(s[:1], y[:1])
-    kd1 = kd_loss(s[1:], t[1:], y[1:], 2.0)
-    assert mixed.item() == pytest.approx((ce0.item() + kd1.item()) / 2, rel=1e-6)
-    assert mixed.item() != pytest.approx(kd_loss(s, t, y, 2.0).item(), rel=1e-3)
-
-
-def test_kd_with_teacher_equal_student_is_zero():
-    s = torch.randn(4, 6)
-    assert kd_loss(s, s.clone(), torch.zeros(4, dtype=torch.long), 3.0).item() == pytest.approx(0.0, abs=1e-6)
-
-
-def test_accuracy_counts():
-    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.05], [0.2, 0.3, 0.5]])
-    assert accuracy_counts(logits, torch.tensor([1, 1, 0]), ks=(1, 2, 5)) == [1, 2, 3]
-
-
-# ------------------------------------------------------------------------------------------ schedules
-
-
-def _lrs(schedule: dict, epochs=4, steps=10, lr=1.0):
-    cfg = from_dict({"epochs": epochs, "optim": {"lr": lr}, "schedule": schedule})
-    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
-    sched = LRSchedule(opt, cfg, steps)
-    out = []
-    for _ in range(epochs * steps):
-        out.append(sched.apply())
-        assert opt.param_groups[0]["lr"] == out[-1]
-        sched.step()
-    return out
-
-
-def test_schedules():
-    assert _lrs({"name": "constant"}) == [1.0] * 40
-    step = _lrs({"name": "step", "step_size": 2, "gamma": 0.5})
-    assert step[:20] == [1.0] * 20 and step[20:] == [0.5] * 20
-    ms = _lrs({"name": "multistep", "milestones": [1, 3], "gamma": 0.1})
-    assert ms[0] == 1.0 and ms[10] == pytest.approx(0.1) and ms[25] == pytest.approx(0.1) and ms[30] == pytest.approx(0.01)
-    lin = _lrs({"name": "linear", "min_lr": 0.2})
-    assert lin[0] == 1.0 and lin[20] == pytest.approx(0.6) and all(a > b for a, b in zip(lin, lin[1:]))
-    cos = _lrs({"name": "cosine"})
-    assert cos[0] == 1.0 and cos[20] == pytest.approx(0.5) and cos[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 39 / 40)))
-
-
-# --------------------------------------------------------------------------------------- checkpoints
-
-
-def test_atomic_save_and_weights_only_load(tmp_path):
-    path = tmp_path / "c.pt"
-    ckpt_io.save_atomic({"format": ckpt_io.FORMAT, "x": torch.ones(3), "rng": ckpt_io.rng_state()}, path)
-    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind
-    state = ckpt_io.load(path)
-    assert torch.equal(state["x"], torch.ones(3))
-    torch.manual_seed(5)
-    saved = ckpt_io.rng_state()
-    a = torch.rand(3)
-    ckpt_io.set_rng_state(ckpt_io.load(ckpt_io.save_atomic({"format": 1, **saved}, tmp_path / "r.pt")))
-    assert torch.equal(torch.rand(3), a)
-
-    class Evil:
-        def __reduce__(self):
-            return (print, ("pwned",))
-
-    torch.save({"format": 1, "x": Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(Exception, match="[Ww]eights only|weights_only|Unsupported"):
-        ckpt_io.load(tmp_path / "evil.pt")
 
 
 # ------------------------------------------------------------------------------------------- runs
@@ -128,8 +29,8 @@ def test_train_writes_outputs_and_mlflow_run(tmp_path, fmnist_root):
     for key in ("top1", "top5", "loss", "epochs", "run_id", "data_hash", "commit", "config_hash"):
         assert key in metrics
     assert metrics == json.loads(json.dumps(final)) and metrics["epochs"] == 2 and metrics["top1"] > 15  # chance: 10
-    model, cfg2 = load_checkpoint(out / "checkpoint.pt")
-    assert cfg2 == cfg and not model.training
+    loaded = ckpt_io.load_model(out / "checkpoint.pt")
+    assert loaded.config == cfg and not loaded.model.training
 
     client = MlflowClient(tracking_uri=cfg.tracking.uri)
     r = client.get_run(metrics["run_id"])
@@ -150,15 +51,24 @@ def test_train_writes_outputs_and_mlflow_run(tmp_path, fmnist_root):
     assert {"config.yaml", "metrics.json", "checkpoint.pt"} <= arts
 
 
-def test_resume_reaches_the_same_metrics(tmp_path, fmnist_root):
+def test_resume_reaches_the_same_metrics(tmp_path, fmnist_root, capsys):
     """2 epochs in one go == 1 epoch, then --resume for the second (bitwise on CPU)."""
+    from mlflow.tracking import MlflowClient
+
     base = dict(epochs=2, data={"augment": True}, model={"x_quant": "ls-2"})
     full = run(from_dict(tiny_config(tmp_path / "a", fmnist_root, **base)))
     cfg_b = tiny_config(tmp_path / "b", fmnist_root, **base)
     # the "killed" run: same config, stopped after its first epoch (a run with epochs=1 would use another schedule)
     state_after_1 = _train_one_epoch_then_stop(cfg_b)
     assert state_after_1["epoch"] == 1
+    client = MlflowClient(tracking_uri=cfg_b["tracking"]["uri"])
+    interrupted = client.get_run(state_after_1["run_id"])
+    assert interrupted.info.status == "FAILED" and interrupted.data.tags["error"].startswith("Stop")
+    capsys.readouterr()
     resumed = run(from_dict(cfg_b), resume=True)
+    assert "resuming from epoch 1 of 2" in capsys.readouterr().out
+    finished = client.get_run(state_after_1["run_id"])
+    assert finished.info.status == "FINISHED" and "error" not in finished.data.tags
     for key in ("top1", "top5", "loss"):
         assert resumed[key] == full[key], key
     a = ckpt_io.load(tmp_path / "a" / "run" / "checkpoint.pt")
@@ -208,6 +118,11 @@ def test_eval_only_and_kd_student(tmp_path, fmnist_root):
     assert evaluate_main(["--checkpoint", ck, "--w-quant", "ls-1", "--out", str(tmp_path / "q.json")]) == 0
     ptq = json.loads((tmp_path / "q.json").read_text())
     assert ptq["w_quant"] == "ls-1" and ptq["loss"] != ev["loss"]  # post-training 1-bit weights change the model
+    # another activation bit width (x_scales_ema of another size in the checkpoint) evaluates too
+    assert evaluate_main(["--checkpoint", ck, "--x-quant", "ls-2", "--w-quant", "ls-1",
+                          "--out", str(tmp_path / "x.json")]) == 0
+    xq = json.loads((tmp_path / "x.json").read_text())
+    assert (xq["x_quant"], xq["w_quant"]) == ("ls-2", "ls-1") and xq["loss"] != ptq["loss"]
     student_cfg = tiny_config(tmp_path / "s", fmnist_root, kd={
         "teacher": f"{teacher_cfg['output']['dir']}/checkpoint.pt", "temperature": 2.0, "teacher_correction": True})
     student = run(from_dict(student_cfg))
@@ -216,10 +131,22 @@ def test_eval_only_and_kd_student(tmp_path, fmnist_root):
     assert r.data.params["kd.temperature"] == "2.0"
 
 
-def test_cli_reports_config_errors(tmp_path, capsys):
-    assert main(["--set", "model.x_quant=ls-9"]) == 2
-    assert "model.x_quant" in capsys.readouterr().err
-    assert main(["--set", "data.root=" + str(tmp_path / "none"), "--set", "tracking.enabled=false",
-                 "--out", str(tmp_path / "o")]) == 1
+def test_accuracy_counts():
+    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.05], [0.2, 0.3, 0.5]])
+    assert accuracy_counts(logits, torch.tensor([1, 1, 0]), ks=(1, 2, 5)) == [1, 2, 3]
+
+
+def test_cli_reports_config_and_data_errors(tmp_path, capsys):
+    import lsqbq.data
+
+    with pytest.raises(ConfigError, match="model.x_quant"):
+        main(["--set", "model.x_quant=ls-9"])
+    assert run_command("train", main, ["--set", "model.x_quant=ls-9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lsqbq train: model.x_quant: unknown scheme 'ls-9'") and "\n" not in err
+    code = run_command("train", main, ["--set", "data.root=" + str(tmp_path / "none"), "--set",
+                                       "tracking.enabled=false", "--out", str(tmp_path / "o")])
+    assert code == getattr(lsqbq.data.DataError, "exit_code", 1)
     err = capsys.readouterr().err
     assert str(tmp_path / "none") in err and "lsqbq data prepare" in err
+    assert not (tmp_path / "o").exists()                      # nothing written when the data cannot load

@@ -146,7 +146,7 @@ def test_values_near_float32_max_do_not_overflow(scheme):
 
 
 def test_non_finite_given_scales_are_rejected():
-    with pytest.raises(ValueError, match="scales hold NaN"):
+    with pytest.raises(ValueError, match="scales row 0 holds NaN"):
         lsqbq.quantize(torch.randn(2, 3), "ls-1", torch.tensor([float("nan")]))
 
 

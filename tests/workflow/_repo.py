@@ -11,7 +11,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 # Outputs of earlier runs never travel into a copy: each test starts from the committed inputs.
 SKIP = ("results/", ".test/", "checkpoints/", "logs/", "benchmarks/", "mlruns/", "mlartifacts/", ".snakemake/")
-ENV = {**os.environ, "MLFLOW_ENABLE_TELEMETRY": "false", "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1"}
+ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "PYTHONUNBUFFERED": "1"}
 ENV.pop("MLFLOW_TRACKING_URI", None)
 
 

@@ -1,13 +1,17 @@
-"""lsqbq.analysis: Lloyd-Max references, the official skip-3 search, error tables (fast unit tests)."""
+"""lsqbq.analysis: Lloyd-Max references, the official skip-3 reference schemes, error tables, activation hooks and
+the command's outputs (fast unit tests)."""
 import itertools
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 import lsqbq
 from lsqbq import analysis as A
+from lsqbq.quantizers import fit_official_skip3
+from lsqbq.schemes import get_scheme, quantize
 
 
 @pytest.mark.parametrize("levels, mse", [(2, 1 - 2 / math.pi), (3, 0.1902), (4, 0.1175)])
@@ -48,26 +52,29 @@ def test_lloyd_max_sample_matches_brute_force_on_clustered_data(seed):
 
 def test_lloyd_max_never_beaten_by_a_foldable_scheme():
     x = A.synthetic_rows("laplace", 1, 3000, seed=3)
-    for scheme, levels in (("ls-1", 2), ("ls-T", 3), ("ls-2", 4), ("gf-2", 4)):
+    for scheme in ("ls-1", "ls-T", "ls-2", "gf-2"):
         mse = float((x - lsqbq.quantize(x, scheme)).square().mean())
-        assert A.lloyd_max(x.numpy().ravel(), levels)[1] <= mse + 1e-12
+        assert A.lloyd_max(x.numpy().ravel(), get_scheme(scheme).levels)[1] <= mse + 1e-12
+
+
+def test_reference_schemes_are_the_registered_official_searches():
+    assert A.REFERENCE_SCHEMES == ("ls-2-official", "ls-T-official")
+    assert [get_scheme(n).levels for n in A.REFERENCE_SCHEMES] == [4, 3]
 
 
 def test_official_search_close_to_exact_ls2():
     x = A.synthetic_rows("normal", 16, 4608, seed=1)
-    exact = float((x - lsqbq.quantize(x, "ls-2")).square().mean())
-    official = float((x - A.official_quantize(x, "ls-2")).square().mean())
-    assert exact <= official  # the exact search is optimal ...
-    assert official <= exact * 1.01  # ... and the every-3rd-element search is within 1 % (paper.md: <= 0.4 %)
-    ternary_exact = float((x - lsqbq.quantize(x, "ls-T")).square().mean())
-    ternary_official = float((x - A.official_quantize(x, "ls-T")).square().mean())
-    assert ternary_exact <= ternary_official <= ternary_exact * 1.01
+    for exact_name, official_name in (("ls-2", "ls-2-official"), ("ls-T", "ls-T-official")):
+        exact = float((x - quantize(x, exact_name)).square().mean())
+        official = float((x - quantize(x, official_name)).square().mean())
+        assert exact <= official  # the exact search is optimal ...
+        assert official <= exact * 1.01  # ... and the every-3rd-element search is within 1 % (paper.md: <= 0.4 %)
 
 
 def test_official_search_picks_a_subsample_value_and_recomputes_v2():
-    x = A.synthetic_rows("normal", 3, 999, seed=2).numpy()
-    v = A.official_ls2_search(x)
-    for row, (v1, v2) in zip(x, v):
+    x = A.synthetic_rows("normal", 3, 999, seed=2)
+    v = fit_official_skip3(x).numpy()
+    for row, (v1, v2) in zip(x.numpy(), v):
         sub = np.abs(row[::3])
         assert np.min(np.abs(sub - v1)) == 0.0  # v_1 is one of the sorted data values
         assert v2 == pytest.approx(np.mean(np.abs(np.abs(row) - v1)))  # v_2 over the full row
@@ -76,19 +83,21 @@ def test_official_search_picks_a_subsample_value_and_recomputes_v2():
 def test_official_ternary_edge_case_constant_row():
     # min|x| > mean|x| / 2: no interior candidate; mean/2 is added, so levels +-2v = +-c reproduce x exactly.
     x = torch.full((1, 30), -0.7, dtype=torch.float64)
-    v = A.official_ls2_search(x.numpy(), ternary=True)
-    assert v[0, 0] == pytest.approx(0.35)
-    assert torch.allclose(A.official_quantize(x, "ls-T"), x)
+    v = fit_official_skip3(x, ternary=True)
+    assert float(v[0, 0]) == pytest.approx(0.35)
+    assert torch.allclose(quantize(x, "ls-T-official"), x)
 
 
 def test_error_rows_values():
     x = A.synthetic_rows("normal", 8, 20000, seed=0)
     rows = {r["scheme"]: r for r in A.error_rows("normal", [x])}
-    assert rows["fp"]["mse"] == 0.0
+    assert list(rows) == [*A.ERROR_SCHEMES, *A.REFERENCE_SCHEMES]
+    assert rows["fp"]["mse"] == 0.0 and rows["fp"]["levels"] == ""
     assert rows["ls-1"]["mse"] == pytest.approx(1 - 2 / math.pi, rel=0.02)
     assert rows["ls-2"]["mse"] == pytest.approx(0.1175, rel=0.02)
     assert rows["ls-T"]["mse"] == pytest.approx(0.1902, rel=0.02)
     assert rows["ls-2"]["mse"] < rows["gf-2"]["mse"]  # 0.118 vs 0.131 on N(0,1)
+    assert rows["ls-2"]["mse"] <= rows["ls-2-official"]["mse"]
     assert rows["ls-2"]["levels"] == 4 and rows["ls-T"]["levels"] == 3 and rows["gf-4"]["levels"] == 16
     for r in rows.values():
         assert r["rel_error"] == pytest.approx(math.sqrt(r["mse"] / float(x.square().mean())), rel=1e-9)
@@ -96,14 +105,102 @@ def test_error_rows_values():
             assert r["lloyd_max_mse"] <= r["mse"] * 1.001
 
 
+def test_angle_rows():
+    x = A.synthetic_rows("normal", 64, 2000, seed=5)
+    rows = {r["scheme"]: r for r in A.angle_rows(["layer"], [x], ("ls-1", "ls-2", "gf-4"))}
+    assert rows["ls-1"]["angle_deg"] == pytest.approx(37.06, abs=0.3)  # arccos(sqrt(2/pi)) for N(0,1)
+    assert rows["gf-4"]["angle_deg"] < rows["ls-2"]["angle_deg"] < rows["ls-1"]["angle_deg"]
+    for r in rows.values():
+        assert 0 < r["angle_ci95"] < 0.5 and r["images"] == 64
+        assert r["rel_error"] >= math.sin(math.radians(r["angle_deg"])) - 1e-3  # the distance to the ray, at least
+    # ls-1's scale is the least-squares projection onto sign(x): the error is exactly the sine of the angle
+    assert rows["ls-1"]["rel_error"] == pytest.approx(math.sin(math.radians(rows["ls-1"]["angle_deg"])), rel=0.01)
+
+
 def test_activation_sites_are_signed_bn_outputs():
     from lsqbq.models import build
 
-    for name, opts in (("resnet_small", {}), ("lenet5", {})):
-        model = build(name, num_classes=10, in_chans=1, **opts).train()  # BN normalises with batch statistics
+    for name in ("resnet_small", "lenet5"):
+        model = build(name, num_classes=10, in_chans=1).train()  # BN normalises with batch statistics
         sites = A.activation_sites(model)
         assert sites, name
         assert all(isinstance(m, torch.nn.BatchNorm2d) and "shortcut" not in n for n, m in sites)
-        names, acts = A._layer_inputs(model, [(torch.randn(4, 1, 28, 28), None)], images=4)
-        assert len(acts) == len(sites) and all(a.shape[0] == 4 for a in acts)
+        names, acts = A.layer_inputs(model, [(torch.randn(4, 1, 28, 28), None)], images=4)
+        assert names == [n for n, _ in sites] and len(acts) == len(sites) and all(a.shape[0] == 4 for a in acts)
         assert all((a < 0).any() for a in acts)  # signed: sign quantization is informative
+        assert len(A.weight_rows(model)) == len(A.quantizable_layers(model))
+
+
+def test_quantize_weights_changes_a_copy_only():
+    from lsqbq.models import build
+
+    model = build("lenet5", num_classes=10, in_chans=1)
+    before = [m.weight.detach().clone() for _, m in A.quantizable_layers(model)]
+    q = A.quantize_weights(model, "ls-1")
+    for w0, (_, m), (_, mq) in zip(before, A.quantizable_layers(model), A.quantizable_layers(q)):
+        assert torch.equal(m.weight, w0)
+        rows = mq.weight.detach().reshape(mq.weight.shape[0], -1)
+        assert (rows.abs() - rows.abs()[:, :1]).abs().max() < 1e-6  # ls-1: one magnitude per output channel
+
+
+def test_error_command_writes_csv_and_markdown_rendered_from_it(tmp_path):
+    prefixes = [tmp_path / "a" / "error", tmp_path / "b" / "error"]
+    for prefix in prefixes:
+        assert A.main(["error", "--rows", "3", "--n", "300", "--distributions", "normal", "uniform",
+                       "--out", str(prefix)]) == 0
+    df = pd.read_csv(prefixes[0].with_suffix(".csv"))
+    assert list(df.source.unique()) == ["normal", "uniform"]
+    assert set(A.REFERENCE_SCHEMES) <= set(df.scheme)
+    md = prefixes[0].with_suffix(".md").read_text()
+    assert md.startswith("# Quantization error") and "ls-2 (official skip-3)" in md and "| normal " in md
+    for suffix in (".csv", ".md"):  # deterministic: the same command gives the same bytes
+        assert prefixes[0].with_suffix(suffix).read_bytes() == prefixes[1].with_suffix(suffix).read_bytes()
+
+
+def test_render_only_redraws_markdown_and_figure_from_the_csv(tmp_path):
+    prefix = tmp_path / "angles"
+    x = A.synthetic_rows("normal", 16, 500, seed=1)
+    pd.DataFrame(A.angle_rows(["bn2"], [x])).to_csv(prefix.with_suffix(".csv"), index=False)
+    assert A.main(["angles", "--render-only", "--out", str(prefix)]) == 0
+    md, png = prefix.with_suffix(".md").read_bytes(), prefix.with_suffix(".png").read_bytes()
+    assert b"| bn2 " in md and png[:4] == b"\x89PNG"
+    prefix.with_suffix(".md").unlink()
+    assert A.main(["angles", "--render-only", "--out", str(prefix)]) == 0
+    assert prefix.with_suffix(".md").read_bytes() == md and prefix.with_suffix(".png").read_bytes() == png
+    with pytest.raises(SystemExit):
+        A.main(["angles", "--out", str(prefix)])  # computing needs a checkpoint
+
+
+@pytest.fixture
+def lenet_checkpoint(tmp_path, monkeypatch):
+    """A LeNet-5 checkpoint with its metrics.json, and a synthetic test loader in place of the dataset."""
+    import json
+
+    from lsqbq import data
+    from lsqbq.checkpoint import FORMAT, build_model, save_atomic
+    from lsqbq.config import from_dict, model_options, to_dict
+
+    torch.manual_seed(0)
+    cfg = from_dict({"model": {"name": "lenet5"}, "data": {"name": "fashion-mnist"}})
+    opts = model_options(cfg, 10, 1)
+    path = tmp_path / "run" / "checkpoint.pt"
+    save_atomic({"format": FORMAT, "config": to_dict(cfg), "model_options": opts, "epoch": 1,
+                 "model": build_model("lenet5", opts).state_dict()}, path)
+    path.with_name("metrics.json").write_text(json.dumps({"run_id": "r0", "commit": "c", "config_hash": "h",
+                                                          "data_hash": "d"}))
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(8, 1, 28, 28, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(3)]
+    monkeypatch.setattr(data, "build_loaders", lambda cfg: (None, batches))
+    return path
+
+
+def test_ptq_and_angles_commands_on_a_checkpoint(lenet_checkpoint, tmp_path):
+    ptq, angles = tmp_path / "out" / "ptq", tmp_path / "out" / "angles"
+    assert A.main(["ptq", "--checkpoint", str(lenet_checkpoint), "--out", str(ptq), "--schemes", "fp", "ls-2"]) == 0
+    df = pd.read_csv(ptq.with_suffix(".csv"), dtype={"k_w": str, "k_a": str})
+    assert list(df.w_quant) == ["fp", "ls-2"] and list(df.k_w) == ["32", "2"] and (df.run_id == "r0").all()
+    assert A.main(["angles", "--checkpoint", str(lenet_checkpoint), "--out", str(angles), "--images", "16"]) == 0
+    df = pd.read_csv(angles.with_suffix(".csv"))
+    assert set(df.layer) == {"bn2"} and (df.images == 16).all() and len(df) == len(A.ANGLE_SCHEMES)
+    assert angles.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    assert "| bn2 " in angles.with_suffix(".md").read_text()

@@ -93,3 +93,11 @@ def test_bad_config_fails_naming_the_key(repo, args, message):
 def test_lint_is_clean(repo):
     p = snakemake(["--lint"], repo, check=False)
     assert "Congratulations, your workflow is in a good condition!" in p.stdout + p.stderr, p.stdout + p.stderr
+
+
+def test_default_workflow_profile_is_applied(repo):
+    """`snakemake` run from the repository root picks workflow/profiles/default (its printshellcmds shows)."""
+    r = snakemake(["-n", "--configfile", "config/test.yaml"], repo)
+    text = r.stdout + r.stderr
+    assert "Using workflow specific profile workflow/profiles/default" in text
+    assert "Shell command:" in text and "lsqbq train" in text  # printshellcmds: true, from the profile

@@ -13,6 +13,8 @@ import sys
 import time
 
 import pandas as pd
+import re
+
 import pytest
 import torch
 import yaml
@@ -56,9 +58,8 @@ def test_tables_contents(done):
     ls2 = qat[(qat.x_quant == "ls-2") & (qat.w_quant == "ls-1")].iloc[0]
     assert (ls2.k_a, ls2.k_w, ls2.v1_imagenet_top1, ls2.readme_imagenet_top1, ls2.readme_cifar100_top1) == (
         "2", "1", 60.4, 63.4, 74.4)
-    assert ls2.diff_readme_imagenet_top1 == pytest.approx(ls2.top1_mean - 63.4)
     md = (repo / TABLES / "qat.md").read_text()
-    assert f"| resnet_small | 2 | 1 | ls-2 | ls-1 | 1 | {ls2.top1_mean:.2f} |" in md
+    assert re.search(rf"\| ls-2 +\| ls-1 +\| 2 +\| 1 +\|.*{ls2.top1_mean:.2f}", md), md
 
     runs = pd.read_csv(repo / TABLES / "qat_runs.csv")
     assert (runs.top1_eval - runs.top1).abs().max() < 1e-6  # the stored checkpoints reproduce the logged numbers

@@ -1,5 +1,5 @@
-"""lsqbq.tables: mean ± std arithmetic, provenance columns, paper numbers beside ours (fast unit tests)."""
-import csv
+"""lsqbq.tables: runs loaded from the identity in metrics.json, mean ± std and t intervals, provenance in the CSVs
+only, the paper's numbers beside ours, deterministic outputs (fast unit tests)."""
 import json
 import math
 import statistics
@@ -10,70 +10,141 @@ import pandas as pd
 import pytest
 
 from lsqbq import tables as T
+from lsqbq.errors import DataError
+from lsqbq.tables import aggregate, render, runs as R
 
-PAPER = Path(T.DEFAULT_PAPER)
+ROOT = Path(__file__).resolve().parents[2]
+ACC = {("fp", "fp"): [91.0, 91.4, 90.9], ("ls-1", "ls-1"): [84.0, 85.0, 86.5], ("ls-2", "ls-1"): [88.1, 88.3, 88.2],
+       ("gf-2", "ls-1"): [87.0, 87.5, 87.2], ("fp", "ls-T"): [90.0, 90.1, 90.2]}
 
 
-def _write_run(root: Path, model, x, w, seed, top1, top5, stage="train"):
-    d = root / stage / "fashion-mnist" / model / f"{x}_{w}" / f"s{seed}"
-    d.mkdir(parents=True)
-    m = {"top1": top1, "top5": top5, "epochs": 3, "run_id": f"run{model}{x}{w}{seed}", "data_hash": "d" * 64,
-         "commit": "c0ffee" * 6, "config_hash": f"cfg{x}{w}{seed}"}
-    (d / "metrics.json").write_text(json.dumps(m))
-    return d / "metrics.json"
+def _metrics(model, x, w, seed, top1, **extra):
+    return {"top1": top1, "top5": top1 + 8, "epochs": 3, "run_id": f"run{model}{x}{w}{seed}", "data_hash": "d" * 64,
+            "commit": "c0ffee" * 6, "config_hash": f"cfg{x}{w}{seed}", "dataset": "fashion-mnist", "model": model,
+            "x_quant": x, "w_quant": w, "seed": seed, "train_time_s": 100.0 + seed,
+            "teacher_run_id": "" if x == w == "fp" else f"run{model}fpfp{seed}", **extra}
 
 
 @pytest.fixture
 def runs_dir(tmp_path):
-    acc = {("fp", "fp"): [91.0, 91.4, 90.9], ("ls-1", "ls-1"): [84.0, 85.0, 86.5], ("ls-2", "ls-1"): [88.1, 88.3, 88.2],
-           ("gf-2", "ls-1"): [87.0, 87.5, 87.2], ("fp", "ls-T"): [90.0, 90.1, 90.2]}
-    files = [_write_run(tmp_path / "results", "lenet5", x, w, s, a, a + 8)
-             for (x, w), accs in acc.items() for s, a in enumerate(accs)]
-    return tmp_path, files, acc
+    """metrics.json files in a flat folder: the identity must come from the files, not from their paths."""
+    d = tmp_path / "flat"
+    d.mkdir()
+    files = []
+    for i, ((x, w), accs) in enumerate(ACC.items()):
+        for s, a in enumerate(accs):
+            f = d / f"{i}-{s}.json"
+            f.write_text(json.dumps(_metrics("lenet5", x, w, s, a)))
+            files.append(f)
+    return tmp_path, files
 
 
-def test_mean_std_is_sample_std():
+def test_mean_std_and_t_interval():
     vals = [84.0, 85.0, 86.5]
     m, s = T.mean_std(vals)
     assert m == pytest.approx(np.mean(vals)) and s == pytest.approx(np.std(vals, ddof=1))
     assert T.mean_std([70.0]) == (70.0, 0.0)
     assert all(math.isnan(v) for v in T.mean_std([]))
-    assert T.fmt_mean_std(85.1666, 1.2583, 3) == "85.17 ± 1.26"
-    assert T.fmt_mean_std(85.1666, 0.0, 1) == "85.17"
+    mean, lo, hi, n = T.t_interval(vals)
+    half = 4.302652729911275 * s / math.sqrt(3)  # t_{0.975, 2}
+    assert (n, mean) == (3, pytest.approx(m)) and (lo, hi) == (pytest.approx(m - half), pytest.approx(m + half))
+    assert math.isnan(T.t_interval([1.0])[1])
 
 
-def test_bits_order_follows_the_paper():
-    assert sorted(["32", "2", "T", "1", "3"], key=T.bits_order) == ["1", "T", "2", "3", "32"]
+def test_formats():
+    assert render.fmt_mean_std(85.1666, 1.2583, 3) == "85.17 ± 1.26"
+    assert render.fmt_mean_std(85.1666, 0.0, 1) == "85.17"
+    assert render.fmt_signed(-0.234) == "−0.23" and render.fmt_percent(0.0234) == "+2.3 %"
+    assert render.fmt_interval(-0.62, 0.755) == "[−0.62, +0.76]" and render.fmt_interval(float("nan"), 1) == ""
+
+
+def test_markdown_is_pandas_to_markdown():
+    df = pd.DataFrame({"a": ["1", "T"], "b": ["x", None]})
+    assert render.markdown_table(df) == df.fillna("").to_markdown(index=False, disable_numparse=True)
+    doc = render.markdown_document("Title", ["a note", df])
+    assert doc.startswith("# Title\n\na note\n\n|") and doc.endswith("|\n")
+
+
+def test_runs_identity_comes_from_metrics_json(runs_dir):
+    _, files = runs_dir
+    df = T.load_runs(files)
+    assert len(df) == 15 and set(df["model"]) == {"lenet5"} and set(df["seed"]) == {0, 1, 2}
+    row = df[(df.x_quant == "ls-2") & (df.seed == 1)].iloc[0]
+    assert (row.top1, row.run_id, row.teacher_run_id) == (88.3, "runlenet5ls-2ls-11", "runlenet5fpfp1")
+
+
+def test_runs_without_identity_or_with_unknown_scheme_are_refused(tmp_path):
+    f = tmp_path / "metrics.json"
+    m = _metrics("lenet5", "ls-2", "ls-1", 0, 90.0)
+    del m["seed"], m["model"]
+    f.write_text(json.dumps(m))
+    with pytest.raises(DataError, match="lacks the run identity model, seed"):
+        T.load_runs([f])
+    f.write_text(json.dumps(_metrics("lenet5", "ls-9", "ls-1", 0, 90.0)))
+    with pytest.raises(ValueError, match="ls-9"):
+        T.load_runs([f])
+    g = tmp_path / "again.json"
+    g.write_text(json.dumps(_metrics("lenet5", "ls-2", "ls-1", 0, 90.0)))
+    f.write_text(g.read_text())
+    with pytest.raises(DataError, match="two metrics.json files"):
+        T.load_runs([f, g])
+
+
+def test_evaluations_join_by_source_run_id(runs_dir, tmp_path):
+    _, files = runs_dir
+    e = tmp_path / "eval.json"
+    e.write_text(json.dumps({"top1": 84.5, "top5": 99.0, "source_run_id": "runlenet5ls-1ls-10"}))
+    df = T.load_runs(files, [e])
+    hit = df[df.run_id == "runlenet5ls-1ls-10"].iloc[0]
+    assert hit.top1_eval == 84.5 and df[df.run_id != "runlenet5ls-1ls-10"].top1_eval.isna().all()
 
 
 def test_qat_table_mean_std_provenance_and_paper(runs_dir):
-    root, files, acc = runs_dir
-    rows = T.qat_table(T.load_runs(files), list(csv.DictReader(open(PAPER))))
+    _, files = runs_dir
+    rows = T.qat_table(T.load_runs(files), T.load_paper(), "fashion-mnist")
     # row order as in the paper: (1,1), (2,1) gf before ls, (32,T), (32,32)
-    assert [(r["x_quant"], r["w_quant"]) for r in rows] == [
+    assert list(zip(rows.x_quant, rows.w_quant)) == [
         ("ls-1", "ls-1"), ("gf-2", "ls-1"), ("ls-2", "ls-1"), ("fp", "ls-T"), ("fp", "fp")]
-    by = {(r["x_quant"], r["w_quant"]): r for r in rows}
-    for key, accs in acc.items():
+    by = {(r.x_quant, r.w_quant): r for r in rows.itertuples()}
+    for key, accs in ACC.items():
         r = by[key]
-        assert r["n_seeds"] == 3 and r["seeds"] == "0;1;2"
-        assert r["top1_mean"] == pytest.approx(statistics.fmean(accs))
-        assert r["top1_std"] == pytest.approx(statistics.stdev(accs))
-        assert r["top5_mean"] == pytest.approx(statistics.fmean(accs) + 8)
-        for col in T.PROVENANCE:  # one value per seed (commit deduplicated)
-            assert r[col], col
-        assert r["run_id"].split(";") == [f"runlenet5{key[0]}{key[1]}{s}" for s in range(3)]
-        assert r["commit"] == "c0ffee" * 6
+        assert r.n_seeds == 3 and r.seeds == "0;1;2" and r.dataset == "fashion-mnist"
+        assert r.top1_mean == pytest.approx(statistics.fmean(accs))
+        assert r.top1_std == pytest.approx(statistics.stdev(accs))
+        assert r.top5_mean == pytest.approx(statistics.fmean(accs) + 8)
+        assert r.run_id.split(";") == [f"runlenet5{key[0]}{key[1]}{s}" for s in range(3)]
+        assert r.commit == "c0ffee" * 6
     ls2 = by[("ls-2", "ls-1")]
-    assert (ls2["v1_imagenet_top1"], ls2["readme_imagenet_top1"], ls2["readme_cifar100_top1"]) == (60.4, 63.4, 74.4)
-    assert ls2["diff_readme_imagenet_top1"] == pytest.approx(88.2 - 63.4)
-    assert ls2["v1_imagenet_source"] == "V1 Table 2"
-    assert by[("fp", "ls-T")]["v1_imagenet_top1"] == 64.4 and math.isnan(by[("fp", "ls-T")]["readme_imagenet_top1"])
-    assert by[("fp", "fp")]["readme_imagenet_top1"] == 69.8
+    assert (ls2.v1_imagenet_top1, ls2.v1_imagenet_top1_std, ls2.readme_imagenet_top1,
+            ls2.readme_cifar100_top1) == (60.4, 0.2, 63.4, 74.4)
+    assert ls2.v1_imagenet_source == "V1 Table 2"
+    assert by[("fp", "ls-T")].v1_imagenet_top1 == 64.4 and math.isnan(by[("fp", "ls-T")].readme_imagenet_top1)
+    assert by[("fp", "fp")].readme_imagenet_top1 == 69.8
+    assert not [c for c in rows.columns if c.startswith("diff")]  # never subtracted across datasets
 
 
-def test_main_writes_tables_with_provenance(runs_dir, tmp_path):
-    root, files, _ = runs_dir
-    kernels = tmp_path / "kernels.csv"
+def test_analysis_rows_join_their_run_by_run_id(runs_dir, tmp_path):
+    _, files = runs_dir
+    run_df = T.load_runs(files)
+    for seed, shift in ((0, 0.0), (1, 1.0)):
+        pd.DataFrame({"w_quant": ["fp", "gf-1", "ls-2"], "k_w": ["32", "1", "2"], "x_quant": "fp", "k_a": "32",
+                      "top1": [90 + shift, 50 + shift, 80 + shift], "top5": [99, 90, 97],
+                      "run_id": f"runlenet5fpfp{seed}", "commit": "c", "config_hash": "h", "data_hash": "d"}
+                     ).to_csv(tmp_path / f"anything_{seed}.csv", index=False)
+    ptq = T.load_analysis([tmp_path / "anything_0.csv", tmp_path / "anything_1.csv"], run_df)
+    assert set(ptq.model) == {"lenet5"} and sorted(set(ptq.seed)) == [0, 1]
+    rows = T.ptq_table(ptq, T.load_paper())
+    by = {r.w_quant: r for r in rows.itertuples()}
+    assert list(rows.w_quant) == ["gf-1", "ls-2", "fp"]
+    assert by["ls-2"].top1_mean == 80.5 and by["ls-2"].top1_std == pytest.approx(math.sqrt(0.5))
+    assert by["ls-2"].v1_imagenet_top1 == 5.3 and by["gf-1"].v1_imagenet_top1 == 0.1
+    assert by["fp"].v1_imagenet_top1 == 69.6 and by["ls-2"].run_id == "runlenet5fpfp0;runlenet5fpfp1"
+    pd.DataFrame({"w_quant": ["fp"], "top1": [1.0], "run_id": ["elsewhere"]}).to_csv(tmp_path / "x.csv", index=False)
+    with pytest.raises(DataError, match="elsewhere"):
+        T.load_analysis([tmp_path / "x.csv"], run_df)
+
+
+def _kernels_csv(path):
     rows = []
     for layer, scale in (("64@56x56", 1.0), ("128@28x28", 0.5)):
         for scheme, ms in (("1x1", 0.1), ("2x1", 0.2), ("Tx1", 0.15), ("fp32", 1.0), ("int8", 0.5)):
@@ -81,16 +152,25 @@ def test_main_writes_tables_with_provenance(runs_dir, tmp_path):
                 rows.append({"kind": kind, "layer": layer, "batch": 1, "threads": threads, "scheme": scheme,
                              "ms": ms * scale * factor})
     rows.append({"kind": "conv", "layer": "256@14x14", "batch": 1, "threads": 1, "scheme": "1x1", "ms": 9.0})
-    pd.DataFrame(rows).to_csv(kernels, index=False)
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_main_writes_readable_tables_with_provenance_in_the_csvs(runs_dir, tmp_path):
+    _, files = runs_dir
     out = tmp_path / "tables"
     assert T.main(["--dataset", "fashion-mnist", "--out", str(out), "--train", *map(str, files),
-                   "--kernels", str(kernels)]) == 0
+                   "--kernels", str(_kernels_csv(tmp_path / "kernels.csv"))]) == 0
     qat = pd.read_csv(out / "qat.csv")
     for col in ("commit", "config_hash", "data_hash", "run_id", "top1_mean", "top1_std", "v1_imagenet_top1",
-                "diff_v1_imagenet_top1", "readme_cifar100_top1"):
+                "readme_cifar100_top1"):
         assert col in qat.columns
     md = (out / "qat.md").read_text()
-    assert "| lenet5 | 1 | 1 | ls-1 | ls-1 | 3 | 85.17 ± 1.26 |" in md
+    assert "| ls-1          | ls-1      | 1     | 1     | 85.17 ± 1.26 |" in md
+    assert "k^a and k^w are the bits of the activations and of the weights" in md
+    assert "seeds 0, 1, 2" in md and "paper V1, ImageNet" in md and "54.3 ± 0.2" in md
+    for hidden in ("c0ffee", "cfgls", "runlenet5", "Δ", "dddd"):
+        assert hidden not in md  # hashes and run ids stay in the CSVs
     per_run = pd.read_csv(out / "qat_runs.csv")
     assert len(per_run) == 15 and per_run["run_id"].notna().all()
     pareto = pd.read_csv(out / "pareto.csv")
@@ -101,34 +181,72 @@ def test_main_writes_tables_with_provenance(runs_dir, tmp_path):
     assert gf2["latency_ms"] == pytest.approx(0.3) and not gf2["pareto"]  # ls-2: same latency, more accurate
     assert pareto[(pareto.x_quant == "fp")]["latency_ms"].tolist() == pytest.approx([1.5, 1.5])
     assert (out / "pareto.png").stat().st_size > 0
+    claims = pd.read_csv(out / "claims.csv")
+    qat_claims = claims[claims.claim.str.startswith("QAT")]
+    assert list(qat_claims.claim) == ["QAT: ls-2 above gf-2 activations (ls-1 weights)"]  # the pairs that ran
+    assert qat_claims.verdict.item() == "reproduced" and qat_claims.n.item() == 3
+    assert "What this profile can and cannot show" in (out / "claims.md").read_text()
 
 
-def test_ptq_table(tmp_path):
-    d = tmp_path / "lenet5"
-    d.mkdir()
-    for seed, shift in ((0, 0.0), (1, 1.0)):
-        pd.DataFrame({"w_quant": ["fp", "gf-1", "ls-2"], "k_w": ["32", "1", "2"], "x_quant": "fp", "k_a": "32",
-                      "top1": [90 + shift, 50 + shift, 80 + shift], "top5": [99, 90, 97], "run_id": f"r{seed}",
-                      "commit": "c", "config_hash": "h", "data_hash": "d"}).to_csv(d / f"ptq_fp_fp_s{seed}.csv", index=False)
-    rows = T.ptq_table([d / "ptq_fp_fp_s0.csv", d / "ptq_fp_fp_s1.csv"], list(csv.DictReader(open(PAPER))))
-    by = {r["w_quant"]: r for r in rows}
-    assert [r["w_quant"] for r in rows] == ["gf-1", "ls-2", "fp"]
-    assert by["ls-2"]["top1_mean"] == 80.5 and by["ls-2"]["top1_std"] == pytest.approx(math.sqrt(0.5))
-    assert by["ls-2"]["v1_imagenet_top1"] == 5.3 and by["gf-1"]["v1_imagenet_top1"] == 0.1
-    assert by["ls-2"]["run_id"] == "r0;r1"
+def test_main_reports_missing_runs(tmp_path, capsys):
+    assert T.main(["--dataset", "x", "--out", str(tmp_path / "o")]) == 3
+    assert "no runs found" in capsys.readouterr().err
+
+
+def test_outputs_are_byte_identical_when_rebuilt(runs_dir, tmp_path):
+    _, files = runs_dir
+    kernels = _kernels_csv(tmp_path / "kernels.csv")
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        assert T.main(["--dataset", "fashion-mnist", "--out", str(out), "--train", *map(str, files),
+                       "--kernels", str(kernels)]) == 0
+    names = sorted(p.name for p in outs[0].iterdir())
+    assert names == sorted(p.name for p in outs[1].iterdir()) and "pareto.png" in names
+    for name in names:
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
 
 
 def test_paper_numbers_file():
-    rows = list(csv.DictReader(open(PAPER)))
-    sources = {r["source"] for r in rows}
-    assert {"V1 Table 1", "V1 Table 2", "README ImageNet", "README CIFAR-100"} <= sources
-    for r in rows:
-        assert r["source"] and float(r["top1"]) > 0
-    readme = {(r["x_quant"], r["w_quant"]): float(r["top1"]) for r in rows if r["source"] == "README ImageNet"}
+    rows = T.load_paper()
+    assert {"V1 Table 1", "V1 Table 2", "README ImageNet", "README CIFAR-100"} <= set(rows.source)
+    assert (rows.source != "").all() and (rows.top1.astype(float) > 0).all()
+    readme = {(r.x_quant, r.w_quant): float(r.top1) for r in rows.itertuples() if r.source == "README ImageNet"}
     assert readme == {("ls-1", "ls-1"): 58.9, ("ls-T", "ls-1"): 62.0, ("gf-2", "ls-1"): 62.6, ("ls-2", "ls-1"): 63.4,
                       ("fp", "ls-1"): 66.1, ("fp", "fp"): 69.8}
-    cifar = {(r["x_quant"], r["w_quant"]): float(r["top1"]) for r in rows if r["source"] == "README CIFAR-100"}
+    cifar = {(r.x_quant, r.w_quant): float(r.top1) for r in rows.itertuples() if r.source == "README CIFAR-100"}
     assert cifar[("ls-2", "ls-1")] == 74.4 and cifar[("fp", "fp")] == 77.8 and len(cifar) == 6
-    post = [r for r in rows if r["training"] == "post"]
-    assert {r["w_quant"]: float(r["top1"]) for r in post} == {"gf-1": 0.1, "gf-2": 0.3, "gf-3": 1.4, "gf-4": 5.3,
-                                                               "ls-2": 5.3}
+    post = rows[rows.training == "post"]
+    assert dict(zip(post.w_quant, post.top1.astype(float))) == {"gf-1": 0.1, "gf-2": 0.3, "gf-3": 1.4, "gf-4": 5.3,
+                                                                 "ls-2": 5.3}
+
+
+COMMITTED = ROOT / "results"
+
+
+@pytest.mark.skipif(not (COMMITTED / "train").is_dir(), reason="no committed results")
+def test_committed_tables_are_what_the_tables_command_builds(tmp_path):
+    """The tables under results/tables are regenerated from the committed per-run results, byte for byte."""
+    ds = "fashion-mnist"
+    analysis = COMMITTED / "analysis" / ds
+    models = sorted(p.name for p in analysis.iterdir())
+    args = ["--dataset", ds, "--out", str(tmp_path), "--paper", str(R.DEFAULT_PAPER),
+            "--train", *map(str, sorted((COMMITTED / "train" / ds).glob("*/*/s*/metrics.json"))),
+            "--evaluate", *map(str, sorted((COMMITTED / "evaluate" / ds).glob("*/*/s*/metrics.json"))),
+            "--ptq", *map(str, sorted(analysis.glob("*/ptq_fp_fp_s*.csv"))),
+            "--error", *[str(analysis / m / "error.csv") for m in models],
+            "--angles", *[str(analysis / m / "angles.csv") for m in models],
+            "--kernels", str(COMMITTED / "bench" / "kernels.csv"),
+            "--training-bench", str(COMMITTED / "bench" / "training.csv")]
+    assert T.main(args) == 0
+    for f in sorted(tmp_path.iterdir()):
+        if f.suffix in (".csv", ".md"):
+            assert f.read_text() == (COMMITTED / "tables" / ds / f.name).read_text(), f.name
+
+
+def test_a_single_run_gives_tables_without_intervals(tmp_path):
+    f = tmp_path / "m.json"
+    f.write_text(json.dumps(_metrics("lenet5", "ls-2", "ls-1", 0, 88.0)))
+    assert T.main(["--dataset", "fashion-mnist", "--out", str(tmp_path / "o"), "--train", str(f)]) == 0
+    qat = (tmp_path / "o" / "qat.md").read_text()
+    assert "over seed 0 (1 run per cell)" in qat and "| 88.00 " in qat
+    assert "No claim of the paper can be tested with these results." in (tmp_path / "o" / "claims.md").read_text()

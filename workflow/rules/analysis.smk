@@ -21,8 +21,8 @@ rule analyze_error:
     conda:
         CONDA_ENV
     shell:
-        "lsqbq analyze error --checkpoint {input.checkpoint} --out {params.prefix} --threads {threads} "
-        "{params.extra} > {log} 2>&1"
+        "lsqbq analyze error --checkpoint {input.checkpoint:q} --out {params.prefix:q} --threads {threads} "
+        "{params.extra} > {log:q} 2>&1"
 
 
 rule analyze_ptq:
@@ -43,8 +43,8 @@ rule analyze_ptq:
     conda:
         CONDA_ENV
     shell:
-        "lsqbq analyze ptq --checkpoint {input.checkpoint} --out {params.prefix} --threads {threads} "
-        "{params.extra} > {log} 2>&1"
+        "lsqbq analyze ptq --checkpoint {input.checkpoint:q} --out {params.prefix:q} --threads {threads} "
+        "{params.extra} > {log:q} 2>&1"
 
 
 rule analyze_angles:
@@ -66,5 +66,5 @@ rule analyze_angles:
     conda:
         CONDA_ENV
     shell:
-        "lsqbq analyze angles --checkpoint {input.checkpoint} --out {params.prefix} --threads {threads} "
-        "--images {params.images} > {log} 2>&1"
+        "lsqbq analyze angles --checkpoint {input.checkpoint:q} --out {params.prefix:q} --threads {threads} "
+        "--images {params.images:q} > {log:q} 2>&1"

@@ -23,8 +23,8 @@ rule bench_kernels:
     conda:
         CONDA_ENV
     shell:
-        "LSQBQ_THREADS={threads} OMP_NUM_THREADS={threads} MLFLOW_TRACKING_URI='{params.mlflow}' "
-        "lsqbq bench kernels --out {params.dir} {params.quick} {params.extra} > {log} 2>&1"
+        "LSQBQ_THREADS={threads} OMP_NUM_THREADS={threads} MLFLOW_TRACKING_URI={params.mlflow:q} "
+        "lsqbq bench kernels --out {params.dir:q} {params.quick} {params.extra} > {log:q} 2>&1"
 
 
 # Quantizer cost (fit + encode vs torch.sort; QuantConv2d training step per scheme vs gf-2), alone.
@@ -45,8 +45,8 @@ rule bench_quantizers:
     conda:
         CONDA_ENV
     shell:
-        "LSQBQ_THREADS={threads} lsqbq bench quantizers --out {params.dir} --threads {threads} {params.quick} "
-        "> {log} 2>&1"
+        "LSQBQ_THREADS={threads} lsqbq bench quantizers --out {params.dir:q} --threads {threads} {params.quick} "
+        "> {log:q} 2>&1"
 
 
 # Training throughput per activation scheme (images/s relative to fp) of the default ResNet recipe, alone.
@@ -67,4 +67,34 @@ rule bench_training:
     conda:
         CONDA_ENV
     shell:
-        "lsqbq bench training --config {params.recipe} --out {params.dir} {params.quick} > {log} 2>&1"
+        "lsqbq bench training --config {params.recipe:q} --out {params.dir:q} {params.quick} > {log:q} 2>&1"
+
+
+# Whole-model latency: ResNet-18 (ImageNet and CIFAR shape) and the first seed's quantized checkpoints (simulated,
+# fp32 teacher, bitwise) at batch 1 and 256, 1 and all threads, alone on the machine.
+rule bench_models:
+    input:
+        checkpoints=runs(CHECKPOINT, schemes=[(FP, FP), *BITWISE_STUDENTS], seeds=SEEDS[:1]),
+    output:
+        csv=out("results/bench/models.csv"),
+        md=report(out("results/bench/models.md"), caption="../report/kernels.rst", category="Kernel latency"),
+        headline=out("results/bench/models_headline.md"),
+    params:
+        dir=lambda wc, output: str(Path(output.csv).parent),
+        root=lambda wc, input: str(Path(input.checkpoints[0]).parents[3]),  # checkpoints/<dataset>
+        seed=SEEDS[0],
+        mlflow=MLFLOW_URI,
+        quick="--quick" if config["bench"]["quick"] else "",
+    threads: all_cores()
+    log:
+        out("logs/bench/models.log"),
+    benchmark:
+        out("benchmarks/bench/models.tsv")
+    message:
+        "Benchmark whole models bitwise vs fp32 (alone, {threads} threads)"
+    conda:
+        CONDA_ENV
+    shell:
+        "LSQBQ_THREADS={threads} OMP_NUM_THREADS={threads} MLFLOW_TRACKING_URI={params.mlflow:q} "
+        "lsqbq bench models --out {params.dir:q} --checkpoints {params.root:q} --seeds {params.seed:q} {params.quick} "
+        "> {log:q} 2>&1"

@@ -1,4 +1,5 @@
-# Configuration helpers, wildcard constraints and the list of final targets.
+# Configuration (loaded and validated once), paths, wildcard constraints and the final targets; each stage's
+# helpers live in rules/<stage>_helpers.smk.
 #
 # Path layout (OUT = config["output_root"], "." for the real profiles; the dataset itself lives in
 # config["data_root"], DVC-tracked for Fashion-MNIST):
@@ -13,6 +14,10 @@ from pathlib import Path
 import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import update_config, validate
+
+from lsqbq.schemes import get_scheme, scheme_pattern
+
+FP = get_scheme(None).name  # the teacher's scheme pair is (FP, FP)
 
 REPO = Path(workflow.current_basedir).parent.parent  # this file is workflow/rules/common.smk
 CONDA_ENV = "../../environment.yml"  # used with --software-deployment-method conda; else the current env
@@ -85,7 +90,7 @@ def _check_config():
     seen = set()
     for s in config["students"]:
         pair = (s["x_quant"], s["w_quant"])
-        if pair == ("fp", "fp"):
+        if all(get_scheme(q).is_fp for q in pair):
             raise WorkflowError("invalid workflow configuration: students: fp/fp is the teacher, trained anyway")
         if pair in seen:
             raise WorkflowError(f"invalid workflow configuration: students: {pair[0]}/{pair[1]} listed twice")
@@ -107,7 +112,7 @@ SEEDS = list(config["seeds"])
 MODELS = list(config["models"])
 STUDENTS = [(s["x_quant"], s["w_quant"]) for s in config["students"]]
 STUDENT_SETS = {(s["x_quant"], s["w_quant"]): list(s.get("set", [])) for s in config["students"]}
-SCHEMES = [("fp", "fp"), *STUDENTS]  # the teacher first
+SCHEMES = [(FP, FP), *STUDENTS]  # the teacher first
 SEED0 = SEEDS[0]
 MLFLOW_URI = config["mlflow"]["uri"] or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out('mlflow.db')}"
 MLFLOW_EXPERIMENT = config["mlflow"]["experiment"] or f"lsqbq-{config['profile']}-{DATASET}"
@@ -123,7 +128,7 @@ ANALYSIS = out("results/analysis/{dataset}/{model}")
 TABLES = out("results/tables/{dataset}")
 KERNELS_CSV = out("results/bench/kernels.csv")
 
-_SCHEME = r"fp|ls-1|ls-2|ls-T|gf-[1-9][0-9]*"
+_SCHEME = scheme_pattern(anchored=False)  # the registry's names, nothing else
 
 
 wildcard_constraints:
@@ -145,70 +150,7 @@ def runs(pattern, models=None, schemes=None, seeds=None):
 
 
 def is_teacher(wc):
-    return wc.x_quant == "fp" and wc.w_quant == "fp"
-
-
-def recipe(wc):
-    """The training config file of this run (the teacher's for fp/fp, else the students'), or None."""
-    return config["recipes"][wc.model]["teacher" if is_teacher(wc) else "student"]
-
-
-def recipe_sets(wc):
-    """The recipe's `--set` overrides: profile-wide, per model, per role, per student."""
-    r = config["recipes"][wc.model]
-    role = r.get("teacher_set", []) if is_teacher(wc) else r.get("student_set", [])
-    return [*config["set"], *r.get("set", []), *role, *STUDENT_SETS.get((wc.x_quant, wc.w_quant), [])]
-
-
-def teacher_checkpoint(wc):
-    return CHECKPOINT.format(dataset=wc.dataset, model=wc.model, x_quant="fp", w_quant="fp", seed=wc.seed)
-
-
-def train_inputs(wc):
-    """Inputs of a training job. All are ancient(): a checkpoint restored by `dvc pull` is not retrained because
-    its inputs happen to carry newer timestamps. Edits of the recipe are caught by the params trigger on
-    recipe_fingerprint instead, and a retrained teacher still retrains its students (an upstream job ran)."""
-    inputs = {"data": ancient(DATA_HASH.format(dataset=wc.dataset))}
-    if recipe(wc) is not None:
-        inputs["recipe"] = ancient(recipe(wc))
-    if config["kd"] and not is_teacher(wc):
-        inputs["teacher"] = ancient(teacher_checkpoint(wc))
-    return inputs
-
-
-def train_overrides(wc, threads):
-    """`--config RECIPE` and the `--set` overrides of a run: data, schemes, seed, KD teacher, threads, tracking,
-    then the recipe's own overrides (recipe_sets)."""
-    sets = [
-        f"seed={wc.seed}",
-        f"data.name={config['dataset']}",
-        f"data.root={config['data_root']}",
-        f"model.x_quant={wc.x_quant}",
-        f"model.w_quant={wc.w_quant}",
-        f"threads={threads}",
-        f"tracking.uri={MLFLOW_URI}",
-        f"tracking.experiment={MLFLOW_EXPERIMENT}",
-    ]
-    if config["image_size"] is not None:
-        sets.append(f"data.image_size={config['image_size']}")
-    if config["kd"] and not is_teacher(wc):
-        sets.append(f"kd.teacher={teacher_checkpoint(wc)}")
-    sets += recipe_sets(wc)
-    args = [f"--config {recipe(wc)}"] if recipe(wc) is not None else []
-    args += [f"--set '{s}'" for s in sets]
-    return " ".join(args)
-
-
-def recipe_fingerprint(wc):
-    """Content of the recipe and of the overrides that change what is learned: a `params` rerun trigger."""
-    import hashlib
-
-    parts = [
-        Path(recipe(wc)).read_text() if recipe(wc) is not None and Path(recipe(wc)).is_file() else "",
-        *recipe_sets(wc),
-        f"kd={config['kd']}",
-    ]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    return get_scheme(wc.x_quant).is_fp and get_scheme(wc.w_quant).is_fp
 
 
 def all_cores():
@@ -220,18 +162,12 @@ def all_cores():
         return 1
 
 
-def launcher():
-    """`lsqbq train`, or torchrun with one process per GPU when a job has several GPUs."""
-    if config["gpus"] > 1:
-        return f"torchrun --standalone --nproc-per-node={config['gpus']} -m lsqbq.train"
-    return "lsqbq train"
-
-
 def final_targets():
     targets = [
         out(f"results/tables/{DATASET}/qat.md"),
         out(f"results/tables/{DATASET}/qat.csv"),
         out(f"results/tables/{DATASET}/qat_runs.csv"),
+        out(f"results/tables/{DATASET}/claims.md"),
     ]
     if config["analysis"]["enabled"]:
         targets += [
@@ -246,72 +182,3 @@ def final_targets():
     if config["bench"]["training"]:
         targets.append(out("results/bench/training.csv"))
     return targets
-
-
-def teacher_of_seed(seed):
-    """Input function: the fp teacher checkpoint of `seed` for the job's dataset and model."""
-    return lambda wc: CHECKPOINT.format(dataset=wc.dataset, model=wc.model, x_quant="fp", w_quant="fp", seed=seed)
-
-
-def error_args():
-    """`lsqbq analyze error` sizes from config["analysis"]."""
-    a = config["analysis"]
-    args = f"--images {a['images']} --rows {a['rows']} --n {a['n']}"
-    return args + (f" --lloyd-rows {a['lloyd_rows']}" if a["lloyd_rows"] else "")
-
-
-def ptq_args():
-    a = config["analysis"]
-    return f"--test-subset {a['test_subset']}" if a["test_subset"] else ""
-
-
-def table_inputs(wc):
-    """Everything the tables of one dataset are built from."""
-    inputs = {
-        "train": runs(TRAIN_METRICS),
-        "paper": config["paper_numbers"],
-    }
-    if config["evaluate"]:
-        inputs["evaluate"] = runs(EVAL_METRICS)
-    if config["analysis"]["enabled"]:
-        inputs["ptq"] = runs(f"{ANALYSIS}/ptq_{{x_quant}}_{{w_quant}}_s{{seed}}.csv", schemes=[("fp", "fp")])
-        inputs["error"] = [f"{ANALYSIS}/error.csv".format(dataset=wc.dataset, model=m) for m in MODELS]
-        inputs["angles"] = [f"{ANALYSIS}/angles.csv".format(dataset=wc.dataset, model=m) for m in MODELS]
-    if config["bench"]["kernels"]:
-        inputs["kernels"] = KERNELS_CSV
-    return inputs
-
-
-def table_args(wc, input):
-    """`lsqbq tables` arguments naming every input file."""
-    args = []
-    for key in ("train", "evaluate", "ptq", "error", "angles"):
-        if key in input.keys():
-            args.append(f"--{key} " + " ".join(getattr(input, key)))
-    if "kernels" in input.keys():
-        args.append(f"--kernels {input.kernels}")
-    return " ".join(args)
-
-
-def table_outputs():
-    """Named outputs of make_tables; report() marks what goes into `snakemake --report`."""
-    outputs = {
-        "qat_md": report(f"{TABLES}/qat.md", caption="../report/qat.rst", category="Tables"),
-        "qat_csv": f"{TABLES}/qat.csv",
-        "runs_csv": f"{TABLES}/qat_runs.csv",
-    }
-    if config["analysis"]["enabled"]:
-        outputs |= {
-            "ptq_md": report(f"{TABLES}/ptq.md", caption="../report/ptq.rst", category="Tables"),
-            "ptq_csv": f"{TABLES}/ptq.csv",
-            "error_md": report(f"{TABLES}/error.md", caption="../report/error.rst", category="Tables"),
-            "error_csv": f"{TABLES}/error.csv",
-            "angles": report(f"{TABLES}/angles.png", caption="../report/angles.rst", category="Figures"),
-        }
-    if config["bench"]["kernels"]:
-        outputs |= {
-            "pareto_md": f"{TABLES}/pareto.md",
-            "pareto_csv": f"{TABLES}/pareto.csv",
-            "pareto": report(f"{TABLES}/pareto.png", caption="../report/pareto.rst", category="Figures"),
-        }
-    return outputs

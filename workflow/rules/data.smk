@@ -17,4 +17,4 @@ rule prepare_data:
     conda:
         CONDA_ENV
     shell:
-        "lsqbq data {params.command} {params.name} --root {params.root} > {output.data_hash} 2> {log}"
+        "lsqbq data {params.command} {params.name:q} --root {params.root:q} > {output.data_hash:q} 2> {log:q}"

@@ -17,4 +17,34 @@ rule evaluate:
         CONDA_ENV
     shell:
         "LSQBQ_THREADS={threads} OMP_NUM_THREADS={threads} "
-        "lsqbq evaluate --checkpoint {input.checkpoint} --out {output.metrics} > {log} 2>&1"
+        "lsqbq evaluate --checkpoint {input.checkpoint:q} --out {output.metrics:q} > {log:q} 2>&1"
+
+
+# Bitwise evaluation: every quantized student (both schemes quantized) converted with lsqbq.kernels.to_bitwise
+# and run on XNOR/popcount kernels over the same test set, beside its simulated model: top-1 of each, their
+# agreement and the largest logit difference (results/evaluate/<run>/bitwise.json).
+EVAL_BITWISE = out(f"results/evaluate/{RUN}/bitwise.json")
+BITWISE_STUDENTS = [(x, w) for x, w in STUDENTS if not get_scheme(x).is_fp and not get_scheme(w).is_fp]
+
+
+rule evaluate_bitwise:
+    input:
+        checkpoint=CHECKPOINT,
+        data=DATA_HASH,
+    output:
+        metrics=EVAL_BITWISE,
+    threads: config["threads"]
+    log:
+        out(f"logs/evaluate/{RUN}.bitwise.log"),
+    message:
+        "Evaluate {wildcards.model} a={wildcards.x_quant} w={wildcards.w_quant} s{wildcards.seed} bitwise on {wildcards.dataset}"
+    conda:
+        CONDA_ENV
+    shell:
+        "LSQBQ_THREADS={threads} OMP_NUM_THREADS={threads} "
+        "python -m lsqbq.kernels.evaluation --checkpoint {input.checkpoint:q} --out {output.metrics:q} > {log:q} 2>&1"
+
+
+rule evaluate_bitwise_all:
+    input:
+        runs(EVAL_BITWISE, schemes=BITWISE_STUDENTS),

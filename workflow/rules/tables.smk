@@ -1,4 +1,5 @@
-# Stage 6: tables and figures (markdown + CSV with provenance) in results/tables/{dataset}/.
+# Stage 6: tables, figures and the claims table (markdown for readers, CSV with provenance) in
+# results/tables/{dataset}/, built from the per-run results alone.
 
 
 rule make_tables:
@@ -12,9 +13,9 @@ rule make_tables:
     log:
         out("logs/tables/{dataset}.log"),
     message:
-        "Tables and figures for {wildcards.dataset}"
+        "Tables, figures and the claims table for {wildcards.dataset}"
     conda:
         CONDA_ENV
     shell:
-        "lsqbq tables --dataset {wildcards.dataset} --out {params.out} --paper {input.paper} {params.args} "
-        "> {log} 2>&1"
+        "lsqbq tables --dataset {wildcards.dataset} --out {params.out:q} --paper {input.paper:q} {params.args} "
+        "> {log:q} 2>&1"

@@ -39,7 +39,8 @@ rule train:
         CONDA_ENV
     shell:
         "LSQBQ_THREADS={threads} OMP_NUM_THREADS={threads} "
-        "{params.launcher} {params.overrides} --out {params.work} --resume > {log} 2>&1 "
-        "&& mv {params.work}/checkpoint.pt {params.work}/metrics.json {params.work}/config.yaml {params.final}/ "
-        "&& rm -rf {params.final}/partial-* "
-        "&& cp {params.final}/metrics.json {output.metrics} && cp {params.final}/config.yaml {output.config}"
+        "{params.launcher} {params.overrides} --out {params.work:q} --resume > {log:q} 2>&1 "
+        "&& mv {params.work:q}/checkpoint.pt {params.work:q}/metrics.json {params.work:q}/config.yaml "
+        "{params.final:q}/ "
+        "&& rm -rf {params.final:q}/partial-* "
+        "&& cp {params.final:q}/metrics.json {output.metrics:q} && cp {params.final:q}/config.yaml {output.config:q}"

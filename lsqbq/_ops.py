@@ -1,0 +1,293 @@
+"""Python side of the ops ``torch.ops.lsqbq.*`` (schemas and CPU kernels in C++; loaded by :mod:`lsqbq._native`).
+
+Quantizer ops (``fit_greedy``, ``fit_ls2``, ``fit_ternary``, ``quant_encode``):
+
+* portable kernel (``CompositeExplicitAutograd``): the pure-torch code of :mod:`lsqbq.quantizers`. It serves
+  every device but the CPU, and the CPU kernels hand it every dtype but float32;
+* autograd: the gradient of that pure-torch code (recomputed in the backward pass), so both paths give the
+  same gradients. ``quant_encode``: ``x_q = sum_i v_i b_i`` is piecewise constant in ``x`` (no gradient) and
+  linear in the scales (``d x_q / d v_i = b_i``); its STE slope output is a constant.
+
+Kernel ops (``pack_signs``, ``pack_activations``, ``encode_fused``, ``bitwise_conv2d``, ``xnor_*``,
+``popcount_peak``, ``isa_supported``): CPU only,
+inference: their outputs are registered as non-differentiable; :mod:`lsqbq.kernels.ops` picks the back end.
+
+Every op has a fake (meta) kernel, so it traces under FakeTensor and ``torch.compile``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from . import _native, quantizers
+
+__all__ = ["NAMESPACE", "op_names", "register", "active", "fit_ls1", "fit_greedy", "fit_ls2", "fit_ternary",
+           "foldable_quantize", "quant_encode_with_slope"]
+
+NAMESPACE = "lsqbq"
+_registered = False
+_lib: torch.library.Library | None = None
+
+
+def op_names() -> list[str]:
+    """Names of the ops registered under ``torch.ops.lsqbq`` (empty when the library is not loaded)."""
+    prefix = NAMESPACE + "::"
+    names = {n[len(prefix):].split(".")[0] for n in torch._C._dispatch_get_all_op_names() if n.startswith(prefix)}
+    return sorted(names)
+
+
+# ----------------------------------------------------------------------------------- portable kernels
+
+
+def _fit_greedy(x: Tensor, k: int) -> Tensor:
+    return quantizers.fit_greedy(x, k).contiguous()
+
+
+def _fit_ls2(x: Tensor) -> Tensor:
+    return quantizers.fit_ls2(x).contiguous()
+
+
+def _fit_ternary(x: Tensor) -> Tensor:
+    return quantizers.fit_ternary(x).contiguous()
+
+
+def _quant_encode(x: Tensor, scales: Tensor, with_slope: bool) -> tuple[Tensor, Tensor]:
+    """``x_q = sum_i v_i b_i`` and, with ``with_slope``, the STE derivative (else an empty tensor), as
+    :func:`lsqbq.quantizers.foldable_quantize_with_slope`. ``x: (R, n)``, ``scales: (R|1, k)``."""
+    if not with_slope:
+        return quantizers.foldable_quantize(x, scales).contiguous(), x.new_empty(0)
+    approx, slope = quantizers.foldable_quantize_with_slope(x, scales)
+    return approx.contiguous(), slope.contiguous()
+
+
+_PORTABLE = {"fit_greedy": _fit_greedy, "fit_ls2": _fit_ls2, "fit_ternary": _fit_ternary,
+             "quant_encode": _quant_encode}
+
+
+# --------------------------------------------------------------------------------------------- autograd
+
+
+def _grad_of_portable(fn, args: tuple, wrt: tuple[int, ...], grads: tuple) -> list[Tensor | None]:
+    """``sum_o grads[o] * d fn(*args)[o] / d args[i]`` for ``i`` in ``wrt``: the portable code run again with
+    autograd recording, so the result is the pure-torch path's gradient bit for bit."""
+    leaves = list(args)
+    for i in wrt:
+        leaves[i] = args[i].detach().requires_grad_()
+    with torch.enable_grad():
+        outs = fn(*leaves)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    pairs = [(o, g) for o, g in zip(outs, grads) if o.requires_grad and g is not None]
+    if not pairs:
+        return [None] * len(wrt)
+    return list(torch.autograd.grad([o for o, _ in pairs], [leaves[i] for i in wrt], [g for _, g in pairs],
+                                    allow_unused=True))
+
+
+def _exact_fit_differentiable(x: Tensor) -> bool:
+    """Whether the pure-torch exact fits (ls-2, ls-T) pass a gradient to ``x``: on the CPU they sort float32 and
+    float64 magnitudes as integer bit patterns, which carries none, and divide float64 rows by their largest
+    magnitude, which does; other dtypes and devices sort floats, which carries one."""
+    return not (x.device.type == "cpu" and x.dtype == torch.float32)
+
+
+def _setup_fit(ctx, inputs, output) -> None:
+    ctx.save_for_backward(inputs[0])
+    ctx.args = inputs[1:]
+
+
+def _setup_exact_fit(ctx, inputs, output) -> None:
+    _setup_fit(ctx, inputs, output)
+    if not _exact_fit_differentiable(inputs[0]):
+        ctx.mark_non_differentiable(output)
+
+
+def _backward_fit(name: str):
+    fn = _PORTABLE[name]
+
+    @once_differentiable
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return (None,) * (1 + len(ctx.args))
+        (gx,) = _grad_of_portable(fn, (x, *ctx.args), (0,), (grad,))
+        return (gx, *[None] * len(ctx.args))
+
+    return backward
+
+
+def _setup_quant_encode(ctx, inputs, output) -> None:
+    x, scales, _ = inputs
+    ctx.save_for_backward(x, scales)
+    if scales.requires_grad:
+        ctx.mark_non_differentiable(output[1])
+    else:
+        ctx.mark_non_differentiable(*output)
+
+
+@once_differentiable
+def _backward_quant_encode(ctx, grad, _grad_slope):
+    x, scales = ctx.saved_tensors
+    if not ctx.needs_input_grad[1]:
+        return None, None, None
+    (gs,) = _grad_of_portable(_quant_encode, (x, scales, False), (1,), (grad, None))
+    return None, gs, None
+
+
+_KERNEL_OPS = ("pack_signs", "pack_activations", "encode_fused", "bitwise_conv2d", "xnor_gemm", "xnor_gemm_scaled",
+               "xnor_conv2d", "xnor_conv2d_scaled")
+
+
+def _setup_constant(ctx, inputs, output) -> None:
+    ctx.n_inputs = len(inputs)
+    ctx.mark_non_differentiable(*(output if isinstance(output, tuple) else (output,)))
+
+
+def _backward_constant(ctx, *grads):
+    return (None,) * ctx.n_inputs
+
+
+# ------------------------------------------------------------------------------------------ fake kernels
+
+
+def _fake_kernels() -> dict:
+    def conv_out(hw, kernel, stride, padding, dilation):
+        return [(hw[i] + 2 * padding[i] - dilation[i] * (kernel[i] - 1) - 1) // stride[i] + 1 for i in range(2)]
+
+    def fit_greedy(x, k):
+        return x.new_empty((x.shape[0], k))
+
+    def fit_two(x):
+        return x.new_empty((x.shape[0], 2))
+
+    def quant_encode(x, scales, with_slope):
+        dtype = torch.promote_types(x.dtype, scales.dtype)
+        out = torch.empty_like(x, dtype=dtype, memory_format=torch.contiguous_format)
+        return out, (torch.empty_like(out) if with_slope else x.new_empty(0))
+
+    def pack_signs(x):
+        return x.new_empty((*x.shape[:-1], (x.shape[-1] + 63) // 64), dtype=torch.int64)
+
+    def pack_activations(x, scales, clamp, planes, mask, pad_h, pad_w, isa):
+        cw = (x.shape[1] + 63) // 64
+        if x.dim() == 2:
+            return x.new_empty((planes, x.shape[0], cw), dtype=torch.int64)
+        return x.new_empty((planes, x.shape[0], x.shape[2] + 2 * pad_h, x.shape[3] + 2 * pad_w, cw),
+                           dtype=torch.int64)
+
+    def encode_fused(x, in_scale, in_shift, x_scales, clamp, planes, fit, mask, pad_h, pad_w, isa):
+        return (pack_activations(x, x_scales, clamp, planes, mask, pad_h, pad_w, isa),
+                x.new_empty((x.shape[0], planes), dtype=torch.float32))
+
+    def bitwise_conv2d(x, w, wtap, sw, bias, in_scale, in_shift, x_scales, residual, slope, clamp, planes, fit, mask,
+                       act, residual_first, n_out, c_in, kernel, stride, padding, dilation, isa):
+        oh, ow = conv_out(x.shape[2:], kernel, stride, padding, dilation)
+        return x.new_empty((x.shape[0], oh, ow, n_out), dtype=torch.float32)
+
+    def xnor_gemm(a, w, n_out, k, mask, isa):
+        return a.new_empty((1 if mask else a.shape[0], w.shape[0], a.shape[1], n_out), dtype=torch.int32)
+
+    def xnor_gemm_scaled(a, w, sa, sw, bias, n_out, k, mask, isa):
+        return a.new_empty((a.shape[1], n_out), dtype=torch.float32)
+
+    def xnor_conv2d(a, w, wtap, n_out, c_in, hw, kernel, stride, padding, dilation, mask, isa):
+        oh, ow = conv_out(hw, kernel, stride, padding, dilation)
+        return a.new_empty((1 if mask else a.shape[0], w.shape[0], a.shape[1], oh, ow, n_out), dtype=torch.int32)
+
+    def xnor_conv2d_scaled(a, w, wtap, sa, sw, bias, n_out, c_in, hw, kernel, stride, padding, dilation, mask, isa):
+        oh, ow = conv_out(hw, kernel, stride, padding, dilation)
+        return a.new_empty((a.shape[1], oh, ow, n_out), dtype=torch.float32)
+
+    # No tensor arguments: the answers recorded from the C++ functions when the library loaded.
+    def popcount_peak(iters, isa):
+        if isa not in _macs_per_iter:
+            raise RuntimeError(f"lsqbq: kernel isa {isa} is not supported on this CPU")
+        return iters * _macs_per_iter[isa]
+
+    def isa_supported(isa):
+        return isa in _macs_per_iter
+
+    return {"fit_greedy": fit_greedy, "fit_ls2": fit_two, "fit_ternary": fit_two, "quant_encode": quant_encode,
+            "pack_signs": pack_signs, "pack_activations": pack_activations, "encode_fused": encode_fused,
+            "bitwise_conv2d": bitwise_conv2d, "xnor_gemm": xnor_gemm,
+            "xnor_gemm_scaled": xnor_gemm_scaled, "xnor_conv2d": xnor_conv2d,
+            "xnor_conv2d_scaled": xnor_conv2d_scaled, "popcount_peak": popcount_peak, "isa_supported": isa_supported}
+
+
+_macs_per_iter: dict[int, int] = {}  # supported isa -> binary MACs per iteration of popcount_peak
+
+
+def register() -> None:
+    """Register the portable kernels, autograd formulas and fake kernels (once, after the C++ library loaded)."""
+    global _registered, _lib
+    if _registered:
+        return
+    _registered = True
+    _lib = torch.library.Library(NAMESPACE, "FRAGMENT")
+    for name, fn in _PORTABLE.items():
+        _lib.impl(name, fn, "CompositeExplicitAutograd")
+    for name in ("fit_greedy",):
+        torch.library.register_autograd(f"{NAMESPACE}::{name}", _backward_fit(name), setup_context=_setup_fit,
+                                        lib=_lib)
+    for name in ("fit_ls2", "fit_ternary"):
+        torch.library.register_autograd(f"{NAMESPACE}::{name}", _backward_fit(name),
+                                        setup_context=_setup_exact_fit, lib=_lib)
+    torch.library.register_autograd(f"{NAMESPACE}::quant_encode", _backward_quant_encode,
+                                    setup_context=_setup_quant_encode, lib=_lib)
+    for name in _KERNEL_OPS:
+        torch.library.register_autograd(f"{NAMESPACE}::{name}", _backward_constant, setup_context=_setup_constant,
+                                        lib=_lib)
+    for isa in (0, 1):
+        if torch.ops.lsqbq.isa_supported(isa):
+            _macs_per_iter[isa] = torch.ops.lsqbq.popcount_peak(1, isa)
+    for name, fn in _fake_kernels().items():
+        torch.library.register_fake(f"{NAMESPACE}::{name}", fn, lib=_lib)
+
+
+# ------------------------------------------------------------------------------------------------ calls
+# The functions the rest of the package calls: the op when the library is active, else the pure-torch maths.
+
+
+def active() -> bool:
+    """True when calls go to ``torch.ops.lsqbq``: the library is loaded, its Python side registered, and the
+    calling thread is not inside :func:`lsqbq._native.disabled`."""
+    if not _native.active():
+        return False
+    register()
+    return True
+
+
+def fit_greedy(x: Tensor, k: int) -> Tensor:
+    """:func:`lsqbq.quantizers.fit_greedy` (gf-k scales, ``(R, n) -> (R, k)``) through the op."""
+    return torch.ops.lsqbq.fit_greedy(x, k) if active() else quantizers.fit_greedy(x, k)
+
+
+def fit_ls1(x: Tensor) -> Tensor:
+    """ls-1 scales ``mean|x|`` per row (= gf-1), ``(R, n) -> (R, 1)``."""
+    return fit_greedy(x, 1)
+
+
+def fit_ls2(x: Tensor) -> Tensor:
+    """:func:`lsqbq.quantizers.fit_ls2` (exact 2-bit least squares, ``(R, n) -> (R, 2)``) through the op."""
+    return torch.ops.lsqbq.fit_ls2(x) if active() else quantizers.fit_ls2(x)
+
+
+def fit_ternary(x: Tensor) -> Tensor:
+    """:func:`lsqbq.quantizers.fit_ternary` (exact ternary, ``(R, n) -> (R, 2)``) through the op."""
+    return torch.ops.lsqbq.fit_ternary(x) if active() else quantizers.fit_ternary(x)
+
+
+def foldable_quantize(x: Tensor, scales: Tensor) -> Tensor:
+    """``x_q = sum_i v_i b_i`` for given scales (:func:`lsqbq.quantizers.foldable_quantize`) through the op."""
+    if scales.shape[1] == 0:
+        return torch.zeros_like(x)
+    if active():
+        return torch.ops.lsqbq.quant_encode(x, scales.contiguous(), False)[0]
+    return quantizers.foldable_quantize(x, scales)
+
+
+def quant_encode_with_slope(x: Tensor, scales: Tensor) -> tuple[Tensor, Tensor]:
+    """``(x_q, STE slope)`` (:func:`lsqbq.quantizers.foldable_quantize_with_slope`) through the fused op."""
+    if active():
+        return torch.ops.lsqbq.quant_encode(x, scales, True)
+    return quantizers.foldable_quantize_with_slope(x, scales)

@@ -1,0 +1,210 @@
+"""``lsqbq analyze error | ptq | angles``: the analyses as commands writing ``PREFIX.csv`` and ``PREFIX.md``
+(and ``PREFIX.png`` for ``angles``).
+
+Usage::
+
+    lsqbq analyze error  --checkpoint checkpoints/.../checkpoint.pt --out results/analysis/DATASET/MODEL/error
+    lsqbq analyze ptq    --checkpoint checkpoints/.../checkpoint.pt --out results/analysis/DATASET/MODEL/ptq
+    lsqbq analyze angles --checkpoint checkpoints/.../checkpoint.pt --out results/analysis/DATASET/MODEL/angles
+    lsqbq analyze error  --synthetic-only --out results/analysis/synthetic   # no model needed
+    lsqbq analyze angles --render-only --out results/analysis/DATASET/MODEL/angles  # md + png from the CSV
+
+The markdown file is rendered from the CSV just written, so it is a pure function of the CSV.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from ..schemes import get_scheme
+from ..tables import figures, render
+from .hooks import layer_inputs, weight_rows
+from .lloyd_max import DISTRIBUTIONS
+from .measures import ANGLE_SCHEMES, PTQ_SCHEMES, angle_rows, error_rows, quantize_weights, synthetic_rows
+
+__all__ = ["build_parser", "main", "render_outputs"]
+
+PROVENANCE = ("commit", "config_hash", "data_hash", "run_id")
+
+
+def _load(checkpoint: str, threads: int | None, test_subset: int | None = None):
+    """(model in eval mode, its config, test loader) of a training checkpoint."""
+    from .. import data as D
+    from ..checkpoint import load_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    loaded = load_model(checkpoint)
+    model, cfg = loaded.model.eval(), loaded.config
+    if test_subset is not None:
+        cfg.data.test_subset = test_subset
+    _, test_loader = D.build_loaders(cfg)
+    return model, cfg, test_loader
+
+
+def _provenance(checkpoint: str | None) -> dict:
+    """commit / config hash / data hash / run id of the model analysed, from the metrics.json beside it."""
+    if checkpoint is None:
+        return {}
+    path = Path(checkpoint).with_name("metrics.json")
+    if not path.is_file():
+        return {}
+    m = json.loads(path.read_text())
+    return {k: m.get(k, "") for k in PROVENANCE}
+
+
+# ---------------------------------------------------------------------------------------------- views
+
+
+def _display(name: str) -> str:
+    return get_scheme(name).display
+
+
+def error_view(df: pd.DataFrame) -> pd.DataFrame:
+    """Long table: data, scheme, levels, MSE, relative error, Lloyd-Max MSE and the excess over it."""
+    has_bound = df["lloyd_max_mse"] > 0
+    return pd.DataFrame({
+        "data": df["source"], "scheme": df["scheme"].map(_display), "levels": df["levels"],
+        "MSE": df["mse"].map(lambda v: f"{v:.4g}"), "relative error": df["rel_error"].map(lambda v: f"{v:.4f}"),
+        "Lloyd-Max MSE": df["lloyd_max_mse"].where(has_bound).map(lambda v: "" if pd.isna(v) else f"{v:.4g}"),
+        "vs Lloyd-Max": df["excess"].where(has_bound).map(render.fmt_percent)})
+
+
+def ptq_view(df: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"weights": df["w_quant"].map(_display), "k^w": df["k_w"],
+                         "top-1 (%)": df["top1"].map(render.fmt_value), "top-5 (%)": df["top5"].map(render.fmt_value)})
+
+
+def angles_view(df: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "layer": df["layer"], "scheme": df["scheme"].map(_display),
+        "angle (degrees)": [render.fmt_mean_std(m, c, 2, 2) for m, c in zip(df["angle_deg"], df["angle_ci95"])],
+        "relative error": [render.fmt_mean_std(m, c, 2, 4) for m, c in zip(df["rel_error"], df["rel_error_ci95"])]})
+
+
+def _write(rows: list[dict], prefix: str | Path, command: str) -> None:
+    """``PREFIX.csv`` from ``rows``, then the markdown (and figure) rendered from it."""
+    render.write_csv(rows, Path(prefix).with_suffix(".csv"))
+    render_outputs(command, prefix)
+
+
+def render_outputs(command: str, prefix: str | Path) -> None:
+    """``PREFIX.md`` (and ``PREFIX.png`` for ``angles``) from an existing ``PREFIX.csv``: a pure function of it."""
+    prefix = Path(prefix)
+    csv = prefix.with_suffix(".csv")
+    title, note, view = DOCS[command]
+    render.write_markdown(prefix.with_suffix(".md"), title, [note, view(render.read_csv(csv))])
+    if command == "angles":
+        figures.plot_angles([csv], prefix.with_suffix(".png"))
+
+
+ERROR_TITLE = "Quantization error: MSE, relative error and the Lloyd-Max optimum with the same number of levels"
+ERROR_NOTE = ("Rows are quantized independently and errors pooled over all rows of a source: MSE = Σ(x − x_q)² / N, "
+              "relative error = ‖x − x_q‖ / ‖x‖. Lloyd-Max: the optimal quantizer with the same number of levels, "
+              "fitted per row; 'official skip-3': the official code's every-third-value search.")
+PTQ_TITLE = "Post-training quantization of the weights (activations full precision)"
+PTQ_NOTE = "The trained model's weights quantized per output channel with each scheme; test accuracy."
+ANGLES_TITLE = "Angle and relative error between activations and their quantization, per layer"
+ANGLES_NOTE = ("Mean ± half-width of the 95 % interval over images (normal approximation) of the angle "
+               "arccos(⟨x, x_q⟩ / ‖x‖‖x_q‖) and of ‖x − x_q‖ / ‖x‖, one row x per image.")
+DOCS = {"error": (ERROR_TITLE, ERROR_NOTE, error_view), "ptq": (PTQ_TITLE, PTQ_NOTE, ptq_view),
+        "angles": (ANGLES_TITLE, ANGLES_NOTE, angles_view)}
+
+
+# ------------------------------------------------------------------------------------------- commands
+
+
+def cmd_error(args) -> None:
+    rows: list[dict] = []
+    for i, dist in enumerate(args.distributions):
+        rows += error_rows(dist, [synthetic_rows(dist, args.rows, args.n, seed=args.seed + i)])
+    prov = {}
+    if args.checkpoint and not args.synthetic_only:
+        model, _, loader = _load(args.checkpoint, args.threads, args.test_subset)
+        prov = _provenance(args.checkpoint)
+        rows += error_rows("weights", weight_rows(model))
+        _, acts = layer_inputs(model, loader, args.images)
+        rows += error_rows("activations", acts, lloyd_rows=args.lloyd_rows)
+    for r in rows:
+        r.update(prov)
+    _write(rows, args.out, "error")
+
+
+def cmd_ptq(args) -> None:
+    from ..evaluate import evaluate
+
+    model, _, loader = _load(args.checkpoint, args.threads, args.test_subset)
+    prov = _provenance(args.checkpoint)
+    fp = get_scheme(None)
+    rows = []
+    for name in args.schemes:
+        res = evaluate(quantize_weights(model, name), loader, torch.device("cpu"))
+        rows.append({"w_quant": name, "k_w": get_scheme(name).label, "x_quant": fp.name, "k_a": fp.label,
+                     "top1": float(res["top1"]), "top5": float(res.get("top5", float("nan"))), **prov})
+    _write(rows, args.out, "ptq")
+
+
+def cmd_angles(args) -> None:
+    model, _, loader = _load(args.checkpoint, args.threads, args.test_subset)
+    prov = _provenance(args.checkpoint)
+    names, acts = layer_inputs(model, loader, args.images)
+    _write([{**r, **prov} for r in angle_rows(names, acts, args.schemes)], args.out, "angles")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lsqbq analyze",
+                                description="Analyses of the quantizers on synthetic data and on a trained model.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp):
+        sp.add_argument("--checkpoint", help="checkpoint.pt of the trained model")
+        sp.add_argument("--out", required=True, help="output prefix: writes PREFIX.csv and PREFIX.md")
+        sp.add_argument("--render-only", action="store_true",
+                        help="rewrite PREFIX.md (and PREFIX.png) from an existing PREFIX.csv; nothing is recomputed")
+        sp.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        sp.add_argument("--test-subset", type=int, default=None, help="evaluate on this many test images")
+        sp.add_argument("--images", type=int, default=128, help="images whose activations are analysed")
+
+    e = sub.add_parser("error", help="quantization error vs Lloyd-Max and the official search")
+    common(e)
+    e.add_argument("--synthetic-only", action="store_true", help="skip the model's weights and activations")
+    e.add_argument("--distributions", nargs="+", default=list(DISTRIBUTIONS), choices=DISTRIBUTIONS,
+                   help="unit-variance synthetic distributions")
+    e.add_argument("--rows", type=int, default=64, help="rows per synthetic sample")
+    e.add_argument("--n", type=int, default=4608, help="values per synthetic row (a 512x3x3 filter)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the first synthetic sample (+1 per distribution)")
+    e.add_argument("--lloyd-rows", type=int, default=None, help="activation rows per layer for Lloyd-Max")
+
+    q = sub.add_parser("ptq", help="post-training weight quantization accuracy")
+    common(q)
+    q.add_argument("--schemes", nargs="+", default=list(PTQ_SCHEMES), help="weight schemes to evaluate")
+
+    a = sub.add_parser("angles", help="per-layer angle / relative error of quantized activations")
+    common(a)
+    a.add_argument("--schemes", nargs="+", default=list(ANGLE_SCHEMES), help="activation schemes to compare")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.render_only:
+        if not Path(args.out).with_suffix(".csv").is_file():
+            parser.error(f"--render-only needs {Path(args.out).with_suffix('.csv')}")
+        render_outputs(args.command, args.out)
+        return 0
+    if args.command == "error" and not args.checkpoint:
+        args.synthetic_only = True
+    elif args.command != "error" and not args.checkpoint:
+        parser.error(f"{args.command} needs --checkpoint")
+    {"error": cmd_error, "ptq": cmd_ptq, "angles": cmd_angles}[args.command](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

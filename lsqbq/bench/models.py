@@ -1,0 +1,327 @@
+"""Whole-model latency: bitwise conversions against fp32, as users run them: ``lsqbq bench models``.
+
+Usage::
+
+    lsqbq bench models [--quick] [--out results/bench] [--checkpoints checkpoints/fashion-mnist] [--seeds 0]
+
+Two groups, every ratio timed side by side in one process (median of >= 7 repeats after warm-up; the minimum and
+the load average are recorded too):
+
+* ``network``     ResNet-18 from :func:`lsqbq.models.build` at ImageNet (224x224, ImageNet stem) and CIFAR (32x32,
+                  CIFAR stem) shape, batch 1, 1 and 2 threads: the fp32 model in eager NCHW and channels_last
+                  (the teacher's regular blocks, and the students' xnor topology with fp32 convs), the simulated
+                  quantized model (eager), and its :func:`~lsqbq.kernels.to_bitwise` conversion (fused), for the
+                  1-bit and 2x1 kernels (fp32 stem, shortcuts and classifier).
+* ``checkpoint``  every quantized default-profile checkpoint found under ``--checkpoints``
+                  (``<model>/<x>_<w>/s<seed>/checkpoint.pt``, both schemes quantized): the simulated eager model, its
+                  fp32 teacher (``fp_fp`` of the same model and seed) and its bitwise conversion, at batch 1 and
+                  256, 1 and 2 threads, with the scale mode the conversion uses (``auto``: as the model evaluates).
+
+Where the bitwise model is not faster than its teacher, ``models_profile_<name>.txt`` (next to the tables) holds a
+``torch.profiler`` table of one bitwise call. Outputs: ``models.csv``, ``models.md``, ``models_headline.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+from ..kernels import available_backends, to_bitwise
+from ..schemes import get_scheme, kernel_name
+from .kernels import load, log_mlflow, with_threads
+from .timing import machine_info, time_stats
+
+NETWORK_PAIRS = (("ls-1", "ls-1"), ("gf-2", "ls-1"))
+SHAPES = {"imagenet": dict(stem="imagenet", num_classes=1000, size=224),
+          "cifar": dict(stem="cifar", num_classes=10, size=32)}
+TARGET_RESNET18 = 7.0  # binary ResNet-18 (ImageNet shape, 1-bit) vs fp32 eager channels_last, batch 1, 1 thread
+
+
+def bench_networks(threads_list: list[int], backend: str, repeats: int, shapes: list[str],
+                   out: Path | None = None) -> list[dict]:
+    """ResNet-18 at ImageNet / CIFAR shape, batch 1: fp32 eager models against the bitwise conversions; with
+    ``out``, a profile of the 1-bit network per shape (``models_profile_resnet18_<shape>_<kernel>.txt``)."""
+    from ..models import build
+
+    rows = []
+    for shape in shapes:
+        opt = SHAPES[shape]
+        torch.manual_seed(0)
+        x = torch.randn(1, 3, opt["size"], opt["size"])
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        kw = dict(stem=opt["stem"], num_classes=opt["num_classes"])
+        cands = {}
+        teacher = build("resnet18", **kw).eval()  # regular blocks, as the fp teachers are trained
+        same = build("resnet18", block="xnor", **kw).eval()  # the students' topology with fp32 convs
+        for name, net in (("fp32 teacher", teacher), ("fp32 xnor-topology", same)):
+            net_cl = copy.deepcopy(net).to(memory_format=torch.channels_last)
+            cands[f"{name} NCHW"] = (lambda net=net: net(x), dict(scheme="fp32", model=name, layout="NCHW"))
+            cands[f"{name} channels_last"] = (lambda net=net_cl: net(x_cl),
+                                              dict(scheme="fp32", model=name, layout="channels_last"))
+        for xq, wq in NETWORK_PAIRS:
+            label = kernel_name(xq, wq)
+            sim = build("resnet18", x_quant=xq, w_quant=wq, **kw).eval()
+            fast = to_bitwise(sim, backend=backend)
+            cands[f"bitwise {label}"] = (lambda fast=fast: fast(x_cl),
+                                         dict(scheme=label, model="bitwise", layout="NHWC", scale_mode="fitted"))
+            if xq == NETWORK_PAIRS[0][0]:
+                cands[f"simulated {label}"] = (lambda sim=sim: sim(x), dict(scheme=label, model="simulated",
+                                                                            layout="NCHW", scale_mode="fitted"))
+        fns, meta = {}, {}
+        for name, (fn, info) in cands.items():
+            for t in threads_list:
+                fns[(name, t)] = with_threads(t, fn)
+                meta[(name, t)] = info
+        l0 = load()
+        with torch.inference_mode():
+            timed = time_stats(fns, repeats, 0.2)
+        l1 = load()
+        for (name, t), (med, mn) in timed.items():
+            rows.append({"kind": "network", "network": f"resnet18 {shape} {opt['size']}x{opt['size']}", "impl": name,
+                         "batch": 1, "threads": t, "seconds": med, "seconds_min": mn, "load_start": l0,
+                         "load_end": l1, **meta[(name, t)]})
+        if out is not None:  # where the 1-bit network's time goes (the target is on the ImageNet shape)
+            label = kernel_name(*NETWORK_PAIRS[0])
+            fast = cands[f"bitwise {label}"][0]
+            torch.set_num_threads(threads_list[0])
+            fp = timed[("fp32 xnor-topology channels_last", threads_list[0])][0]
+            b = timed[(f"bitwise {label}", threads_list[0])][0]
+            profile_table(fast, out / f"models_profile_resnet18_{shape}_{label}.txt",
+                          f"bitwise resnet18 {shape} {label}, batch 1, {threads_list[0]} thread(s): {1e3 * b:.3f} ms "
+                          f"vs fp32 channels_last {1e3 * fp:.3f} ms ({fp / b:.2f}x)")
+        print(f"  resnet18 {shape} done (load {load():.1f})", flush=True)
+    return rows
+
+
+def find_checkpoints(root: Path, seeds: list[int]) -> list[tuple[str, str, str, int, Path]]:
+    """``(model, x_quant, w_quant, seed, path)`` of the quantized students under ``root`` (both schemes non-fp)."""
+    found = []
+    for path in sorted(root.glob("*/*_*/s*/checkpoint.pt")):
+        model, pair, seed = path.parts[-4], path.parts[-3], path.parts[-2]
+        xq, _, wq = pair.partition("_")
+        try:
+            xs, ws = get_scheme(xq), get_scheme(wq)
+        except ValueError:
+            continue
+        s = int(seed[1:]) if seed[1:].isdigit() else -1
+        if not xs.is_fp and not ws.is_fp and s in seeds:
+            found.append((model, xs.name, ws.name, s, path))
+    return found
+
+
+def _input_shape(model: nn.Module, state: dict) -> tuple[int, ...]:
+    cfg = state.get("config", {})
+    size = int(cfg.get("data", {}).get("image_size") or 28) if isinstance(cfg, dict) else 28
+    chans = int(state.get("model_options", {}).get("in_chans", 1))
+    return (chans, size, size)
+
+
+def profile_table(fn, path: Path, title: str) -> None:
+    """A ``torch.profiler`` table (self CPU time per op) of one call of ``fn``, written to ``path``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode():
+        fn()
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
+            for _ in range(5):
+                fn()
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+    path.write_text(f"{title}\n(5 calls; self CPU time per op)\n\n{table}\n")
+
+
+def bench_checkpoints(root: Path, seeds: list[int], threads_list: list[int], batches: list[int], backend: str,
+                      repeats: int, out: Path) -> list[dict]:
+    """Each quantized checkpoint: simulated eager model, fp32 teacher of the same seed, bitwise conversion."""
+    from .. import checkpoint as ckpt_io
+
+    rows = []
+    for model_name, xq, wq, seed, path in find_checkpoints(root, seeds):
+        teacher_path = root / model_name / "fp_fp" / f"s{seed}" / "checkpoint.pt"
+        loaded = ckpt_io.load_model(path)
+        sim = loaded.model.eval()
+        fast = to_bitwise(sim, backend=backend)
+        modes = {m.scale_mode for m in fast.modules() if hasattr(m, "scale_mode")}
+        mode = modes.pop() if len(modes) == 1 else "mixed"
+        teacher = ckpt_io.load_model(teacher_path).model.eval() if teacher_path.exists() else None
+        shape = _input_shape(sim, loaded.state)
+        label = kernel_name(xq, wq)
+        name = f"{model_name} {xq}/{wq} s{seed}"
+        for batch in batches:
+            x = torch.randn(batch, *shape)
+            x_cl = x.contiguous(memory_format=torch.channels_last)
+            cands = {"simulated": lambda: sim(x), "bitwise": lambda: fast(x),
+                     "bitwise channels_last": lambda: fast(x_cl)}
+            if teacher is not None:
+                cands["fp32 teacher"] = lambda: teacher(x)
+                teacher_cl = copy.deepcopy(teacher).to(memory_format=torch.channels_last)
+                cands["fp32 teacher channels_last"] = lambda t=teacher_cl: t(x_cl)
+            fns = {(n, t): with_threads(t, f) for n, f in cands.items() for t in threads_list}
+            l0 = load()
+            with torch.inference_mode():
+                timed = time_stats(fns, repeats, 0.05 if batch == 1 else 0.1)
+            l1 = load()
+            for (impl, t), (med, mn) in timed.items():
+                rows.append({"kind": "checkpoint", "network": name, "model": model_name, "x_quant": xq,
+                             "w_quant": wq, "seed": seed, "scheme": label, "impl": impl, "batch": batch, "threads": t,
+                             "seconds": med, "seconds_min": mn,
+                             "scale_mode": mode if impl.startswith("bitwise") else "",
+                             "load_start": l0, "load_end": l1, "checkpoint": str(path)})
+            # profile the bitwise call where it does not beat the teacher (1 thread)
+            t1 = {impl: timed[(impl, threads_list[0])][0] for impl in cands}
+            best_fp = min((v for k, v in t1.items() if k.startswith("fp32")), default=float("inf"))
+            best_bit = min(("bitwise", "bitwise channels_last"), key=t1.get)
+            if t1[best_bit] > best_fp:
+                torch.set_num_threads(threads_list[0])
+                xin = x_cl if best_bit.endswith("channels_last") else x
+                fname = f"models_profile_{model_name}_{xq}_{wq}_s{seed}_b{batch}.txt"
+                profile_table(lambda: fast(xin), out / fname,
+                              f"{best_bit} {name}, batch {batch}, {threads_list[0]} thread(s): "
+                              f"{1e3 * t1[best_bit]:.3f} ms vs fp32 teacher {1e3 * best_fp:.3f} ms")
+        print(f"  {name} done (load {load():.1f})", flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- reports
+
+
+def summarise(df: pd.DataFrame) -> dict[str, float]:
+    out = {}
+    net = df[(df.kind == "network") & (df.threads == 1)]
+    for network, g in net.groupby("network"):
+        fp_cl = g[(g.model == "fp32 xnor-topology") & (g.layout == "channels_last")].seconds.min()
+        for label in g[g.model == "bitwise"].scheme.unique():
+            b = g[(g.model == "bitwise") & (g.scheme == label)].seconds.min()
+            out[f"{network} {label} vs fp32 channels_last"] = fp_cl / b
+    ck = df[(df.kind == "checkpoint") & (df.threads == 1)]
+    for (network, batch), g in ck.groupby(["network", "batch"]):
+        fp = g[g.impl.str.startswith("fp32")].seconds.min()  # each side with its faster input layout
+        b = g[g.impl.str.startswith("bitwise")].seconds.min()
+        if fp == fp:
+            out[f"{network} batch {batch}: bitwise vs fp32 teacher"] = fp / b
+    return out
+
+
+def headline_markdown(summary: dict[str, float]) -> str:
+    rows = []
+    for key, value in summary.items():
+        target = None
+        if "resnet18 imagenet" in key and kernel_name("ls-1", "ls-1") + " vs" in key:
+            target = TARGET_RESNET18
+        elif "batch 256" in key:
+            target = 1.0
+        rows.append({"metric": key, "measured": f"{value:.2f}x",
+                     "target": "" if target is None else f">= {target:g}x",
+                     "met": "" if target is None else ("yes" if value >= target else f"no ({value / target:.0%} of it)")})
+    return pd.DataFrame(rows).to_markdown(index=False) + "\n"
+
+
+def to_markdown(df: pd.DataFrame, info: dict, summary: dict[str, float], profiles: list[str]) -> str:
+    loads = pd.concat([df.load_start, df.load_end])
+    parts = [
+        "# Whole-model latency (bitwise vs fp32)\n\n"
+        f"Machine: {info['cpu']}, {info['cores']} cores; flags: {info['flags']}; torch {info['torch']}; kernels: "
+        f"`{info['kernels']}`. Median of repeats after warm-up (CSV: minimum too), all rows of a group timed side by "
+        f"side. Load average (1 min) during the run: {loads.min():.1f} to {loads.max():.1f} on {info['cores']} "
+        "cores. Bitwise models: `to_bitwise` with fusion (BatchNorm / activation / residual in the binary ops), "
+        "fed the same tensor as the eager models; scale mode as listed (`fitted`: per-sample scales at run time).",
+        "## Headline (1 thread)", headline_markdown(summary).rstrip("\n")]
+    for kind, title in (("network", "ResNet-18 from models.build, batch 1"),
+                        ("checkpoint", "Default-profile checkpoints")):
+        g = df[df.kind == kind]
+        if not len(g):
+            continue
+        keys = ["network", "batch", "threads"]
+        rows = []
+        for key, grp in g.groupby(keys, sort=False):
+            base = grp[grp.impl.str.startswith("fp32")].seconds.min()
+            row = dict(zip(keys, key))
+            for r in grp.itertuples():
+                row[r.impl] = f"{1e3 * r.seconds:.3f}" + (f" ({base / r.seconds:.1f}x)" if base == base else "")
+            if kind == "checkpoint":
+                row["scale mode"] = grp[grp.impl.str.startswith("bitwise")].scale_mode.iloc[0]
+            rows.append(row)
+        parts += [f"## {title}: milliseconds (speed-up vs the faster fp32 row)",
+                  pd.DataFrame(rows).to_markdown(index=False)]
+    if profiles:
+        parts += ["## torch.profiler tables: the 1-bit ResNet-18s, and checkpoints whose bitwise model is not faster "
+                  "than its teacher",
+                  "\n".join(f"- `{p}`" for p in profiles)]
+    return "\n\n".join(parts) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lsqbq bench models", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("results/bench"), help="output directory")
+    parser.add_argument("--repeats", type=int, default=7, help="timed repeats per candidate (at least 7)")
+    parser.add_argument("--quick", action="store_true", help="ImageNet ResNet-18 and batch 1 only, 1 thread")
+    parser.add_argument("--threads", default=None, help="thread counts, e.g. 1,2 (default: 1 and all)")
+    parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints/fashion-mnist"),
+                        help="root of <model>/<x>_<w>/s<seed>/checkpoint.pt (skipped when absent)")
+    parser.add_argument("--seeds", default="0", help="checkpoint seeds to time, e.g. 0,1,2 (latency does not "
+                                                     "depend on the seed)")
+    parser.add_argument("--batches", default="1,256", help="checkpoint batch sizes")
+    parser.add_argument("--backend", default=None, help="kernel back end (default: fastest available)")
+    parser.add_argument("--no-networks", action="store_true", help="checkpoints only")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite models.md / models_headline.md from an existing models.csv in --out (no timing)")
+    args = parser.parse_args(argv)
+    if args.render_only:
+        df = pd.read_csv(args.out / "models.csv")
+        info = {k: df.iloc[0][k] for k in ("cpu", "cores", "flags", "torch", "kernels")}
+        summary = summarise(df)
+        profiles = sorted(p.name for p in args.out.glob("models_profile_*.txt"))
+        md = to_markdown(df, info, summary, profiles)
+        (args.out / "models.md").write_text(md)
+        (args.out / "models_headline.md").write_text(headline_markdown(summary))
+        print(md)
+        return 0
+    warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+    backend = args.backend or available_backends()[-1]
+    repeats = max(7, args.repeats)
+    all_threads = torch.get_num_threads()
+    if args.threads:
+        threads_list = [int(t) for t in args.threads.split(",")]
+    else:
+        threads_list = [1] if args.quick or all_threads == 1 else sorted({1, 2, all_threads})
+    info = machine_info()
+    info["default_threads"] = info.pop("threads")
+    info["kernels"] = backend
+    args.out.mkdir(parents=True, exist_ok=True)
+    for old in args.out.glob("models_profile_*.txt"):
+        old.unlink()
+    rows: list[dict] = []
+    try:
+        if not args.no_networks:
+            rows += bench_networks(threads_list, backend, repeats, ["imagenet"] if args.quick else list(SHAPES),
+                                   args.out)
+        if args.checkpoints.exists():
+            batches = [1] if args.quick else [int(b) for b in args.batches.split(",")]
+            seeds = [int(s) for s in args.seeds.split(",")]
+            rows += bench_checkpoints(args.checkpoints, seeds, threads_list, batches, backend, repeats, args.out)
+        else:
+            print(f"  no checkpoints under {args.checkpoints}: skipped (dvc pull fetches them)", flush=True)
+    finally:
+        torch.set_num_threads(all_threads)
+    df = pd.DataFrame(rows)
+    df["ms"] = 1e3 * df.seconds
+    for key, value in info.items():
+        df[key] = value
+    df.to_csv(args.out / "models.csv", index=False, float_format="%.6g")
+    summary = summarise(df)
+    profiles = sorted(p.name for p in args.out.glob("models_profile_*.txt"))
+    md = to_markdown(df, info, summary, profiles)
+    (args.out / "models.md").write_text(md)
+    (args.out / "models_headline.md").write_text(headline_markdown(summary))
+    log_mlflow("bench_models", df, info, summary,
+               [args.out / n for n in ("models.csv", "models.md", *profiles)], args.quick)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,125 @@
+"""``lsqbq tables``: per-run results -> tables (CSV + markdown), figures and the claims table.
+
+Usage::
+
+    lsqbq tables --dataset fashion-mnist --out results/tables/fashion-mnist \\
+        --train results/train/fashion-mnist/*/*/s*/metrics.json \\
+        [--evaluate results/evaluate/.../metrics.json ...] [--ptq results/analysis/.../ptq_fp_fp_s0.csv ...] \\
+        [--error results/analysis/.../error.csv ...] [--angles results/analysis/.../angles.csv ...] \\
+        [--kernels results/bench/kernels.csv] [--training-bench results/bench/training.csv] \\
+        [--paper lsqbq/reference/paper_numbers.csv]
+    lsqbq tables --from-mlflow --tracking-uri sqlite:///mlflow.db --experiment lsqbq-default-fashion-mnist \\
+        --dataset fashion-mnist --out results/tables/from-mlflow
+
+Outputs in ``--out`` (markdown for the reader; CSV with every number and its provenance):
+    ``qat``     the paper's main table: top-1 per (model, activation scheme, weight scheme), mean ± std over seeds,
+                the paper's numbers beside; ``qat_runs.csv``: one row per run with commit, hashes, MLflow run id;
+    ``ptq``     post-training weight quantization of the fp models;
+    ``error``   quantization error against the Lloyd-Max optimum;
+    ``angles.csv`` / ``angles.png``, ``pareto`` (+ ``pareto.png``) when their inputs are given;
+    ``claims``  each claim of the paper with our paired difference, its 95 % interval and a verdict.
+
+Runs are identified by the dataset / model / schemes / seed stored in each ``metrics.json``; analysis CSVs are
+joined to the run they analysed by MLflow run id. ``--from-mlflow`` rebuilds ``qat`` from the MLflow store alone.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import DataError, LsqbqError
+from ..schemes import get_scheme
+from . import aggregate, claims, figures, render, runs, views
+
+__all__ = ["build_parser", "main", "build"]
+
+
+def _write(out: Path, name: str, data: pd.DataFrame, doc) -> Path:
+    """``name.csv`` from ``data``, then ``name.md`` rendered from the CSV as read back (``doc(df) -> (title,
+    blocks)``), so the markdown is a function of the CSV alone."""
+    csv = render.write_csv(data, out / f"{name}.csv")
+    title, blocks = doc(render.read_csv(csv))
+    render.write_markdown(out / f"{name}.md", title, blocks)
+    return csv
+
+
+def _sorted_runs(df: pd.DataFrame) -> pd.DataFrame:
+    key = [(m, get_scheme(x).sort_key, get_scheme(w).sort_key, s)
+           for m, x, w, s in zip(df["model"], df["x_quant"], df["w_quant"], df["seed"])]
+    return df.iloc[sorted(range(len(df)), key=key.__getitem__)].reset_index(drop=True)
+
+
+def build(args) -> None:
+    """Every output the given inputs allow (see the module docstring)."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    paper = runs.load_paper(args.paper)
+    if args.from_mlflow:
+        uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+        if not args.experiment:
+            raise DataError("--from-mlflow needs --experiment (the MLflow experiment of the workflow's runs)")
+        run_df = runs.runs_from_mlflow(uri, args.experiment, args.dataset)
+    else:
+        run_df = runs.load_runs(args.train, args.evaluate)
+    if run_df.empty:
+        raise DataError("no runs found; pass the runs' metrics.json files with --train")
+    qat = aggregate.qat_table(run_df, paper, args.dataset)
+    qat_csv = _write(out, "qat", qat, lambda df: views.qat_doc(df, args.dataset))
+    if args.from_mlflow:
+        return
+    render.write_csv(_sorted_runs(run_df), out / "qat_runs.csv")
+    ptq = runs.load_analysis(args.ptq, run_df)
+    if not ptq.empty:
+        _write(out, "ptq", aggregate.ptq_table(ptq, paper), lambda df: views.ptq_doc(df, args.dataset))
+    error = runs.load_analysis(args.error, run_df)
+    if not error.empty:
+        error = aggregate.error_table(error)
+        _write(out, "error", error, views.error_doc)
+    angles = runs.load_analysis(args.angles, run_df)
+    if not angles.empty:
+        figures.plot_angles([render.write_csv(angles, out / "angles.csv")], out / "angles.png")
+    if args.kernels:
+        pareto = aggregate.pareto_table(render.read_csv(qat_csv), pd.read_csv(args.kernels))
+        figures.plot_pareto(_write(out, "pareto", pareto, views.pareto_doc), out / "pareto.png")
+    bench = runs.load_training_bench(args.training_bench)
+    table = claims.build_claims(run_df, paper, ptq=ptq, error=error, angles=angles, bench=bench)
+    _write(out, "claims", table,
+           lambda df: views.claims_doc(df, render.read_csv(qat_csv), claims.qat_paper_gaps(paper), args.dataset))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lsqbq tables", description="Build result tables, figures and the claims table.")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--dataset", required=True, help="dataset name shown in the titles and the dataset column")
+    p.add_argument("--train", nargs="*", default=[], help="metrics.json of every training run")
+    p.add_argument("--evaluate", nargs="*", default=[], help="metrics.json of re-evaluations (`lsqbq evaluate`)")
+    p.add_argument("--ptq", nargs="*", default=[], help="post-training CSVs from `lsqbq analyze ptq`")
+    p.add_argument("--error", nargs="*", default=[], help="quantization-error CSVs from `lsqbq analyze error`")
+    p.add_argument("--angles", nargs="*", default=[], help="angle CSVs from `lsqbq analyze angles`")
+    p.add_argument("--kernels", default=None, help="kernels.csv from `lsqbq bench kernels` (accuracy-latency table)")
+    p.add_argument("--training-bench", default=None,
+                   help="training.csv from `lsqbq bench training` (step time in the training-cost claim)")
+    p.add_argument("--paper", default=None, help="paper numbers CSV (default: the packaged reference)")
+    p.add_argument("--from-mlflow", action="store_true", help="build the QAT table from the MLflow store alone")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (with --from-mlflow)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (with --from-mlflow)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        build(args)
+    except LsqbqError as exc:
+        print(f"lsqbq tables: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(f"lsqbq tables: wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Rendering: number formats, CSV files and markdown documents (pipe tables through ``DataFrame.to_markdown``).
+
+Every CSV and markdown file the project generates goes through :func:`write_csv` and :func:`write_markdown`, so
+the same inputs give byte-identical files.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+__all__ = ["TEXT_COLUMNS", "fmt_mean_std", "fmt_value", "fmt_signed", "fmt_percent", "fmt_interval",
+           "markdown_table", "markdown_document", "write_markdown", "write_csv", "read_csv"]
+
+#: Columns read as text: bit-width labels ("T", "32"), seed lists and provenance hashes / ids.
+TEXT_COLUMNS = ("k_a", "k_w", "levels", "seed", "seeds", "commit", "config_hash", "data_hash", "run_id",
+                "teacher_run_id", "source_run_id", "layer", "scheme", "x_quant", "w_quant", "model", "dataset",
+                "source", "kernel")
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def fmt_value(v, digits: int = 2) -> str:
+    """A number with ``digits`` decimals (``""`` for NaN / None)."""
+    return "" if _missing(v) else f"{float(v):.{digits}f}"
+
+
+def fmt_mean_std(mean, std, n: int, digits: int = 2) -> str:
+    """``"91.23 ± 0.15"``; a single run (or no spread) prints its value alone."""
+    if _missing(mean):
+        return ""
+    if n <= 1 or _missing(std):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def fmt_signed(v, digits: int = 2, unit: str = "") -> str:
+    """``"+0.70"`` / ``"−1.20"`` (true minus sign) with an optional unit."""
+    if _missing(v):
+        return ""
+    s = f"{v:+.{digits}f}".replace("-", "−")
+    return f"{s}{unit}"
+
+
+def fmt_percent(ratio, digits: int = 1) -> str:
+    """A ratio minus one as a signed percentage: ``0.023 -> "+2.3 %"``."""
+    return "" if _missing(ratio) else fmt_signed(100 * ratio, digits, " %")
+
+
+def fmt_interval(lo, hi, digits: int = 2, unit: str = "") -> str:
+    """``"[−0.62, +0.76]"`` (``""`` when either end is missing)."""
+    if _missing(lo) or _missing(hi):
+        return ""
+    return f"[{fmt_signed(lo, digits)}, {fmt_signed(hi, digits)}]{unit}"
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A pipe table of ``df`` exactly as its cells read (no number parsing; NaN -> empty cell)."""
+    cells = df.astype(object).where(df.notna(), "").astype(str)
+    return cells.to_markdown(index=False, disable_numparse=True)
+
+
+def markdown_document(title: str, blocks: Sequence[str | pd.DataFrame]) -> str:
+    """``# title`` followed by paragraphs (strings; ``"## ..."`` for sub-headings) and tables, one blank line
+    between blocks and a final newline."""
+    parts = [f"# {title}"]
+    for b in blocks:
+        parts.append(markdown_table(b) if isinstance(b, pd.DataFrame) else str(b).strip("\n"))
+    return "\n\n".join(parts) + "\n"
+
+
+def write_markdown(path: str | Path, title: str, blocks: Sequence[str | pd.DataFrame]) -> Path:
+    """Write :func:`markdown_document` to ``path`` (creating its directory)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(markdown_document(title, blocks))
+    return path
+
+
+def write_csv(df: pd.DataFrame | list[dict], path: str | Path) -> Path:
+    """Write ``df`` (or a list of row dicts) as CSV without the index; floats keep full precision."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (df if isinstance(df, pd.DataFrame) else pd.DataFrame(df)).to_csv(path, index=False)
+    return path
+
+
+def read_csv(path: str | Path) -> pd.DataFrame:
+    """Read a generated CSV with the :data:`TEXT_COLUMNS` kept as text (empty cells -> ``""``)."""
+    head = pd.read_csv(path, nrows=0).columns
+    dtype = {c: str for c in TEXT_COLUMNS if c in head}
+    df = pd.read_csv(path, dtype=dtype)
+    for c in dtype:
+        df[c] = df[c].fillna("")
+    return df

@@ -1,0 +1,257 @@
+"""What each generated markdown file shows: the reader-facing tables built from the aggregated CSVs, with the
+sentences that say what the numbers mean. Every number comes from the CSV next to the markdown file."""
+from __future__ import annotations
+
+import math
+import statistics
+
+import pandas as pd
+
+from ..schemes import get_scheme
+from .aggregate import PAPER_REFERENCES
+from .claims import LLOYD_TOLERANCE, NOT_SEPARABLE
+from .render import fmt_interval, fmt_mean_std, fmt_percent, fmt_signed, fmt_value
+
+__all__ = ["qat_doc", "ptq_doc", "error_doc", "pareto_doc", "claims_doc", "BITS_SENTENCE"]
+
+BITS_SENTENCE = ("k^a and k^w are the bits of the activations and of the weights: the number of ±1 sign planes "
+                 "(1, 2, 3), T for ternary ({−2v, 0, +2v}, stored in 2 bits) and 32 for full precision (fp).")
+
+
+def _disp(name: str) -> str:
+    return get_scheme(name).display
+
+
+def _plural(n: int, word: str) -> str:
+    """``"1 seed"``, ``"3 seeds"``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _seeds(cells: pd.Series) -> str:
+    """``"seed 0"`` / ``"seeds 0, 1, 2"`` from ``;``-joined seed lists."""
+    seeds = sorted({int(s) for cell in cells for s in str(cell).split(";") if s != ""})
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))
+
+
+def _common_n(n: pd.Series) -> int:
+    return int(statistics.mode(n.tolist())) if len(n) else 0
+
+
+def _cell(mean, std, n: int, common: int) -> str:
+    s = fmt_mean_std(mean, std, n)
+    return s if not s or n == common else f"{s} (n={n})"
+
+
+def _paper_cell(row, prefix: str) -> str:
+    return fmt_mean_std(row[f"{prefix}_top1"], row.get(f"{prefix}_top1_std"), 2, 1)
+
+
+# --------------------------------------------------------------------------------------------------- QAT
+
+
+def qat_doc(qat: pd.DataFrame, dataset: str) -> tuple[str, list]:
+    """Title and blocks of qat.md: one row per scheme pair, one column per model, the paper beside."""
+    models = list(dict.fromkeys(qat["model"]))
+    common = _common_n(qat["n_seeds"])
+    pairs = list(dict.fromkeys(zip(qat["x_quant"], qat["w_quant"])))
+    rows = []
+    for x, w in pairs:
+        sel = qat[(qat["x_quant"] == x) & (qat["w_quant"] == w)]
+        row = {"activations": _disp(x), "weights": _disp(w), "k^a": get_scheme(x).label, "k^w": get_scheme(w).label}
+        for m in models:
+            r = sel[sel["model"] == m]
+            row[m] = "" if r.empty else _cell(r["top1_mean"].iloc[0], r["top1_std"].iloc[0], int(r["n_seeds"].iloc[0]),
+                                              common)
+        first = sel.iloc[0]
+        for prefix, _, _, title in PAPER_REFERENCES:
+            row[title] = _paper_cell(first, prefix)
+        rows.append(row)
+    notes = [
+        f"Top-1 test accuracy (%) after quantization-aware training, mean ± sample standard deviation over "
+        f"{_seeds(qat['seeds'])} ({_plural(common, 'run')} per cell); each student is distilled from the fp "
+        f"teacher of its model and seed. {BITS_SENTENCE}",
+        "The last three columns are the paper's ResNet-18 results for the same scheme pair (paper V1: Table 2, "
+        "mean ± std over 5 runs, else Table 1; official code: its README, single runs). They are references for "
+        "the order of the rows, not targets: a different dataset and a different model.",
+        "Top-5, every run's accuracy, git commit, config and data hashes and MLflow run ids: `qat.csv` and "
+        "`qat_runs.csv`.",
+    ]
+    return f"Quantization-aware training on {dataset}: top-1 accuracy (%)", [notes[0], pd.DataFrame(rows), *notes[1:]]
+
+
+# ----------------------------------------------------------------------------------------- post-training
+
+
+def ptq_doc(ptq: pd.DataFrame, dataset: str) -> tuple[str, list]:
+    models = list(dict.fromkeys(ptq["model"]))
+    common = _common_n(ptq["n_seeds"])
+    rows = []
+    for w in dict.fromkeys(ptq["w_quant"]):
+        sel = ptq[ptq["w_quant"] == w]
+        row = {"weights": _disp(w), "k^w": get_scheme(w).label}
+        for m in models:
+            r = sel[sel["model"] == m]
+            row[m] = "" if r.empty else _cell(r["top1_mean"].iloc[0], r["top1_std"].iloc[0], int(r["n_seeds"].iloc[0]),
+                                              common)
+        row["paper V1, ImageNet"] = fmt_value(sel["v1_imagenet_top1"].iloc[0], 1)
+        rows.append(row)
+    note = (f"The trained fp model's weights quantized per output channel after training, activations in full "
+            f"precision; top-1 test accuracy (%), mean ± std over the fp models of {_seeds(ptq['seeds'])}. "
+            f"{BITS_SENTENCE} Paper: V1 Table 1 (ResNet-18 on ImageNet), a reference, not a target. Top-5 and "
+            "provenance: `ptq.csv`.")
+    return f"Post-training weight quantization on {dataset}", [note, pd.DataFrame(rows)]
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+def _source_title(model: str, source: str) -> str:
+    return source if model == "-" else f"{model} {source}"
+
+
+def error_doc(error: pd.DataFrame) -> tuple[str, list]:
+    """Two pivots (scheme x data): MSE above the Lloyd-Max optimum, and the relative error."""
+    df = error[[not get_scheme(s).is_fp for s in error["scheme"]]]
+    columns = list(dict.fromkeys(zip(df["model"], df["source"])))
+    schemes = sorted(dict.fromkeys(df["scheme"]), key=lambda n: get_scheme(n).sort_key)
+
+    def pivot(fmt) -> pd.DataFrame:
+        rows = []
+        for s in schemes:
+            row = {"scheme": _disp(s), "levels": str(get_scheme(s).levels)}
+            for model, source in columns:
+                r = df[(df["scheme"] == s) & (df["model"] == model) & (df["source"] == source)]
+                row[_source_title(model, source)] = "" if r.empty else fmt(r.iloc[0])
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    blocks = [
+        "Each row of the data (a synthetic row, an output channel of the weights, one image's activations at a "
+        "layer) is quantized on its own; errors are pooled over all rows. Synthetic data: unit-variance samples. "
+        f"Model data: the trained fp model of {_seeds(error['seed'])}. Lloyd-Max: the optimal quantizer with "
+        "the same number of levels, fitted to each row without any symmetry constraint; the foldable schemes are "
+        "symmetric about zero, so on skewed rows (a large excess for every scheme) the optimum is out of their "
+        "reach. 'official skip-3': the official code's search over every third value.",
+        "## MSE above the Lloyd-Max optimum",
+        pivot(lambda r: fmt_percent(r["excess"])),
+        "## Relative error ‖x − x_q‖ / ‖x‖",
+        pivot(lambda r: f"{r['rel_error']:.3f}"),
+        "MSE, the Lloyd-Max MSE and provenance: `error.csv`.",
+    ]
+    return "Quantization error per scheme", blocks
+
+
+# ---------------------------------------------------------------------------------------------- pareto
+
+
+def pareto_doc(pareto: pd.DataFrame) -> tuple[str, list]:
+    view = pd.DataFrame({
+        "model": pareto["model"], "activations": pareto["x_quant"].map(_disp),
+        "weights": pareto["w_quant"].map(_disp), "kernel": pareto["kernel"],
+        "latency (ms)": pareto["latency_ms"].map(lambda v: "" if pd.isna(v) else f"{v:.3g}"),
+        "top-1 (%)": [fmt_mean_std(m, s, 2 if s > 0 else 1)
+                      for m, s in zip(pareto["top1_mean"], pareto["top1_std"])],
+        "Pareto front": pareto["pareto"].map(lambda v: "yes" if v else "")})
+    what = pareto["latency_of"].iloc[0] if len(pareto) else ""
+    note = ("Accuracy of each scheme pair (mean ± std over seeds) beside the measured latency of the kernel that "
+            f"runs it: k^a x k^w bit planes, fp32 when either side is full precision; {what}. A pair is on the "
+            "Pareto front when no other pair of its model is both at least as fast and more accurate. Pairs whose "
+            "kernel was not measured have no latency.")
+    return "Accuracy vs measured bitwise-kernel latency", [note, view]
+
+
+# ---------------------------------------------------------------------------------------------- claims
+
+
+def _difference(r) -> str:
+    unit = {"points": " pts", "degrees": "°", "% slower": " %", "% (largest)": " % (largest)"}.get(r["unit"], "")
+    d = fmt_signed(r["difference"], 1 if "%" in str(r["unit"]) else 2, unit)
+    ci = fmt_interval(r["ci_low"], r["ci_high"], 1 if "%" in str(r["unit"]) else 2)
+    return f"{d} {ci}".strip()
+
+
+def _paired_over(r) -> str:
+    n = int(r["n"]) if not pd.isna(r["n"]) else 0
+    if r["kind"] == "angle":
+        return f"{_plural(n, 'image')}, one teacher"
+    if r["kind"] == "lloyd_max":
+        return f"{_plural(n, 'distribution')}; ±{100 * LLOYD_TOLERANCE:.0f} % tolerance"
+    unit = _plural(n, "fp model" if r["kind"] == "ptq" else "seed")
+    return unit if n > 1 else f"{unit} (no interval)"
+
+
+def _room(qat: pd.DataFrame) -> float:
+    """The largest top-1 gap between a model's fp/fp row and its least accurate quantized row (NaN without fp)."""
+    gaps = []
+    for _, g in qat.groupby("model"):
+        fp = g[[get_scheme(x).is_fp and get_scheme(w).is_fp for x, w in zip(g["x_quant"], g["w_quant"])]]
+        if len(fp) and len(g) > 1:
+            gaps.append(float(fp["top1_mean"].iloc[0] - g["top1_mean"].min()))
+    return max(gaps) if gaps else float("nan")
+
+
+def _interval_shrink(n: int, m: int) -> float:
+    """Width of a 95 % t interval over m pairs relative to one over n pairs with the same spread:
+    (t_{0.975, m-1} / sqrt m) / (t_{0.975, n-1} / sqrt n)."""
+    from scipy.stats import t
+
+    if n < 2:
+        return float("nan")
+    return float(t.ppf(0.975, m - 1) / m**0.5 / (t.ppf(0.975, n - 1) / n**0.5))
+
+
+def claims_doc(claims: pd.DataFrame, qat: pd.DataFrame, paper_gaps: list[float], dataset: str) -> tuple[str, list]:
+    """Title and blocks of claims.md; ``paper_gaps``: the paper's top-1 gaps between adjacent schemes of the QAT
+    ordering (what this profile would need to resolve)."""
+    view = pd.DataFrame({
+        "claim": claims["claim"], "model": claims["model"], "paper": claims["paper"], "ours": claims["ours"],
+        "difference [95 % CI]": [_difference(r) for _, r in claims.iterrows()],
+        "paired over": [_paired_over(r) for _, r in claims.iterrows()], "verdict": claims["verdict"]})
+    models = ", ".join(dict.fromkeys(qat["model"]))
+    n = _common_n(qat["n_seeds"]) if len(qat) else 0
+    accuracy = []
+    for kind, what in (("qat", "quantization-aware training"), ("ptq", "post-training quantization")):
+        rows = claims[claims["kind"] == kind]
+        half = ((rows["ci_high"] - rows["ci_low"]) / 2).dropna()
+        if len(half):
+            apart = int((rows["verdict"] != NOT_SEPARABLE).sum())
+            accuracy.append(f"±{fmt_value(half.median(), 1)} points for {what} ({apart} of {len(rows)} "
+                            "comparisons resolved)")
+    images = claims.loc[claims["kind"] == "angle", "n"]
+    can = f"**What this profile can and cannot show.** {dataset} with {models}, {_plural(n, 'seed')}. "
+    if (claims["kind"] == "lloyd_max").any():
+        can += "The Lloyd-Max comparison is exact. "
+    if len(images):
+        can += (f"The angle comparison rests on {int(images.max())} test images of one fp teacher per model: firm "
+                "for that teacher; a claim over teachers would need the angle analysis of every seed's teacher. ")
+    if accuracy:
+        gaps = [fmt_value(g, 1) for g in paper_gaps]
+        gap_text = (f" The paper's gaps between adjacent schemes of the QAT ordering are {', '.join(gaps[:-1])} "
+                    f"and {gaps[-1]} points (V1, ImageNet).") if len(gaps) > 1 else ""
+        shrink = _interval_shrink(n, 10)
+        can += (f"The accuracy claims rest on {_plural(n, 'seed')}: the 95 % interval of a paired difference is "
+                f"{' and '.join(accuracy)}.{gap_text} With the same spread, 10 seeds would narrow the intervals "
+                f"to {fmt_value(100 * shrink, 0)} % of their width; a harder dataset (the cifar10, cifar100 and "
+                "imagenet profiles) widens the gaps themselves. ")
+    room = _room(qat)
+    if not math.isnan(room):
+        can += (f"Every quantized model is within {fmt_value(room, 1)} points of its fp teacher, which leaves "
+                "little room between schemes. ")
+    can += "The paper's absolute numbers are references, not targets: a different dataset and model."
+    blocks = [
+        "Each claim of the paper against our results. *difference* is A − B for a claim about A and B, named in "
+        "the claim's order (for 'A below B' a negative difference supports it): top-1 points, degrees, or percent "
+        "of training wall time. Differences are paired over what both sides share: the seed (every student of "
+        "seed s is distilled from the fp teacher of seed s) for quantization-aware training and training cost, "
+        "the fp model of each seed for post-training quantization, and the images of one teacher for angles (the "
+        "two schemes' intervals combined as independent). The Lloyd-Max comparison is an optimum without a "
+        f"sampling unit, judged with a ±{100 * LLOYD_TOLERANCE:.0f} % tolerance instead. Intervals: t distribution "
+        "with n − 1 degrees of freedom over n pairs; normal approximation over images for angles.",
+        "Verdict: **reproduced** when the whole interval lies on the side the paper claims, **contradicted** when "
+        "it lies on the other side, **not separable at this scale** when it contains zero (or when a single pair "
+        "gives no interval).",
+        view if len(view) else "No claim of the paper can be tested with these results.",
+        can,
+        "Every measurement, interval and the pairing of each row: `claims.csv`.",
+    ]
+    return f"The paper's claims, checked on {dataset}", blocks

@@ -1,0 +1,131 @@
+"""``torch.library.opcheck`` on every op of the namespace ``torch.ops.lsqbq``, and the namespace is one library.
+
+The op list is read from the dispatcher, so an op added in C++ without sample inputs here fails
+``test_opcheck``.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import lsqbq
+from lsqbq import _native, _ops
+from lsqbq.kernels import pack_weight
+
+LOADED = _native.load() and _ops.active()  # library built and its Python side (fakes, autograd) registered
+needs_library = pytest.mark.skipif(not LOADED, reason="the C++ library could not be built")
+ISAS = [isa for isa in (0, 1) if LOADED and torch.ops.lsqbq.isa_supported(isa)]
+
+
+def _pm1(*shape, gen):
+    return torch.where(torch.randn(*shape, generator=gen) >= 0, 1.0, -1.0)
+
+
+def _rows(dtype=torch.float32, grad=False, shape=(5, 70)):
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    return x.requires_grad_(grad)
+
+
+def _samples(name: str) -> list[tuple]:
+    """Argument tuples for op ``name``: float32 (C++ kernel) and float64 (portable kernel) for the quantizers,
+    each available isa for the kernels; tensors require grad where the op is differentiable."""
+    gen = torch.Generator().manual_seed(0)
+    scales = torch.rand(5, 3, generator=gen)
+    if name == "fit_greedy":
+        return [(_rows(grad=True), 3), (_rows(torch.float64, grad=True), 2), (_rows(shape=(70, 5)).T, 1)]
+    if name in ("fit_ls2", "fit_ternary"):
+        return [(_rows(grad=True),), (_rows(torch.float64, grad=True),), (_rows(shape=(70, 5)).T,)]
+    if name == "quant_encode":
+        return [(_rows(), scales.clone().requires_grad_(), False), (_rows(), scales[:1].clone(), True),
+                (_rows(torch.float64), scales.double().requires_grad_(), True), (_rows(grad=True), scales, True)]
+    if name == "pack_signs":
+        return [(torch.randn(4, 3, 131, generator=gen, requires_grad=True),)]
+    if name == "isa_supported":
+        return [(0,), (1,)]
+    if name == "popcount_peak":
+        return [(100, isa) for isa in ISAS]
+    out = []
+    for isa in ISAS:
+        x = torch.randn(2, 70, 5, 4, generator=gen)
+        v = torch.rand(2, 2, generator=gen)
+        a = torch.ops.lsqbq.pack_activations(x, v, 0.0, 2, False, 1, 1, isa)  # (2, 2, 7, 6, 2)
+        w = pack_weight(_pm1(2, 9, 70, 3, 3, gen=gen), torch.rand(9, 2, generator=gen))
+        rows = torch.ops.lsqbq.pack_activations(torch.randn(6, 130, generator=gen), v[:1].expand(6, 2).contiguous(),
+                                                0.0, 2, True, 0, 0, isa)  # ternary (sign, mask)
+        wl = pack_weight(_pm1(1, 40, 130, gen=gen))
+        sa = torch.rand(2, 2, generator=gen, requires_grad=True)
+        bias = torch.randn(9, generator=gen, requires_grad=True)
+        conv = (a, w.panels, w.tapsum)
+        geom = ([5, 4], [3, 3], [1, 1], [1, 1], [1, 1])
+        bn = (torch.rand(70, generator=gen) + 0.5, 0.1 * torch.randn(70, generator=gen))
+        xcl = torch.randn(2, 70, 5, 4, generator=gen).contiguous(memory_format=torch.channels_last)
+        res = torch.randn(2, 9, 5, 4, generator=gen)
+        out += {
+            "encode_fused": [(x, *bn, None, 2.0, 1, 1, False, 1, 1, isa),  # ls-1 fit fused with the encode
+                             (xcl, None, None, None, 0.0, 3, 1, False, 0, 0, isa),  # gf-3
+                             (x, *bn, None, 2.0, 2, 2, False, 1, 1, isa),  # exact ls-2
+                             (x, None, None, None, 0.0, 2, 3, True, 1, 0, isa),  # exact ternary (sign, mask)
+                             (x[:, :, 0, 0].contiguous(), None, None, v, 0.0, 2, 0, False, 0, 0, isa)],
+            "bitwise_conv2d": [(xcl, w.panels, w.tapsum, w.scales, bias, *bn, None, res, torch.rand(9, generator=gen),
+                                2.0, 1, 1, False, 2, True, 9, 70, [3, 3], [1, 1], [1, 1], [1, 1], isa),
+                               (x.requires_grad_(), w.panels, w.tapsum, w.scales, None, None, None, v[:1], None,
+                                None, 0.0, 2, 0, False, 1, False, 9, 70, [3, 3], [2, 2], [1, 1], [1, 1], isa),
+                               (x, w.panels, w.tapsum, w.scales, None, None, None, None, res, None, 0.0, 2, 3, True,
+                                0, False, 9, 70, [3, 3], [1, 1], [1, 1], [1, 1], isa)],
+            "pack_activations": [(x.requires_grad_(), v, 2.0, 2, False, 1, 1, isa),
+                                 (x[:, :, 0, 0].contiguous(), v, 0.0, 2, True, 0, 0, isa)],
+            "xnor_gemm": [(rows, wl.panels, 40, 130, True, isa)],
+            "xnor_gemm_scaled": [(rows, wl.panels, torch.rand(6, 1, generator=gen, requires_grad=True), wl.scales,
+                                  None, 40, 130, True, isa)],
+            "xnor_conv2d": [(*conv, 9, 70, *geom, False, isa)],
+            "xnor_conv2d_scaled": [(*conv, sa, w.scales, bias, 9, 70, *geom, False, isa),
+                                   (*conv, sa, w.scales, None, 9, 70, *geom, False, isa)],
+        }.get(name, [])
+    return out
+
+
+def _utils(name: str, args: tuple) -> tuple[str, ...]:
+    """All of opcheck's checks, but tracing the backward pass of a float64 exact fit (ls-2, ls-T): it re-runs the
+    pure-torch code, whose finiteness check branches on data."""
+    if name in ("fit_ls2", "fit_ternary") and args[0].dtype == torch.float64 and args[0].requires_grad:
+        return tuple(u for u in torch.library._OPCHECK_DEFAULT_UTILS if u != "test_aot_dispatch_dynamic")
+    return torch.library._OPCHECK_DEFAULT_UTILS
+
+
+@needs_library
+@pytest.mark.parametrize("name", _ops.op_names())
+def test_opcheck(name):
+    samples = _samples(name)
+    assert samples, f"no opcheck samples for torch.ops.lsqbq.{name}: add them to _samples()"
+    op = getattr(torch.ops.lsqbq, name).default
+    for args in samples:
+        torch.library.opcheck(op, args, test_utils=_utils(name, args))
+
+
+@needs_library
+def test_every_op_has_a_fake_kernel():
+    for name in _ops.op_names():
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"lsqbq::{name}", "Meta"), name
+
+
+_REG = re.compile(r"\bTORCH_LIBRARY(_FRAGMENT|_IMPL)?\s*\(\s*(\w+)")
+
+
+def test_one_library_namespace():
+    """One ``TORCH_LIBRARY(lsqbq, ...)`` in the sources; every other registration adds to ``lsqbq``; every C++
+    source of the package is compiled into the one library."""
+    package = Path(lsqbq.__file__).parent
+    found = [(m.group(1) or "", m.group(2), path.name) for path in sorted(package.rglob("*.cpp"))
+             for m in _REG.finditer(path.read_text())]
+    assert [f for f in found if f[0] == ""] == [("", "lsqbq", "quant.cpp")], found
+    assert {ns for _, ns, _ in found} == {"lsqbq"}, found
+    assert sorted(package.rglob("*.cpp")) == sorted(_native.SOURCES)
+
+
+@needs_library
+def test_no_other_lsqbq_namespace_at_run_time():
+    namespaces = {n.split("::")[0] for n in torch._C._dispatch_get_all_op_names() if n.startswith("lsqbq")}
+    assert namespaces == {"lsqbq"}

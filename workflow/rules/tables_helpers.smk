@@ -1,0 +1,62 @@
+# Helpers of make_tables (rules/tables.smk): its inputs, arguments and report outputs. Functions only.
+
+
+def table_inputs(wc):
+    """Everything the tables of one dataset are built from."""
+    inputs = {
+        "train": runs(TRAIN_METRICS),
+        "paper": config["paper_numbers"],
+    }
+    if config["evaluate"]:
+        inputs["evaluate"] = runs(EVAL_METRICS)
+    if config["analysis"]["enabled"]:
+        inputs["ptq"] = runs(f"{ANALYSIS}/ptq_{{x_quant}}_{{w_quant}}_s{{seed}}.csv", schemes=[(FP, FP)])
+        inputs["error"] = [f"{ANALYSIS}/error.csv".format(dataset=wc.dataset, model=m) for m in MODELS]
+        inputs["angles"] = [f"{ANALYSIS}/angles.csv".format(dataset=wc.dataset, model=m) for m in MODELS]
+    if config["bench"]["kernels"]:
+        inputs["kernels"] = KERNELS_CSV
+    if config["bench"]["training"]:
+        inputs["training_bench"] = out("results/bench/training.csv")
+    return inputs
+
+
+def table_args(wc, input):
+    """`lsqbq tables` arguments naming every input file (shell-quoted)."""
+    import shlex
+
+    args = []
+    for key in ("train", "evaluate", "ptq", "error", "angles"):
+        if key in input.keys():
+            args.append(f"--{key} " + " ".join(shlex.quote(p) for p in getattr(input, key)))
+    if "kernels" in input.keys():
+        args.append(f"--kernels {shlex.quote(input.kernels)}")
+    if "training_bench" in input.keys():
+        args.append(f"--training-bench {shlex.quote(input.training_bench)}")
+    return " ".join(args)
+
+
+def table_outputs():
+    """Named outputs of make_tables; report() marks what goes into `snakemake --report`."""
+    outputs = {
+        "qat_md": report(f"{TABLES}/qat.md", caption="../report/qat.rst", category="Tables"),
+        "qat_csv": f"{TABLES}/qat.csv",
+        "runs_csv": f"{TABLES}/qat_runs.csv",
+        "claims_md": report(f"{TABLES}/claims.md", caption="../report/claims.rst", category="Tables"),
+        "claims_csv": f"{TABLES}/claims.csv",
+    }
+    if config["analysis"]["enabled"]:
+        outputs |= {
+            "ptq_md": report(f"{TABLES}/ptq.md", caption="../report/ptq.rst", category="Tables"),
+            "ptq_csv": f"{TABLES}/ptq.csv",
+            "error_md": report(f"{TABLES}/error.md", caption="../report/error.rst", category="Tables"),
+            "error_csv": f"{TABLES}/error.csv",
+            "angles_csv": f"{TABLES}/angles.csv",
+            "angles": report(f"{TABLES}/angles.png", caption="../report/angles.rst", category="Figures"),
+        }
+    if config["bench"]["kernels"]:
+        outputs |= {
+            "pareto_md": f"{TABLES}/pareto.md",
+            "pareto_csv": f"{TABLES}/pareto.csv",
+            "pareto": report(f"{TABLES}/pareto.png", caption="../report/pareto.rst", category="Figures"),
+        }
+    return outputs
