@@ -63,19 +63,22 @@ def time_layers(repeats: int, quick: bool) -> list[dict]:
 
 
 def to_markdown(df: pd.DataFrame, info: dict) -> str:
-    lines = [f"# Quantizer cost\n\nMachine: {info['cpu']}, {info['threads']} torch threads, torch {info['torch']}.\n"
-             "Median wall time; ratio against the reference measured in the same run.\n"]
+    """Milliseconds and the ratio to each part's reference, one table per part (``DataFrame.to_markdown``)."""
+    parts = [f"# Quantizer cost\n\nMachine: {info['cpu']}, {info['threads']} torch threads, torch {info['torch']}.\n"
+             "Median wall time; ratio against the reference measured in the same run."]
     for part, group in df.groupby("part", sort=False):
-        ref = group["reference"].iloc[0]
-        lines.append(f"\n## {part} (ratio vs {ref})\n")
-        table = group.pivot(index="scheme", columns="case", values="ms").reindex(group["scheme"].unique())
-        ratio = group.pivot(index="scheme", columns="case", values="ratio").reindex(group["scheme"].unique())
-        header = "| scheme | " + " | ".join(table.columns) + " |"
-        lines += [header, "|---" * (len(table.columns) + 1) + "|"]
-        for scheme in table.index:
-            cells = [f"{table.loc[scheme, c]:.1f} ms ({ratio.loc[scheme, c]:.2f}x)" for c in table.columns]
-            lines.append(f"| {scheme} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        cells = group.assign(cell=[f"{m:.1f} ms ({r:.2f}x)" for m, r in zip(group["ms"], group["ratio"])])
+        table = cells.pivot(index="scheme", columns="case", values="cell").reindex(group["scheme"].unique())
+        parts.append(f"## {part} (ratio vs {group['reference'].iloc[0]})\n\n" + table.to_markdown())
+    return "\n\n".join(parts) + "\n"
+
+
+def render(out: Path) -> str:
+    """Rewrite ``quantizers.md`` from ``quantizers.csv`` in ``out`` (no timing)."""
+    df = pd.read_csv(out / "quantizers.csv")
+    md = to_markdown(df, df.iloc[0].to_dict())
+    (out / "quantizers.md").write_text(md)
+    return md
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats per candidate")
     parser.add_argument("--quick", action="store_true", help="fewer repeats, one layer shape")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite quantizers.md from an existing quantizers.csv in --out (no timing)")
     args = parser.parse_args(argv)
+    if args.render_only:
+        print(render(args.out))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else args.repeats
@@ -94,9 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         df[key] = value
     args.out.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out / "quantizers.csv", index=False, float_format="%.4f")
-    md = to_markdown(df, info)
-    (args.out / "quantizers.md").write_text(md)
-    print(md)
+    print(render(args.out))
     return 0
 
 
