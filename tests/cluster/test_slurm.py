@@ -1,0 +1,189 @@
+"""The workflow on a real SLURM cluster: a single-node SLURM 22.05 with accounting, started on this machine by
+``scripts/slurm_local.sh`` (root; Debian's packages), runs the test profile through the SLURM executor with the
+project's own profile, beside a local run of the same profile (less its benchmarks) in a second copy of the project.
+Checked: every job ran as a SLURM job (``sacct``) charged to the default account without the executor guessing one,
+the tables' numbers equal the local run's, and a training job cancelled with ``scancel`` is resubmitted by the next
+``snakemake`` call and resumes from its partial checkpoint. The commands are those of the README's cluster section.
+
+One test function: its steps share a cluster and a run (pytest-xdist could split separate tests over workers).
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from workflow._repo import REPO, copy_repo, dvc, env_for, job_counts, snakemake  # tests/workflow/_repo.py
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = str(REPO / "scripts" / "slurm_local.sh")
+TEST = ["--configfile", "config/test.yaml"]
+# The project's SLURM profile as shipped; the first status check comes after 2 s instead of 40 (jobs take seconds).
+ON_SLURM = ["--profile", "workflow/profiles/slurm", "--slurm-init-seconds-before-status-checks", "2"]
+NO_BENCH = "bench: {kernels: false, quantizers: false}\n"  # no-bench.yaml, for the local reference
+TABLES = ".test/results/tables/fashion-mnist"
+TABLES_COMPARED = ("qat.csv", "qat_runs.csv", "ptq.csv", "error.csv", "angles.csv")
+RUN = "fashion-mnist/resnet_small/fp_fp/s0"
+EPOCHS = 5  # of the cancelled run: it is cancelled after its first saved epoch
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if os.geteuid() != 0:
+        pytest.skip("needs root: scripts/slurm_local.sh installs Debian packages and starts the SLURM daemons")
+    was_up = subprocess.run([SCRIPT, "status"], capture_output=True).returncode == 0
+    p = subprocess.run([SCRIPT, "start"], capture_output=True, text=True, timeout=1200)
+    if p.returncode == 3:  # no package registry, a daemon that cannot start here, ...
+        pytest.skip(p.stderr.strip().splitlines()[-1])
+    assert p.returncode == 0, p.stdout + p.stderr
+    yield
+    if not was_up:
+        subprocess.run([SCRIPT, "stop"], capture_output=True, timeout=300)
+
+
+def _sacct(*args: str) -> list[dict[str, str]]:
+    fields = ["JobID", "Comment", "State", "Account", "Partition", "Elapsed"]
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", ",".join(f"{f}%200" for f in fields), *args],
+                         capture_output=True, text=True, check=True).stdout
+    return [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line.strip()]
+
+
+def _rule(comment: str) -> str:
+    """The rule of a job from the comment the executor gives it: rule_NAME or rule_NAME_wildcards_..."""
+    return comment.removeprefix("rule_").split("_wildcards_")[0]
+
+
+def _run_uuid(output: str) -> str:
+    return re.search(r"SLURM run ID: (\S+)", output).group(1)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End a snakemake call left running by a failure: SIGTERM makes it scancel its jobs first."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _read(path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def _table(repo, name: str) -> pd.DataFrame:
+    """A table as text, without what differs by copy or run: the commit, run ids and times."""
+    df = pd.read_csv(repo / TABLES / name, dtype=str)
+    return df.drop(columns=[c for c in df.columns if c == "commit" or c.endswith("run_id") or "time" in c])
+
+
+@pytest.mark.cluster
+def test_workflow_on_slurm(cluster, tmp_path):
+    t0 = time.time()
+    local, slurm = (copy_repo(tmp_path / name) for name in ("local", "slurm"))
+    for repo in (local, slurm):
+        dvc(["pull", "fashion_mnist"], repo)
+
+    # 1. The test profile through SLURM. Meanwhile, in the other copy, the same profile locally (without the
+    # benchmarks: the compared tables do not depend on them), then 2. the cancelled training job in that copy, also on
+    # SLURM: SLURM jobs spend much of their time waiting for status checks, so the three overlap well.
+    (local / "no-bench.yaml").write_text(NO_BENCH)
+    with open(tmp_path / "slurm.log", "w") as slurm_log:
+        main = subprocess.Popen([sys.executable, "-m", "snakemake", *ON_SLURM, *TEST], cwd=slurm,
+                                env=env_for(slurm), stdout=slurm_log, stderr=subprocess.STDOUT)
+        try:
+            snakemake(["--cores", "2", *TEST, "no-bench.yaml"], local, timeout=1500)
+            reference = {name: _table(local, name) for name in TABLES_COMPARED}
+            t1 = time.time()
+            states, done_epochs = _cancel_then_resume(local, tmp_path)
+            t2 = time.time()
+            main.wait(timeout=1500)
+        finally:
+            _stop(main)
+    out = (tmp_path / "slurm.log").read_text()
+    assert main.returncode == 0, out[-6000:]
+    t3 = time.time()
+    print(f"\nlocal run {t1 - t0:.0f} s; then a training job cancelled at epoch {done_epochs}/{EPOCHS} and resumed by "
+          f"the next call {t2 - t1:.0f} s: {states}; SLURM run {t3 - t0:.0f} s (all three side by side)")
+
+    # Every job but the target rule ran as a SLURM job: charged to the default account (the profile asks sacctmgr;
+    # the executor guessed nothing), on the default partition, completed.
+    expected = {r: n for r, n in job_counts(out).items() if r not in ("all", "default", "total")}
+    assert expected.get("train") == 4 and expected.get("make_tables") == 1, out[-3000:]
+    jobs = _sacct("--name", _run_uuid(out))
+    for j in jobs:
+        print(f"  {j['JobID']:>5} {j['State']:<10} {j['Account']:<6} {j['Partition']:<5} {j['Elapsed']} {j['Comment']}")
+    assert collections.Counter(_rule(j["Comment"]) for j in jobs) == expected
+    assert {(j["State"], j["Account"], j["Partition"]) for j in jobs} == {("COMPLETED", "lsqbq", "main")}
+    assert "guess" not in out and "invalid option" not in out, out[-3000:]
+
+    # The tables' numbers equal those of the local run.
+    for name in TABLES_COMPARED:
+        pd.testing.assert_frame_equal(_table(slurm, name), reference[name], obj=name)
+
+
+def _cancel_then_resume(repo, tmp_path) -> tuple[list[str], int]:
+    """A longer teacher run on SLURM in `repo`, cancelled with scancel once it saved an epoch: the snakemake call
+    fails (no retry allowed in it), the next one resubmits the job, which resumes after the saved epoch.
+    Returns the SLURM states of the two jobs and the epochs done before the cancel."""
+    cfg = yaml.safe_load((repo / "config" / "test.yaml").read_text())
+    cfg["set"] = [s for s in cfg["set"] if not s.startswith("epochs=")] + [f"epochs={EPOCHS}"]
+    (repo / "resume.yaml").write_text(yaml.safe_dump(cfg))
+    target = f".test/checkpoints/{RUN}/checkpoint.pt"
+    resume = [target, *ON_SLURM, "--configfile", "resume.yaml"]
+    ckpt_dir = repo / ".test" / "checkpoints" / RUN
+    first_log = open(tmp_path / "cancelled.log", "w")
+    first = subprocess.Popen([sys.executable, "-m", "snakemake", *resume, "--retries", "0"], cwd=repo,
+                             env=env_for(repo), stdout=first_log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 900
+        while time.time() < deadline and first.poll() is None and not list(ckpt_dir.glob("partial-*/checkpoint.pt")):
+            time.sleep(0.2)
+        assert first.poll() is None, _read(tmp_path / "cancelled.log")[-3000:]
+        queued = subprocess.run(["squeue", "-h", "-o", "%i|%k", "--name", _run_uuid(_read(tmp_path / "cancelled.log"))],
+                                capture_output=True, text=True, check=True).stdout.splitlines()
+        train = [job for job, comment in (line.split("|") for line in queued) if _rule(comment) == "train"]
+        assert len(train) == 1, (queued, first.poll())
+        subprocess.run(["scancel", train[0]], check=True)
+        first.wait(timeout=600)
+    finally:
+        _stop(first)
+        first_log.close()
+    first_out = _read(tmp_path / "cancelled.log")
+    assert first.returncode != 0 and "CANCELLED" in first_out, first_out[-3000:]
+    partial = list(ckpt_dir.glob("partial-*/checkpoint.pt"))
+    assert len(partial) == 1
+    done_epochs = int(torch.load(partial[0], weights_only=True)["epoch"])
+    assert 1 <= done_epochs < EPOCHS
+
+    second = snakemake(resume, repo, timeout=900)
+    log = (repo / ".test" / "logs" / "train" / f"{RUN}.log").read_text()
+    ran = [e for e in range(1, EPOCHS + 1) if f"epoch {e}/{EPOCHS}:" in log]
+    assert ran == list(range(done_epochs + 1, EPOCHS + 1)), log[-2000:]  # resumed, not restarted
+    assert json.loads((ckpt_dir / "metrics.json").read_text())["epochs"] == EPOCHS
+    assert not list(ckpt_dir.glob("partial-*"))
+    resumed = _sacct("--name", _run_uuid(second.stdout + second.stderr))
+    states = [j["State"] for j in _sacct("--name", _run_uuid(first_out))] + [j["State"] for j in resumed]
+    assert states[0].startswith("CANCELLED") and states[1:] == ["COMPLETED"], states
+    return states, done_epochs
+
+
+def test_multi_gpu_training_job_launches_torchrun_per_gpu(tmp_path):
+    """A dry run with the SLURM profile (no cluster needed): a training job with 2 GPUs (the rule's `gpu` resource,
+    which the executor turns into `sbatch --gpus=2`) runs torchrun with one process per GPU inside the job, which
+    then joins with NCCL (tests/training/test_distributed.py)."""
+    repo = copy_repo(tmp_path / "repo")
+    out = snakemake(["-n", "-p", "--nolock", "--profile", "workflow/profiles/slurm",
+                     "--configfile", "config/cifar100.yaml", "--config", "gpus=2"], repo).stdout
+    train = [line for line in out.splitlines() if "-m lsqbq.train" in line or "lsqbq train" in line]
+    assert len(train) == 27 and all("torchrun --standalone --nproc-per-node=2 -m lsqbq.train" in t for t in train)
