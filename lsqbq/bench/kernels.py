@@ -42,7 +42,7 @@ from ..kernels import BitwiseConv2d, available_backends, encode_fit, pack_weight
 from ..kernels import xnor_gemm_scaled
 from ..layers import QuantConv2d
 from ..schemes import get_scheme, kernel_name
-from .timing import machine_info, time_stats
+from .timing import load, machine_info, time_group, time_stats, time_threads
 
 IMAGENET = [(64, 56), (128, 28), (256, 14), (512, 7)]
 CIFAR = [(64, 32), (128, 16), (256, 8), (512, 4)]
@@ -66,22 +66,6 @@ TARGETS = {
 
 def _pm1(*shape) -> torch.Tensor:
     return torch.where(torch.randn(*shape) >= 0, 1.0, -1.0)
-
-
-def load() -> float:
-    """1-minute load average (NaN where the OS has none)."""
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return float("nan")
-
-
-def with_threads(n: int, fn: Callable[[], object]) -> Callable[[], object]:
-    """``fn`` run with ``torch.set_num_threads(n)`` (candidates of one group may use different thread counts)."""
-    def call():
-        torch.set_num_threads(n)
-        return fn()
-    return call
 
 
 def measure_peak(backend: str, repeats: int) -> float:
@@ -184,20 +168,12 @@ def bench_conv(c: int, hw: int, batch: int, threads_list: list[int], backend: st
             cands[f"binary {backend} {label} {mode}"] = (
                 lambda layer=layer: layer(x_cl),
                 {"scheme": label, "scale_mode": mode, "binary_macs": M * N * K * (1 if xs.ternary else xs.planes) * ws.planes})
-    fns, meta = {}, {}
-    for name, (fn, info) in cands.items():
-        for t in threads_list:
-            fns[(name, t)] = with_threads(t, fn)
-            meta[(name, t)] = info
-    l0 = load()
-    with torch.inference_mode():
-        timed = time_stats(fns, repeats, min_time)
-    l1 = load()
+    timed, l0, l1 = time_threads({n: fn for n, (fn, _) in cands.items()}, threads_list, repeats, min_time)
     rows = []
     for (name, t), (med, mn) in timed.items():
         impl = name if not name.startswith("binary") else f"binary {backend}"
         rows.append({**base, "impl": impl, "threads": t, "seconds": med, "seconds_min": mn, "load_start": l0,
-                     "load_end": l1, **meta[(name, t)]})
+                     "load_end": l1, **cands[name][1]})
     return rows
 
 
@@ -213,7 +189,7 @@ def breakdown(c: int, hw: int, backend: str, repeats: int, min_time: float) -> d
            "encode": lambda: encode_fit(x, layer.planes, layer.fit, padding=layer.padding, backend=backend),
            "conv": lambda: xnor_conv2d_scaled(a, layer.packed, v, None, (hw, hw), 1, 1, backend=backend)}
     with torch.inference_mode():
-        t = {k: m for k, (m, _) in time_stats(fns, repeats, min_time).items()}
+        t = time_group(fns, repeats, min_time)
     return {"layer": f"{c}@{hw}x{hw}", "layer_ms": 1e3 * t["layer"], "encode_ms": 1e3 * t["encode"],
             "conv_ms": 1e3 * t["conv"], "other_ms": 1e3 * (t["layer"] - t["encode"] - t["conv"]),
             "encode_share_of_conv": t["encode"] / t["conv"]}

@@ -33,8 +33,8 @@ from torch import nn
 
 from ..kernels import available_backends, to_bitwise
 from ..schemes import get_scheme, kernel_name
-from .kernels import load, log_mlflow, with_threads
-from .timing import machine_info, time_stats
+from .kernels import log_mlflow
+from .timing import load, machine_info, time_threads
 
 NETWORK_PAIRS = (("ls-1", "ls-1"), ("gf-2", "ls-1"))
 SHAPES = {"imagenet": dict(stem="imagenet", num_classes=1000, size=224),
@@ -72,19 +72,11 @@ def bench_networks(threads_list: list[int], backend: str, repeats: int, shapes: 
             if xq == NETWORK_PAIRS[0][0]:
                 cands[f"simulated {label}"] = (lambda sim=sim: sim(x), dict(scheme=label, model="simulated",
                                                                             layout="NCHW", scale_mode="fitted"))
-        fns, meta = {}, {}
-        for name, (fn, info) in cands.items():
-            for t in threads_list:
-                fns[(name, t)] = with_threads(t, fn)
-                meta[(name, t)] = info
-        l0 = load()
-        with torch.inference_mode():
-            timed = time_stats(fns, repeats, 0.2)
-        l1 = load()
+        timed, l0, l1 = time_threads({n: fn for n, (fn, _) in cands.items()}, threads_list, repeats, 0.2)
         for (name, t), (med, mn) in timed.items():
             rows.append({"kind": "network", "network": f"resnet18 {shape} {opt['size']}x{opt['size']}", "impl": name,
                          "batch": 1, "threads": t, "seconds": med, "seconds_min": mn, "load_start": l0,
-                         "load_end": l1, **meta[(name, t)]})
+                         "load_end": l1, **cands[name][1]})
         if out is not None:  # where the 1-bit network's time goes (the target is on the ImageNet shape)
             label = kernel_name(*NETWORK_PAIRS[0])
             fast = cands[f"bitwise {label}"][0]
@@ -160,11 +152,7 @@ def bench_checkpoints(root: Path, seeds: list[int], threads_list: list[int], bat
                 cands["fp32 teacher"] = lambda: teacher(x)
                 teacher_cl = copy.deepcopy(teacher).to(memory_format=torch.channels_last)
                 cands["fp32 teacher channels_last"] = lambda t=teacher_cl: t(x_cl)
-            fns = {(n, t): with_threads(t, f) for n, f in cands.items() for t in threads_list}
-            l0 = load()
-            with torch.inference_mode():
-                timed = time_stats(fns, repeats, 0.05 if batch == 1 else 0.1)
-            l1 = load()
+            timed, l0, l1 = time_threads(cands, threads_list, repeats, 0.05 if batch == 1 else 0.1)
             for (impl, t), (med, mn) in timed.items():
                 rows.append({"kind": "checkpoint", "network": name, "model": model_name, "x_quant": xq,
                              "w_quant": wq, "seed": seed, "scheme": label, "impl": impl, "batch": batch, "threads": t,

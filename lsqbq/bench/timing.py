@@ -41,6 +41,33 @@ def time_group(fns: dict[str, Callable[[], object]], repeats: int = 7, min_time:
     return {name: med for name, (med, _) in time_stats(fns, repeats, min_time, warmup).items()}
 
 
+def load() -> float:
+    """1-minute load average (NaN where the OS has none), recorded beside every timing."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+def with_threads(n: int, fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` run with ``torch.set_num_threads(n)`` (candidates of one group may use different thread counts)."""
+    def call():
+        torch.set_num_threads(n)
+        return fn()
+    return call
+
+
+def time_threads(cands: dict[str, Callable[[], object]], threads: list[int], repeats: int = 7,
+                 min_time: float = 0.0) -> tuple[dict[tuple[str, int], tuple[float, float]], float, float]:
+    """Every candidate at every thread count, side by side in one :func:`time_stats` group under
+    ``torch.inference_mode``. Returns ``({(name, threads): (median, min)}, load before, load after)``."""
+    fns = {(name, t): with_threads(t, fn) for name, fn in cands.items() for t in threads}
+    before = load()
+    with torch.inference_mode():
+        timed = time_stats(fns, repeats, min_time)
+    return timed, before, load()
+
+
 def median_time(fn: Callable[[], object], repeats: int = 7, min_time: float = 0.0, warmup: int = 2) -> float:
     """Median seconds per call of one function (:func:`time_group` with one candidate)."""
     return time_group({"fn": fn}, repeats, min_time, warmup)["fn"]
