@@ -12,41 +12,38 @@ Every training (and evaluation) run is an MLflow run in the store at, in order o
 Artifacts of a SQLite store go to ``mlartifacts/`` beside the database. When the database path is relative,
 experiments record their artifact location *relative* too (``mlartifacts/<experiment id>``), so a store
 pulled on another machine serves its artifacts to ``mlflow ui`` / ``MlflowClient`` started in the project
-root; ``python -m lsqbq.tracking relocate`` rewrites an older store's absolute locations. The first use of a fresh SQLite store creates its schema under an exclusive lock on ``<db>.lock``,
-so any number of processes may start on a new store at once; ``python -m lsqbq.tracking init [--uri URI]``
+root; ``python -m lsqbq.tracking relocate`` rewrites an older store's absolute locations.
+
+The first use of a fresh SQLite store creates its schema under an exclusive lock on ``<db>.lock``, so any
+number of processes may start on a new store at once; ``python -m lsqbq.tracking init [--uri URI]``
 does the same ahead of time.
 
-Telemetry is off: importing this module sets ``MLFLOW_DISABLE_TELEMETRY=true`` and ``DO_NOT_TRACK=true``
-(unless already set) before mlflow is imported, so no command opens a network connection to a tracking
+Telemetry is off: importing the ``lsqbq`` package sets ``MLFLOW_DISABLE_TELEMETRY=true`` and ``DO_NOT_TRACK=true``
+(unless already set), before this module imports mlflow, so no command opens a network connection to a tracking
 host other than the one configured.
 
 Provenance (:func:`provenance_tags`): git commit and dirty flag, config and data hashes, versions, device.
 """
 from __future__ import annotations
 
+import argparse
 import os
+import contextlib
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "true")
-os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import logging  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Iterator  # noqa: E402
-
-import mlflow  # noqa: E402
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-
-from .errors import CheckpointError, ConfigError  # noqa: E402
+from .errors import CheckpointError, ConfigError
 
 try:  # POSIX; elsewhere the store is initialised without a lock
-    import fcntl  # noqa: E402
+    import fcntl
 except ImportError:  # pragma: no cover
     fcntl = None
 
