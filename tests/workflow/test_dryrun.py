@@ -79,6 +79,7 @@ def test_slurm_profile_dry_run(repo):
 @pytest.mark.parametrize("args, message", [
     (["--config", "epochz=3"], "(top level): Additional properties are not allowed ('epochz' was unexpected)"),
     (["--config", "threads=zero"], "threads: 'zero' is not of type 'integer'"),
+    (["--config", "seeds=[-1]"], "seeds.0: -1 is less than the minimum of 0"),
     (["--configfile", "bad.yaml"], "analysis: Additional properties are not allowed ('imagez' was unexpected)"),
     (["--configfile", "bad_scheme.yaml"], "students.0.x_quant: 'ls-3' does not match"),
 ])

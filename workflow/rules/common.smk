@@ -43,12 +43,12 @@ def _coerce_cli_types():
     if isinstance(seeds, (int, str)):
         seeds = [seeds]
     if isinstance(seeds, list):
-        config["seeds"] = [int(s) if isinstance(s, str) and s.isdigit() else s for s in seeds]
+        config["seeds"] = [int(s) if isinstance(s, str) and s.lstrip("-").isdigit() else s for s in seeds]
     if isinstance(config.get("models"), str):
         config["models"] = [config["models"]]
     for key in ("threads", "gpus", "mem_mb", "runtime", "image_size"):
         v = config.get(key)
-        if isinstance(v, str) and v.isdigit():
+        if isinstance(v, str) and v.lstrip("-").isdigit():
             config[key] = int(v)
 
 
