@@ -51,8 +51,9 @@ pull: venv          # data and the default profile's trained checkpoints
 reproduce: pull
 	$(VENV)/bin/snakemake --cores $(CORES)
 
-retrain: data
-	$(VENV)/bin/snakemake --cores $(CORES) --forcerun train
+retrain: data       # every model from scratch (--forcerun train would redo the teachers only: students read
+	$(VENV)/bin/snakemake --cores $(CORES) --forceall train_all   # their teacher as an ancient() input), then the rest
+	$(VENV)/bin/snakemake --cores $(CORES)
 
 test: data
 	$(PY) -m pytest $(PYTEST_ARGS)

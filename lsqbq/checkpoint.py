@@ -4,7 +4,11 @@ A checkpoint is a plain dict of tensors and Python primitives so that
 ``torch.load(path, weights_only=True)`` can read it without unpickling arbitrary objects::
 
     {"format": 1, "config": {...}, "model_options": {...}, "epoch": int (epochs completed), "model": state_dict,
-     "optimizer": state_dict, "schedule": {"step": int}, "rng": {...}, "history": [...], "run_id": str, ...}
+     "history": [...], "run_id": str, "data_hash": str, "train_time_s": float}
+
+That is the published ``checkpoint.pt`` (weights, weight scales and activation moving averages are in the state
+dict). The working ``resume.pt`` adds ``"optimizer"``, ``"schedule": {"step": int}`` and ``"rng"``
+(:data:`RESUME_KEYS`), which only continuing the training needs.
 
 Every problem with a file (missing, empty, truncated, random bytes, pickled code, a foreign dict, weights that
 do not fit the model) raises :class:`~lsqbq.errors.CheckpointError` naming the file and what to do.

@@ -8,7 +8,10 @@ Usage::
 ``--w-quant`` / ``--x-quant`` rebuild the model with another scheme and load the trained (latent)
 weights: post-training quantization of a full-precision model, for example. Prints and writes
 ``{"top1", "top5", "loss", "n", "checkpoint", "x_quant", "w_quant", "data_hash", "source_run_id"}``.
-Unlike ``lsqbq train --eval-only`` this does not create an MLflow run: it is a read-only query.
+Each evaluation is recorded as an MLflow run (:func:`lsqbq.tracking.record_evaluation`: params, metrics, provenance
+tags, the ``--out`` JSON as artifact) nested under the checkpoint's training run when that run is in the same store
+(else in experiment ``lsqbq-evaluate``); its id goes to stderr. ``--no-track`` or ``LSQBQ_TRACKING=0`` skips it.
+The printed and written JSON is the same either way.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from torch import Tensor, nn
 from . import checkpoint as ckpt_io
 from . import distributed as D
 from .config import apply_overrides, from_dict, to_dict
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 
 __all__ = ["main", "evaluate", "evaluate_checkpoint", "accuracy_counts"]
 
@@ -67,12 +70,20 @@ def evaluate(model: nn.Module, loader, device: torch.device | str = "cpu", amp: 
 
 
 def evaluate_checkpoint(path: str | Path, w_quant: str | None = None, x_quant: str | None = None,
-                        overrides: list[str] | None = None, device: str | None = None) -> dict:
+                        overrides: list[str] | None = None, device: str | None = None, scales: str = "auto") -> dict:
     """Evaluate checkpoint ``path`` on the test split of its (overridden) config, optionally with other schemes.
 
+    ``scales`` chooses the activation scales (:func:`lsqbq.layers.scale_mode`): ``auto`` as trained, ``fitted``
+    per sample, ``stored`` the moving averages, or ``both``: ``top1``/``top5``/``loss`` as trained plus
+    ``top1_fitted``, ``top1_stored`` and ``scale_gap`` (stored - fitted, points). ``scale_mode`` in the result
+    names the mode of ``top1`` (``none`` when the activations are not quantized, where the mode does not apply).
     A changed ``x_quant`` needs ``act_stats: off`` (per-sample scales): moving averages recorded for one
     activation scheme do not apply to another.
     """
+    from .layers import SCALE_MODES
+
+    if scales not in (*SCALE_MODES, "both"):
+        raise ConfigError(f"--scales {scales!r}: choose one of {', '.join((*SCALE_MODES, 'both'))}")
     from .data import build_loaders
 
     state = ckpt_io.load(path, "cpu", require=ckpt_io.MODEL_KEYS)
@@ -99,10 +110,34 @@ def evaluate_checkpoint(path: str | Path, w_quant: str | None = None, x_quant: s
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
     _, test_loader = build_loaders(cfg)
-    result = evaluate(model, test_loader, dev)
+    result = _evaluate_scale_modes(model, test_loader, dev, scales, act_stats, path)
     result.update({"checkpoint": str(path), "x_quant": options["x_quant"], "w_quant": options["w_quant"],
                    "data_hash": test_loader.data_hash, "source_run_id": state.get("run_id"),
                    "epochs": int(state.get("epoch", 0))})
+    return result
+
+
+def _evaluate_scale_modes(model: nn.Module, loader, device, scales: str, act_stats: str, path) -> dict:
+    """:func:`evaluate` under the requested activation-scale mode(s); see :func:`evaluate_checkpoint`."""
+    from .layers import scale_mode
+
+    quantized = any(not m.x_scheme.is_fp for m in model.modules() if hasattr(m, "x_scheme"))
+    if not quantized:
+        return {**evaluate(model, loader, device), "scale_mode": "none"}
+    trained = "fitted" if act_stats == "off" else "stored"
+    modes = ("fitted", "stored") if scales == "both" else (trained if scales == "auto" else scales,)
+    results = {}
+    for mode in modes:
+        try:
+            with scale_mode(model, mode):
+                results[mode] = evaluate(model, loader, device)
+        except ValueError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+    result = dict(results.get(trained, results[modes[0]]))
+    result["scale_mode"] = trained if trained in results else modes[0]
+    if scales == "both":
+        result.update({"top1_fitted": results["fitted"]["top1"], "top1_stored": results["stored"]["top1"],
+                       "scale_gap": results["stored"]["top1"] - results["fitted"]["top1"]})
     return result
 
 
@@ -115,7 +150,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a key of the stored config (e.g. data.root=...)")
     parser.add_argument("--device", default=None, choices=("cpu", "cuda"),
                         help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--scales", default="auto", choices=("auto", "fitted", "stored", "both"),
+                        help="activation scales: as trained (auto), fitted per sample, the stored moving averages, "
+                             "or both (top1_fitted, top1_stored and their gap beside the trained mode's numbers)")
     parser.add_argument("--out", default=None, help="write the result as JSON here")
+    parser.add_argument("--no-track", action="store_true",
+                        help="create no MLflow run (as LSQBQ_TRACKING=0)")
     args = parser.parse_args(argv)
     for flag, value in (("--w-quant", args.w_quant), ("--x-quant", args.x_quant)):
         if value is not None:
@@ -125,7 +165,17 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"{flag}: unknown scheme {value!r}; expected one of "
                                   f"{', '.join(list_schemes(trainable_only=True))}")
     check_out(args.out)
-    emit_json(evaluate_checkpoint(args.checkpoint, args.w_quant, args.x_quant, args.overrides, args.device), args.out)
+    result = evaluate_checkpoint(args.checkpoint, args.w_quant, args.x_quant, args.overrides, args.device,
+                                 args.scales)
+    emit_json(result, args.out)
+    from . import tracking
+
+    tracking.record_evaluation(result, out=args.out, track=not args.no_track,
+                               tags={"scale_mode": result.get("scale_mode", args.scales)},
+                               params={"checkpoint": args.checkpoint, "x_quant": result.get("x_quant"),
+                                       "w_quant": result.get("w_quant"), "scales": args.scales,
+                                       "overrides": ",".join(args.overrides) or None,
+                                       "device": args.device or "auto"})
     return 0
 
 

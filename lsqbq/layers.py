@@ -6,17 +6,20 @@ per sample (rows of ``x.reshape(B, -1)``), both with foldable least-squares sche
 gradients (:mod:`lsqbq.ste`). With ``x_quant = w_quant = "fp"`` and no clamp the layers are exactly
 ``nn.Conv2d`` / ``nn.Linear``. Convolution zero-pads the *quantized* activations (padded entries are 0).
 
-Activation scales (``act_stats``):
+Activation scales (``act_stats``). Every training forward updates a moving average of the per-sample scales,
+``ema <- momentum * ema + (1 - momentum) * mean_batch(v)`` (buffers ``x_scales_ema``, ``x_ema_updates``), whatever
+the mode, so that a trained model can be evaluated either way (:func:`scale_mode`); the mode says which is *used*:
     ``off``             fitted on every sample, in training and evaluation (the official code's shipped setting);
-    ``eval_only``       fitted per sample in training, where the batch mean updates a moving average
-                        ``ema <- momentum * ema + (1 - momentum) * mean_batch(v)``; evaluation uses the average;
-    ``train_and_eval``  the moving average is updated and used in training and evaluation.
+    ``eval_only``       fitted per sample in training; evaluation uses the moving average (what the paper describes);
+    ``train_and_eval``  the moving average is used in training and evaluation.
 Weight scales are refitted at every training forward and cached (buffer ``w_scales``) for evaluation; the cache
 is keyed on the weight tensor's version, so in-place updates or ``load_state_dict`` invalidate it.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -26,9 +29,10 @@ from .schemes import fit
 from .schemes import Scheme, get_scheme
 from .ste import foldable_ste
 
-__all__ = ["QuantConv2d", "QuantLinear", "ACT_STATS_MODES"]
+__all__ = ["QuantConv2d", "QuantLinear", "ACT_STATS_MODES", "SCALE_MODES", "scale_mode"]
 
 ACT_STATS_MODES = ("off", "eval_only", "train_and_eval")
+SCALE_MODES = ("auto", "fitted", "stored")  # activation scales at inference: as trained, per sample, moving average
 
 
 class _Quantized:
@@ -68,7 +72,7 @@ class _Quantized:
         use_ema = self.act_stats == "train_and_eval" or (self.act_stats == "eval_only" and not self.training)
         if self.training or not use_ema:
             scales = fit(rows.detach(), self.x_scheme)  # (B, k)
-        if self.training and self.act_stats != "off" and rows.shape[0] > 0:  # an empty batch has no mean
+        if self.training and rows.shape[0] > 0:  # recorded in every mode; an empty batch has no mean
             self._update_ema(scales)
         if use_ema:
             if int(self.x_ema_updates) == 0:
@@ -189,3 +193,35 @@ class QuantLinear(_Quantized, nn.Linear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self._quant_repr()}"
+
+
+@contextmanager
+def scale_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
+    """Evaluate ``model`` with activation scales ``mode`` inside the block, then restore every layer's ``act_stats``.
+
+    ``fitted`` fits the scales on each sample (``act_stats=off``), ``stored`` uses the moving averages recorded in
+    training (``eval_only``), ``auto`` leaves each layer as trained. ``stored`` on a layer that recorded no average
+    raises ``ValueError`` naming the layer. Applies to evaluation; a training forward in the block still updates
+    the averages.
+    """
+    if mode not in SCALE_MODES:
+        raise ValueError(f"scale mode must be one of {SCALE_MODES}, got {mode!r}")
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, _Quantized) and not m.x_scheme.is_fp}
+    if mode == "stored":
+        missing = [name for name, m in layers.items() if int(m.x_ema_updates) == 0]
+        if missing:
+            raise ValueError(f"stored activation scales requested but {len(missing)} layer(s) recorded no moving "
+                             f"average (first: {missing[0]!r}); the checkpoint predates them: evaluate with fitted "
+                             "scales or retrain")
+    before = {name: m.act_stats for name, m in layers.items()}
+    try:
+        if mode != "auto":
+            for m in layers.values():
+                if mode == "fitted":
+                    m.act_stats = "off"
+                elif m.act_stats == "off":
+                    m.act_stats = "eval_only"
+        yield model
+    finally:
+        for name, m in layers.items():
+            m.act_stats = before[name]

@@ -27,8 +27,10 @@ class Plan:
     def __init__(self, cfg: Config, resume: bool, eval_only: bool):
         self.cfg, self.resume, self.eval_only = cfg, resume, eval_only
         self.out_dir = Path(cfg.output.dir)
-        self.ckpt_path = self.out_dir / "checkpoint.pt"
+        self.ckpt_path = self.out_dir / "checkpoint.pt"   # published: model, scales, averages, config (slim)
+        self.resume_path = self.out_dir / "resume.pt"    # working: the above plus optimiser, schedule, RNG state
         self.state: dict | None = None          # checkpoint to continue from / evaluate
+        self.state_path: Path = self.ckpt_path  # the file ``state`` came from
         self.teacher_state: dict | None = None
         self.created_out_dir = not self.out_dir.exists()
 
@@ -48,17 +50,27 @@ def preflight(cfg: Config, resume: bool, eval_only: bool, dist_info: D.DistInfo)
     if plan.out_dir.exists() and not plan.out_dir.is_dir():
         raise ConfigError(f"output.dir (--out): {plan.out_dir} exists and is not a directory; choose another --out")
     if eval_only or resume:
-        if plan.ckpt_path.is_file() or eval_only:
+        # --resume continues from the working checkpoint; a finished run without one (published, slim) is only
+        # evaluated. --eval-only reads the published checkpoint, or the working one of an unfinished run.
+        working = plan.resume_path.is_file() and (resume and not eval_only or not plan.ckpt_path.is_file())
+        plan.state_path = plan.resume_path if working else plan.ckpt_path
+        if plan.state_path.is_file() or eval_only:
             try:
-                plan.state = ckpt_io.load(plan.ckpt_path, "cpu",
-                                          require=ckpt_io.MODEL_KEYS if eval_only else ckpt_io.RESUME_KEYS)
+                plan.state = ckpt_io.load(plan.state_path, "cpu",
+                                          require=ckpt_io.RESUME_KEYS if working and not eval_only
+                                          else ckpt_io.MODEL_KEYS)
             except CheckpointNotFoundError:
                 raise CheckpointNotFoundError(f"--eval-only: no checkpoint at {plan.ckpt_path}; train first, or pass "
                                               "the --out directory that holds checkpoint.pt") from None
+        if (plan.state is not None and not eval_only and "optimizer" not in plan.state
+                and int(plan.state.get("epoch", 0)) < cfg.epochs):
+            raise CheckpointError(f"--resume: {plan.state_path} is a published checkpoint of {plan.state.get('epoch')} "
+                                  f"epochs without optimiser state ({plan.resume_path.name} is missing), and epochs is "
+                                  f"{cfg.epochs}; train to a new --out, or restore {plan.resume_path}")
     if plan.state is not None and not eval_only:
-        saved = stored_config(plan.state, plan.ckpt_path)
+        saved = stored_config(plan.state, plan.state_path)
         if config_hash(saved) != config_hash(cfg):
-            raise CheckpointError(f"--resume: {plan.ckpt_path} was written by a different config (hash "
+            raise CheckpointError(f"--resume: {plan.state_path} was written by a different config (hash "
                                   f"{config_hash(saved)} != {config_hash(cfg)}); resume with the config it was "
                                   f"trained with ({plan.out_dir / 'config.yaml'}) or choose a new --out")
     if cfg.kd.teacher is not None and not eval_only:
@@ -75,9 +87,9 @@ def preflight(cfg: Config, resume: bool, eval_only: bool, dist_info: D.DistInfo)
         tracking.init_store(cfg.tracking.uri)
         run_id = (plan.state or {}).get("run_id")
         if run_id and not eval_only:
-            tracking.check_run(run_id, cfg.tracking.uri, plan.ckpt_path)
+            tracking.check_run(run_id, cfg.tracking.uri, plan.state_path)
     if dist_info.is_main:
-        for name in ("checkpoint.pt", "metrics.json", "eval_metrics.json"):
+        for name in ("checkpoint.pt", "resume.pt", "metrics.json", "eval_metrics.json"):
             ckpt_io.remove_stale_tmp(plan.out_dir / name)
     return plan
 

@@ -23,6 +23,23 @@ Telemetry is off: importing the ``lsqbq`` package sets ``MLFLOW_DISABLE_TELEMETR
 host other than the one configured.
 
 Provenance (:func:`provenance_tags`): git commit and dirty flag, config and data hashes, versions, device.
+
+Evaluations, analyses and benchmarks are runs too (:func:`record_run`): one FINISHED run per invocation with its
+parameters, finite metrics, provenance tags (git commit and dirty flag, versions, host, torch threads, and the
+caller's: data hash, checkpoint, scale mode, ...), its output files as artifacts, and tag ``lsqbq.source_run_ids``
+naming the training run(s) it read. When it reads exactly one training run that is in the same store, it is created
+in that run's experiment with ``mlflow.parentRunId`` set, so the MLflow UI shows it nested under the training run;
+otherwise it goes to its own experiment (``lsqbq-evaluate``, ``lsqbq-analysis``, ``bench``). Such runs carry no
+``final_top1`` metric, so ``lsqbq tables --from-mlflow`` never mistakes them for trainings.
+
+``LSQBQ_TRACKING=0`` (or ``false`` / ``off`` / ``no``) turns :func:`record_run` off for ad-hoc use: the
+evaluation, analysis and benchmark commands then create no run and touch no store (``lsqbq evaluate --no-track``
+does the same for one command). Training is governed by its config's ``tracking.enabled`` instead.
+
+A training run's artifacts can be *attached* to its checkpoint directory (:func:`attach_artifacts`,
+``python -m lsqbq.tracking attach --metrics DIR/metrics.json``): the run's artifact location becomes that
+directory (relative to the working directory, i.e. the project root, when inside it) and the copies it had logged
+under the store's ``mlartifacts/`` are deleted, so each checkpoint byte is stored once (DVC versions the directory).
 """
 from __future__ import annotations
 
@@ -30,17 +47,23 @@ import argparse
 import os
 import contextlib
 import logging
+import math
+import numbers
+import re
+import shutil
+import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, CheckpointNotFoundError, ConfigError
 
 try:  # POSIX; elsewhere the store is initialised without a lock
     import fcntl
@@ -48,7 +71,8 @@ except ImportError:  # pragma: no cover
     fcntl = None
 
 __all__ = ["DEFAULT_URI", "resolve_uri", "init_store", "store_lock", "start_run", "Run", "NullRun", "git_info",
-           "client", "versions", "provenance_tags", "run_name", "check_run"]
+           "client", "versions", "provenance_tags", "run_name", "check_run", "tracking_enabled", "record_run",
+           "record_evaluation", "checkpoint_run_id", "attach_artifacts", "relocate", "SOURCE_RUNS_TAG", "TRACKING_ENV"]
 
 DEFAULT_URI = "sqlite:///mlruns-local/mlflow.db"  # ad-hoc runs; the workflow names the published store
 # creating a store's tables is routine, not news: keep stderr for errors
@@ -56,6 +80,9 @@ for _name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 _PROJECT = Path(__file__).resolve().parent.parent
 _ERROR_TAG = "error"
+TRACKING_ENV = "LSQBQ_TRACKING"  # "0" / "false" / "off" / "no": record_run creates nothing
+SOURCE_RUNS_TAG = "lsqbq.source_run_ids"
+_PARENT_TAG = "mlflow.parentRunId"
 
 
 def resolve_uri(uri: str | None = None) -> str:
@@ -282,6 +309,13 @@ class Run:
         _retry(lambda: self.client.log_batch(self.run_id, tags=items))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Log file ``path``; a no-op when it already is that artifact (a run attached to its checkpoint
+        directory, :func:`attach_artifacts`, resumed and logging the directory's own files)."""
+        root = _local_path(_retry(lambda: self.client.get_run(self.run_id)).info.artifact_uri or "")
+        if root is not None:
+            dest = root / (artifact_path or "") / Path(path).name
+            if dest.exists() and dest.resolve() == Path(path).resolve():
+                return
         _retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
 
     def end(self, status: str = "FINISHED") -> None:
@@ -355,6 +389,245 @@ def start_run(experiment: str, run_name: str, uri: str | None = None, tags: dict
     return Run(c, run.info.run_id, exp_id)
 
 
+# ------------------------------------------------------------------------------ evaluation / analysis runs
+
+
+def tracking_enabled() -> bool:
+    """False when ``$LSQBQ_TRACKING`` is ``0``, ``false``, ``off`` or ``no`` (any case)."""
+    return os.environ.get(TRACKING_ENV, "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+_METRIC_CHARS = re.compile(r"[^A-Za-z0-9_\-. /:]")
+
+
+def _metric_key(key: str) -> str:
+    """A metric name MLflow accepts (alphanumerics, ``_ - . / :`` and spaces; anything else becomes ``_``)."""
+    return _METRIC_CHARS.sub("_", str(key))
+
+
+def _finite(v: Any) -> float | None:
+    """``v`` as a float when it is a finite real number (numpy scalars too, booleans not), else None."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _run_tags() -> dict[str, str]:
+    """Provenance of an evaluation / analysis / benchmark process: code, versions, host, torch threads."""
+    import torch
+
+    import lsqbq
+
+    return {**git_info(), "lsqbq_version": lsqbq.__version__, "torch_version": torch.__version__, **versions(),
+            "host": socket.gethostname(), "threads": str(torch.get_num_threads())}
+
+
+def _source_ids(ids: Iterable[str | None]) -> list[str]:
+    out: list[str] = []
+    for i in ids or ():
+        if i and str(i) not in ("unknown", "null", "None") and str(i) not in out:
+            out.append(str(i))
+    return out
+
+
+def record_run(experiment: str, name: str, *, params: dict[str, Any], metrics: dict[str, Any],
+               artifacts: Iterable[str | Path] = (), tags: dict[str, Any] | None = None,
+               source_run_ids: Iterable[str | None] = (), uri: str | None = None, strict: bool = True) -> str | None:
+    """Record one finished evaluation / analysis / benchmark as a FINISHED MLflow run; returns its id.
+
+    ``params`` are logged as strings (as training's are), ``metrics`` at step 0 keeping only finite numbers,
+    ``artifacts`` (files; missing ones are skipped) at the artifact root. Tags: :func:`_run_tags` provenance, then
+    ``tags`` (they may override), and ``lsqbq.source_run_ids`` (comma-separated ids of the runs it read; empty,
+    ``None`` and ``"unknown"`` ids are dropped). With exactly one source run that exists in the store, the run goes
+    into that run's experiment as its child (``mlflow.parentRunId``); else into ``experiment``.
+
+    Returns None, creating nothing, when ``$LSQBQ_TRACKING`` is off (:func:`tracking_enabled`). An error while
+    logging ends the run FAILED and is raised; with ``strict=False`` it is a warning and None is returned (for the
+    benchmarks, whose timings must not be lost to a busy store).
+    """
+    if not tracking_enabled():
+        return None
+    try:
+        return _record_run(experiment, name, params, metrics, artifacts, tags, _source_ids(source_run_ids), uri)
+    except Exception as e:  # noqa: BLE001
+        if strict:
+            raise
+        warnings.warn(f"MLflow logging of {name!r} failed: {_one_line(e)}")
+        return None
+
+
+def _record_run(experiment, name, params, metrics, artifacts, tags, sources, uri) -> str:
+    uri = init_store(uri)
+    c = client(uri)
+    all_tags = {**_run_tags(), **{k: v for k, v in (tags or {}).items() if v is not None},
+                SOURCE_RUNS_TAG: ",".join(sources)}
+    if len(sources) == 1:
+        try:
+            parent = _retry(lambda: c.get_run(sources[0]))
+        except Exception:  # noqa: BLE001 - a run of another store (RESOURCE_DOES_NOT_EXIST)
+            parent = None
+        if parent is not None:
+            experiment = _retry(lambda: c.get_experiment(parent.info.experiment_id)).name
+            all_tags[_PARENT_TAG] = sources[0]
+    run = start_run(experiment, name, uri=uri, tags=all_tags)
+    try:
+        run.log_params(params)
+        values = {_metric_key(k): _finite(v) for k, v in metrics.items()}
+        values = {k: v for k, v in values.items() if v is not None}
+        if values:
+            run.log_metrics(values, step=0)
+        for path in artifacts:
+            if Path(path).is_file():
+                run.log_artifact(path)
+        run.end("FINISHED")
+    except BaseException as e:
+        run.fail(e)
+        raise
+    return run.run_id
+
+
+def _checkpoint_label(checkpoint: str | Path, depth: int = 3) -> str:
+    """The names of a checkpoint's last ``depth`` parent directories (``resnet_small/ls-1_ls-1/s0``)."""
+    parts = Path(checkpoint).parent.parts
+    return "/".join(parts[-depth:]) if parts else str(checkpoint)
+
+
+def record_evaluation(result: dict[str, Any], *, params: dict[str, Any], out: str | Path | None = None,
+                      experiment: str = "lsqbq-evaluate", prefix: str = "eval", tags: dict[str, Any] | None = None,
+                      track: bool = True) -> str | None:
+    """:func:`record_run` of a checkpoint evaluation ``result`` (as ``lsqbq evaluate`` and the bitwise evaluation
+    print it): run ``<prefix> <x>_<w> <checkpoint's parent directories>``, every finite number of ``result`` as a
+    metric, ``params``, tags ``checkpoint`` / ``data_hash`` / ``epochs`` (and ``tags``), the ``out`` JSON as artifact,
+    linked to ``result["source_run_id"]``. Prints the run id to stderr; ``track=False`` records nothing."""
+    if not track:
+        return None
+    checkpoint = result.get("checkpoint", "")
+    name = f"{prefix} {result.get('x_quant')}_{result.get('w_quant')} {_checkpoint_label(checkpoint)}"
+    metrics = {k: v for k, v in result.items() if k not in ("epochs", "threads")}
+    run_tags = {"lsqbq.kind": prefix, "checkpoint": checkpoint, "data_hash": result.get("data_hash"),
+                "epochs": result.get("epochs"), **(tags or {})}
+    run_id = record_run(experiment, name, params=params, metrics=metrics, artifacts=[out] if out else [],
+                        tags=run_tags, source_run_ids=[result.get("source_run_id")])
+    if run_id:
+        print(f"MLflow run {run_id} ({name})", file=sys.stderr)
+    return run_id
+
+
+def checkpoint_run_id(path: str | Path) -> str | None:
+    """The MLflow run id of the training that wrote checkpoint ``path``: ``run_id`` of the ``metrics.json``
+    beside it, else the checkpoint's own ``run_id`` (None when neither has one)."""
+    path = Path(path)
+    metrics = path.with_name("metrics.json")
+    if metrics.is_file():
+        import json
+
+        try:
+            run_id = json.loads(metrics.read_text()).get("run_id")
+        except (OSError, ValueError, AttributeError):
+            run_id = None
+        if run_id:
+            return str(run_id)
+    if path.is_file():
+        from . import checkpoint as ckpt_io
+
+        try:
+            return ckpt_io.load(path, "cpu").get("run_id")
+        except Exception:  # noqa: BLE001 - provenance only: an unreadable checkpoint has no run id
+            return None
+    return None
+
+
+# -------------------------------------------------------------------------------------- attach artifacts
+
+
+def _local_path(location: str) -> Path | None:
+    """The local directory an artifact location names (``file://`` URI, absolute or relative path), else None."""
+    from urllib.parse import unquote, urlparse
+
+    if location.startswith("file:"):
+        return Path(unquote(urlparse(location).path))
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", location):
+        return None
+    return Path(location)
+
+
+def _is_within(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+        return True
+    except ValueError:
+        return False
+
+
+def attach_artifacts(run_id: str, directory: str | Path, uri: str | None = None, force: bool = False) -> str:
+    """Make ``directory`` (a checkpoint directory) the artifact location of run ``run_id``; returns the location.
+
+    The location is written relative to the working directory (the project root) when ``directory`` is inside it,
+    absolute otherwise, straight into the SQLite store's ``runs`` table (MLflow's API cannot change it). The
+    copies the run had logged under the store's ``mlartifacts/`` are then deleted, so each byte is stored once;
+    unless ``force``, each of those copies must be present in ``directory`` with the same bytes (nothing the run
+    logged is lost). Idempotent.
+
+    Raises:
+        ConfigError: not a SQLite store, the store does not exist, the run is not in it, or a logged artifact is
+            missing from / different in ``directory`` (without ``force``).
+        CheckpointNotFoundError: ``directory`` is not a directory.
+    """
+    import filecmp
+    import sqlite3
+
+    resolved = resolve_uri(uri)
+    db = _sqlite_path(resolved)
+    if db is None:
+        raise ConfigError(f"attach: {resolved!r} ({_uri_key(uri)}) is not a SQLite store; artifacts can be attached "
+                          "only in sqlite:///path/to/mlflow.db")
+    if not db.is_file():
+        raise ConfigError(f"attach: the store {db} does not exist; give the --uri of the run's store")
+    target = Path(directory)
+    if not target.is_dir():
+        raise CheckpointNotFoundError(f"attach --dir {directory}: no such directory; give the run's checkpoint "
+                                      "directory (the one holding checkpoint.pt and metrics.json)")
+    with contextlib.closing(sqlite3.connect(db, timeout=60)) as con:
+        row = con.execute("SELECT artifact_uri FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()
+    if row is None:
+        raise ConfigError(f"attach --run-id {run_id}: no such run in {resolved!r}; give the run id of the training "
+                          "(its metrics.json's run_id) and the --uri of its store")
+    old = row[0] or ""
+    cwd = Path.cwd().resolve()
+    target_abs = target.resolve()
+    location = target_abs.relative_to(cwd).as_posix() if _is_within(target_abs, cwd) else str(target_abs)
+    location = location or "."
+    old_dir = _local_path(old)
+    if old_dir is not None and not old_dir.is_absolute():
+        old_dir = cwd / old_dir
+    store_artifacts = (db.resolve().parent / "mlartifacts").resolve()
+    stale = (old_dir is not None and old_dir.resolve() != target_abs and _is_within(old_dir.resolve(), store_artifacts)
+             and old_dir.is_dir())
+    if stale and not force:
+        bad = [f.relative_to(old_dir).as_posix() for f in sorted(old_dir.rglob("*")) if f.is_file()
+               and not ((target_abs / f.relative_to(old_dir)).is_file()
+                        and filecmp.cmp(f, target_abs / f.relative_to(old_dir), shallow=False))]
+        if bad:
+            raise ConfigError(f"attach: {len(bad)} artifact(s) of run {run_id} are missing from or differ in "
+                              f"{directory} (first: {bad[0]}); attach the directory the run wrote, or pass --force "
+                              "to drop the logged copies anyway")
+    with store_lock(resolved):
+        _set_artifact_locations(db, {}, {run_id: location})
+    try:  # MlflowClient keeps each run's artifact repository for the life of the process
+        from mlflow.tracking._tracking_service import utils as _mlflow_utils
+
+        _mlflow_utils._artifact_repos_cache.pop(run_id, None)
+    except (ImportError, AttributeError):  # pragma: no cover - another MLflow version
+        pass
+    if stale:
+        shutil.rmtree(old_dir.resolve())
+        parent = old_dir.resolve().parent  # mlartifacts/<experiment>/<run id>/artifacts: drop the empty run dir
+        if parent.name == run_id and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+    return location
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lsqbq.tracking", description="MLflow store helpers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -362,13 +635,47 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--uri", default=None, help=f"tracking URI (default: $MLFLOW_TRACKING_URI or {DEFAULT_URI})")
     r = sub.add_parser("relocate", help="make a SQLite store's artifact locations relative to the project root")
     r.add_argument("--uri", default=None, help=f"tracking URI (default: $MLFLOW_TRACKING_URI or {DEFAULT_URI})")
+    a = sub.add_parser("attach", help="serve a training run's artifacts from its checkpoint directory (run in the "
+                                      "project root) and delete the copies logged under mlartifacts/")
+    which = a.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run-id", default=None, help="the training run's id")
+    which.add_argument("--metrics", default=None, help="a metrics.json whose run_id names the run (and whose "
+                                                       "directory is the default --dir)")
+    a.add_argument("--dir", default=None, help="the run's checkpoint directory (checkpoint.pt, metrics.json, ...)")
+    a.add_argument("--uri", default=None, help=f"tracking URI (default: $MLFLOW_TRACKING_URI or {DEFAULT_URI})")
+    a.add_argument("--force", action="store_true", help="delete the logged copies even where the directory's "
+                                                        "files are missing or differ")
     args = parser.parse_args(argv)
     if args.command == "init":
         print(init_store(args.uri))
-    else:
+    elif args.command == "relocate":
         n_exp, n_runs = relocate(args.uri)
         print(f"relocated {n_exp} experiments and {n_runs} runs to relative artifact locations")
+    else:
+        run_id, directory = args.run_id, args.dir
+        if args.metrics is not None:
+            run_id = _metrics_run_id(Path(args.metrics))
+            directory = directory or str(Path(args.metrics).parent)
+        if directory is None:
+            parser.error("attach: --run-id needs --dir")
+        location = attach_artifacts(run_id, directory, args.uri, force=args.force)
+        print(f"run {run_id}: artifacts served from {location}")
     return 0
+
+
+def _metrics_run_id(path: Path) -> str:
+    import json
+
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"attach --metrics {path}: no such file; give the metrics.json of the training")
+    try:
+        run_id = json.loads(path.read_text()).get("run_id")
+    except (ValueError, AttributeError):
+        run_id = None
+    if not run_id:
+        raise CheckpointError(f"attach --metrics {path}: no run_id in it (a run trained without tracking?); pass "
+                              "--run-id")
+    return str(run_id)
 
 
 if __name__ == "__main__":

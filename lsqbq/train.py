@@ -10,7 +10,10 @@ Usage::
     lsqbq train --config FILE --out DIR --eval-only                 # evaluate DIR/checkpoint.pt
     torchrun --nproc_per_node 2 -m lsqbq.train --config FILE        # DDP (gloo on CPU, NCCL on GPU)
 
-Writes ``DIR/checkpoint.pt`` (atomically, after every epoch), ``DIR/metrics.json`` and ``DIR/config.yaml``.
+Writes ``DIR/resume.pt`` after every epoch (the working checkpoint: weights, scales, moving averages, optimiser,
+schedule and RNG state, what ``--resume`` needs), ``DIR/checkpoint.pt`` after the last one (the published
+checkpoint: the same without optimiser, schedule and RNG state, about a third of the size), ``DIR/metrics.json``
+and ``DIR/config.yaml``; every file atomically.
 The loss is :func:`lsqbq.losses.training_loss` (cross-entropy, or distillation from ``kd.teacher``), the learning
 rate :class:`lsqbq.schedules.LRSchedule`, evaluation :func:`lsqbq.evaluate.evaluate`. The teacher is frozen
 (no gradients, never updated by the optimiser). By default it stays in *train* mode like the official code:
@@ -205,11 +208,12 @@ def _run(cfg: Config, resume: bool, eval_only: bool, dist_info: D.DistInfo) -> d
 
     state = plan.state
     if state is not None:
-        ckpt_io.load_weights(_unwrap(model), state["model"], plan.ckpt_path)
+        ckpt_io.load_weights(_unwrap(model), state["model"], plan.state_path)
         if not eval_only:
-            optimizer.load_state_dict(state["optimizer"])
-            schedule.load_state_dict(state["schedule"])
-            start_epoch, history = int(state["epoch"]), list(state["history"])
+            if "optimizer" in state:  # a working checkpoint; a published one is finished (preflight checks)
+                optimizer.load_state_dict(state["optimizer"])
+                schedule.load_state_dict(state["schedule"])
+            start_epoch, history = int(state["epoch"]), list(state.get("history", []))
             run_id, train_time = state.get("run_id"), float(state.get("train_time_s", 0.0))
 
     teacher, teacher_run_id = build_teacher(plan, info.num_classes, info.in_chans, device)
@@ -217,18 +221,18 @@ def _run(cfg: Config, resume: bool, eval_only: bool, dist_info: D.DistInfo) -> d
         if cfg.sync_bn and teacher is not None and cfg.kd.teacher_mode == "train":
             D.convert_sync_bn(teacher)
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if state is not None and not eval_only:
+    if state is not None and not eval_only and "rng" in state:
         ckpt_io.set_rng_state(state["rng"])
 
     progress = Progress(cfg.progress, cfg.epochs, max(len(train_loader), 1), start_epoch, cfg.progress_every,
                         enabled=dist_info.is_main)
     if resume and not eval_only:
         if state is None:
-            progress.say(f"--resume: no checkpoint at {plan.ckpt_path}; training from the start")
+            progress.say(f"--resume: no checkpoint at {plan.resume_path}; training from the start")
         elif start_epoch >= cfg.epochs:
-            progress.say(f"resuming {plan.ckpt_path}: all {cfg.epochs} epochs done; evaluating only")
+            progress.say(f"resuming {plan.state_path}: all {cfg.epochs} epochs done; evaluating only")
         else:
-            progress.say(f"resuming from epoch {start_epoch} of {cfg.epochs} ({plan.ckpt_path}, MLflow run {run_id})")
+            progress.say(f"resuming from epoch {start_epoch} of {cfg.epochs} ({plan.state_path}, MLflow run {run_id})")
 
     from . import tracking
 
@@ -263,12 +267,16 @@ def _run(cfg: Config, resume: bool, eval_only: bool, dist_info: D.DistInfo) -> d
             tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
             progress.end_epoch(row)
             if dist_info.is_main:
-                ckpt_io.save_atomic({
+                published = {
                     "format": ckpt_io.FORMAT, "config": to_dict(cfg), "model_options": options,
-                    "epoch": epoch + 1, "model": _plain_state(model), "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(), "rng": ckpt_io.rng_state(), "history": history,
+                    "epoch": epoch + 1, "model": _plain_state(model), "history": history,
                     "run_id": tracker.run_id, "data_hash": data_hash, "train_time_s": train_time,
-                }, plan.ckpt_path)
+                }
+                ckpt_io.save_atomic({**published, "optimizer": optimizer.state_dict(),
+                                     "schedule": schedule.state_dict(), "rng": ckpt_io.rng_state()},
+                                    plan.resume_path)
+                if epoch + 1 == cfg.epochs:
+                    ckpt_io.save_atomic(published, plan.ckpt_path)
         if eval_only or start_epoch >= cfg.epochs:  # nothing trained in this invocation
             val = evaluate(model, test_loader, device, cfg.amp)
         final = {
@@ -303,7 +311,7 @@ def _remove_partial_outputs(plan: Plan, written: list[Path]) -> None:
     """After a failure: drop the metrics file of this invocation, and the config.yaml (and the directory, when
     this invocation created it) if no checkpoint was saved. A saved checkpoint stays: it is what --resume needs."""
     for path in written:
-        if path.name.endswith("metrics.json") or not plan.ckpt_path.exists():
+        if path.name.endswith("metrics.json") or not (plan.ckpt_path.exists() or plan.resume_path.exists()):
             path.unlink(missing_ok=True)
     if plan.created_out_dir and plan.out_dir.is_dir() and not any(plan.out_dir.iterdir()):
         plan.out_dir.rmdir()

@@ -10,6 +10,11 @@ Usage::
     lsqbq analyze angles --render-only --out results/analysis/DATASET/MODEL/angles  # md + png from the CSV
 
 The markdown file is rendered from the CSV just written, so it is a pure function of the CSV.
+
+Each computing invocation (not ``--render-only``) is recorded as one MLflow run in experiment ``lsqbq-analysis``
+(or nested under the analysed checkpoint's training run when that run is in the same store): the arguments as
+params, the row count (and for ``ptq`` each scheme's top-1 / top-5) as metrics, the files written as artifacts and
+tag ``lsqbq.source_run_ids``. ``LSQBQ_TRACKING=0`` skips it.
 """
 from __future__ import annotations
 
@@ -30,10 +35,12 @@ from .measures import ANGLE_SCHEMES, PTQ_SCHEMES, angle_rows, error_rows, quanti
 __all__ = ["build_parser", "main", "render_outputs"]
 
 PROVENANCE = ("commit", "config_hash", "data_hash", "run_id")
+_SOURCES: list = []  # MLflow run ids of the checkpoints read by this invocation
 
 
 def _load(checkpoint: str, threads: int | None, test_subset: int | None = None):
-    """(model in eval mode, its config, test loader) of a training checkpoint."""
+    """(model in eval mode, its config, test loader) of a training checkpoint; the checkpoint's MLflow run id is
+    kept in ``_SOURCES`` for the analysis run."""
     from .. import data as D
     from ..checkpoint import load_model
 
@@ -41,6 +48,7 @@ def _load(checkpoint: str, threads: int | None, test_subset: int | None = None):
         torch.set_num_threads(threads)
     loaded = load_model(checkpoint)
     model, cfg = loaded.model.eval(), loaded.config
+    _SOURCES.append(_provenance(checkpoint).get("run_id") or loaded.state.get("run_id"))
     if test_subset is not None:
         cfg.data.test_subset = test_subset
     _, test_loader = D.build_loaders(cfg)
@@ -119,7 +127,7 @@ DOCS = {"error": (ERROR_TITLE, ERROR_NOTE, error_view), "ptq": (PTQ_TITLE, PTQ_N
 # ------------------------------------------------------------------------------------------- commands
 
 
-def cmd_error(args) -> None:
+def cmd_error(args) -> list[dict]:
     rows: list[dict] = []
     for i, dist in enumerate(args.distributions):
         rows += error_rows(dist, [synthetic_rows(dist, args.rows, args.n, seed=args.seed + i)])
@@ -133,9 +141,10 @@ def cmd_error(args) -> None:
     for r in rows:
         r.update(prov)
     _write(rows, args.out, "error")
+    return rows
 
 
-def cmd_ptq(args) -> None:
+def cmd_ptq(args) -> list[dict]:
     from ..evaluate import evaluate
 
     model, _, loader = _load(args.checkpoint, args.threads, args.test_subset)
@@ -147,13 +156,39 @@ def cmd_ptq(args) -> None:
         rows.append({"w_quant": name, "k_w": get_scheme(name).label, "x_quant": fp.name, "k_a": fp.label,
                      "top1": float(res["top1"]), "top5": float(res.get("top5", float("nan"))), **prov})
     _write(rows, args.out, "ptq")
+    return rows
 
 
-def cmd_angles(args) -> None:
+def cmd_angles(args) -> list[dict]:
     model, _, loader = _load(args.checkpoint, args.threads, args.test_subset)
     prov = _provenance(args.checkpoint)
     names, acts = layer_inputs(model, loader, args.images)
-    _write([{**r, **prov} for r in angle_rows(names, acts, args.schemes)], args.out, "angles")
+    rows = [{**r, **prov} for r in angle_rows(names, acts, args.schemes)]
+    _write(rows, args.out, "angles")
+    return rows
+
+
+def _record(args, rows: list[dict]) -> None:
+    """The MLflow run of one analysis: arguments, row count (ptq: accuracy per scheme), the files written."""
+    from .. import tracking
+
+    prefix = Path(args.out)
+    params = {k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in vars(args).items()
+              if k not in ("render_only",)}
+    metrics: dict = {"rows": len(rows)}
+    if args.command == "ptq":
+        for r in rows:
+            metrics[f"top1 {r['w_quant']}"], metrics[f"top5 {r['w_quant']}"] = r["top1"], r["top5"]
+    label = tracking._checkpoint_label(args.checkpoint) if args.checkpoint and not getattr(
+        args, "synthetic_only", False) else "synthetic"
+    run_id = tracking.record_run(
+        "lsqbq-analysis", f"analyze {args.command} {label}", params=params, metrics=metrics,
+        artifacts=[prefix.with_suffix(s) for s in (".csv", ".md", ".png")[:3 if args.command == "angles" else 2]],
+        tags={"lsqbq.kind": f"analyze {args.command}", "checkpoint": args.checkpoint,
+              "data_hash": rows[0].get("data_hash") if rows and rows[0].get("data_hash") else None},
+        source_run_ids=_SOURCES)
+    if run_id:
+        print(f"MLflow run {run_id} (analyze {args.command} {label})", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,7 +237,9 @@ def main(argv: list[str] | None = None) -> int:
         args.synthetic_only = True
     elif args.command != "error" and not args.checkpoint:
         parser.error(f"{args.command} needs --checkpoint")
-    {"error": cmd_error, "ptq": cmd_ptq, "angles": cmd_angles}[args.command](args)
+    _SOURCES.clear()
+    rows = {"error": cmd_error, "ptq": cmd_ptq, "angles": cmd_angles}[args.command](args)
+    _record(args, rows)
     return 0
 
 

@@ -416,25 +416,6 @@ def plot(df: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def log_mlflow(name: str, df: pd.DataFrame, info: dict, summary: dict[str, float], files: list[Path],
-               quick: bool) -> None:
-    """One MLflow run per invocation (skipped when the tracking module is unavailable)."""
-    try:
-        from .. import tracking
-    except ImportError:
-        return
-    try:
-        run = tracking.start_run("bench", name, tags={"quick": quick})
-        run.log_params({**{k: v for k, v in info.items() if isinstance(v, (str, int, float))}, "quick": quick})
-        run.log_metrics({k.replace("@", "_at_"): v for k, v in summary.items()}, step=0)
-        for path in files:
-            if path.exists():
-                run.log_artifact(path)
-        run.end()
-    except Exception as exc:  # noqa: BLE001 - tracking must never fail a benchmark
-        warnings.warn(f"MLflow logging failed: {exc}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lsqbq bench kernels", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/bench"), help="output directory")
@@ -490,8 +471,14 @@ def main(argv: list[str] | None = None) -> int:
     pd.DataFrame(split).to_csv(args.out / "kernels_split.csv", index=False, float_format="%.6g")
     md = render(pd.read_csv(args.out / "kernels.csv"), args.out, split, int8_kernels)
     summary = summarise(df)
-    log_mlflow("bench_kernels", df, info, summary,
-               [args.out / n for n in ("kernels.csv", "kernels.md", "kernels.png", "kernels_split.csv")], args.quick)
+    from .. import tracking
+
+    tracking.record_run("bench", "bench_kernels",
+                        params={**{k: v for k, v in info.items() if isinstance(v, (str, int, float))},
+                                "quick": args.quick},
+                        metrics=summary, tags={"quick": args.quick}, strict=False,
+                        artifacts=[args.out / n for n in ("kernels.csv", "kernels.md", "kernels.png",
+                                                          "kernels_split.csv")])
     print(md)
     return 0
 

@@ -18,7 +18,9 @@ the load average are recorded too):
                   256, 1 and 2 threads, with the scale mode the conversion uses (``auto``: as the model evaluates).
 
 Where the bitwise model is not faster than its teacher, ``models_profile_<name>.txt`` (next to the tables) holds a
-``torch.profiler`` table of one bitwise call. Outputs: ``models.csv``, ``models.md``, ``models_headline.md``.
+``torch.profiler`` table of one bitwise call. Outputs: ``models.csv``, ``models.md``, ``models_headline.md``, all
+recorded in an MLflow run of experiment ``bench`` tagged with the run ids of the checkpoints timed
+(``LSQBQ_TRACKING=0``: none; a store error is a warning).
 """
 from __future__ import annotations
 
@@ -33,7 +35,6 @@ from torch import nn
 
 from ..kernels import available_backends, to_bitwise
 from ..schemes import get_scheme, kernel_name
-from .kernels import log_mlflow
 from .timing import load, machine_info, time_threads
 
 NETWORK_PAIRS = (("ls-1", "ls-1"), ("gf-2", "ls-1"))
@@ -305,8 +306,17 @@ def main(argv: list[str] | None = None) -> int:
     md = to_markdown(df, info, summary, profiles)
     (args.out / "models.md").write_text(md)
     (args.out / "models_headline.md").write_text(headline_markdown(summary))
-    log_mlflow("bench_models", df, info, summary,
-               [args.out / n for n in ("models.csv", "models.md", *profiles)], args.quick)
+    from .. import tracking
+
+    checkpoints = sorted(set(df["checkpoint"].dropna())) if "checkpoint" in df else []
+    tracking.record_run(
+        "bench", "bench_models", strict=False,
+        params={**{k: v for k, v in info.items() if isinstance(v, (str, int, float))}, "quick": args.quick,
+                "repeats": repeats, "checkpoints": args.checkpoints, "seeds": args.seeds},
+        metrics={k.replace("@", "_at_"): v for k, v in summary.items()},
+        artifacts=[args.out / n for n in ("models.csv", "models.md", "models_headline.md", *profiles)],
+        tags={"lsqbq.kind": "bench models", "quick": args.quick},
+        source_run_ids=[tracking.checkpoint_run_id(c) for c in checkpoints])
     print(md)
     return 0
 

@@ -5,7 +5,8 @@ Part 1 times ``quantize(x, scheme)`` (fit + encode) on a weight-like ``(512, 460
 ``QuantConv2d`` training step per activation scheme (ls-1 weights) next to ``gf-2``. All ratios come from the
 same run; each time is the median of repeats after warm-up.
 
-Writes ``quantizers.csv`` and ``quantizers.md`` to ``--out``.
+Writes ``quantizers.csv`` and ``quantizers.md`` to ``--out``, and records them in an MLflow run of experiment
+``bench`` (``LSQBQ_TRACKING=0``: none; a store error is a warning).
 """
 from __future__ import annotations
 
@@ -103,6 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out / "quantizers.csv", index=False, float_format="%.4f")
     print(render(args.out))
+    from .. import tracking
+
+    tracking.record_run(
+        "bench", "bench_quantizers", strict=False,
+        params={**{k: v for k, v in info.items() if isinstance(v, (str, int, float))}, "quick": args.quick,
+                "repeats": repeats},
+        metrics={f"{r.part} {r.case} {r.scheme} ratio": r.ratio for r in df.itertuples()},
+        artifacts=[args.out / "quantizers.csv", args.out / "quantizers.md"],
+        tags={"lsqbq.kind": "bench quantizers", "quick": args.quick})
     return 0
 
 

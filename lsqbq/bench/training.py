@@ -4,7 +4,8 @@ Times one optimiser step (forward, backward, Adam update) of the default profile
 the profile's shape, for the fp/fp teacher and for every activation scheme with 1-bit ``ls-1`` weights.
 The candidates are timed round-robin (``--rounds`` rounds, median per scheme) so that a slow spell of a
 shared machine hits all of them alike. Writes ``training.csv`` (images/s and the ratio to fp/fp) to ``--out``.
-KD's teacher forward is not included: it costs the same for every student.
+KD's teacher forward is not included: it costs the same for every student. The CSV is recorded in an MLflow run of
+experiment ``bench`` (``LSQBQ_TRACKING=0``: none; a store error is a warning).
 """
 from __future__ import annotations
 
@@ -77,4 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "training.csv", index=False)
     print(df.to_string(index=False))
+    from .. import tracking
+
+    tracking.record_run(
+        "bench", "bench_training", strict=False,
+        params={"config": args.config, "threads": args.threads, "rounds": rounds, "steps": steps,
+                "quick": args.quick, "model": df["model"].iloc[0], "batch": int(df["batch"].iloc[0]),
+                "cpu": df["cpu"].iloc[0], "torch": df["torch"].iloc[0]},
+        metrics={f"{k} {r.x_quant}_{r.w_quant}": getattr(r, k) for r in df.itertuples()
+                 for k in ("images_per_s", "relative_to_fp")},
+        artifacts=[out / "training.csv"],
+        tags={"lsqbq.kind": "bench training", "quick": args.quick})
     return 0

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError, InputTypeError
-from ..layers import QuantConv2d, QuantLinear
+from ..layers import SCALE_MODES, QuantConv2d, QuantLinear
 from ..models.lenet import LeNet5
 from ..models.resnet import RegularBlock, XnorBlock
 from ..quantizers import foldable_bits
@@ -55,7 +55,6 @@ from .reference import fma32
 __all__ = ["to_bitwise", "BitwiseConv2d", "BitwiseLinear", "FusedXnorBlock", "FusedRegularBlock", "convertible",
            "bn_affine", "SCALE_MODES"]
 
-SCALE_MODES = ("auto", "fitted", "stored")
 _ACTS = {"none": 0, "relu": 1, "prelu": 2}
 # Run-time fits the fused encode performs itself, by the registry's fit function (other fits run in Python).
 _FUSED_FITS = {"fit_ls1": ops.FIT_GREEDY, "fit_greedy": ops.FIT_GREEDY, "fit_ls2": ops.FIT_LS2,

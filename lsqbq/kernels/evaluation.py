@@ -9,6 +9,9 @@ writes ``{"top1", "top5", "loss", "n"}`` of the bitwise model plus ``simulated_t
 simulated, percentage points), ``max_logit_diff`` / ``max_logit_rel_diff``, ``scale_mode``, ``kernels`` (the back end
 that ran) and the checkpoint's identity. The equality the issue asks for -- integer dot products exact, logits
 within float tolerance -- is tested layer by layer in ``tests/kernels``; here it is measured on real data.
+
+Each evaluation is recorded as an MLflow run (``bitwise <x>_<w> ...``, tag ``scale_mode``) nested under the
+checkpoint's training run, as ``lsqbq evaluate`` does; ``--no-track`` or ``LSQBQ_TRACKING=0`` skips it.
 """
 from __future__ import annotations
 
@@ -131,10 +134,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default=None, help="kernel back end (default: the fastest available)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
     parser.add_argument("--out", default=None, help="write the result as JSON here")
+    parser.add_argument("--no-track", action="store_true", help="create no MLflow run (as LSQBQ_TRACKING=0)")
     args = parser.parse_args(argv)
     check_out(args.out)
-    emit_json(evaluate_checkpoint_bitwise(args.checkpoint, args.scales, args.overrides, args.backend, args.limit),
-              args.out)
+    result = evaluate_checkpoint_bitwise(args.checkpoint, args.scales, args.overrides, args.backend, args.limit)
+    emit_json(result, args.out)
+    from .. import tracking
+
+    tracking.record_evaluation(result, out=args.out, prefix="bitwise", track=not args.no_track,
+                               tags={"scale_mode": result.get("scale_mode"), "kernels": result.get("kernels")},
+                               params={"checkpoint": args.checkpoint, "scales": args.scales,
+                                       "x_quant": result.get("x_quant"), "w_quant": result.get("w_quant"),
+                                       "overrides": ",".join(args.overrides) or None,
+                                       "backend": result.get("kernels"), "limit": args.limit})
     return 0
 
 

@@ -46,7 +46,7 @@ def test_one_training_image_fails_before_the_run(tmp_path, fmnist_root, capsys):
 def test_a_tail_of_one_image_is_skipped_but_training_happens(tmp_path, fmnist_root):  # noqa: F811
     cfg = _cfg(tmp_path, fmnist_root, data={"train_subset": 65, "batch_size": 64}, tracking={"enabled": False})
     final = T.run(from_dict(cfg))
-    assert final["epochs"] == 1 and ckpt_io.load(tmp_path / "run" / "checkpoint.pt")["schedule"] == {"step": 1}
+    assert final["epochs"] == 1 and ckpt_io.load(tmp_path / "run" / "resume.pt")["schedule"] == {"step": 1}
 
 
 def test_zero_optimiser_steps_is_never_a_success(tmp_path, fmnist_root, monkeypatch):  # noqa: F811
@@ -105,8 +105,8 @@ def test_failure_after_the_first_epoch_keeps_the_checkpoint_and_ends_the_run_fai
     with pytest.raises(OSError):
         T.run(from_dict(cfg))
     assert _runs(cfg) == [("FAILED", "OSError: [Errno 28] No space left on device")]
-    assert _files(tmp_path) == ["run/checkpoint.pt", "run/config.yaml"]   # resumable; no metrics.json, no temp file
-    assert ckpt_io.load(tmp_path / "run" / "checkpoint.pt")["epoch"] == 1
+    assert _files(tmp_path) == ["run/config.yaml", "run/resume.pt"]   # resumable; no metrics.json, no temp file
+    assert ckpt_io.load(tmp_path / "run" / "resume.pt")["epoch"] == 1
 
 
 def test_interrupt_during_a_save_ends_the_run_killed_without_temp_files(tmp_path, fmnist_root,

@@ -75,8 +75,9 @@ def test_killed_training_resumes_bit_identically(tmp_path, fmnist_root, sig):  #
     code, output = _start_and_signal(cfg, sig)
     assert code == (-9 if sig == signal.SIGKILL else 128 + 15), output
     out = tmp_path / "killed" / "run"
-    state = ckpt_io.load(out / "checkpoint.pt")
+    state = ckpt_io.load(out / "resume.pt")
     assert state["epoch"] == 1, output                 # killed inside epoch 2: the epoch-1 checkpoint is intact
+    assert not (out / "checkpoint.pt").exists()        # published only once the last epoch is done
     assert not (out / "metrics.json").exists()
     if sig == signal.SIGTERM:
         assert _status(cfg, state["run_id"]) == ("KILLED", "Terminated: terminated by SIGTERM")
@@ -94,5 +95,5 @@ def test_killed_training_resumes_bit_identically(tmp_path, fmnist_root, sig):  #
     assert history == [{k: v for k, v in row.items() if k != "images_per_s"}
                        for row in ckpt_io.load(tmp_path / "full" / "run" / "checkpoint.pt")["history"]]
     assert resumed["run_id"] == state["run_id"] and _status(cfg, state["run_id"]) == ("FINISHED", None)
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.yaml", "metrics.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.yaml", "metrics.json", "resume.pt"]
     assert json.loads((out / "metrics.json").read_text())["top1"] == full["top1"]

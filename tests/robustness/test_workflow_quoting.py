@@ -11,10 +11,10 @@ import pytest
 
 from ._helpers import REPO, guarded_env
 
-# shell fields left unquoted on purpose: several arguments each built already quoted (launcher, overrides,
+# shell fields left unquoted on purpose: several arguments each built already quoted (launcher, attach, overrides,
 # extra, args), flags (quick), a word from a fixed set (command), numbers (threads), constrained names (dataset)
-UNQUOTED = {"params.launcher", "params.overrides", "params.extra", "params.quick", "params.args", "params.command",
-              "threads", "wildcards.dataset"}
+UNQUOTED = {"params.launcher", "params.attach", "params.overrides", "params.extra", "params.quick", "params.args",
+            "params.command", "threads", "wildcards.dataset"}
 RULE_FILES = sorted((REPO / "workflow" / "rules").glob("*.smk"))
 
 

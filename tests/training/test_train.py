@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,7 +100,32 @@ def _train_one_epoch_then_stop(cfg_dict):
             run(from_dict(cfg_dict))
     finally:
         T.ckpt_io.save_atomic = original
-    return ckpt_io.load(f"{cfg_dict['output']['dir']}/checkpoint.pt")
+    assert not Path(f"{cfg_dict['output']['dir']}/checkpoint.pt").exists()  # published after the last epoch only
+    return ckpt_io.load(f"{cfg_dict['output']['dir']}/resume.pt")
+
+
+def test_published_checkpoint_is_slim_and_a_finished_run_needs_no_working_one(tmp_path, fmnist_root, capsys):
+    """checkpoint.pt holds what rebuilds the model (weights, scales, moving averages, options, config) and no
+    optimiser / RNG state; resume.pt holds both. Without resume.pt a finished run only re-evaluates; asking it for
+    more epochs is a clear error, not a silent restart."""
+    from lsqbq.errors import CheckpointError
+
+    cfg = tiny_config(tmp_path, fmnist_root, epochs=1, model={"x_quant": "ls-2"})
+    first = run(from_dict(cfg))
+    out = tmp_path / "run"
+    published, working = ckpt_io.load(out / "checkpoint.pt"), ckpt_io.load(out / "resume.pt")
+    assert not {"optimizer", "schedule", "rng"} & set(published) and set(ckpt_io.RESUME_KEYS) <= set(working)
+    assert (out / "checkpoint.pt").stat().st_size < 0.6 * (out / "resume.pt").stat().st_size
+    for k, v in working["model"].items():
+        assert torch.equal(published["model"][k], v), k
+    assert any(k.endswith("x_scales_ema") and int(published["model"][k[:-len("x_scales_ema")] + "x_ema_updates"]) > 0
+               for k in published["model"])  # moving averages recorded although act_stats is off
+    (out / "resume.pt").unlink()
+    capsys.readouterr()
+    again = run(from_dict(cfg), resume=True)
+    assert "all 1 epochs done; evaluating only" in capsys.readouterr().out and again["top1"] == first["top1"]
+    with pytest.raises(CheckpointError, match="without optimiser state .*resume.pt"):
+        run(from_dict({**cfg, "epochs": 2}), resume=True)
 
 
 def test_eval_only_and_kd_student(tmp_path, fmnist_root):

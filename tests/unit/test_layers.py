@@ -67,14 +67,11 @@ def test_activation_moving_average_modes(mode):
     means = [lsqbq.fit(b, "ls-2").mean(0) for b in batches]
     for b in batches:
         layer(b)
-    if mode == "off":
-        assert int(layer.x_ema_updates) == 0
-    else:
-        ema = means[0]
-        for m in means[1:]:
-            ema = 0.5 * ema + 0.5 * m
-        torch.testing.assert_close(layer.x_scales_ema, ema)
-        assert int(layer.x_ema_updates) == 3
+    ema = means[0]  # recorded in every mode, so a model trained with `off` can be evaluated with stored scales
+    for m in means[1:]:
+        ema = 0.5 * ema + 0.5 * m
+    torch.testing.assert_close(layer.x_scales_ema, ema)
+    assert int(layer.x_ema_updates) == 3
     x = torch.randn(5, 8)
     layer.eval()
     _, scales = layer.quantize_input(x)
@@ -89,6 +86,40 @@ def test_activation_moving_average_modes(mode):
         torch.testing.assert_close(scales, layer.x_scales_ema.expand(5, -1))
     else:
         torch.testing.assert_close(scales, lsqbq.fit(x, "ls-2"))
+
+
+@pytest.mark.parametrize("trained", ["off", "eval_only"])
+def test_scale_mode_switches_and_restores(trained):
+    from lsqbq.layers import scale_mode
+
+    model = torch.nn.Sequential(QuantLinear(8, 6, x_quant="ls-2", w_quant="ls-1", act_stats=trained),
+                                torch.nn.ReLU(), QuantLinear(6, 3, x_quant="ls-T", w_quant="ls-1", act_stats=trained))
+    for _ in range(4):
+        model(torch.randn(16, 8))
+    model.eval()
+    x = torch.randn(5, 8)
+    h = torch.relu(model[0](x))
+    with scale_mode(model, "stored"):
+        _, s0 = model[0].quantize_input(x)
+        _, s2 = model[2].quantize_input(h)
+        torch.testing.assert_close(s0, model[0].x_scales_ema.expand(5, -1))
+        torch.testing.assert_close(s2, model[2].x_scales_ema.expand(5, -1))
+    with scale_mode(model, "fitted"):
+        _, s0 = model[0].quantize_input(x)
+        torch.testing.assert_close(s0, lsqbq.fit(x, "ls-2"))
+    assert [m.act_stats for m in (model[0], model[2])] == [trained, trained]
+    with pytest.raises(ValueError, match="scale mode"):
+        with scale_mode(model, "ema"):
+            pass
+
+
+def test_stored_scale_mode_without_averages_names_the_layer():
+    from lsqbq.layers import scale_mode
+
+    model = torch.nn.Sequential(QuantLinear(4, 2, x_quant="ls-1", w_quant="ls-1"))
+    with pytest.raises(ValueError, match="recorded no moving average .*'0'"):
+        with scale_mode(model, "stored"):
+            pass
 
 
 def test_missing_moving_average_is_a_clear_error():

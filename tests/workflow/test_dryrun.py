@@ -32,6 +32,11 @@ def _expected(cfg):
                 "analyze_angles": len(cfg["models"])}
     if cfg.get("bench", {}).get("kernels", True):
         exp["bench_kernels"] = 1
+    if cfg.get("bench", {}).get("models", True):
+        exp["bench_models"] = 1
+    if cfg.get("evaluate_bitwise", True):
+        both = [s for s in cfg["students"] if "fp" not in (s["x_quant"], s["w_quant"])]
+        exp["evaluate_bitwise"] = len(cfg["models"]) * len(both) * len(cfg["seeds"])
     return exp
 
 
@@ -54,6 +59,28 @@ def test_profile_dry_run_builds_full_dag(repo, name, extra):
     if name == "imagefolder":
         assert "results/tables/flowers/qat.md" in out and "/nonexistent/my-images" in out
         assert "data.image_size=64" in snakemake(args + extra + ["-p"], repo).stdout
+
+
+PROFILE_ARGS = {
+    "default": [],
+    "test": ["--configfile", "config/test.yaml"],
+    "cifar10": ["--configfile", "config/cifar10.yaml"],
+    "cifar100": ["--configfile", "config/cifar100.yaml"],
+    "imagenet": ["--configfile", "config/imagenet.yaml", "--config", "data_root=/nonexistent/imagenet"],
+    "imagefolder": ["--configfile", "config/imagefolder.yaml", "--config", "data_root=/nonexistent/x"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROFILE_ARGS))
+def test_every_training_job_trains_the_model_its_path_names(repo, name):
+    """The model in a checkpoint's path is the model its job trains, whatever the recipe says (or a null one)."""
+    import re
+
+    out = snakemake(["-n", "-p", "--cores", "2", "--nolock", *PROFILE_ARGS[name]], repo).stdout
+    jobs = re.findall(r"--set model\.name=(\S+) .*?--out \S*?checkpoints/[^/]+/([^/]+)/", out)
+    trains = job_counts(out).get("train", 0)
+    assert trains > 0 and len(jobs) == trains, (len(jobs), trains)
+    assert all(named.strip("'") == in_path for named, in_path in jobs), jobs
 
 
 def test_profile_by_name_equals_configfile(repo):

@@ -134,7 +134,7 @@ def test_killed_training_resumes(tmp_path):
     try:
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
-            if list(ckpt_dir.glob("partial-*/checkpoint.pt")):  # epoch 1 saved
+            if list(ckpt_dir.glob("partial-*/resume.pt")):  # epoch 1 saved
                 break
             time.sleep(0.5)
         assert proc.poll() is None, "training finished before it could be interrupted"
@@ -143,7 +143,7 @@ def test_killed_training_resumes(tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    partial = list(ckpt_dir.glob("partial-*/checkpoint.pt"))
+    partial = list(ckpt_dir.glob("partial-*/resume.pt"))
     assert len(partial) == 1 and not (ckpt_dir / "checkpoint.pt").exists()
     done_epochs = int(torch.load(partial[0], weights_only=True)["epoch"])
     assert 1 <= done_epochs < EPOCHS

@@ -181,4 +181,8 @@ def final_targets():
         targets.append(out("results/bench/quantizers.csv"))
     if config["bench"]["training"]:
         targets.append(out("results/bench/training.csv"))
+    if config["bench"]["models"]:
+        targets.append(out("results/bench/models.csv"))
+    if config["evaluate_bitwise"]:
+        targets += runs(EVAL_BITWISE, schemes=BITWISE_STUDENTS)  # defined in evaluate.smk
     return targets

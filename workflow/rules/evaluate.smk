@@ -1,5 +1,6 @@
 # Stage 3: evaluation of every checkpoint as stored on disk (the number a `dvc pull` user gets), reported
-# beside the metric logged at the end of training.
+# beside the metric logged at the end of training, with activation scales fitted per sample and with the moving
+# averages recorded in training (top1_fitted, top1_stored, scale_gap).
 
 
 rule evaluate:
@@ -17,7 +18,7 @@ rule evaluate:
         CONDA_ENV
     shell:
         "LSQBQ_THREADS={threads} OMP_NUM_THREADS={threads} "
-        "lsqbq evaluate --checkpoint {input.checkpoint:q} --out {output.metrics:q} > {log:q} 2>&1"
+        "lsqbq evaluate --checkpoint {input.checkpoint:q} --scales both --out {output.metrics:q} > {log:q} 2>&1"
 
 
 # Bitwise evaluation: every quantized student (both schemes quantized) converted with lsqbq.kernels.to_bitwise

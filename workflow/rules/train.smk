@@ -3,7 +3,10 @@
 #
 # Training writes into checkpoints/.../partial-<recipe fingerprint>/ and `--resume`s from it, so a killed job
 # continues where it stopped on the next `snakemake` call (Snakemake deletes the declared outputs of an
-# incomplete job, never this directory); a finished run is moved to checkpoints/.../checkpoint.pt.
+# incomplete job, never this directory; it holds the working resume.pt with the optimiser state). A finished
+# run's published files (the slim checkpoint.pt, metrics.json, config.yaml) are moved to checkpoints/.../ and the
+# MLflow run's artifact location is pointed at that directory: `mlflow ui` serves the DVC-tracked files themselves,
+# so no byte of a checkpoint is stored twice.
 
 
 rule train_all:
@@ -24,6 +27,7 @@ rule train:
         fingerprint=recipe_fingerprint,
         work=lambda wc, output: str(Path(output.checkpoint).parent / f"partial-{recipe_fingerprint(wc)}"),
         final=lambda wc, output: str(Path(output.checkpoint).parent),
+        attach=lambda wc, output: attach_artifacts(Path(output.checkpoint).parent),
     threads: config["threads"]
     resources:
         mem_mb=config["mem_mb"],
@@ -43,4 +47,5 @@ rule train:
         "&& mv {params.work:q}/checkpoint.pt {params.work:q}/metrics.json {params.work:q}/config.yaml "
         "{params.final:q}/ "
         "&& rm -rf {params.final:q}/partial-* "
+        "{params.attach} "
         "&& cp {params.final:q}/metrics.json {output.metrics:q} && cp {params.final:q}/config.yaml {output.config:q}"

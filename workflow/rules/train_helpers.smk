@@ -37,11 +37,13 @@ def train_overrides(wc, threads):
         f"seed={wc.seed}",
         f"data.name={config['dataset']}",
         f"data.root={config['data_root']}",
+        f"model.name={wc.model}",  # the model the job's path names, whatever the recipe (or none) says
         f"model.x_quant={wc.x_quant}",
         f"model.w_quant={wc.w_quant}",
         f"threads={threads}",
         f"tracking.uri={MLFLOW_URI}",
         f"tracking.experiment={MLFLOW_EXPERIMENT}",
+        "tracking.log_checkpoint=false",  # the run's artifacts are the published files themselves (attach_artifacts)
     ]
     if config["image_size"] is not None:
         sets.append(f"data.image_size={config['image_size']}")
@@ -72,3 +74,12 @@ def launcher():
     if config["gpus"] > 1:
         return f"torchrun --standalone --nproc-per-node={config['gpus']} -m lsqbq.train"
     return "lsqbq train"
+
+
+def attach_artifacts(final):
+    """Shell suffix pointing the training run's MLflow artifact location at its published directory (the files
+    DVC versions)."""
+    import shlex
+
+    d = shlex.quote(str(final))
+    return f"&& python -m lsqbq.tracking attach --metrics {d}/metrics.json --dir {d} --uri {shlex.quote(MLFLOW_URI)}"
