@@ -233,14 +233,18 @@ def check_run(run_id: str, uri: str | None = None, source: str | Path = "the che
 
 
 def git_info(path: Path = _PROJECT) -> dict[str, str]:
-    """``{"git_commit": sha or "unknown", "git_dirty": "true"/"false"/"unknown"}`` of the project checkout."""
+    """``{"git_commit": sha or "unknown", "git_dirty": "true"/"false"/"unknown"}`` of the project checkout.
+
+    Dirty means a tracked file other than the generated ``results/`` differs from the commit (the workflow rewrites
+    the committed results while it runs; the code, configs and recipes must match the commit)."""
     def git(*args):
         return subprocess.run(["git", *args], cwd=path, capture_output=True, text=True, timeout=10)
 
     try:
         head = git("rev-parse", "HEAD")
         commit = head.stdout.strip() if head.returncode == 0 else "unknown"
-        status = git("status", "--porcelain", "--untracked-files=no")
+        # results/ holds generated outputs that the workflow rewrites while it runs; they are not code
+        status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
         dirty = ("true" if status.stdout.strip() else "false") if status.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "unknown", "unknown"

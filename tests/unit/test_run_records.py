@@ -263,3 +263,26 @@ def test_an_attached_run_logging_its_own_directory_files_is_a_no_op(tmp_path, mo
     assert (ck / "notes.txt").read_text() == "new"
     assert sorted(a.path for a in MlflowClient(uri).list_artifacts(run_id)) == [
         "checkpoint.pt", "config.yaml", "metrics.json", "notes.txt"]
+
+
+def test_git_dirty_ignores_the_generated_results_but_not_the_code(tmp_path):
+    """The workflow rewrites the committed results/ while it runs: that is not a dirty tree; an edited source is."""
+    import subprocess
+
+    from lsqbq.tracking import git_info
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid", *args], cwd=tmp_path,
+                       check=True, capture_output=True)
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "qat.md").write_text("old\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "init")
+    assert git_info(tmp_path)["git_dirty"] == "false"
+    (tmp_path / "results" / "qat.md").write_text("new\n")
+    assert git_info(tmp_path)["git_dirty"] == "false"
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_info(tmp_path)["git_dirty"] == "true"
