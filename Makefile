@@ -53,7 +53,7 @@ reproduce: pull
 
 retrain: data       # every model from scratch (--forcerun train would redo the teachers only: students read
 	$(VENV)/bin/snakemake --cores $(CORES) --forceall train_all   # their teacher as an ancient() input), then the rest
-	$(VENV)/bin/snakemake --cores $(CORES)
+	$(VENV)/bin/snakemake --cores $(CORES) --forcerun bench_models
 
 test: data
 	$(PY) -m pytest $(PYTEST_ARGS)
