@@ -15,7 +15,9 @@ the load average are recorded too):
 * ``checkpoint``  every quantized default-profile checkpoint found under ``--checkpoints``
                   (``<model>/<x>_<w>/s<seed>/checkpoint.pt``, both schemes quantized): the simulated eager model, its
                   fp32 teacher (``fp_fp`` of the same model and seed) and its bitwise conversion, at batch 1 and
-                  256, 1 and 2 threads, with the scale mode the conversion uses (``auto``: as the model evaluates).
+                  256, 1 and 2 threads, with the scale mode the conversion uses (``auto``: as the model evaluates),
+                  plus ``bitwise stored``: the conversion with the moving-average scales recorded in training
+                  (the paper's inference mode), when the checkpoint has them.
 
 Where the bitwise model is not faster than its teacher, ``models_profile_<name>.txt`` (next to the tables) holds a
 ``torch.profiler`` table of one bitwise call. Outputs: ``models.csv``, ``models.md``, ``models_headline.md``, all
@@ -140,6 +142,10 @@ def bench_checkpoints(root: Path, seeds: list[int], threads_list: list[int], bat
         fast = to_bitwise(sim, backend=backend)
         modes = {m.scale_mode for m in fast.modules() if hasattr(m, "scale_mode")}
         mode = modes.pop() if len(modes) == 1 else "mixed"
+        stored = None  # the same checkpoint with the moving averages of training (no per-image fit)
+        if mode == "fitted" and all(int(m.x_ema_updates) > 0 for m in sim.modules() if hasattr(m, "x_ema_updates")
+                                    and not m.x_scheme.is_fp):
+            stored = to_bitwise(sim, scales="stored", backend=backend)
         teacher = ckpt_io.load_model(teacher_path).model.eval() if teacher_path.exists() else None
         shape = _input_shape(sim, loaded.state)
         label = kernel_name(xq, wq)
@@ -149,6 +155,9 @@ def bench_checkpoints(root: Path, seeds: list[int], threads_list: list[int], bat
             x_cl = x.contiguous(memory_format=torch.channels_last)
             cands = {"simulated": lambda: sim(x), "bitwise": lambda: fast(x),
                      "bitwise channels_last": lambda: fast(x_cl)}
+            if stored is not None:
+                cands["bitwise stored"] = lambda: stored(x)
+                cands["bitwise stored channels_last"] = lambda: stored(x_cl)
             if teacher is not None:
                 cands["fp32 teacher"] = lambda: teacher(x)
                 teacher_cl = copy.deepcopy(teacher).to(memory_format=torch.channels_last)
@@ -158,12 +167,12 @@ def bench_checkpoints(root: Path, seeds: list[int], threads_list: list[int], bat
                 rows.append({"kind": "checkpoint", "network": name, "model": model_name, "x_quant": xq,
                              "w_quant": wq, "seed": seed, "scheme": label, "impl": impl, "batch": batch, "threads": t,
                              "seconds": med, "seconds_min": mn,
-                             "scale_mode": mode if impl.startswith("bitwise") else "",
+                             "scale_mode": _mode_of(impl, mode),
                              "load_start": l0, "load_end": l1, "checkpoint": str(path)})
             # profile the bitwise call where it does not beat the teacher (1 thread)
             t1 = {impl: timed[(impl, threads_list[0])][0] for impl in cands}
             best_fp = min((v for k, v in t1.items() if k.startswith("fp32")), default=float("inf"))
-            best_bit = min(("bitwise", "bitwise channels_last"), key=t1.get)
+            best_bit = min(("bitwise", "bitwise channels_last"), key=t1.get)  # the mode the model trained with
             if t1[best_bit] > best_fp:
                 torch.set_num_threads(threads_list[0])
                 xin = x_cl if best_bit.endswith("channels_last") else x
@@ -173,6 +182,14 @@ def bench_checkpoints(root: Path, seeds: list[int], threads_list: list[int], bat
                               f"{1e3 * t1[best_bit]:.3f} ms vs fp32 teacher {1e3 * best_fp:.3f} ms")
         print(f"  {name} done (load {load():.1f})", flush=True)
     return rows
+
+
+def _mode_of(impl: str, trained: str) -> str:
+    """Activation-scale mode of a timed implementation: ``stored`` rows use the moving averages, the other bitwise
+    rows the mode the model evaluates with, eager rows none."""
+    if not impl.startswith("bitwise"):
+        return ""
+    return "stored" if impl.startswith("bitwise stored") else trained
 
 
 # ---------------------------------------------------------------------------------------------- reports
@@ -189,9 +206,10 @@ def summarise(df: pd.DataFrame) -> dict[str, float]:
     ck = df[(df.kind == "checkpoint") & (df.threads == 1)]
     for (network, batch), g in ck.groupby(["network", "batch"]):
         fp = g[g.impl.str.startswith("fp32")].seconds.min()  # each side with its faster input layout
-        b = g[g.impl.str.startswith("bitwise")].seconds.min()
-        if fp == fp:
-            out[f"{network} batch {batch}: bitwise vs fp32 teacher"] = fp / b
+        bit = g[g.impl.str.startswith("bitwise")]
+        for mode, rows in bit.groupby("scale_mode", sort=False):
+            if fp == fp:
+                out[f"{network} batch {batch}: bitwise ({mode} scales) vs fp32 teacher"] = fp / rows.seconds.min()
     return out
 
 
@@ -217,7 +235,9 @@ def to_markdown(df: pd.DataFrame, info: dict, summary: dict[str, float], profile
         f"`{info['kernels']}`. Median of repeats after warm-up (CSV: minimum too), all rows of a group timed side by "
         f"side. Load average (1 min) during the run: {loads.min():.1f} to {loads.max():.1f} on {info['cores']} "
         "cores. Bitwise models: `to_bitwise` with fusion (BatchNorm / activation / residual in the binary ops), "
-        "fed the same tensor as the eager models; scale mode as listed (`fitted`: per-sample scales at run time).",
+        "fed the same tensor as the eager models; scale mode as listed (`fitted`: per-sample scales at run time, "
+        "as the default-profile students evaluate; `stored`, the rows `bitwise stored`: the moving averages recorded "
+        "in training, no per-image fit).",
         "## Headline (1 thread)", headline_markdown(summary).rstrip("\n")]
     for kind, title in (("network", "ResNet-18 from models.build, batch 1"),
                         ("checkpoint", "Default-profile checkpoints")):
@@ -232,7 +252,7 @@ def to_markdown(df: pd.DataFrame, info: dict, summary: dict[str, float], profile
             for r in grp.itertuples():
                 row[r.impl] = f"{1e3 * r.seconds:.3f}" + (f" ({base / r.seconds:.1f}x)" if base == base else "")
             if kind == "checkpoint":
-                row["scale mode"] = grp[grp.impl.str.startswith("bitwise")].scale_mode.iloc[0]
+                row["scale mode"] = " / ".join(dict.fromkeys(grp[grp.impl.str.startswith("bitwise")].scale_mode))
             rows.append(row)
         parts += [f"## {title}: milliseconds (speed-up vs the faster fp32 row)",
                   pd.DataFrame(rows).to_markdown(index=False)]

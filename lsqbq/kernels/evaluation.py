@@ -42,15 +42,23 @@ def evaluate_bitwise(model: nn.Module, loader, scales: str = "auto", backend: st
     Returns the bitwise model's ``top1``, ``top5`` (%), ``loss``, ``n``, the simulated model's
     ``simulated_top1/top5/loss``, ``top1_agreement`` (%), ``top1_difference`` (points), ``max_logit_diff`` and
     ``max_logit_rel_diff`` (largest absolute difference over the largest simulated logit magnitude, per batch).
-    With ``scales="fitted"`` on a model that evaluates with moving averages, the simulated side is the same
-    model with per-sample scales (``act_stats="off"``), so both sides use the same scale mode.
+    The simulated side runs in the bitwise model's scale mode (:func:`lsqbq.layers.scale_mode`), so both use
+    per-sample scales, or both the stored moving averages, whatever the model was trained with.
     """
+    from ..layers import scale_mode
+
     model = model.eval()
     fast = to_bitwise(model, scales=scales, backend=backend, fuse=fuse)
     mode = _mode_of(fast)
-    sim = model
-    if mode == "fitted":
-        sim = _with_fitted_scales(model)
+    with scale_mode(model, mode if mode in ("fitted", "stored") else "auto"):
+        out = _compare(model, fast, loader)
+    out.update({"scale_mode": mode, "kernels": ops.resolve_backend(backend), "fused": bool(fuse)})
+    out["top1_difference"] = out["top1"] - out["simulated_top1"]
+    return out
+
+
+def _compare(sim: nn.Module, fast: nn.Module, loader) -> dict:
+    """Top-k, loss and agreement of ``fast`` and ``sim`` over ``loader``, and their largest logit differences."""
     sums = torch.zeros(7, dtype=torch.float64)  # bit top1, top5, loss; sim top1, top5, loss; agree
     n, max_diff, max_rel = 0, 0.0, 0.0
     for x, y in loader:
@@ -68,30 +76,13 @@ def evaluate_bitwise(model: nn.Module, loader, scales: str = "auto", backend: st
            "loss": sums[2].item() / n_safe, "n": n,
            "simulated_top1": 100 * sums[3].item() / n_safe, "simulated_top5": 100 * sums[4].item() / n_safe,
            "simulated_loss": sums[5].item() / n_safe, "top1_agreement": 100 * sums[6].item() / n_safe,
-           "max_logit_diff": max_diff, "max_logit_rel_diff": max_rel, "scale_mode": mode,
-           "kernels": ops.resolve_backend(backend), "fused": bool(fuse)}
-    out["top1_difference"] = out["top1"] - out["simulated_top1"]
+           "max_logit_diff": max_diff, "max_logit_rel_diff": max_rel}
     return out
 
 
 def _mode_of(fast: nn.Module) -> str:
     modes = {m.scale_mode for m in fast.modules() if hasattr(m, "scale_mode")}
     return modes.pop() if len(modes) == 1 else ("none" if not modes else "mixed")
-
-
-def _with_fitted_scales(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` whose quantized layers fit activation scales per sample in evaluation."""
-    import copy
-
-    from ..layers import QuantConv2d, QuantLinear
-
-    if not any(isinstance(m, (QuantConv2d, QuantLinear)) and m.act_stats != "off" for m in model.modules()):
-        return model
-    sim = copy.deepcopy(model)
-    for m in sim.modules():
-        if isinstance(m, (QuantConv2d, QuantLinear)):
-            m.act_stats = "off"
-    return sim.eval()
 
 
 def evaluate_checkpoint_bitwise(path: str | Path, scales: str = "auto", overrides: list[str] | None = None,

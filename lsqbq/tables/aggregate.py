@@ -1,5 +1,6 @@
 """Aggregation: runs -> one row per (model, scheme pair) with mean ± std over seeds, the paper's numbers beside
-them, post-training and error summaries, kernel latencies and paired differences with t intervals.
+them, post-training and error summaries, top-1 per activation-scale mode and bitwise, each model's measured
+latency, and paired differences with t intervals.
 
 Statistics:
     mean_std       mean and sample standard deviation s = sqrt(sum (x - mean)^2 / (n - 1));
@@ -18,7 +19,7 @@ from ..schemes import get_scheme, kernel_name
 from .runs import PROVENANCE
 
 __all__ = ["PAPER_REFERENCES", "mean_std", "t_interval", "by_unit", "paired", "pair_key", "paper_value", "qat_table",
-           "ptq_table", "error_table", "kernel_latency", "pareto_table"]
+           "ptq_table", "error_table", "inference_table", "checkpoint_latency", "pareto_table"]
 
 #: Columns of the paper's numbers shown beside ours: (column prefix, source, fallback source, title).
 PAPER_REFERENCES = (
@@ -161,52 +162,81 @@ def error_table(error: pd.DataFrame) -> pd.DataFrame:
     return df.drop_duplicates(subset=["model", "source", "scheme"]).reset_index(drop=True)
 
 
-def kernel_latency(kernels: pd.DataFrame) -> tuple[dict[str, float], str]:
-    """Latency (ms) per kernel name of ``lsqbq bench kernels`` results, and what it is the latency of.
-
-    The sum, over the layer shapes measured for every kernel, of the end-to-end conv latency (``kind == conv``;
-    GEMMs when no conv was timed) at batch 1 and 1 thread: the headline setting.
-    """
-    k = kernels.copy()
-    if "ms" not in k and "seconds" in k:
-        k["ms"] = 1e3 * k["seconds"]
-    for col, val in (("batch", 1), ("threads", 1)):
-        if col in k and (k[col] == val).any():
-            k = k[k[col] == val]
-    kind = "?"
-    if "kind" in k:
-        kind = "conv" if (k["kind"] == "conv").any() else "gemm"
-        k = k[k["kind"] == kind]
-    mode = ""
-    if "scale_mode" in k:  # the trained students fit activation scales per sample: time that mode
-        k = k[k["scale_mode"].isna() | (k["scale_mode"] == "fitted")]
-        mode = ", activation scales fitted per sample"
-    k = k.assign(scheme=k["scheme"].astype(str))
-    layers = set.intersection(*(set(g["layer"]) for _, g in k.groupby("scheme"))) if len(k) else set()
-    k = k[k["layer"].isin(layers)]
-    best = k.groupby(["scheme", "layer"])["ms"].min()  # the fastest implementation of each (fp32 layout, engine)
-    what = (f"end-to-end {kind} latency summed over {len(layers)} ResNet-18 3x3 layer shapes, batch 1, 1 thread"
-            f"{mode}")
-    return best.groupby(level="scheme").sum().to_dict(), what
+def inference_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, x_quant, w_quant) with quantized activations: test top-1 (mean ± std over seeds) with
+    activation scales fitted per sample and with the moving averages recorded in training, their paired gap
+    ``stored - fitted`` (:func:`t_interval` over seeds), and the top-1 of the bitwise (XNOR/popcount) model with
+    its agreement with the simulated one (% of images, lowest over seeds). Empty without those columns."""
+    if "top1_stored" not in runs:
+        return pd.DataFrame()
+    rows = []
+    sel = runs[[not get_scheme(x).is_fp for x in runs["x_quant"]]]
+    groups = sel.groupby(["model", "x_quant", "w_quant"], sort=False)
+    for (model, x, w), g in sorted(groups, key=lambda kv: (kv[0][0], _order(kv[0][1], kv[0][2]))):
+        g = g.sort_values("seed")
+        row = {"model": model, "x_quant": x, "w_quant": w, "k_a": get_scheme(x).label, "k_w": get_scheme(w).label,
+               "n_seeds": len(g), "seeds": ";".join(str(v) for v in g["seed"])}
+        for mode in ("fitted", "stored"):
+            row[f"top1_{mode}_mean"], row[f"top1_{mode}_std"] = mean_std(g[f"top1_{mode}"].tolist())
+        gap, low, high, _ = t_interval((g["top1_stored"] - g["top1_fitted"]).tolist())
+        row.update({"gap_mean": gap, "gap_ci_low": low, "gap_ci_high": high})
+        if "top1_bitwise" in g:
+            row["top1_bitwise_mean"], row["top1_bitwise_std"] = mean_std(g["top1_bitwise"].tolist())
+            row["agreement_min"] = float(g["top1_agreement"].min())
+            row["bitwise_scale_mode"] = ";".join(sorted(set(g["bitwise_scale_mode"].dropna().astype(str)) - {""}))
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
-def pareto_table(qat: pd.DataFrame, kernels: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy of every QAT row beside the measured latency of the kernel that would run it.
+def checkpoint_latency(models: pd.DataFrame) -> pd.DataFrame:
+    """Latency (ms per batch, 1 thread) of every checkpoint ``lsqbq bench models`` timed, at each batch size:
+    ``bitwise_ms`` (the faster input layout of ``to_bitwise`` as the model evaluates) and its ``scale_mode``,
+    ``stored_ms`` (the conversion with the stored moving-average scales; NaN when not timed), and ``teacher_ms`` /
+    ``simulated_ms`` (eager fp32 teacher, faster layout; the simulated student)."""
+    m = models[(models["kind"] == "checkpoint") & (models["threads"] == 1)].copy()
+    m["impl_kind"] = m["impl"].str.replace(" channels_last", "", regex=False)
+    rows = []
+    for (model, x, w, batch), g in m.groupby(["model", "x_quant", "w_quant", "batch"], sort=False):
+        best = g.groupby("impl_kind")["ms"].min()
+        bit = g[g["impl_kind"] == "bitwise"]
+        rows.append({"model": model, "x_quant": x, "w_quant": w, "batch": int(batch),
+                     "bitwise_ms": float(best.get("bitwise", float("nan"))),
+                     "stored_ms": float(best.get("bitwise stored", float("nan"))),
+                     "teacher_ms": float(best.get("fp32 teacher", float("nan"))),
+                     "simulated_ms": float(best.get("simulated", float("nan"))),
+                     "scale_mode": str(bit["scale_mode"].iloc[0]) if len(bit) else ""})
+    return pd.DataFrame(rows)
 
-    The kernel is :func:`lsqbq.schemes.kernel_name` of the scheme pair (``fp32`` when either side is full
-    precision); bit widths without a measured kernel (gf-3) get no latency. A row is on the Pareto front of its
-    model when no other row is at least as fast and more accurate, or faster and at least as accurate.
-    """
-    total, what = kernel_latency(kernels)
+
+def pareto_table(qat: pd.DataFrame, models: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy of every QAT row beside the measured latency of that model itself (``lsqbq bench models``, first
+    seed's checkpoint, 1 thread, batch 1 and 256): the bitwise conversion when activations and weights are both
+    quantized, else the fp32 model (a full-precision side runs in fp32: the teacher's latency); ``stored_ms_b*``:
+    the bitwise conversion with the stored moving-average scales instead of the trained mode. A row is on the
+    Pareto front of its model (at batch 1) when no other row is at least as fast and more accurate, or faster and
+    at least as accurate."""
+    lat = checkpoint_latency(models)
     rows = []
     for q in qat.to_dict("records"):
-        label = kernel_name(q["x_quant"], q["w_quant"]) or ""
-        rows.append({"model": q["model"], "x_quant": q["x_quant"], "w_quant": q["w_quant"], "k_a": q["k_a"],
-                     "k_w": q["k_w"], "top1_mean": q["top1_mean"], "top1_std": q["top1_std"], "kernel": label,
-                     "latency_ms": float(total.get(label, float("nan"))), "latency_of": what})
+        model, x, w = q["model"], q["x_quant"], q["w_quant"]
+        binary = not (get_scheme(x).is_fp or get_scheme(w).is_fp)
+        row = {"model": model, "x_quant": x, "w_quant": w, "k_a": q["k_a"], "k_w": q["k_w"],
+               "top1_mean": q["top1_mean"], "top1_std": q["top1_std"],
+               "runs_on": f"bitwise {kernel_name(x, w)}" if binary else "fp32", "scale_mode": ""}
+        for batch in (1, 256):
+            own = lat[(lat["model"] == model) & (lat["batch"] == batch)]
+            if binary:
+                own = own[(own["x_quant"] == x) & (own["w_quant"] == w)]
+                row[f"ms_b{batch}"] = float(own["bitwise_ms"].iloc[0]) if len(own) else float("nan")
+                row[f"stored_ms_b{batch}"] = float(own["stored_ms"].iloc[0]) if len(own) else float("nan")
+                row["scale_mode"] = row["scale_mode"] or (own["scale_mode"].iloc[0] if len(own) else "")
+            else:  # every timed checkpoint carries its teacher's latency
+                row[f"ms_b{batch}"] = float(own["teacher_ms"].median()) if len(own) else float("nan")
+                row[f"stored_ms_b{batch}"] = float("nan")
+        rows.append(row)
     for r in rows:
-        same = [o for o in rows if o["model"] == r["model"] and not math.isnan(o["latency_ms"])]
-        r["pareto"] = (not math.isnan(r["latency_ms"])) and not any(
-            (o["latency_ms"] <= r["latency_ms"] and o["top1_mean"] > r["top1_mean"])
-            or (o["latency_ms"] < r["latency_ms"] and o["top1_mean"] >= r["top1_mean"]) for o in same)
+        same = [o for o in rows if o["model"] == r["model"] and not math.isnan(o["ms_b1"])]
+        r["pareto"] = (not math.isnan(r["ms_b1"])) and not any(
+            (o["ms_b1"] <= r["ms_b1"] and o["top1_mean"] > r["top1_mean"])
+            or (o["ms_b1"] < r["ms_b1"] and o["top1_mean"] >= r["top1_mean"]) for o in same)
     return pd.DataFrame(rows)

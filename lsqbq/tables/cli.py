@@ -6,17 +6,19 @@ Usage::
         --train results/train/fashion-mnist/*/*/s*/metrics.json \\
         [--evaluate results/evaluate/.../metrics.json ...] [--ptq results/analysis/.../ptq_fp_fp_s0.csv ...] \\
         [--error results/analysis/.../error.csv ...] [--angles results/analysis/.../angles.csv ...] \\
-        [--kernels results/bench/kernels.csv] [--training-bench results/bench/training.csv] \\
+        [--bitwise results/evaluate/.../bitwise.json ...] [--models-bench results/bench/models.csv] \\
+        [--training-bench results/bench/training.csv] \\
         [--paper lsqbq/reference/paper_numbers.csv]
-    lsqbq tables --from-mlflow --tracking-uri sqlite:///mlflow.db --experiment lsqbq-default-fashion-mnist \\
-        --dataset fashion-mnist --out results/tables/from-mlflow
+    lsqbq tables --from-mlflow [--profile config/config.yaml]   # store, experiment, dataset and --out from it
 
 Outputs in ``--out`` (markdown for the reader; CSV with every number and its provenance):
     ``qat``     the paper's main table: top-1 per (model, activation scheme, weight scheme), mean ± std over seeds,
                 the paper's numbers beside; ``qat_runs.csv``: one row per run with commit, hashes, MLflow run id;
     ``ptq``     post-training weight quantization of the fp models;
     ``error``   quantization error against the Lloyd-Max optimum;
-    ``angles.csv`` / ``angles.png``, ``pareto`` (+ ``pareto.png``) when their inputs are given;
+    ``inference``  top-1 with fitted and with stored activation scales, their paired gap, and bitwise;
+    ``angles.csv`` / ``angles.png``, ``pareto`` (+ ``pareto.png``: each model's own latency) when their inputs
+                are given;
     ``claims``  each claim of the paper with our paired difference, its 95 % interval and a verdict.
 
 Runs are identified by the dataset / model / schemes / seed stored in each ``metrics.json``; analysis CSVs are
@@ -39,11 +41,12 @@ __all__ = ["build_parser", "main", "build"]
 
 
 def _write(out: Path, name: str, data: pd.DataFrame, doc) -> Path:
-    """``name.csv`` from ``data``, then ``name.md`` rendered from the CSV as read back (``doc(df) -> (title,
-    blocks)``), so the markdown is a function of the CSV alone."""
+    """``name.csv`` from ``data``, then ``name.md`` and ``name.html`` (for ``snakemake --report``) rendered from
+    the CSV as read back (``doc(df) -> (title, blocks)``), so both are functions of the CSV alone."""
     csv = render.write_csv(data, out / f"{name}.csv")
     title, blocks = doc(render.read_csv(csv))
     render.write_markdown(out / f"{name}.md", title, blocks)
+    render.write_html(out / f"{name}.html", title, blocks)
     return csv
 
 
@@ -53,18 +56,50 @@ def _sorted_runs(df: pd.DataFrame) -> pd.DataFrame:
     return df.iloc[sorted(range(len(df)), key=key.__getitem__)].reset_index(drop=True)
 
 
+def profile_defaults(path: str | Path) -> dict[str, str]:
+    """Where a workflow profile's runs are: ``{"dataset", "experiment", "tracking_uri", "out"}`` as the workflow
+    names them (``config/config.yaml`` of the working directory merged with ``path``; see
+    workflow/rules/common.smk)."""
+    import yaml
+
+    if not Path(path).is_file():
+        raise DataError(f"--profile {path}: no such file; run from the project root or give a workflow profile such "
+                        "as config/test.yaml")
+    cfg: dict = {}
+    for f in dict.fromkeys([Path("config/config.yaml"), Path(path)]):
+        if f.is_file():
+            cfg.update(yaml.safe_load(f.read_text()) or {})
+    dataset = cfg.get("dataset_tag") or cfg.get("dataset")
+    mlflow = cfg.get("mlflow") or {}
+    root = Path(cfg.get("output_root") or ".")
+    return {"dataset": dataset, "experiment": mlflow.get("experiment") or f"lsqbq-{cfg.get('profile')}-{dataset}",
+            "tracking_uri": mlflow.get("uri") or os.environ.get("MLFLOW_TRACKING_URI")
+            or f"sqlite:///{(root / 'mlflow.db').as_posix()}",
+            "out": (root / "results" / "tables" / "from-mlflow" / str(dataset)).as_posix()}
+
+
+def _fill_defaults(args) -> None:
+    """``--from-mlflow``: unset ``--dataset``, ``--experiment``, ``--tracking-uri`` and ``--out`` from the profile;
+    otherwise ``--out`` and ``--dataset`` are required."""
+    if args.from_mlflow:
+        for key, value in profile_defaults(args.profile).items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
+    missing = [f"--{k}" for k in ("out", "dataset") if getattr(args, k) is None]
+    if missing:
+        raise DataError(f"{' and '.join(missing)} required (or --from-mlflow, which takes them from the profile)")
+
+
 def build(args) -> None:
     """Every output the given inputs allow (see the module docstring)."""
+    _fill_defaults(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     paper = runs.load_paper(args.paper)
     if args.from_mlflow:
-        uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-        if not args.experiment:
-            raise DataError("--from-mlflow needs --experiment (the MLflow experiment of the workflow's runs)")
-        run_df = runs.runs_from_mlflow(uri, args.experiment, args.dataset)
+        run_df = runs.runs_from_mlflow(args.tracking_uri, args.experiment, args.dataset)
     else:
-        run_df = runs.load_runs(args.train, args.evaluate)
+        run_df = runs.load_runs(args.train, args.evaluate, args.bitwise)
     if run_df.empty:
         raise DataError("no runs found; pass the runs' metrics.json files with --train")
     qat = aggregate.qat_table(run_df, paper, args.dataset)
@@ -82,8 +117,11 @@ def build(args) -> None:
     angles = runs.load_analysis(args.angles, run_df)
     if not angles.empty:
         figures.plot_angles([render.write_csv(angles, out / "angles.csv")], out / "angles.png")
-    if args.kernels:
-        pareto = aggregate.pareto_table(render.read_csv(qat_csv), pd.read_csv(args.kernels))
+    inference = aggregate.inference_table(run_df)
+    if not inference.empty:
+        _write(out, "inference", inference, views.inference_doc)
+    if args.models_bench:
+        pareto = aggregate.pareto_table(render.read_csv(qat_csv), pd.read_csv(args.models_bench))
         figures.plot_pareto(_write(out, "pareto", pareto, views.pareto_doc), out / "pareto.png")
     bench = runs.load_training_bench(args.training_bench)
     table = claims.build_claims(run_df, paper, ptq=ptq, error=error, angles=angles, bench=bench)
@@ -93,20 +131,29 @@ def build(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lsqbq tables", description="Build result tables, figures and the claims table.")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--dataset", required=True, help="dataset name shown in the titles and the dataset column")
+    p.add_argument("--out", default=None,
+                   help="output directory (with --from-mlflow: results/tables/from-mlflow/<dataset> of the profile)")
+    p.add_argument("--dataset", default=None,
+                   help="dataset name shown in the titles and the dataset column (with --from-mlflow: the profile's)")
     p.add_argument("--train", nargs="*", default=[], help="metrics.json of every training run")
     p.add_argument("--evaluate", nargs="*", default=[], help="metrics.json of re-evaluations (`lsqbq evaluate`)")
     p.add_argument("--ptq", nargs="*", default=[], help="post-training CSVs from `lsqbq analyze ptq`")
     p.add_argument("--error", nargs="*", default=[], help="quantization-error CSVs from `lsqbq analyze error`")
     p.add_argument("--angles", nargs="*", default=[], help="angle CSVs from `lsqbq analyze angles`")
-    p.add_argument("--kernels", default=None, help="kernels.csv from `lsqbq bench kernels` (accuracy-latency table)")
+    p.add_argument("--bitwise", nargs="*", default=[],
+                   help="bitwise.json of every bitwise evaluation (`python -m lsqbq.kernels.evaluation`)")
+    p.add_argument("--models-bench", default=None,
+                   help="models.csv from `lsqbq bench models`: each model's own latency (accuracy-latency table)")
     p.add_argument("--training-bench", default=None,
                    help="training.csv from `lsqbq bench training` (step time in the training-cost claim)")
     p.add_argument("--paper", default=None, help="paper numbers CSV (default: the packaged reference)")
     p.add_argument("--from-mlflow", action="store_true", help="build the QAT table from the MLflow store alone")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (with --from-mlflow)")
-    p.add_argument("--experiment", default=None, help="MLflow experiment (with --from-mlflow)")
+    p.add_argument("--profile", default="config/config.yaml",
+                   help="workflow profile whose runs --from-mlflow reads (default: the default profile)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (with --from-mlflow; default: the profile's store)")
+    p.add_argument("--experiment", default=None,
+                   help="MLflow experiment (with --from-mlflow; default: the profile's, lsqbq-<profile>-<dataset>)")
     return p
 
 
@@ -117,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     except LsqbqError as exc:
         print(f"lsqbq tables: {exc}", file=sys.stderr)
         return exc.exit_code
-    print(f"lsqbq tables: wrote {args.out}")
+    written = sorted(p.name for p in Path(args.out).iterdir() if p.is_file())
+    print(f"lsqbq tables: wrote {len(written)} files to {args.out}: {', '.join(written)}")
     return 0
 
 

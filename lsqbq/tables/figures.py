@@ -136,13 +136,13 @@ def plot_pareto(csv: str | Path, path: str | Path) -> Path:
 
 
 def draw_pareto(csv: str | Path):
-    """Top-1 (mean ± std over seeds) against kernel latency, one panel per model; filled markers and the dashed
-    line mark the Pareto front (no other pair is both faster and more accurate)."""
+    """Top-1 (mean ± std over seeds) against each model's own latency (batch 1, 1 thread), one panel per model;
+    filled markers and the dashed line mark the Pareto front (no other pair is both faster and more accurate)."""
     plt = _pyplot()
     from matplotlib.lines import Line2D
 
     df = read_csv(csv)
-    df = df[df["latency_ms"].notna()]
+    df = df[df["ms_b1"].notna()].rename(columns={"ms_b1": "latency_ms"})
     models = list(dict.fromkeys(df["model"]))
     colors = _colors(df["x_quant"])
     fig, axes = plt.subplots(1, len(models), figsize=(6.4 * len(models), 5.0), squeeze=False)
@@ -161,7 +161,7 @@ def draw_pareto(csv: str | Path):
         span = rs["top1_mean"].max() - rs["top1_mean"].min() + 2 * rs["top1_std"].max()
         ax.set_ylim(rs["top1_mean"].min() - rs["top1_std"].max() - 0.25 * span,
                     rs["top1_mean"].max() + rs["top1_std"].max() + 0.25 * span)
-        ax.set_xlabel("latency of the ResNet-18 3x3 convs (ms, log scale)")
+        ax.set_xlabel("latency of the model, batch 1, 1 thread (ms, log scale)")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.set_title(model)
         ax.grid(alpha=0.3, which="major")
@@ -171,8 +171,8 @@ def draw_pareto(csv: str | Path):
                Line2D([], [], marker="o", ls="", color="0.3", mfc="white", label="dominated"),
                Line2D([], [], ls="--", color="0.5", label="Pareto front")]
     fig.legend(handles=handles, loc="lower center", ncol=3, bbox_to_anchor=(0.5, -0.02), frameon=False)
-    fig.suptitle("Top-1 accuracy (mean ± std over seeds) vs measured latency of the kernel each scheme pair runs on\n"
-                 "labels: activations/weights; pairs on the same kernel are drawn slightly apart")
+    fig.suptitle("Top-1 accuracy (mean ± std over seeds) vs measured latency of each model (bitwise when both sides\n"
+                 "are quantized, else fp32); labels: activations/weights; equal latencies are drawn slightly apart")
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     for ax, points in labels:  # after the layout: offsets are placed against the final axes
         _place_labels(ax, points)

@@ -81,6 +81,34 @@ def write_markdown(path: str | Path, title: str, blocks: Sequence[str | pd.DataF
     return path
 
 
+def html_document(title: str, blocks: Sequence[str | pd.DataFrame]) -> str:
+    """The blocks of :func:`markdown_document` as a standalone HTML page (tables by ``DataFrame.to_html``,
+    paragraphs escaped; ``"## ..."`` becomes ``<h2>``), for ``snakemake --report``, which shows HTML inline."""
+    import html
+
+    style = ("body{font-family:sans-serif;font-size:14px;margin:1em}table{border-collapse:collapse;margin:1em 0}"
+             "th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}")
+    parts = [f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+             f"<style>{style}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
+    for b in blocks:
+        if isinstance(b, pd.DataFrame):
+            cells = b.astype(object).where(b.notna(), "").astype(str)
+            parts.append(cells.to_html(index=False, border=0))
+        else:
+            text = str(b).strip("\n")
+            parts.append(f"<h2>{html.escape(text[3:])}</h2>" if text.startswith("## ")
+                         else f"<p>{html.escape(text)}</p>")
+    return "\n".join(parts) + "\n</body></html>\n"
+
+
+def write_html(path: str | Path, title: str, blocks: Sequence[str | pd.DataFrame]) -> Path:
+    """Write :func:`html_document` to ``path`` (creating its directory)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(html_document(title, blocks))
+    return path
+
+
 def write_csv(df: pd.DataFrame | list[dict], path: str | Path) -> Path:
     """Write ``df`` (or a list of row dicts) as CSV without the index; floats keep full precision."""
     path = Path(path)

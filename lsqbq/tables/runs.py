@@ -56,11 +56,15 @@ def _run_of(path: Path, m: dict) -> dict:
             "teacher_run_id": _text(m.get("teacher_run_id")), **{k: _text(m.get(k)) for k in PROVENANCE}}
 
 
-def load_runs(train: Iterable[str | Path], evaluate: Iterable[str | Path] = ()) -> pd.DataFrame:
+def load_runs(train: Iterable[str | Path], evaluate: Iterable[str | Path] = (),
+              bitwise: Iterable[str | Path] = ()) -> pd.DataFrame:
     """One row per training run, identity read from its ``metrics.json``.
 
     ``evaluate`` files (``lsqbq evaluate`` outputs, which name the training run as ``source_run_id``) add
-    ``top1_eval`` / ``top5_eval``: the stored checkpoint re-evaluated from disk.
+    ``top1_eval`` / ``top5_eval``: the stored checkpoint re-evaluated from disk; with ``--scales both`` also
+    ``top1_fitted`` / ``top1_stored`` (activation scales fitted per sample / the moving averages of training).
+    ``bitwise`` files (``python -m lsqbq.kernels.evaluation``) add ``top1_bitwise``, ``top1_agreement`` (% of test
+    images where the bitwise and simulated models predict the same class) and ``bitwise_scale_mode``.
     """
     runs = [_run_of(Path(p), _read_json(Path(p))) for p in train]
     df = pd.DataFrame(runs, columns=list(RUN_COLUMNS))
@@ -69,16 +73,28 @@ def load_runs(train: Iterable[str | Path], evaluate: Iterable[str | Path] = ()) 
         r = df[dup].iloc[0]
         raise DataError(f"two metrics.json files for {r.model} {r.x_quant}/{r.w_quant} seed {r.seed}; "
                         "pass each run once")
-    evals = {}
-    for p in evaluate:
+    evals, bits = _by_source(evaluate, "lsqbq evaluate"), _by_source(bitwise, "python -m lsqbq.kernels.evaluation")
+    columns = [(evals, "top1_eval", "top1"), (evals, "top5_eval", "top5")]
+    if any("top1_stored" in e for e in evals.values()):
+        columns += [(evals, "top1_fitted", "top1_fitted"), (evals, "top1_stored", "top1_stored")]
+    if bits:
+        columns += [(bits, "top1_bitwise", "top1"), (bits, "top1_agreement", "top1_agreement")]
+    for source, column, key in columns:
+        df[column] = [_pct(source.get(r, {}).get(key)) for r in df["run_id"]]
+    if bits:
+        df["bitwise_scale_mode"] = [bits.get(r, {}).get("scale_mode", "") for r in df["run_id"]]
+    return df
+
+
+def _by_source(paths: Iterable[str | Path], command: str) -> dict[str, dict]:
+    """``{training run id: result}`` of evaluation JSON files, each naming its training run as ``source_run_id``."""
+    out = {}
+    for p in paths:
         e = _read_json(Path(p))
         if not e.get("source_run_id"):
-            raise DataError(f"{p}: evaluation names no source_run_id; rerun `lsqbq evaluate` on the checkpoint")
-        evals[str(e["source_run_id"])] = e
-    if evals:
-        df["top1_eval"] = [_pct(evals.get(r, {}).get("top1")) for r in df["run_id"]]
-        df["top5_eval"] = [_pct(evals.get(r, {}).get("top5")) for r in df["run_id"]]
-    return df
+            raise DataError(f"{p}: evaluation names no source_run_id; rerun `{command}` on the checkpoint")
+        out[str(e["source_run_id"])] = e
+    return out
 
 
 def runs_from_mlflow(tracking_uri: str, experiment: str, dataset: str) -> pd.DataFrame:

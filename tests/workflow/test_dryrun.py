@@ -47,6 +47,7 @@ def _expected(cfg):
     ("cifar100", []),
     ("imagenet", ["--config", "data_root=/nonexistent/imagenet"]),
     ("imagefolder", ["--config", "data_root=/nonexistent/my-images", "dataset_tag=flowers", "image_size=64"]),
+    ("imagefolder-cpu", ["--config", "data_root=/nonexistent/my-images"]),
 ])
 def test_profile_dry_run_builds_full_dag(repo, name, extra):
     args = ["-n", "--cores", "2", "--nolock"]
@@ -68,6 +69,7 @@ PROFILE_ARGS = {
     "cifar100": ["--configfile", "config/cifar100.yaml"],
     "imagenet": ["--configfile", "config/imagenet.yaml", "--config", "data_root=/nonexistent/imagenet"],
     "imagefolder": ["--configfile", "config/imagefolder.yaml", "--config", "data_root=/nonexistent/x"],
+    "imagefolder-cpu": ["--configfile", "config/imagefolder-cpu.yaml", "--config", "data_root=/nonexistent/x"],
 }
 
 

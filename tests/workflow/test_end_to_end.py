@@ -79,8 +79,17 @@ def test_tables_contents(done):
     for name in ("angles.png", "pareto.png"):
         assert (repo / TABLES / name).stat().st_size > 10_000
     pareto = pd.read_csv(repo / TABLES / "pareto.csv")
-    lat = dict(zip(pareto.kernel, pareto.latency_ms))
-    assert lat["1x1"] > 0 and lat["2x1"] > 0 and lat["fp32"] > 0
+    lat = dict(zip(pareto.runs_on, pareto.ms_b1))
+    assert lat["bitwise 1x1"] > 0 and lat["bitwise 2x1"] > 0 and lat["fp32"] > 0
+    models = pd.read_csv(repo / "results/bench/models.csv")  # the checkpoints, both scale modes, timed
+    ck = models[models.kind == "checkpoint"]
+    stored = ck[ck.impl.str.startswith("bitwise stored")]
+    assert len(stored) and set(stored.scale_mode) == {"stored"}
+    assert set(ck[ck.impl.isin(["bitwise", "bitwise channels_last"])].scale_mode) == {"fitted"}
+    assert pareto[pareto.runs_on != "fp32"]["stored_ms_b1"].notna().all()
+    inference = pd.read_csv(repo / TABLES / "inference.csv")  # both scale modes and bitwise, every student
+    assert inference[["top1_fitted_mean", "top1_stored_mean", "top1_bitwise_mean"]].notna().all().all()
+    assert (inference["agreement_min"] > 99).all()
     assert (repo / "benchmarks/train/fashion-mnist/resnet_small/ls-2_ls-1/s0.tsv").is_file()
     assert (repo / "logs/train/fashion-mnist/resnet_small/ls-2_ls-1/s0.log").is_file()
 
@@ -91,6 +100,11 @@ def test_from_mlflow_equals_workflow_table(done, tmp_path):
          "--experiment", "lsqbq-test-fashion-mnist", "--dataset", "fashion-mnist", "--out", str(tmp_path)], repo)
     for name in ("qat.csv", "qat.md"):
         assert (tmp_path / name).read_text() == (repo / TABLES / name).read_text()
+    # the same with every location taken from the profile
+    printed = run([sys.executable, "-m", "lsqbq.cli", "tables", "--from-mlflow", "--profile", "config/test.yaml"],
+                  repo).stdout
+    default_out = repo / ".test/results/tables/from-mlflow/fashion-mnist"
+    assert "wrote 2 files" in printed and (default_out / "qat.md").read_text() == (repo / TABLES / "qat.md").read_text()
 
 
 def test_second_run_has_nothing_to_do(done):
@@ -155,3 +169,19 @@ def test_killed_training_resumes(tmp_path):
     metrics = json.loads((ckpt_dir / "metrics.json").read_text())
     assert metrics["epochs"] == EPOCHS and not math.isnan(metrics["top1"])
     assert not list(ckpt_dir.glob("partial-*"))
+
+
+def test_report_shows_the_tables_as_html_without_a_flood_of_warnings(done):
+    """`snakemake --report` embeds each table as an HTML page (not a raw link to markdown) and warns about
+    missing metadata at most once."""
+    import zipfile
+
+    repo, _ = done
+    p = snakemake(["--report", "report.zip", *PROFILE], repo)
+    log = p.stdout + p.stderr
+    assert sum("metadata" in line.lower() for line in log.splitlines()) <= 1, log[-3000:]
+    with zipfile.ZipFile(repo / "report.zip") as z:
+        pages = {n: z.read(n).decode("utf-8", "replace") for n in z.namelist() if n.endswith("qat.html")}
+    assert pages, "qat.html is not in the report"
+    page = next(iter(pages.values()))
+    assert "<table" in page and "ls-2" in page and "top-1" in page

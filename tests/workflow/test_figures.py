@@ -29,7 +29,9 @@ def pareto_csv(tmp_path):
                 ("fp", "ls-T", "fp32", 30.3, 90.5, 0.2, False), ("fp", "ls-2", "fp32", 30.3, 90.6, 0.3, False),
                 ("fp", "fp", "fp32", 30.3, 91.0, 0.2, True)):
             rows.append({"model": model, "x_quant": x, "w_quant": w, "k_a": "", "k_w": "", "top1_mean": top1,
-                         "top1_std": std, "kernel": kernel, "latency_ms": ms, "latency_of": "conv", "pareto": front})
+                         "top1_std": std, "runs_on": kernel, "scale_mode": "fitted", "ms_b1": ms,
+                         "ms_b256": 100 * ms, "stored_ms_b1": ms / 2, "stored_ms_b256": 50 * ms,
+                         "pareto": front})
     path = tmp_path / "pareto.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     return path

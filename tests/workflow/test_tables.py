@@ -144,23 +144,50 @@ def test_analysis_rows_join_their_run_by_run_id(runs_dir, tmp_path):
         T.load_analysis([tmp_path / "x.csv"], run_df)
 
 
-def _kernels_csv(path):
+def _models_csv(path):
+    """``lsqbq bench models`` rows: bitwise and teacher latencies of lenet5 checkpoints, two layouts, 1 and 2
+    threads (only 1 thread counts; the faster layout counts)."""
+    ms = {("ls-1", "ls-1"): 0.10, ("ls-2", "ls-1"): 0.20, ("gf-2", "ls-1"): 0.20}
     rows = []
-    for layer, scale in (("64@56x56", 1.0), ("128@28x28", 0.5)):
-        for scheme, ms in (("1x1", 0.1), ("2x1", 0.2), ("Tx1", 0.15), ("fp32", 1.0), ("int8", 0.5)):
-            for kind, threads, factor in (("conv", 1, 1.0), ("gemm", 1, 0.5), ("conv", 4, 0.3)):
-                rows.append({"kind": kind, "layer": layer, "batch": 1, "threads": threads, "scheme": scheme,
-                             "ms": ms * scale * factor})
-    rows.append({"kind": "conv", "layer": "256@14x14", "batch": 1, "threads": 1, "scheme": "1x1", "ms": 9.0})
+    for (x, w), b in ms.items():
+        for batch, scale in ((1, 1.0), (256, 100.0)):
+            for threads, factor in ((1, 1.0), (2, 0.1)):
+                for impl, t in (("bitwise", b), ("bitwise channels_last", b * 1.5), ("fp32 teacher", 1.0),
+                                ("fp32 teacher channels_last", 0.8), ("simulated", 3.0), ("bitwise stored", b / 2),
+                                ("bitwise stored channels_last", b / 4)):
+                    mode = ("stored" if "stored" in impl else "fitted") if impl.startswith("bitwise") else ""
+                    rows.append({"kind": "checkpoint", "model": "lenet5", "x_quant": x, "w_quant": w,
+                                 "batch": batch, "threads": threads, "impl": impl, "ms": t * scale * factor,
+                                 "scale_mode": mode})
+    rows.append({"kind": "network", "model": "", "impl": "bitwise", "batch": 1, "threads": 1, "ms": 0.01})
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
+
+
+def _evaluations(tmp_path):
+    """`lsqbq evaluate --scales both` and bitwise-evaluation results for the students with quantized activations."""
+    evals, bits = [], []
+    for (x, w), accs in ACC.items():
+        for seed, a in enumerate(accs):
+            rid = f"runlenet5{x}{w}{seed}"
+            e = {"top1": a, "top5": a + 8, "source_run_id": rid, "scale_mode": "fitted" if x != "fp" else "none"}
+            if x != "fp":
+                e |= {"top1_fitted": a, "top1_stored": a - 0.5 - 0.1 * seed, "scale_gap": -0.5 - 0.1 * seed}
+                bits.append(tmp_path / f"b{rid}.json")
+                bits[-1].write_text(json.dumps({"top1": a, "top1_agreement": 99.9 - seed, "source_run_id": rid,
+                                                "scale_mode": "fitted"}))
+            evals.append(tmp_path / f"e{rid}.json")
+            evals[-1].write_text(json.dumps(e))
+    return evals, bits
 
 
 def test_main_writes_readable_tables_with_provenance_in_the_csvs(runs_dir, tmp_path):
     _, files = runs_dir
     out = tmp_path / "tables"
+    evals, bits = _evaluations(tmp_path)
     assert T.main(["--dataset", "fashion-mnist", "--out", str(out), "--train", *map(str, files),
-                   "--kernels", str(_kernels_csv(tmp_path / "kernels.csv"))]) == 0
+                   "--evaluate", *map(str, evals), "--bitwise", *map(str, bits),
+                   "--models-bench", str(_models_csv(tmp_path / "models.csv"))]) == 0
     qat = pd.read_csv(out / "qat.csv")
     for col in ("commit", "config_hash", "data_hash", "run_id", "top1_mean", "top1_std", "v1_imagenet_top1",
                 "readme_cifar100_top1"):
@@ -174,13 +201,26 @@ def test_main_writes_readable_tables_with_provenance_in_the_csvs(runs_dir, tmp_p
     per_run = pd.read_csv(out / "qat_runs.csv")
     assert len(per_run) == 15 and per_run["run_id"].notna().all()
     pareto = pd.read_csv(out / "pareto.csv")
-    # conv kind, batch 1, 1 thread, summed over the layers every scheme was timed on (not 256@14x14)
+    # each model's own latency: 1 thread, the faster layout; bitwise when both sides are quantized, else fp32
     ls1 = pareto[(pareto.x_quant == "ls-1")].iloc[0]
-    assert ls1["latency_ms"] == pytest.approx(0.15) and ls1["kernel"] == "1x1" and ls1["pareto"]  # fastest
+    assert ls1["ms_b1"] == pytest.approx(0.1) and ls1["ms_b256"] == pytest.approx(10.0) and ls1["pareto"]
+    assert ls1["runs_on"] == "bitwise 1x1" and ls1["scale_mode"] == "fitted"  # the trained mode, not the faster
+    assert ls1["stored_ms_b1"] == pytest.approx(0.025) and ls1["stored_ms_b256"] == pytest.approx(2.5)
     gf2 = pareto[(pareto.x_quant == "gf-2")].iloc[0]
-    assert gf2["latency_ms"] == pytest.approx(0.3) and not gf2["pareto"]  # ls-2: same latency, more accurate
-    assert pareto[(pareto.x_quant == "fp")]["latency_ms"].tolist() == pytest.approx([1.5, 1.5])
-    assert (out / "pareto.png").stat().st_size > 0
+    assert gf2["ms_b1"] == pytest.approx(0.2) and not gf2["pareto"]  # ls-2: same latency, more accurate
+    fp = pareto[(pareto.x_quant == "fp")]
+    assert fp["ms_b1"].tolist() == pytest.approx([0.8, 0.8]) and set(fp["runs_on"]) == {"fp32"}
+    assert (out / "pareto.png").stat().st_size > 0 and "scales" in (out / "pareto.md").read_text()
+    inference = pd.read_csv(out / "inference.csv")
+    assert list(inference.x_quant) == ["ls-1", "gf-2", "ls-2"]  # quantized activations only, display order
+    ls2 = inference[inference.x_quant == "ls-2"].iloc[0]
+    gaps = [-0.5, -0.6, -0.7]
+    mean, lo, hi, _ = T.t_interval(gaps)
+    assert ls2["top1_fitted_mean"] == pytest.approx(statistics.fmean(ACC[("ls-2", "ls-1")]))
+    assert (ls2["gap_mean"], ls2["gap_ci_low"], ls2["gap_ci_high"]) == (pytest.approx(mean), pytest.approx(lo),
+                                                                         pytest.approx(hi))
+    assert ls2["agreement_min"] == pytest.approx(97.9) and ls2["bitwise_scale_mode"] == "fitted"
+    assert "stored - fitted" in (out / "inference.md").read_text()
     claims = pd.read_csv(out / "claims.csv")
     qat_claims = claims[claims.claim.str.startswith("QAT")]
     assert list(qat_claims.claim) == ["QAT: ls-2 above gf-2 activations (ls-1 weights)"]  # the pairs that ran
@@ -195,11 +235,11 @@ def test_main_reports_missing_runs(tmp_path, capsys):
 
 def test_outputs_are_byte_identical_when_rebuilt(runs_dir, tmp_path):
     _, files = runs_dir
-    kernels = _kernels_csv(tmp_path / "kernels.csv")
+    models = _models_csv(tmp_path / "models.csv")
     outs = [tmp_path / "a", tmp_path / "b"]
     for out in outs:
         assert T.main(["--dataset", "fashion-mnist", "--out", str(out), "--train", *map(str, files),
-                       "--kernels", str(kernels)]) == 0
+                       "--models-bench", str(models)]) == 0
     names = sorted(p.name for p in outs[0].iterdir())
     assert names == sorted(p.name for p in outs[1].iterdir()) and "pareto.png" in names
     for name in names:
@@ -235,7 +275,8 @@ def test_committed_tables_are_what_the_tables_command_builds(tmp_path):
             "--ptq", *map(str, sorted(analysis.glob("*/ptq_fp_fp_s*.csv"))),
             "--error", *[str(analysis / m / "error.csv") for m in models],
             "--angles", *[str(analysis / m / "angles.csv") for m in models],
-            "--kernels", str(COMMITTED / "bench" / "kernels.csv"),
+            "--bitwise", *map(str, sorted((COMMITTED / "evaluate" / ds).glob("*/*/s*/bitwise.json"))),
+            "--models-bench", str(COMMITTED / "bench" / "models.csv"),
             "--training-bench", str(COMMITTED / "bench" / "training.csv")]
     assert T.main(args) == 0
     for f in sorted(tmp_path.iterdir()):

@@ -71,10 +71,12 @@ rule bench_training:
 
 
 # Whole-model latency: ResNet-18 (ImageNet and CIFAR shape) and the first seed's quantized checkpoints (simulated,
-# fp32 teacher, bitwise) at batch 1 and 256, 1 and all threads, alone on the machine.
+# fp32 teacher, bitwise with the trained and the stored activation scales) at batch 1 and 256, 1 and all threads,
+# alone on the machine. The checkpoints are ancient() inputs, as for training: checkpoints restored by `dvc pull`
+# do not re-time the committed results (`make retrain` re-times them with --forcerun bench_models).
 rule bench_models:
     input:
-        checkpoints=runs(CHECKPOINT, schemes=[(FP, FP), *BITWISE_STUDENTS], seeds=SEEDS[:1]),
+        checkpoints=ancient(runs(CHECKPOINT, schemes=[(FP, FP), *BITWISE_STUDENTS], seeds=SEEDS[:1])),
     output:
         csv=out("results/bench/models.csv"),
         md=report(out("results/bench/models.md"), caption="../report/kernels.rst", category="Kernel latency"),

@@ -176,6 +176,8 @@ def final_targets():
             out(f"results/tables/{DATASET}/angles.png"),
         ]
     if config["bench"]["kernels"]:
+        targets.append(KERNELS_CSV)
+    if config["bench"]["models"]:
         targets.append(out(f"results/tables/{DATASET}/pareto.png"))
     if config["bench"]["quantizers"]:
         targets.append(out("results/bench/quantizers.csv"))

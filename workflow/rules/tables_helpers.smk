@@ -13,8 +13,10 @@ def table_inputs(wc):
         inputs["ptq"] = runs(f"{ANALYSIS}/ptq_{{x_quant}}_{{w_quant}}_s{{seed}}.csv", schemes=[(FP, FP)])
         inputs["error"] = [f"{ANALYSIS}/error.csv".format(dataset=wc.dataset, model=m) for m in MODELS]
         inputs["angles"] = [f"{ANALYSIS}/angles.csv".format(dataset=wc.dataset, model=m) for m in MODELS]
-    if config["bench"]["kernels"]:
-        inputs["kernels"] = KERNELS_CSV
+    if config["evaluate_bitwise"]:
+        inputs["bitwise"] = runs(EVAL_BITWISE, schemes=BITWISE_STUDENTS)
+    if config["bench"]["models"]:
+        inputs["models_bench"] = out("results/bench/models.csv")
     if config["bench"]["training"]:
         inputs["training_bench"] = out("results/bench/training.csv")
     return inputs
@@ -25,11 +27,11 @@ def table_args(wc, input):
     import shlex
 
     args = []
-    for key in ("train", "evaluate", "ptq", "error", "angles"):
+    for key in ("train", "evaluate", "bitwise", "ptq", "error", "angles"):
         if key in input.keys():
             args.append(f"--{key} " + " ".join(shlex.quote(p) for p in getattr(input, key)))
-    if "kernels" in input.keys():
-        args.append(f"--kernels {shlex.quote(input.kernels)}")
+    if "models_bench" in input.keys():
+        args.append(f"--models-bench {shlex.quote(input.models_bench)}")
     if "training_bench" in input.keys():
         args.append(f"--training-bench {shlex.quote(input.training_bench)}")
     return " ".join(args)
@@ -38,24 +40,36 @@ def table_args(wc, input):
 def table_outputs():
     """Named outputs of make_tables; report() marks what goes into `snakemake --report`."""
     outputs = {
-        "qat_md": report(f"{TABLES}/qat.md", caption="../report/qat.rst", category="Tables"),
+        "qat_md": f"{TABLES}/qat.md",
+        "qat_html": report(f"{TABLES}/qat.html", caption="../report/qat.rst", category="Tables"),
         "qat_csv": f"{TABLES}/qat.csv",
         "runs_csv": f"{TABLES}/qat_runs.csv",
-        "claims_md": report(f"{TABLES}/claims.md", caption="../report/claims.rst", category="Tables"),
+        "claims_md": f"{TABLES}/claims.md",
+        "claims_html": report(f"{TABLES}/claims.html", caption="../report/claims.rst", category="Tables"),
         "claims_csv": f"{TABLES}/claims.csv",
     }
     if config["analysis"]["enabled"]:
         outputs |= {
-            "ptq_md": report(f"{TABLES}/ptq.md", caption="../report/ptq.rst", category="Tables"),
+            "ptq_md": f"{TABLES}/ptq.md",
+            "ptq_html": report(f"{TABLES}/ptq.html", caption="../report/ptq.rst", category="Tables"),
             "ptq_csv": f"{TABLES}/ptq.csv",
-            "error_md": report(f"{TABLES}/error.md", caption="../report/error.rst", category="Tables"),
+            "error_md": f"{TABLES}/error.md",
+            "error_html": report(f"{TABLES}/error.html", caption="../report/error.rst", category="Tables"),
             "error_csv": f"{TABLES}/error.csv",
             "angles_csv": f"{TABLES}/angles.csv",
             "angles": report(f"{TABLES}/angles.png", caption="../report/angles.rst", category="Figures"),
         }
-    if config["bench"]["kernels"]:
+    if config["evaluate"] and any(not get_scheme(x).is_fp for x, _ in STUDENTS):
+        outputs |= {
+            "inference_md": f"{TABLES}/inference.md",
+            "inference_html": report(f"{TABLES}/inference.html", caption="../report/inference.rst",
+                                     category="Tables"),
+            "inference_csv": f"{TABLES}/inference.csv",
+        }
+    if config["bench"]["models"]:
         outputs |= {
             "pareto_md": f"{TABLES}/pareto.md",
+            "pareto_html": f"{TABLES}/pareto.html",
             "pareto_csv": f"{TABLES}/pareto.csv",
             "pareto": report(f"{TABLES}/pareto.png", caption="../report/pareto.rst", category="Figures"),
         }
