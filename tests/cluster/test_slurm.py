@@ -147,7 +147,7 @@ def _cancel_then_resume(repo, tmp_path) -> tuple[list[str], int]:
                              env=env_for(repo), stdout=first_log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 900
-        while time.time() < deadline and first.poll() is None and not list(ckpt_dir.glob("partial-*/checkpoint.pt")):
+        while time.time() < deadline and first.poll() is None and not list(ckpt_dir.glob("partial-*/resume.pt")):
             time.sleep(0.2)
         assert first.poll() is None, _read(tmp_path / "cancelled.log")[-3000:]
         queued = subprocess.run(["squeue", "-h", "-o", "%i|%k", "--name", _run_uuid(_read(tmp_path / "cancelled.log"))],
@@ -161,7 +161,7 @@ def _cancel_then_resume(repo, tmp_path) -> tuple[list[str], int]:
         first_log.close()
     first_out = _read(tmp_path / "cancelled.log")
     assert first.returncode != 0 and "CANCELLED" in first_out, first_out[-3000:]
-    partial = list(ckpt_dir.glob("partial-*/checkpoint.pt"))
+    partial = list(ckpt_dir.glob("partial-*/resume.pt"))
     assert len(partial) == 1
     done_epochs = int(torch.load(partial[0], weights_only=True)["epoch"])
     assert 1 <= done_epochs < EPOCHS

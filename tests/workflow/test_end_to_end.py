@@ -104,7 +104,7 @@ def test_from_mlflow_equals_workflow_table(done, tmp_path):
     printed = run([sys.executable, "-m", "lsqbq.cli", "tables", "--from-mlflow", "--profile", "config/test.yaml"],
                   repo).stdout
     default_out = repo / ".test/results/tables/from-mlflow/fashion-mnist"
-    assert "wrote 2 files" in printed and (default_out / "qat.md").read_text() == (repo / TABLES / "qat.md").read_text()
+    assert "wrote 3 files" in printed and (default_out / "qat.md").read_text() == (repo / TABLES / "qat.md").read_text()
 
 
 def test_second_run_has_nothing_to_do(done):
