@@ -58,10 +58,14 @@ def fmt_interval(lo, hi, digits: int = 2, unit: str = "") -> str:
     return f"[{fmt_signed(lo, digits)}, {fmt_signed(hi, digits)}]{unit}"
 
 
+def _cells(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` as text, exactly as its cells read (NaN -> empty cell)."""
+    return df.astype(object).where(df.notna(), "").astype(str)
+
+
 def markdown_table(df: pd.DataFrame) -> str:
     """A pipe table of ``df`` exactly as its cells read (no number parsing; NaN -> empty cell)."""
-    cells = df.astype(object).where(df.notna(), "").astype(str)
-    return cells.to_markdown(index=False, disable_numparse=True)
+    return _cells(df).to_markdown(index=False, disable_numparse=True)
 
 
 def markdown_document(title: str, blocks: Sequence[str | pd.DataFrame]) -> str:
@@ -92,8 +96,7 @@ def html_document(title: str, blocks: Sequence[str | pd.DataFrame]) -> str:
              f"<style>{style}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
     for b in blocks:
         if isinstance(b, pd.DataFrame):
-            cells = b.astype(object).where(b.notna(), "").astype(str)
-            parts.append(cells.to_html(index=False, border=0))
+            parts.append(_cells(b).to_html(index=False, border=0))
         else:
             text = str(b).strip("\n")
             parts.append(f"<h2>{html.escape(text[3:])}</h2>" if text.startswith("## ")
