@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 
 import pytest
 import torch
@@ -51,7 +52,7 @@ class _Evil:
 def _bad_files(tmp_path, good):
     raw = good.read_bytes()
     files = {
-        "empty": b"", "truncated": raw[: len(raw) // 3], "truncated-tail": raw[:-100], "random": os.urandom(8192),
+        "empty": b"", "truncated": raw[: len(raw) // 3], "truncated-tail": raw[:-100], "random": random.Random(7).randbytes(8192),
         "yaml-text": b"model: {name: resnet_small}\n",
     }
     paths = {}

@@ -1,7 +1,6 @@
 """Checkpoint files: atomic saves without leftovers, weights_only loads, one-line errors, load_model."""
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -66,7 +65,7 @@ CORRUPT = {
     "empty": lambda good: b"",
     "truncated": lambda good: good[: len(good) // 2],
     "truncated_tail": lambda good: good[:-10],
-    "random": lambda good: os.urandom(4096),
+    "random": lambda good: __import__("random").Random(0).randbytes(4096),
     "text": lambda good: b"model: resnet\n",
 }
 
@@ -81,6 +80,23 @@ def test_corrupt_files_raise_checkpoint_error_naming_the_file(tmp_path, kind):
         ckpt_io.load(bad)
     msg = str(err.value)
     assert str(bad) in msg and "\n" not in msg and ("retrain" in msg or "lsqbq train" in msg), msg
+
+
+def test_random_bytes_of_many_lengths_raise_checkpoint_error(tmp_path):
+    """Seeded random files reach every branch of the unpickler (IndexError, struct.error, KeyError, EOFError, ...):
+    each one is a one-line CheckpointError naming the file, never another exception or a warning."""
+    import random
+    import warnings
+
+    bad = tmp_path / "random.pt"
+    for seed in range(400):
+        rng = random.Random(seed)
+        bad.write_bytes(rng.randbytes(rng.choice([1, 2, 7, 64, 512, 8192])))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(CheckpointError) as err:
+                ckpt_io.load(bad)
+        assert str(bad) in str(err.value) and "\n" not in str(err.value), (seed, str(err.value))
 
 
 def test_pickled_code_is_refused_without_running_it(tmp_path, capfd):
