@@ -19,6 +19,7 @@ weights are quantized with ``w_quant`` per output channel.
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from ..layers import QuantConv2d
@@ -36,10 +37,27 @@ def _act(name: str, channels: int) -> nn.Module:
     raise ValueError(f"nonlinearity must be 'relu' or 'prelu', got {name!r}")
 
 
+class ShortcutConv2d(nn.Conv2d):
+    """The 1x1 convolution of a projection shortcut: ``nn.Conv2d`` (same parameters and state dict) that feeds a
+    narrow input to a strided convolution in NCHW layout while gradients are on.
+
+    Why: on CPUs without AVX-512, oneDNN 3.12 (torch 2.14) corrupts the heap when it computes the weight gradient
+    of a strided 1x1 convolution whose channels_last input has fewer than 8 channels (our data loaders hand
+    channels_last batches to the model). Layout is not arithmetic: the result is the same convolution; only models
+    narrower than 8 channels take this path, so the published models' numerics are untouched.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (self.in_channels < 8 and self.stride != (1, 1) and x.device.type == "cpu" and torch.is_grad_enabled()
+                and x.is_contiguous(memory_format=torch.channels_last)):
+            x = x.contiguous()
+        return super().forward(x)
+
+
 def _shortcut(in_planes: int, planes: int, stride: int, bias: bool) -> nn.Module:
     if stride == 1 and in_planes == planes:
         return nn.Identity()
-    return nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=bias), nn.BatchNorm2d(planes))
+    return nn.Sequential(ShortcutConv2d(in_planes, planes, 1, stride=stride, bias=bias), nn.BatchNorm2d(planes))
 
 
 class RegularBlock(nn.Module):

@@ -7,7 +7,7 @@ from torch import nn
 
 from lsqbq import QuantConv2d
 from lsqbq.models import build, list_models, summary
-from lsqbq.models.resnet import XnorBlock
+from lsqbq.models.resnet import ShortcutConv2d, XnorBlock
 
 SMALL = {"resnet18": dict(width=4, stem="cifar"), "resnet_small": dict(width=4), "lenet5": {}}
 
@@ -47,7 +47,8 @@ def test_quantized_layers_are_exactly_the_block_3x3_convs():
             assert mod.bias is not None  # xnor block convs carry a bias
     assert type(m.stem[0]) is nn.Conv2d and type(m.fc) is nn.Linear and m.stem[0].kernel_size == (7, 7)
     shortcuts = [mod for n, mod in m.named_modules() if n.endswith("shortcut.0")]
-    assert len(shortcuts) == 3 and all(type(s) is nn.Conv2d and s.kernel_size == (1, 1) for s in shortcuts)
+    assert len(shortcuts) == 3 and all(type(s) is ShortcutConv2d and s.kernel_size == (1, 1) for s in shortcuts)
+    assert ShortcutConv2d.__mro__[1] is nn.Conv2d  # a full-precision conv, not a QuantConv2d
 
 
 def test_block_defaults_follow_precision():
@@ -128,3 +129,25 @@ def test_resnet18_macs_match_the_reference_figure():
     s = summary(build("resnet18"), (3, 224, 224))
     assert s.params["fp32"] == 11_689_512
     assert abs(sum(s.macs.values()) - 1.814e9) < 0.01e9
+
+
+def test_narrow_strided_shortcut_trains_on_channels_last_batches():
+    """Data loaders hand channels_last batches to the model; a width-4 ResNet's strided 1x1 shortcut (4 -> 8
+    channels) must train on them (oneDNN's weight gradient for that case corrupts the heap on AVX2-only CPUs) and
+    give the same output and gradients as the plain NCHW convolution."""
+    torch.manual_seed(0)
+    conv = ShortcutConv2d(4, 8, 1, stride=2, bias=False)
+    ref = torch.nn.Conv2d(4, 8, 1, stride=2, bias=False)
+    ref.load_state_dict(conv.state_dict())
+    for _ in range(20):
+        x = torch.randn(64, 4, 14, 14)
+        xa = x.to(memory_format=torch.channels_last).requires_grad_()
+        xb = x.clone().requires_grad_()
+        ya, yb = conv(xa), ref(xb)
+        g = torch.randn_like(yb)
+        ya.backward(g)
+        yb.backward(g)
+        assert torch.equal(ya, yb) and torch.equal(xa.grad, xb.grad)
+        assert torch.equal(conv.weight.grad, ref.weight.grad)
+    net = build("resnet_small", width=4, layers=[1, 1], in_chans=1, stem_stride=2, x_quant="fp", w_quant="fp")
+    assert any(isinstance(m, ShortcutConv2d) for m in net.modules())
