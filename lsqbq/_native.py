@@ -70,19 +70,19 @@ def _build_and_register() -> bool:
     try:
         import logging
 
-        from torch.utils import cpp_extension
-
-        # torch's build helper logs "No CUDA runtime is found" on every CPU-only machine; we never build CUDA.
+        # torch's build helper logs "No CUDA runtime is found" on every CPU-only machine, when it is first imported;
+        # we never build CUDA.
         logging.getLogger("torch.utils.cpp_extension").addFilter(
             lambda r: not str(r.msg).startswith("No CUDA runtime is found"))
+        from torch.utils import cpp_extension
 
-        build = cache_dir() / _NAME
-        build.mkdir(parents=True, exist_ok=True)
         debug = os.environ.get("DEBUG", "0") == "1"
+        cflags = (["-O0", "-g"] if debug else ["-O3"]) + list(_CFLAGS)
+        build, sources = _build_tree(cflags)
         cpp_extension.load(
             name=_NAME,
-            sources=[str(s) for s in SOURCES],
-            extra_cflags=(["-O0", "-g"] if debug else ["-O3"]) + list(_CFLAGS),
+            sources=[str(s) for s in sources],
+            extra_cflags=cflags,
             build_directory=str(build),
             is_python_module=False,
             with_cuda=False,
@@ -94,6 +94,33 @@ def _build_and_register() -> bool:
                       "falling back to the pure-torch implementation", RuntimeWarning, stacklevel=4)
         return False
     return True
+
+
+def _build_tree(cflags: list[str]) -> tuple[Path, list[Path]]:
+    """The build directory for these sources and flags, and the copies of the sources inside it.
+
+    Content-addressed: ``cache_dir()/lsqbq_native-<sha256 of the sources' names and bytes and the flags>``, with
+    the sources copied into it, so every checkout of the same code (clones, worktrees, cluster jobs) shares one
+    build; torch's extension loader keys its rebuilds on source paths, and would recompile per checkout.
+    """
+    import hashlib
+
+    digest = hashlib.sha256(" ".join(cflags).encode())
+    blobs = [(s.name, s.read_bytes()) for s in SOURCES]
+    for name, data in blobs:
+        digest.update(name.encode() + b"\0" + len(data).to_bytes(8, "little") + data)
+    build = cache_dir() / f"{_NAME}-{digest.hexdigest()[:16]}"
+    src = build / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for name, data in blobs:
+        dst = src / name
+        if not dst.is_file() or dst.read_bytes() != data:
+            tmp = dst.with_name(f".{name}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, dst)  # atomic: a concurrent build sees the old or the new file, never half of one
+        copies.append(dst)
+    return build, copies
 
 
 def build_error() -> BaseException | None:

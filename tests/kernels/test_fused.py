@@ -210,12 +210,14 @@ def test_fused_blocks_equal_eager_blocks(name, options, shape, xq, wq):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max().clamp(min=1)))
 
 
-# Whole models: eager, fused and unfused bitwise give the same logits and top-1. The exact multi-bit fits (ls-2,
-# ls-T) are discontinuous in their input (the optimal split can change with a float-rounding change of the previous
-# layer's output), so in the deep ResNet-18 a rounding difference that is harmless layer by layer (the test above)
-# may move a split and the logits with it; those pairs are checked block by block only.
+# Whole models: eager, fused and unfused bitwise give the same logits and top-1. Every multi-bit activation fit is
+# discontinuous in its input: the exact ones (ls-2, ls-T) through the optimal split, the greedy ones (gf-k) through
+# the sign of each residual. A float-rounding difference of the previous layer's output (BatchNorm folded into the
+# epilogue, another summation order; it depends on which oneDNN kernels the CPU gets) can flip one of them, which is
+# harmless layer by layer (the test above) but moves the logits of the deep ResNet-18; those pairs are checked
+# block by block only.
 WHOLE = [(m, p) for m in zip(MODELS, MODEL_IDS) for p in PAIRS
-         if not (m[0][0] == "resnet18" and get_scheme(p[0]).k > 1 and get_scheme(p[0]).family != "gf")]
+         if not (m[0][0] == "resnet18" and get_scheme(p[0]).k > 1)]
 
 
 @pytest.mark.parametrize("model,pair", WHOLE, ids=[f"{m[1]}-{p[0]}" for m, p in WHOLE])

@@ -197,3 +197,24 @@ def test_switch_off_uses_pure_torch_everywhere(tmp_path):
     assert torch.equal(off["acts"], acts)
     w = kernels.pack_weight(torch.where(x[:4] >= 0, 1.0, -1.0)[None])
     assert torch.equal(off["gemm"], kernels.xnor_gemm(acts, w))
+
+
+def test_build_directory_is_keyed_on_source_content_not_path(tmp_path, monkeypatch):
+    """Two checkouts of the same code share one build; changed code or flags get their own."""
+    monkeypatch.setenv("LSQBQ_BUILD_DIR", str(tmp_path / "cache"))
+    trees = []
+    for checkout in ("a", "b"):
+        copies = []
+        for src in _native.SOURCES:
+            dst = tmp_path / checkout / src.parent.name / src.name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(src.read_bytes())
+            copies.append(dst)
+        monkeypatch.setattr(_native, "SOURCES", copies)
+        trees.append(_native._build_tree(["-O3"]))
+    (build_a, src_a), (build_b, src_b) = trees
+    assert build_a == build_b and src_a == src_b and all(p.parent == build_a / "src" for p in src_a)
+    assert [p.read_bytes() for p in src_a] == [p.read_bytes() for p in copies]
+    assert _native._build_tree(["-O0"])[0] != build_a
+    copies[0].write_bytes(copies[0].read_bytes() + b"\n// changed\n")
+    assert _native._build_tree(["-O3"])[0] != build_a
