@@ -2,7 +2,8 @@
 
 Back ends (one API, chosen per call):
     ``reference``  pure torch (:mod:`lsqbq.kernels.reference`), always present, used on non-CPU devices;
-    ``portable``   compiled C++ (``torch.ops.lsqbq.*``, see :mod:`lsqbq._native`), scalar popcount, any CPU;
+    ``portable``   compiled C++ (``torch.ops.lsqbq.*``, see :mod:`lsqbq._native`), scalar popcount (the POPCNT
+                   instruction where the CPU has it, chosen at run time), any CPU;
     ``avx512``     the same library, AVX-512 VPOPCNTDQ micro-kernels (chosen at run time when the CPU has them).
 ``backend=`` on every function picks one; ``None`` or ``auto`` (default) takes the fastest available, or the one
 named by the environment variable ``LSQBQ_KERNELS`` (e.g. ``LSQBQ_KERNELS=portable`` runs the portable C++ path on

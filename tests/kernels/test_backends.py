@@ -143,3 +143,36 @@ def test_build_failure_falls_back_to_reference(tmp_path):
     env = {**os.environ, "LSQBQ_BUILD_DIR": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", _FALLBACK], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "fallback-ok" in out.stdout, out.stderr[-2000:]
+
+
+_GENERIC_POPCOUNT = """
+import torch
+from lsqbq.kernels import available_backends, encode, pack_weight, xnor_conv2d, xnor_gemm, reference as ref
+assert "portable" in available_backends()
+gen = torch.Generator().manual_seed(0)
+pm1 = lambda *s: torch.where(torch.randn(*s, generator=gen) >= 0, 1.0, -1.0)
+for pa, pw, mask in [(1, 1, False), (2, 2, False), (2, 1, True)]:
+    for k in (1, 63, 65, 577):
+        a = ref.pack_signs(torch.randn(2 if mask else pa, 7, k, generator=gen))
+        w = pack_weight(pm1(pw, 33, k), torch.rand(33, pw, generator=gen))
+        assert torch.equal(xnor_gemm(a, w, mask=mask, backend="portable"), xnor_gemm(a, w, mask=mask, backend="reference"))
+    x, s = torch.randn(2, 65, 7, 6, generator=gen), torch.rand(2, 2 if mask else pa, generator=gen)
+    if mask:
+        s[:, 1] = s[:, 0]
+    a = encode(x, s, mask=mask, padding=(1, 1), backend="reference")
+    w = pack_weight(pm1(pw, 33, 65, 3, 3), torch.rand(33, pw, generator=gen))
+    got = xnor_conv2d(a, w, (7, 6), 2, 1, mask=mask, backend="portable")
+    assert torch.equal(got, xnor_conv2d(a, w, (7, 6), 2, 1, mask=mask, backend="reference"))
+print("generic-ok")
+"""
+
+
+def test_generic_popcount_build_of_the_portable_path():
+    """LSQBQ_POPCNT=0 runs the portable kernels' generic x86-64 build (software popcount) that CPUs without the
+    POPCNT instruction get: the same integers as the reference."""
+    if "portable" not in available_backends():
+        pytest.skip("no compiled back end")
+    env = {**os.environ, "LSQBQ_POPCNT": "0"}
+    out = subprocess.run([sys.executable, "-c", _GENERIC_POPCOUNT], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and "generic-ok" in out.stdout, out.stderr[-2000:]

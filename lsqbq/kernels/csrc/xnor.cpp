@@ -39,6 +39,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <functional>
@@ -73,12 +74,27 @@ bool avx512_supported() {
 #endif
 }
 
+// The portable kernels come in two builds: generic x86-64 (software popcount, a libgcc call per word) and, chosen
+// at run time on every CPU with the POPCNT instruction (x86-64-v2 and later), the same code compiled for it.
+// LSQBQ_POPCNT=0 forces the generic build (so tests cover it on any CPU).
+bool popcnt_supported() {
+#if LSQBQ_X86
+  static const bool ok = __builtin_cpu_supports("popcnt") && [] {
+    const char* env = std::getenv("LSQBQ_POPCNT");
+    return env == nullptr || std::strcmp(env, "0") != 0;
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+
 void check_isa(int64_t isa) {
   TORCH_CHECK(isa == kPortable || isa == kAvx512, "lsqbq: unknown kernel isa ", isa);
   TORCH_CHECK(isa != kAvx512 || avx512_supported(), "lsqbq: AVX-512 VPOPCNTDQ kernels requested but this CPU lacks them");
 }
 
-inline int popcount64(uint64_t x) { return __builtin_popcountll(x); }
+inline __attribute__((always_inline)) int popcount64(uint64_t x) { return __builtin_popcountll(x); }
 
 // ------------------------------------------------------------------------------------------- threads
 // Work-claiming pool: a call is split into chunks of `grain` indices that threads claim from an atomic counter.
@@ -363,8 +379,8 @@ inline __attribute__((always_inline)) void epilogue(const Job& J, const Rows& rw
 
 // ------------------------------------------------------------------------------- portable micro-kernel
 template <int PA, bool MASK>
-void tile_portable(const Job& J, const Rows& rw, int r0, int64_t m0, int rows, int64_t p, int64_t j, int64_t ig,
-                   bool first) {
+inline __attribute__((always_inline)) void tile_portable_body(const Job& J, const Rows& rw, int r0, int64_t m0,
+                                                              int rows, int64_t p, int64_t j, int64_t ig, bool first) {
   alignas(64) int64_t cnt[RMAX * 2 * NB];
   std::memset(cnt, 0, sizeof(cnt));
   const uint64_t* wp = J.w + (j * J.NP + p) * J.KWt * NB;
@@ -388,6 +404,29 @@ void tile_portable(const Job& J, const Rows& rw, int r0, int64_t m0, int rows, i
     }
   }
   epilogue<PA>(J, rw, r0, m0, rows, p, j, ig, cnt, first);
+}
+
+template <int PA, bool MASK>
+void tile_portable_sw(const Job& J, const Rows& rw, int r0, int64_t m0, int rows, int64_t p, int64_t j, int64_t ig,
+                      bool first) {
+  tile_portable_body<PA, MASK>(J, rw, r0, m0, rows, p, j, ig, first);
+}
+
+#if LSQBQ_X86
+template <int PA, bool MASK>
+__attribute__((target("popcnt"))) void tile_portable_hw(const Job& J, const Rows& rw, int r0, int64_t m0, int rows,
+                                                        int64_t p, int64_t j, int64_t ig, bool first) {
+  tile_portable_body<PA, MASK>(J, rw, r0, m0, rows, p, j, ig, first);
+}
+#endif
+
+template <int PA, bool MASK>
+void tile_portable(const Job& J, const Rows& rw, int r0, int64_t m0, int rows, int64_t p, int64_t j, int64_t ig,
+                   bool first) {
+#if LSQBQ_X86
+  if (J.hw_popcnt) return tile_portable_hw<PA, MASK>(J, rw, r0, m0, rows, p, j, ig, first);
+#endif
+  tile_portable_sw<PA, MASK>(J, rw, r0, m0, rows, p, j, ig, first);
 }
 
 // ------------------------------------------------------------------------------- AVX-512 micro-kernel
@@ -676,7 +715,7 @@ Job make_job(const at::Tensor& a, const at::Tensor& w, const at::Tensor& wtap, c
   J.tap_off.resize(J.T);
   for (int64_t kh = 0; kh < g.KH; ++kh)
     for (int64_t kw = 0; kw < g.KW; ++kw) J.tap_off[kh * g.KW + kw] = (kh * g.dh * Wp + kw * g.dw) * Cw;
-  J.hw_popcnt = avx512_supported();
+  J.hw_popcnt = popcnt_supported();
   J.koff.resize(J.KWt);
   for (int64_t t = 0; t < J.T; ++t)
     for (int64_t c = 0; c < Cw; ++c) J.koff[t * Cw + c] = J.tap_off[t] + c;
@@ -1420,7 +1459,7 @@ LSQBQ_AVX512 int64_t peak_avx512(int64_t iters) {
 }
 #endif
 
-int64_t peak_portable(int64_t iters) {
+inline __attribute__((always_inline)) int64_t peak_portable_body(int64_t iters) {
   constexpr int U = 8;
   uint64_t x[U], acc[U];
   for (int u = 0; u < U; ++u) { x[u] = 0x9E3779B97F4A7C15ull * (u + 1); acc[u] = 0; }
@@ -1434,6 +1473,17 @@ int64_t peak_portable(int64_t iters) {
   for (int u = 0; u < U; ++u) s += acc[u];
   sink = s;
   return iters * U * 64;
+}
+
+#if LSQBQ_X86
+__attribute__((target("popcnt"))) int64_t peak_portable_hw(int64_t iters) { return peak_portable_body(iters); }
+#endif
+
+int64_t peak_portable(int64_t iters) {
+#if LSQBQ_X86
+  if (popcnt_supported()) return peak_portable_hw(iters);
+#endif
+  return peak_portable_body(iters);
 }
 
 int64_t popcount_peak_cpu(int64_t iters, int64_t isa) {
