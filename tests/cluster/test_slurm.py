@@ -31,7 +31,6 @@ TEST = ["--configfile", "config/test.yaml"]
 # The project's SLURM profile as shipped; the first status check comes after 2 s instead of 40 (jobs take seconds).
 ON_SLURM = ["--profile", "workflow/profiles/slurm", "--slurm-init-seconds-before-status-checks", "2"]
 NO_BENCH = "bench: {kernels: false, quantizers: false, models: false}\n"  # no-bench.yaml, for the local reference
-NO_MODELS = "bench: {models: false}\n"  # no-models.yaml: `bench models` fails as a SLURM job here (open issue)
 TABLES = ".test/results/tables/fashion-mnist"
 TABLES_COMPARED = ("qat.csv", "qat_runs.csv", "ptq.csv", "error.csv", "angles.csv")
 RUN = "fashion-mnist/resnet_small/fp_fp/s0"
@@ -100,8 +99,7 @@ def test_workflow_on_slurm(cluster, tmp_path):
     # SLURM: SLURM jobs spend much of their time waiting for status checks, so the three overlap well.
     (local / "no-bench.yaml").write_text(NO_BENCH)
     with open(tmp_path / "slurm.log", "w") as slurm_log:
-        (slurm / "no-models.yaml").write_text(NO_MODELS)
-        main = subprocess.Popen([sys.executable, "-m", "snakemake", *ON_SLURM, *TEST, "no-models.yaml"], cwd=slurm,
+        main = subprocess.Popen([sys.executable, "-m", "snakemake", *ON_SLURM, *TEST], cwd=slurm,
                                 env=env_for(slurm), stdout=slurm_log, stderr=subprocess.STDOUT)
         try:
             snakemake(["--cores", "2", *TEST, "no-bench.yaml"], local, timeout=1500)
@@ -121,7 +119,8 @@ def test_workflow_on_slurm(cluster, tmp_path):
     # Every job but the target rule ran as a SLURM job: charged to the default account (the profile asks sacctmgr;
     # the executor guessed nothing), on the default partition, completed.
     expected = {r: n for r, n in job_counts(out).items() if r not in ("all", "default", "total")}
-    assert expected.get("train") == 4 and expected.get("make_tables") == 1, out[-3000:]
+    assert expected.get("train") == 4 and expected.get("make_tables") == 1 and expected.get("bench_models") == 1, \
+        out[-3000:]
     jobs = _sacct("--name", _run_uuid(out))
     for j in jobs:
         print(f"  {j['JobID']:>5} {j['State']:<10} {j['Account']:<6} {j['Partition']:<5} {j['Elapsed']} {j['Comment']}")
