@@ -3,7 +3,6 @@ file and what to do, exit code 4, pickled code never runs, nothing written; `--x
 from __future__ import annotations
 
 import json
-import os
 import random
 
 import pytest
@@ -52,8 +51,8 @@ class _Evil:
 def _bad_files(tmp_path, good):
     raw = good.read_bytes()
     files = {
-        "empty": b"", "truncated": raw[: len(raw) // 3], "truncated-tail": raw[:-100], "random": random.Random(7).randbytes(8192),
-        "yaml-text": b"model: {name: resnet_small}\n",
+        "empty": b"", "truncated": raw[: len(raw) // 3], "truncated-tail": raw[:-100],
+        "random": random.Random(7).randbytes(8192), "yaml-text": b"model: {name: resnet_small}\n",
     }
     paths = {}
     for name, data in files.items():

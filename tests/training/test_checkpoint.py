@@ -1,6 +1,8 @@
 """Checkpoint files: atomic saves without leftovers, weights_only loads, one-line errors, load_model."""
 from __future__ import annotations
 
+import random
+import warnings
 
 import pytest
 import torch
@@ -65,7 +67,7 @@ CORRUPT = {
     "empty": lambda good: b"",
     "truncated": lambda good: good[: len(good) // 2],
     "truncated_tail": lambda good: good[:-10],
-    "random": lambda good: __import__("random").Random(0).randbytes(4096),
+    "random": lambda good: random.Random(0).randbytes(4096),
     "text": lambda good: b"model: resnet\n",
 }
 
@@ -85,9 +87,6 @@ def test_corrupt_files_raise_checkpoint_error_naming_the_file(tmp_path, kind):
 def test_random_bytes_of_many_lengths_raise_checkpoint_error(tmp_path):
     """Seeded random files reach every branch of the unpickler (IndexError, struct.error, KeyError, EOFError, ...):
     each one is a one-line CheckpointError naming the file, never another exception or a warning."""
-    import random
-    import warnings
-
     bad = tmp_path / "random.pt"
     for seed in range(400):
         rng = random.Random(seed)

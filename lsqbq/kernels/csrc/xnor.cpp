@@ -406,12 +406,6 @@ inline __attribute__((always_inline)) void tile_portable_body(const Job& J, cons
   epilogue<PA>(J, rw, r0, m0, rows, p, j, ig, cnt, first);
 }
 
-template <int PA, bool MASK>
-void tile_portable_sw(const Job& J, const Rows& rw, int r0, int64_t m0, int rows, int64_t p, int64_t j, int64_t ig,
-                      bool first) {
-  tile_portable_body<PA, MASK>(J, rw, r0, m0, rows, p, j, ig, first);
-}
-
 #if LSQBQ_X86
 template <int PA, bool MASK>
 __attribute__((target("popcnt"))) void tile_portable_hw(const Job& J, const Rows& rw, int r0, int64_t m0, int rows,
@@ -426,7 +420,7 @@ void tile_portable(const Job& J, const Rows& rw, int r0, int64_t m0, int rows, i
 #if LSQBQ_X86
   if (J.hw_popcnt) return tile_portable_hw<PA, MASK>(J, rw, r0, m0, rows, p, j, ig, first);
 #endif
-  tile_portable_sw<PA, MASK>(J, rw, r0, m0, rows, p, j, ig, first);
+  tile_portable_body<PA, MASK>(J, rw, r0, m0, rows, p, j, ig, first);  // generic x86-64 build
 }
 
 // ------------------------------------------------------------------------------- AVX-512 micro-kernel
