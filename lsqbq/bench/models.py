@@ -35,6 +35,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..errors import CheckpointNotFoundError
 from ..kernels import available_backends, to_bitwise
 from ..schemes import get_scheme, kernel_name
 from .timing import load, machine_info, time_threads
@@ -290,6 +291,11 @@ def main(argv: list[str] | None = None) -> int:
         print(md)
         return 0
     warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if args.no_networks and not (args.checkpoints.is_dir() and find_checkpoints(args.checkpoints, seeds)):
+        raise CheckpointNotFoundError(
+            f"nothing to time: --no-networks, and no quantized checkpoint of seed(s) {args.seeds} under "
+            f"{args.checkpoints} (<model>/<x>_<w>/s<seed>/checkpoint.pt; `dvc pull` fetches the published ones)")
     backend = args.backend or available_backends()[-1]
     repeats = max(7, args.repeats)
     all_threads = torch.get_num_threads()
@@ -310,7 +316,6 @@ def main(argv: list[str] | None = None) -> int:
                                    args.out)
         if args.checkpoints.exists():
             batches = [1] if args.quick else [int(b) for b in args.batches.split(",")]
-            seeds = [int(s) for s in args.seeds.split(",")]
             rows += bench_checkpoints(args.checkpoints, seeds, threads_list, batches, backend, repeats, args.out)
         else:
             print(f"  no checkpoints under {args.checkpoints}: skipped (dvc pull fetches them)", flush=True)

@@ -56,18 +56,47 @@ def test_fused_fit_equals_the_layer_fit_bit_for_bit(backend, scheme, shape):
         assert torch.equal(a, want_a)
 
 
-@pytest.mark.parametrize("kind", ["normal", "clamped", "ties", "zeros", "wide"])
-@pytest.mark.parametrize("n", [1, 3, 1000, 70000])
+def _fit_rows(kind: str, n: int, gen: torch.Generator) -> torch.Tensor:
+    return {"normal": lambda: torch.randn(2, n, generator=gen),
+            "clamped": lambda: (3 * torch.randn(2, n, generator=gen)).clamp(-2, 2),
+            "ties": lambda: 0.5 * torch.randint(-3, 4, (2, n), generator=gen).float(),
+            "zeros": lambda: torch.randn(2, n, generator=gen) * (torch.rand(2, n, generator=gen) < 0.3),
+            "wide": lambda: torch.randn(2, n, generator=gen) * torch.exp(8 * torch.randn(2, n, generator=gen)),
+            # two clusters: the buckets that can hold the best split need not be adjacent
+            "bimodal": lambda: torch.where(torch.rand(2, n, generator=gen) < 0.5, 0.1, 2.0)
+            * (1 + 0.05 * torch.randn(2, n, generator=gen))}[kind]()
+
+
+@pytest.mark.parametrize("kind", ["normal", "clamped", "ties", "zeros", "wide", "bimodal"])
+@pytest.mark.parametrize("n", [1, 3, 17, 1000, 70000])
 def test_exact_fits_without_a_full_sort_equal_the_sorting_fit(backend, kind, n):
     """The encode's exact ls-2 / ls-T fit (value buckets, bounds, sorting only the buckets that can hold the
-    optimal split) equals the quantizer library's full-sort fit bit for bit, also with ties, zeros, clamped values
-    and magnitudes spread over many binades."""
-    gen = torch.Generator().manual_seed(n)
-    x = {"normal": lambda: torch.randn(2, n, generator=gen),
-         "clamped": lambda: (3 * torch.randn(2, n, generator=gen)).clamp(-2, 2),
-         "ties": lambda: 0.5 * torch.randint(-3, 4, (2, n), generator=gen).float(),
-         "zeros": lambda: torch.randn(2, n, generator=gen) * (torch.rand(2, n, generator=gen) < 0.3),
-         "wide": lambda: torch.randn(2, n, generator=gen) * torch.exp(8 * torch.randn(2, n, generator=gen))}[kind]()
+    optimal split) equals the quantizer library's full-sort fit bit for bit, also with ties, zeros, clamped values,
+    magnitudes spread over many binades and two separate clusters."""
+    x = _fit_rows(kind, n, torch.Generator().manual_seed(n))
+    for scheme in ("ls-2", "ls-T"):
+        planes, code, mask = _fit_args(scheme)
+        _, v = ops.encode_fit(x.reshape(2, n, 1, 1), planes, code, mask=mask, backend=backend)
+        assert torch.equal(v, fit(x, scheme))
+
+
+@pytest.mark.parametrize("seed", [3928, 7623])
+def test_exact_fit_bound_holds_between_the_bucket_ends(backend, seed):
+    """Rows (uniform to the 4th power) whose best ls-2 split lies in a bucket whose gain bound peaks where its
+    value-range lines cross, not at its ends: found by a search, they keep the bound's crossing vertices honest."""
+    n = 200 + seed % 1800
+    x = torch.rand(1, n, generator=torch.Generator().manual_seed(seed)) ** 4
+    planes, code, mask = _fit_args("ls-2")
+    _, v = ops.encode_fit(x.reshape(1, n, 1, 1), planes, code, mask=mask, backend=backend)
+    assert torch.equal(v, fit(x, "ls-2"))
+
+
+@pytest.mark.parametrize("kind", ["normal", "clamped"])
+def test_exact_fits_of_rows_of_a_million_values(backend, kind):
+    """Rows of 2^20 values and more take the histogram path with separate count and sum arrays (shorter rows pack
+    both into one 64-bit word): the same fit bit for bit."""
+    n = 2**20 + 3
+    x = _fit_rows(kind, n, torch.Generator().manual_seed(5))
     for scheme in ("ls-2", "ls-T"):
         planes, code, mask = _fit_args(scheme)
         _, v = ops.encode_fit(x.reshape(2, n, 1, 1), planes, code, mask=mask, backend=backend)

@@ -76,6 +76,24 @@ ERROR_CLASSES = [(errors.LsqbqError, 1), (errors.ConfigError, 2), (errors.Scheme
                  (errors.InputError, 5), (errors.InputTypeError, 5), (errors.TrainingError, 6)]
 
 
+@pytest.mark.parametrize("where", ["missing", "empty", "other seed"])
+def test_bench_models_with_nothing_to_time_names_the_folder(capsys, tmp_path, where):
+    """``--no-networks`` without a quantized checkpoint to time: one line naming the folder and seeds, exit 4
+    (checkpoint not found), and the output folder untouched."""
+    root = tmp_path / "ckpts"
+    if where != "missing":
+        root.mkdir()
+    if where == "other seed":
+        (root / "lenet5" / "ls-1_ls-1" / "s3").mkdir(parents=True)
+        (root / "lenet5" / "ls-1_ls-1" / "s3" / "checkpoint.pt").write_bytes(b"not read")
+    out = tmp_path / "out"
+    code = cli.main(["bench", "models", "--no-networks", "--checkpoints", str(root), "--out", str(out)])
+    assert code == errors.CheckpointNotFoundError.exit_code
+    line = _err_line(capsys, "bench")
+    assert "nothing to time" in line and str(root) in line and "seed(s) 0" in line
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("cls,code", ERROR_CLASSES, ids=[c.__name__ for c, _ in ERROR_CLASSES])
 def test_each_error_class_has_its_exit_code(capsys, cls, code):
     def fake_main(argv):

@@ -646,12 +646,17 @@ void run(const Job& J, int64_t isa) {
   const bool fused = J.out_f && (J.act != 0 || J.res != nullptr);
   // below ~1M word ops (tens of microseconds) one thread is faster than waking another
   parallel(total, grain, total * work, int64_t(1) << 20, [&](int64_t begin, int64_t end) {
+    Rows rw;
+    int64_t have = -1;  // the row tile rw describes
     for (int64_t idx = begin; idx < end; ++idx) {
-      const int64_t p = idx / ntiles, tl = idx % ntiles;
+      // panels inner: consecutive tasks share a row tile, its geometry and its activation words (in L1)
+      const int64_t tl = idx / J.NP, p = idx % J.NP;
       const int64_t m0 = tl * R;
       const int rows = static_cast<int>(std::min<int64_t>(R, J.M - m0));
-      Rows rw;
-      J.rows(m0, rows, rw);
+      if (tl != have) {
+        J.rows(m0, rows, rw);
+        have = tl;
+      }
       for (int64_t j = 0; j < J.pw; ++j) {
         if (J.mask) {
           tile<1, true>(J, rw, 0, isa, m0, rows, p, j, 0, j == 0);
@@ -1110,21 +1115,92 @@ void encode_greedy(const Enc& E, int64_t planes, float* v, bool avx) {
 // bucket (from its value range) discards buckets that cannot hold the maximiser; only the surviving buckets are
 // sorted and scanned with the scan's own float64 expressions. The result equals the full-sort fit bit for bit.
 // Cost: O(n) plus sorting the surviving buckets (typically a few hundred values) instead of O(n) radix passes.
+// Three passes over the row: the key range (vectorised), the bucket histogram (one packed 64-bit add per value,
+// two interleaved copies so that runs of values in one bucket do not wait on each other's stores), and the
+// gather of the surviving buckets' values, pre-filtered by the key interval that holds them (vectorised).
+
+// Keys (bit patterns of |y|, ordered like the magnitudes) of a float row: min and max.
+void key_range_portable(const float* y, int64_t n, uint32_t& kmin, uint32_t& kmax) {
+  kmin = 0x7fffffffu;
+  kmax = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t k;
+    std::memcpy(&k, y + i, 4);
+    k &= 0x7fffffffu;
+    kmin = std::min(kmin, k);
+    kmax = std::max(kmax, k);
+  }
+}
+
+// The keys k of y[0..n) with klo <= k < khi, in element order, into out (room for n values). Returns their number.
+int64_t keys_in_portable(const float* y, int64_t n, uint32_t klo, uint32_t khi, uint32_t* out) {
+  int64_t c = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t k;
+    std::memcpy(&k, y + i, 4);
+    k &= 0x7fffffffu;
+    if (k - klo < khi - klo) out[c++] = k;
+  }
+  return c;
+}
+
+#if LSQBQ_X86
+LSQBQ_AVX512 void key_range_avx512(const float* y, int64_t n, uint32_t& kmin, uint32_t& kmax) {
+  const __m512i abs = _mm512_set1_epi32(0x7fffffff);
+  __m512i lo = abs, hi = _mm512_setzero_si512();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512i k = _mm512_and_si512(_mm512_loadu_si512(y + i), abs);
+    lo = _mm512_min_epu32(lo, k);
+    hi = _mm512_max_epu32(hi, k);
+  }
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512i k = _mm512_and_si512(_mm512_maskz_loadu_epi32(m, y + i), abs);
+    lo = _mm512_mask_min_epu32(lo, m, lo, k);
+    hi = _mm512_mask_max_epu32(hi, m, hi, k);
+  }
+  kmin = _mm512_reduce_min_epu32(lo);
+  kmax = _mm512_reduce_max_epu32(hi);
+}
+
+// As keys_in_portable; out needs room for n + 16 values (full vectors are stored, then the count advances).
+LSQBQ_AVX512 int64_t keys_in_avx512(const float* y, int64_t n, uint32_t klo, uint32_t khi, uint32_t* out) {
+  const __m512i abs = _mm512_set1_epi32(0x7fffffff), vlo = _mm512_set1_epi32(static_cast<int>(klo));
+  const __m512i span = _mm512_set1_epi32(static_cast<int>(khi - klo));
+  int64_t c = 0;
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 tail = n - i >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512i k = _mm512_and_si512(_mm512_maskz_loadu_epi32(tail, y + i), abs);
+    const __mmask16 m = _mm512_mask_cmplt_epu32_mask(tail, _mm512_sub_epi32(k, vlo), span);
+    if (m) {  // register compress, then a plain store (a compressing store to memory is slow on some CPUs)
+      _mm512_storeu_si512(out + c, _mm512_maskz_compress_epi32(m, k));
+      c += __builtin_popcount(m);
+    }
+  }
+  return c;
+}
+#endif
+
 struct FastFit {
   int kShift = 17;    // bucket = (key >> kShift) - kBase, kShift >= 17: one exponent per bucket
   int64_t kBase = 0;  // first occupied exponent, in bucket units
   int kBuckets = 0;
   std::vector<int64_t> count, isum;  // per bucket: values, and the exact sum of their 24-bit significands
   std::vector<double> sums;          // per bucket: the exact sum of its values
-  std::vector<uint32_t> keys;
+  std::vector<uint32_t> keys, cand;
   std::vector<int32_t> slot;
+  std::vector<uint64_t> packed;      // histogram entries: count << kCountShift | sum of significands
+  static constexpr int kCountShift = 44;  // rows of n < 2^20 values: sums < 2^44, counts < 2^20
+  static constexpr int64_t kChunk = 4096;  // values filtered per gather step
 
   // Buckets cover the row's exponents [e_min, e_max] with 2^m significand slices each (values within 1 + 2^-m),
-  // m <= 6 chosen so that there are at most max(64, n / 2) buckets: few buckets for short rows and narrow ranges.
+  // m <= 6 chosen so that there are at most max(64, n / 16) buckets: the per-bucket passes (bounds, sums) stay
+  // well below the per-value ones, and the one or two buckets that survive still hold few values.
   void layout(uint32_t kmin, uint32_t kmax, int64_t n) {
     const int64_t emin = kmin >> 23, emax = kmax >> 23, nexp = emax - emin + 1;
     int m = 6;
-    while (m > 0 && (nexp << m) > std::max<int64_t>(64, n / 2)) --m;
+    while (m > 0 && (nexp << m) > std::max<int64_t>(64, n / 16)) --m;
     kShift = 23 - m;
     kBase = emin << m;
     kBuckets = static_cast<int>(nexp << m);
@@ -1141,28 +1217,64 @@ struct FastFit {
   static double inv(int64_t j) { return j > 0 ? 1.0 / static_cast<double>(j) : 0.0; }  // = the scan's table
 
   // (v1, v2) of one row y[0..n) (any order); NaN when the row is not finite.
-  void fit(const float* y, int64_t n, bool ternary, float* out) {
-    uint32_t kmin = 0x7fffffffu, kmax = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      uint32_t k;
-      std::memcpy(&k, y + i, 4);
-      k &= 0x7fffffffu;
-      kmin = std::min(kmin, k);
-      kmax = std::max(kmax, k);
+  // count[b], isum[b] over y[0..n): integer sums, so any order gives the same values. A bucket holds one
+  // exponent, so its values' implicit leading bits (normal numbers) are added once per bucket at the end.
+  void histogram(const float* y, int64_t n) {
+    const int shift = kShift;
+    const int64_t base = kBase;
+    if (n >= (int64_t(1) << (64 - kCountShift))) {
+      for (int64_t i = 0; i < n; ++i) {
+        uint32_t k;
+        std::memcpy(&k, y + i, 4);
+        k &= 0x7fffffffu;
+        const int64_t b = static_cast<int64_t>(k >> shift) - base;
+        count[b] += 1;
+        isum[b] += k & 0x7fffffu;
+      }
+    } else {
+      packed.assign(2 * static_cast<size_t>(kBuckets), 0);
+      uint64_t* h0 = packed.data();
+      uint64_t* h1 = h0 + kBuckets;
+      const uint64_t one = uint64_t(1) << kCountShift;
+      int64_t i = 0;
+      for (; i + 2 <= n; i += 2) {
+        uint32_t k0, k1;
+        std::memcpy(&k0, y + i, 4);
+        std::memcpy(&k1, y + i + 1, 4);
+        k0 &= 0x7fffffffu;
+        k1 &= 0x7fffffffu;
+        h0[static_cast<int64_t>(k0 >> shift) - base] += one + (k0 & 0x7fffffu);
+        h1[static_cast<int64_t>(k1 >> shift) - base] += one + (k1 & 0x7fffffu);
+      }
+      if (i < n) {
+        uint32_t k;
+        std::memcpy(&k, y + i, 4);
+        k &= 0x7fffffffu;
+        h0[static_cast<int64_t>(k >> shift) - base] += one + (k & 0x7fffffu);
+      }
+      for (int b = 0; b < kBuckets; ++b) {  // n < 2^20: neither field overflows into the other
+        const uint64_t v = h0[b] + h1[b];
+        count[b] = static_cast<int64_t>(v >> kCountShift);
+        isum[b] = static_cast<int64_t>(v & (one - 1));
+      }
     }
+    for (int b = 0; b < kBuckets; ++b)
+      if (bucket_key(b) >> 23) isum[b] += count[b] << 23;  // normal numbers: 2^23 + fraction
+  }
+
+  void fit(const float* y, int64_t n, bool ternary, bool avx, float* out) {
+    uint32_t kmin, kmax;
+#if LSQBQ_X86
+    if (avx) key_range_avx512(y, n, kmin, kmax);
+    else
+#endif
+      key_range_portable(y, n, kmin, kmax);
     if (kmax >= 0x7f800000u) {  // NaN or Inf
       out[0] = out[1] = std::numeric_limits<float>::quiet_NaN();
       return;
     }
     layout(kmin, kmax, n);
-    for (int64_t i = 0; i < n; ++i) {  // value = significand * 2^(exponent - 150), exactly
-      uint32_t k;
-      std::memcpy(&k, y + i, 4);
-      k &= 0x7fffffffu;
-      const int64_t b = static_cast<int64_t>(k >> kShift) - kBase;
-      count[b] += 1;
-      isum[b] += (k & 0x7fffffu) | ((k >> 23) ? 0x800000u : 0u);
-    }
+    histogram(y, n);
     // exact bucket sums: isum < 2^53 times the power of two 2^(max(e, 1) - 150), built from its bits
     sums.assign(kBuckets, 0.0);
     for (int b = 0; b < kBuckets; ++b) {
@@ -1191,29 +1303,39 @@ struct FastFit {
       low += bucket_sum(b);
       j0 += count[b];
     }
-    // Keep the buckets whose gain bound reaches best_lb. Splits j = j0 + k, k = 0 .. c - 1, have
-    // S_j0 + k lo <= S_j <= S_j0 + k hi (lo, hi: the bucket's value range). The gain is convex in S_j (a sum of
-    // squares over positive denominators), so it is at most its value at S_j = S_j0 + k lo or S_j0 + k hi; along
-    // either line it is convex in k (squares of linear functions over positive linear functions), so the maximum
-    // over the bucket is at k = 0 or k = c - 1: four points bound the whole bucket.
+    // Keep the buckets whose gain bound reaches best_lb. The splits j = j0 + k, k = 0 .. c - 1, of a bucket with
+    // value range [lo, hi], c values and exact sums S_j0 = low, S_end = low + (bucket sum) have
+    //   max(low + k lo, S_end - (c - k) hi) <= S_j <= min(low + k hi, S_end - (c - k) lo)
+    // (the k smallest values, or the c - k largest, each within [lo, hi]). The gain, a sum of terms s^2 / t with
+    // s linear in S and t > 0 linear in j, is jointly convex in (j, S), so over this polygon it is largest at a
+    // vertex: k = 0, the two ends at k = c - 1, and where the two upper and the two lower lines cross. A bucket of
+    // equal values (a clamp, ties) collapses to its exact line and survives only if it can hold the best split.
     std::vector<int> keep;
     std::vector<int64_t> start;
     std::vector<double> base;
     low = 0.0;
     j0 = 0;
+    // reaches(j, s): gain(j, s) (1 + 1e-9) >= best_lb, multiplied out (no divisions; all terms >= 0).
+    const double target = best_lb, nd = static_cast<double>(n);
+    auto reaches = [&](double j, double s) {
+      const double h = total - s;
+      if (ternary || j <= 0) return h * h * (1.0 + 1e-9) >= target * (nd - j);
+      return (s * s * (nd - j) + h * h * j) * (1.0 + 1e-9) >= target * j * (nd - j);
+    };
     for (int b = 0; b < kBuckets; ++b) {
       if (!count[b]) continue;
       const double lo = key_value(bucket_key(b));
       const double hi = key_value(bucket_key(b + 1) - 1);
-      const double c1 = static_cast<double>(count[b] - 1);
-      const int64_t last = j0 + count[b] - 1;
-      auto bound = [&](int64_t j, double s) {
-        const double h = total - s;
-        const double g = h * h / static_cast<double>(n - j);
-        return ternary ? g : g + (j > 0 ? s * s / static_cast<double>(j) : 0.0);
-      };
-      const double ub = std::max({bound(j0, low), bound(last, low + c1 * lo), bound(last, low + c1 * hi)});
-      if (ub * (1.0 + 1e-9) >= best_lb) {
+      const double c = static_cast<double>(count[b]), c1 = c - 1, end = low + bucket_sum(b), d = hi - lo;
+      const double jf = static_cast<double>(j0), jl = static_cast<double>(j0 + count[b] - 1);
+      bool ub = reaches(jf, low);
+      if (!ub && c1 > 0) {
+        ub = reaches(jl, std::min(low + c1 * hi, end - lo)) || reaches(jl, std::max(low + c1 * lo, end - hi));
+        const double ku = (end - c * lo - low) / d, kl = (low + c * hi - end) / d;  // upper / lower lines cross
+        ub = ub || (ku > 0 && ku < c1 && reaches(jf + ku, low + ku * hi)) ||
+             (kl > 0 && kl < c1 && reaches(jf + kl, low + kl * lo));
+      }
+      if (ub) {
         keep.push_back(b);
         start.push_back(j0);
         base.push_back(low);
@@ -1227,12 +1349,23 @@ struct FastFit {
     keys.resize(offset.back());
     for (size_t i = 0; i < keep.size(); ++i) slot[keep[i]] = static_cast<int32_t>(i);
     std::vector<int64_t> fill(offset.begin(), offset.end() - 1);
-    for (int64_t i = 0; i < n; ++i) {
-      uint32_t k;
-      std::memcpy(&k, y + i, 4);
-      k &= 0x7fffffffu;
-      const int32_t s = slot[static_cast<int64_t>(k >> kShift) - kBase];
-      if (s >= 0) keys[fill[s]++] = k;
+    // the kept buckets lie in [klo, khi): filter a chunk by that interval, then place its keys by bucket
+    const uint32_t klo = keep.empty() ? 0 : bucket_key(keep.front());
+    const uint32_t khi = keep.empty() ? 0 : bucket_key(keep.back() + 1);
+    cand.resize(kChunk + 16);
+    for (int64_t c0 = 0; c0 < n && !keep.empty(); c0 += kChunk) {
+      const int64_t len = std::min(kChunk, n - c0);
+      int64_t got;
+#if LSQBQ_X86
+      if (avx) got = keys_in_avx512(y + c0, len, klo, khi, cand.data());
+      else
+#endif
+        got = keys_in_portable(y + c0, len, klo, khi, cand.data());
+      for (int64_t e = 0; e < got; ++e) {
+        const uint32_t k = cand[e];
+        const int32_t s = slot[static_cast<int64_t>(k >> kShift) - kBase];
+        if (s >= 0) keys[fill[s]++] = k;
+      }
     }
     double best_gain = -1.0, best_low = 0.0, best_high = 0.0;
     int64_t best = 0;
@@ -1263,7 +1396,7 @@ struct FastFit {
 };
 
 // Exact fit of every row of y (B, n) with FastFit, rows in parallel. Returns (B, 2) float32.
-at::Tensor exact_fit(const at::Tensor& rows, bool ternary) {
+at::Tensor exact_fit(const at::Tensor& rows, bool ternary, bool avx) {
   TORCH_CHECK(rows.is_contiguous(), "lsqbq: exact_fit expects contiguous rows");
   const int64_t B = rows.size(0), n = rows.size(1);
   TORCH_CHECK(n < (int64_t(1) << 29), "lsqbq: rows of 2^29 or more values are not supported by the exact fits");
@@ -1272,7 +1405,7 @@ at::Tensor exact_fit(const at::Tensor& rows, bool ternary) {
   float* po = out.data_ptr<float>();
   parallel(B, 1, B * n, int64_t(1) << 16, [&](int64_t begin, int64_t end) {
     FastFit f;
-    for (int64_t b = begin; b < end; ++b) f.fit(py + b * n, n, ternary, po + 2 * b);
+    for (int64_t b = begin; b < end; ++b) f.fit(py + b * n, n, ternary, avx, po + 2 * b);
   });
   return out;
 }
@@ -1350,7 +1483,7 @@ std::tuple<at::Tensor, at::Tensor> encode_impl(const at::Tensor& x, const std::o
       E.in_a = E.in_b = nullptr;
       E.do_clamp = false;
     }
-    v = exact_fit(y.reshape({E.B, E.C * E.H * E.W}), fit == kTernary);  // a view: no copy
+    v = exact_fit(y.reshape({E.B, E.C * E.H * E.W}), fit == kTernary, avx);  // a view: no copy
     encode_given(E, planes, v.data_ptr<float>(), planes, avx);
   }
   if (fit != kGiven) {
