@@ -1112,9 +1112,10 @@ void encode_greedy(const Enc& E, int64_t planes, float* v, bool avx) {
 // sums over value buckets are exact too. So: one pass buckets the magnitudes by exponent and up to 6 significand
 // bits (a bucket's values lie within a factor 1 + 2^-m), with exact bucket counts and sums; the exact S_j at
 // every bucket boundary gives exact gains there (a lower bound on the best); an upper bound of the gain inside each
-// bucket (from its value range) discards buckets that cannot hold the maximiser; only the surviving buckets are
-// sorted and scanned with the scan's own float64 expressions. The result equals the full-sort fit bit for bit.
-// Cost: O(n) plus sorting the surviving buckets (typically a few hundred values) instead of O(n) radix passes.
+// bucket (from its value range) discards buckets that cannot hold the maximiser; a large surviving bucket is split
+// once more by the next 6 significand bits and bounded the same way; what survives is sorted and scanned with the
+// scan's own float64 expressions. The result equals the full-sort fit bit for bit.
+// Cost: O(n) plus sorting the surviving values (typically tens) instead of O(n) radix passes.
 // Three passes over the row: the key range (vectorised), the bucket histogram (one packed 64-bit add per value,
 // two interleaved copies so that runs of values in one bucket do not wait on each other's stores), and the
 // gather of the surviving buckets' values, pre-filtered by the key interval that holds them (vectorised).
@@ -1182,17 +1183,49 @@ LSQBQ_AVX512 int64_t keys_in_avx512(const float* y, int64_t n, uint32_t klo, uin
 }
 #endif
 
+#if LSQBQ_X86
+// The packed histogram of FastFit (h[(k >> shift) - base] += one + fraction(k), even values into h0, odd into
+// h1) with the bucket indices and increments computed 16 at a time: the scalar loop is left with the adds.
+LSQBQ_AVX512 void histogram_packed_avx512(const float* y, int64_t n, int shift, int64_t base, uint64_t one_count,
+                                          uint64_t* h0, uint64_t* h1) {
+  alignas(64) uint32_t idx[256];
+  alignas(64) uint64_t inc[256];
+  const __m512i abs = _mm512_set1_epi32(0x7fffffff), frac = _mm512_set1_epi32(0x7fffff);
+  const __m512i vbase = _mm512_set1_epi32(static_cast<int>(base));
+  const __m512i one = _mm512_set1_epi64(static_cast<long long>(one_count));
+  const __m128i sh = _mm_cvtsi32_si128(shift);
+  for (int64_t i0 = 0; i0 < n; i0 += 256) {
+    const int64_t len = std::min<int64_t>(256, n - i0);
+    for (int64_t q = 0; q < len; q += 16) {
+      const __mmask16 tail = len - q >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (len - q)) - 1);
+      const __m512i k = _mm512_and_si512(_mm512_maskz_loadu_epi32(tail, y + i0 + q), abs);
+      _mm512_store_si512(idx + q, _mm512_sub_epi32(_mm512_srl_epi32(k, sh), vbase));
+      const __m512i f = _mm512_and_si512(k, frac);
+      _mm512_store_si512(inc + q, _mm512_add_epi64(one, _mm512_cvtepu32_epi64(_mm512_castsi512_si256(f))));
+      _mm512_store_si512(inc + q + 8, _mm512_add_epi64(one, _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(f, 1))));
+    }
+    int64_t q = 0;
+    for (; q + 2 <= len; q += 2) {
+      h0[idx[q]] += inc[q];
+      h1[idx[q + 1]] += inc[q + 1];
+    }
+    if (q < len) h0[idx[q]] += inc[q];
+  }
+}
+#endif
+
 struct FastFit {
   int kShift = 17;    // bucket = (key >> kShift) - kBase, kShift >= 17: one exponent per bucket
   int64_t kBase = 0;  // first occupied exponent, in bucket units
   int kBuckets = 0;
   std::vector<int64_t> count, isum;  // per bucket: values, and the exact sum of their 24-bit significands
   std::vector<double> sums;          // per bucket: the exact sum of its values
-  std::vector<uint32_t> keys, cand;
+  std::vector<uint32_t> keys, cand, sub;
   std::vector<int32_t> slot;
   std::vector<uint64_t> packed;      // histogram entries: count << kCountShift | sum of significands
   static constexpr int kCountShift = 44;  // rows of n < 2^20 values: sums < 2^44, counts < 2^20
   static constexpr int64_t kChunk = 4096;  // values filtered per gather step
+  static constexpr int64_t kSortMax = 64;  // kept buckets up to this size are sorted whole, larger ones refined
 
   // Buckets cover the row's exponents [e_min, e_max] with 2^m significand slices each (values within 1 + 2^-m),
   // m <= 6 chosen so that there are at most max(64, n / 16) buckets: the per-bucket passes (bounds, sums) stay
@@ -1219,7 +1252,7 @@ struct FastFit {
   // (v1, v2) of one row y[0..n) (any order); NaN when the row is not finite.
   // count[b], isum[b] over y[0..n): integer sums, so any order gives the same values. A bucket holds one
   // exponent, so its values' implicit leading bits (normal numbers) are added once per bucket at the end.
-  void histogram(const float* y, int64_t n) {
+  void histogram(const float* y, int64_t n, bool avx) {
     const int shift = kShift;
     const int64_t base = kBase;
     if (n >= (int64_t(1) << (64 - kCountShift))) {
@@ -1237,6 +1270,12 @@ struct FastFit {
       uint64_t* h1 = h0 + kBuckets;
       const uint64_t one = uint64_t(1) << kCountShift;
       int64_t i = 0;
+#if LSQBQ_X86
+      if (avx) {
+        histogram_packed_avx512(y, n, shift, base, one, h0, h1);
+        i = n;
+      }
+#endif
       for (; i + 2 <= n; i += 2) {
         uint32_t k0, k1;
         std::memcpy(&k0, y + i, 4);
@@ -1274,7 +1313,7 @@ struct FastFit {
       return;
     }
     layout(kmin, kmax, n);
-    histogram(y, n);
+    histogram(y, n, avx);
     // exact bucket sums: isum < 2^53 times the power of two 2^(max(e, 1) - 150), built from its bits
     sums.assign(kBuckets, 0.0);
     for (int b = 0; b < kBuckets; ++b) {
@@ -1315,26 +1354,29 @@ struct FastFit {
     std::vector<double> base;
     low = 0.0;
     j0 = 0;
-    // reaches(j, s): gain(j, s) (1 + 1e-9) >= best_lb, multiplied out (no divisions; all terms >= 0).
-    const double target = best_lb, nd = static_cast<double>(n);
-    auto reaches = [&](double j, double s) {
+    // reaches(j, s, t): gain(j, s) (1 + 1e-9) >= t, multiplied out (no divisions; all terms >= 0).
+    const double nd = static_cast<double>(n);
+    auto reaches = [&](double j, double s, double t) {
       const double h = total - s;
-      if (ternary || j <= 0) return h * h * (1.0 + 1e-9) >= target * (nd - j);
-      return (s * s * (nd - j) + h * h * j) * (1.0 + 1e-9) >= target * j * (nd - j);
+      if (ternary || j <= 0) return h * h * (1.0 + 1e-9) >= t * (nd - j);
+      return (s * s * (nd - j) + h * h * j) * (1.0 + 1e-9) >= t * j * (nd - j);
+    };
+    // Can a group of cnt values in [lo, hi] with sum `sum`, its splits starting at js with S_js = s0, reach t?
+    auto may_reach = [&](int64_t js, double s0, int64_t cnt, double lo, double hi, double sum, double t) {
+      const double c = static_cast<double>(cnt), c1 = c - 1, end = s0 + sum, d = hi - lo;
+      const double jf = static_cast<double>(js), jl = static_cast<double>(js + cnt - 1);
+      if (reaches(jf, s0, t)) return true;
+      if (c1 <= 0) return false;
+      if (reaches(jl, std::min(s0 + c1 * hi, end - lo), t) || reaches(jl, std::max(s0 + c1 * lo, end - hi), t))
+        return true;
+      const double ku = (end - c * lo - s0) / d, kl = (s0 + c * hi - end) / d;  // upper / lower lines cross
+      return (ku > 0 && ku < c1 && reaches(jf + ku, s0 + ku * hi, t)) ||
+             (kl > 0 && kl < c1 && reaches(jf + kl, s0 + kl * lo, t));
     };
     for (int b = 0; b < kBuckets; ++b) {
       if (!count[b]) continue;
-      const double lo = key_value(bucket_key(b));
-      const double hi = key_value(bucket_key(b + 1) - 1);
-      const double c = static_cast<double>(count[b]), c1 = c - 1, end = low + bucket_sum(b), d = hi - lo;
-      const double jf = static_cast<double>(j0), jl = static_cast<double>(j0 + count[b] - 1);
-      bool ub = reaches(jf, low);
-      if (!ub && c1 > 0) {
-        ub = reaches(jl, std::min(low + c1 * hi, end - lo)) || reaches(jl, std::max(low + c1 * lo, end - hi));
-        const double ku = (end - c * lo - low) / d, kl = (low + c * hi - end) / d;  // upper / lower lines cross
-        ub = ub || (ku > 0 && ku < c1 && reaches(jf + ku, low + ku * hi)) ||
-             (kl > 0 && kl < c1 && reaches(jf + kl, low + kl * lo));
-      }
+      const bool ub = may_reach(j0, low, count[b], key_value(bucket_key(b)), key_value(bucket_key(b + 1) - 1),
+                                bucket_sum(b), best_lb);
       if (ub) {
         keep.push_back(b);
         start.push_back(j0);
@@ -1369,11 +1411,10 @@ struct FastFit {
     }
     double best_gain = -1.0, best_low = 0.0, best_high = 0.0;
     int64_t best = 0;
-    for (size_t i = 0; i < keep.size(); ++i) {
-      std::sort(keys.begin() + offset[i], keys.begin() + offset[i + 1]);
-      double lw = base[i];
-      int64_t j = start[i];
-      for (int64_t e = offset[i]; e < offset[i + 1]; ++e, ++j) {
+    // ascending keys ks[0..len), the splits j .. j + len - 1 from the exact S_j = lw: the scan's own expressions
+    auto scan = [&](uint32_t* ks, int64_t len, int64_t j, double lw) {
+      std::sort(ks, ks + len);
+      for (int64_t e = 0; e < len; ++e, ++j) {
         const double g = gain(j, lw);
         if (g > best_gain) {
           best_gain = g;
@@ -1381,8 +1422,60 @@ struct FastFit {
           best_low = lw;
           best_high = total - lw;
         }
-        lw += static_cast<double>(key_value(keys[e]));
+        lw += static_cast<double>(key_value(ks[e]));
       }
+    };
+    for (size_t i = 0; i < keep.size(); ++i) {
+      uint32_t* ks = keys.data() + offset[i];
+      const int64_t len = offset[i + 1] - offset[i];
+      if (len <= kSortMax) {
+        scan(ks, len, start[i], base[i]);
+        continue;
+      }
+      // A large bucket: 64 sub-buckets of the next 6 significand bits (one exponent, so exact integer sums),
+      // their boundary gains raise the lower bound, the same bound discards sub-buckets, the rest are sorted.
+      const uint32_t first = bucket_key(keep[i]);
+      const int sub_shift = kShift - 6;
+      const int64_t e = std::max<int64_t>(first >> 23, 1);
+      const uint64_t bits = static_cast<uint64_t>(e - 150 + 1023) << 52;
+      double scale;
+      std::memcpy(&scale, &bits, 8);
+      const int64_t implicit = (first >> 23) ? (int64_t(1) << 23) : 0;
+      int64_t sc[64] = {}, ss[64] = {};
+      for (int64_t q = 0; q < len; ++q) {
+        const int sb = static_cast<int>((ks[q] >> sub_shift) & 63);
+        sc[sb] += 1;
+        ss[sb] += ks[q] & 0x7fffffu;
+      }
+      double sub_sum[64], sub_low[64];
+      int64_t sub_j[64];
+      double lw = base[i];
+      int64_t j = start[i];
+      for (int sb = 0; sb < 64; ++sb) {
+        sub_sum[sb] = static_cast<double>(ss[sb] + sc[sb] * implicit) * scale;
+        sub_low[sb] = lw;
+        sub_j[sb] = j;
+        if (sc[sb]) best_lb = std::max(best_lb, gain(j, lw));
+        lw += sub_sum[sb];
+        j += sc[sb];
+      }
+      int64_t pos[64];
+      bool kept[64];
+      int64_t total_kept = 0;
+      for (int sb = 0; sb < 64; ++sb) {
+        const uint32_t k0 = first + (static_cast<uint32_t>(sb) << sub_shift);
+        kept[sb] = sc[sb] > 0 && may_reach(sub_j[sb], sub_low[sb], sc[sb], key_value(k0),
+                                          key_value(k0 + (1u << sub_shift) - 1), sub_sum[sb], best_lb);
+        pos[sb] = total_kept;
+        if (kept[sb]) total_kept += sc[sb];
+      }
+      sub.resize(static_cast<size_t>(total_kept));
+      for (int64_t q = 0; q < len; ++q) {
+        const int sb = static_cast<int>((ks[q] >> sub_shift) & 63);
+        if (kept[sb]) sub[pos[sb]++] = ks[q];
+      }
+      for (int sb = 0; sb < 64; ++sb)
+        if (kept[sb]) scan(sub.data() + pos[sb] - sc[sb], sc[sb], sub_j[sb], sub_low[sb]);
     }
     const double hi_mean = best_high * inv(n - best);
     if (ternary) {
@@ -1395,17 +1488,26 @@ struct FastFit {
   }
 };
 
-// Exact fit of every row of y (B, n) with FastFit, rows in parallel. Returns (B, 2) float32.
-at::Tensor exact_fit(const at::Tensor& rows, bool ternary, bool avx) {
-  TORCH_CHECK(rows.is_contiguous(), "lsqbq: exact_fit expects contiguous rows");
-  const int64_t B = rows.size(0), n = rows.size(1);
+// Exact fit of every sample of the encode's input with FastFit, samples in parallel. Returns (B, 2) float32.
+// The fit sorts y = clamp(prologue(x)) (order is irrelevant); with a prologue or a clamp, each sample's y is
+// written into a scratch row of C * H * W floats that stays in cache for the fit's passes (no batch-sized copy).
+at::Tensor exact_fit(const Enc& E, bool ternary, bool avx) {
+  const int64_t n = E.C * E.H * E.W;
   TORCH_CHECK(n < (int64_t(1) << 29), "lsqbq: rows of 2^29 or more values are not supported by the exact fits");
-  auto out = at::empty({B, 2}, at::TensorOptions().dtype(at::kFloat));
-  const float* py = rows.data_ptr<float>();
+  auto out = at::empty({E.B, 2}, at::TensorOptions().dtype(at::kFloat));
   float* po = out.data_ptr<float>();
-  parallel(B, 1, B * n, int64_t(1) << 16, [&](int64_t begin, int64_t end) {
+  const bool scratch = E.in_a || E.do_clamp;
+  parallel(E.B, 1, E.B * n, int64_t(1) << 16, [&](int64_t begin, int64_t end) {
     FastFit f;
-    for (int64_t b = begin; b < end; ++b) f.fit(py + b * n, n, ternary, avx, po + 2 * b);
+    std::vector<float> row(scratch ? n : 0);
+    for (int64_t b = begin; b < end; ++b) {
+      const float* y = E.x + b * n;  // channels_last: sample b's NHWC values
+      if (scratch) {
+        for (int64_t h = 0; h < E.H; ++h) prologue_row(E, b, h, row.data() + h * E.W * E.C, avx);
+        y = row.data();
+      }
+      f.fit(y, n, ternary, avx, po + 2 * b);
+    }
   });
   return out;
 }
@@ -1472,18 +1574,7 @@ std::tuple<at::Tensor, at::Tensor> encode_impl(const at::Tensor& x, const std::o
     v = at::empty({E.B, planes}, at::TensorOptions().dtype(at::kFloat));
     encode_greedy(E, planes, v.data_ptr<float>(), avx);
   } else {
-    at::Tensor y = x4.permute({0, 2, 3, 1});  // (B, H, W, C): the NHWC memory as it lies (the fit ignores order)
-    if (E.in_a || E.do_clamp) {  // the fit sorts y = clamp(prologue(x)): materialise it once, NHWC
-      y = at::empty({E.B, E.H, E.W, E.C}, at::TensorOptions().dtype(at::kFloat));
-      float* py = y.data_ptr<float>();
-      parallel(E.B * E.H, row_grain(E), E.B * E.H * E.W * E.C, kMinEncodeWork, [&](int64_t begin, int64_t end) {
-        for (int64_t bh = begin; bh < end; ++bh) prologue_row(E, bh / E.H, bh % E.H, py + bh * E.W * E.C, avx);
-      });
-      E.x = py;
-      E.in_a = E.in_b = nullptr;
-      E.do_clamp = false;
-    }
-    v = exact_fit(y.reshape({E.B, E.C * E.H * E.W}), fit == kTernary, avx);  // a view: no copy
+    v = exact_fit(E, fit == kTernary, avx);  // the encode below applies the prologue and clamp itself
     encode_given(E, planes, v.data_ptr<float>(), planes, avx);
   }
   if (fit != kGiven) {
