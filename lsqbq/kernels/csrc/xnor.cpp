@@ -1247,6 +1247,14 @@ struct FastFit {
     std::memcpy(&f, &k, 4);
     return f;
   }
+  // 2^(max(e, 1) - 150) for the exponent e of key k: a value with that exponent is its 24-bit significand times it.
+  static double ulp_scale(uint32_t k) {
+    const int64_t e = std::max<int64_t>(k >> 23, 1);
+    const uint64_t bits = static_cast<uint64_t>(e - 150 + 1023) << 52;
+    double scale;
+    std::memcpy(&scale, &bits, 8);
+    return scale;
+  }
   static double inv(int64_t j) { return j > 0 ? 1.0 / static_cast<double>(j) : 0.0; }  // = the scan's table
 
   // (v1, v2) of one row y[0..n) (any order); NaN when the row is not finite.
@@ -1318,11 +1326,7 @@ struct FastFit {
     sums.assign(kBuckets, 0.0);
     for (int b = 0; b < kBuckets; ++b) {
       if (!count[b]) continue;
-      const int64_t e = std::max<int64_t>(bucket_key(b) >> 23, 1);
-      const uint64_t bits = static_cast<uint64_t>(e - 150 + 1023) << 52;
-      double scale;
-      std::memcpy(&scale, &bits, 8);
-      sums[b] = static_cast<double>(isum[b]) * scale;
+      sums[b] = static_cast<double>(isum[b]) * ulp_scale(bucket_key(b));
     }
     auto bucket_sum = [&](int b) { return sums[b]; };
     // exact totals and gains at bucket boundaries (the same float64 expressions as the scan)
@@ -1436,10 +1440,7 @@ struct FastFit {
       // their boundary gains raise the lower bound, the same bound discards sub-buckets, the rest are sorted.
       const uint32_t first = bucket_key(keep[i]);
       const int sub_shift = kShift - 6;
-      const int64_t e = std::max<int64_t>(first >> 23, 1);
-      const uint64_t bits = static_cast<uint64_t>(e - 150 + 1023) << 52;
-      double scale;
-      std::memcpy(&scale, &bits, 8);
+      const double scale = ulp_scale(first);
       const int64_t implicit = (first >> 23) ? (int64_t(1) << 23) : 0;
       int64_t sc[64] = {}, ss[64] = {};
       for (int64_t q = 0; q < len; ++q) {
