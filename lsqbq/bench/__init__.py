@@ -4,8 +4,10 @@ Every benchmark times the candidates side by side in one process and writes rati
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
+from typing import Callable
 
 BENCHMARKS = ("quantizers", "kernels", "models", "training")
 
@@ -18,6 +20,21 @@ USAGE = f"""usage: lsqbq bench {{{','.join(BENCHMARKS)}}} [options]
   training     optimiser-step time of the training recipe per activation scheme
 
 `lsqbq bench <name> --help` lists each benchmark's options."""
+
+
+def int_list(minimum: int) -> Callable[[str], list[int]]:
+    """An argparse ``type``: ``"1,2,4"`` -> ``[1, 2, 4]``, every value an integer >= ``minimum`` (otherwise a
+    usage error that quotes the value)."""
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        for v in values:
+            if v < minimum:
+                raise argparse.ArgumentTypeError(f"every value must be >= {minimum}, got {v}")
+        return values
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,6 +42,7 @@ from ..kernels import BitwiseConv2d, available_backends, encode_fit, pack_weight
 from ..kernels import xnor_gemm_scaled
 from ..layers import QuantConv2d
 from ..schemes import get_scheme, kernel_name
+from . import int_list
 from .timing import load, machine_info, time_group, time_stats, time_threads
 
 IMAGENET = [(64, 56), (128, 28), (256, 14), (512, 7)]
@@ -421,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results/bench"), help="output directory")
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats per candidate (at least 7)")
     parser.add_argument("--quick", action="store_true", help="ImageNet shapes, batch 1, 1 thread (about a minute)")
-    parser.add_argument("--threads", default=None, help="thread counts to time, e.g. 1,2 (default: 1 and all)")
+    parser.add_argument("--threads", type=int_list(1), default=None,
+                        help="thread counts to time, e.g. 1,2 (default: 1 and all)")
     parser.add_argument("--backend", default=None, help="kernel back end (default: fastest available)")
     parser.add_argument("--render-only", action="store_true",
                         help="rewrite kernels.md / kernels.png from an existing kernels.csv in --out (no timing)")
@@ -435,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     min_time = 0.005 if args.quick else 0.02
     all_threads = torch.get_num_threads()
     if args.threads:
-        threads_list = [int(t) for t in args.threads.split(",")]
+        threads_list = args.threads
     else:
         threads_list = [1] if args.quick or all_threads == 1 else sorted({1, 2, all_threads})
     shapes = IMAGENET if args.quick else IMAGENET + CIFAR

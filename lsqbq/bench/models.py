@@ -38,6 +38,7 @@ from torch import nn
 from ..errors import CheckpointNotFoundError
 from ..kernels import available_backends, to_bitwise
 from ..schemes import get_scheme, kernel_name
+from . import int_list
 from .timing import load, machine_info, time_threads
 
 NETWORK_PAIRS = (("ls-1", "ls-1"), ("gf-2", "ls-1"))
@@ -269,12 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results/bench"), help="output directory")
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats per candidate (at least 7)")
     parser.add_argument("--quick", action="store_true", help="ImageNet ResNet-18 and batch 1 only, 1 thread")
-    parser.add_argument("--threads", default=None, help="thread counts, e.g. 1,2 (default: 1 and all)")
+    parser.add_argument("--threads", type=int_list(1), default=None,
+                        help="thread counts, e.g. 1,2 (default: 1 and all)")
     parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints/fashion-mnist"),
                         help="root of <model>/<x>_<w>/s<seed>/checkpoint.pt (skipped when absent)")
-    parser.add_argument("--seeds", default="0", help="checkpoint seeds to time, e.g. 0,1,2 (latency does not "
+    parser.add_argument("--seeds", type=int_list(0), default="0", help="checkpoint seeds to time, e.g. 0,1,2 (latency does not "
                                                      "depend on the seed)")
-    parser.add_argument("--batches", default="1,256", help="checkpoint batch sizes")
+    parser.add_argument("--batches", type=int_list(1), default="1,256", help="checkpoint batch sizes")
     parser.add_argument("--backend", default=None, help="kernel back end (default: fastest available)")
     parser.add_argument("--no-networks", action="store_true", help="checkpoints only")
     parser.add_argument("--render-only", action="store_true",
@@ -291,16 +293,16 @@ def main(argv: list[str] | None = None) -> int:
         print(md)
         return 0
     warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     if args.no_networks and not (args.checkpoints.is_dir() and find_checkpoints(args.checkpoints, seeds)):
         raise CheckpointNotFoundError(
-            f"nothing to time: --no-networks, and no quantized checkpoint of seed(s) {args.seeds} under "
+            f"nothing to time: --no-networks, and no quantized checkpoint of seed(s) {','.join(map(str, seeds))} under "
             f"{args.checkpoints} (<model>/<x>_<w>/s<seed>/checkpoint.pt; `dvc pull` fetches the published ones)")
     backend = args.backend or available_backends()[-1]
     repeats = max(7, args.repeats)
     all_threads = torch.get_num_threads()
     if args.threads:
-        threads_list = [int(t) for t in args.threads.split(",")]
+        threads_list = args.threads
     else:
         threads_list = [1] if args.quick or all_threads == 1 else sorted({1, 2, all_threads})
     info = machine_info()
@@ -315,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             rows += bench_networks(threads_list, backend, repeats, ["imagenet"] if args.quick else list(SHAPES),
                                    args.out)
         if args.checkpoints.exists():
-            batches = [1] if args.quick else [int(b) for b in args.batches.split(",")]
+            batches = [1] if args.quick else args.batches
             rows += bench_checkpoints(args.checkpoints, seeds, threads_list, batches, backend, repeats, args.out)
         else:
             print(f"  no checkpoints under {args.checkpoints}: skipped (dvc pull fetches them)", flush=True)
@@ -337,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     tracking.record_run(
         "bench", "bench_models", strict=False,
         params={**{k: v for k, v in info.items() if isinstance(v, (str, int, float))}, "quick": args.quick,
-                "repeats": repeats, "checkpoints": args.checkpoints, "seeds": args.seeds},
+                "repeats": repeats, "checkpoints": args.checkpoints, "seeds": ",".join(map(str, seeds))},
         metrics={k.replace("@", "_at_"): v for k, v in summary.items()},
         artifacts=[args.out / n for n in ("models.csv", "models.md", "models_headline.md", *profiles)],
         tags={"lsqbq.kind": "bench models", "quick": args.quick},

@@ -76,6 +76,24 @@ ERROR_CLASSES = [(errors.LsqbqError, 1), (errors.ConfigError, 2), (errors.Scheme
                  (errors.InputError, 5), (errors.InputTypeError, 5), (errors.TrainingError, 6)]
 
 
+@pytest.mark.parametrize("args,needle", [
+    (["models", "--seeds", "abc"], "argument --seeds: expected comma-separated integers, got 'abc'"),
+    (["models", "--batches", "1,0"], "argument --batches: every value must be >= 1, got 0"),
+    (["models", "--threads", "0"], "argument --threads: every value must be >= 1, got 0"),
+    (["models", "--seeds", "-1"], "argument --seeds: every value must be >= 0, got -1"),
+    (["kernels", "--threads", "1,x"], "argument --threads: expected comma-separated integers, got '1,x'"),
+])
+def test_bench_list_options_are_checked_before_any_timing(capsys, tmp_path, args, needle):
+    """Thread, seed and batch lists: a usage error (exit 2) naming the option and the value, nothing written."""
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_:  # argparse's usage error, as from the console (exit status 2)
+        cli.main(["bench", *args, "--out", str(out)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("where", ["missing", "empty", "other seed"])
 def test_bench_models_with_nothing_to_time_names_the_folder(capsys, tmp_path, where):
     """``--no-networks`` without a quantized checkpoint to time: one line naming the folder and seeds, exit 4
