@@ -37,6 +37,16 @@ def int_list(minimum: int) -> Callable[[str], list[int]]:
     return parse
 
 
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: one integer >= ``minimum`` (otherwise a usage error that quotes the value)."""
+    def parse(text: str) -> int:
+        values = int_list(minimum)(text)
+        if len(values) != 1:
+            raise argparse.ArgumentTypeError(f"expected one integer, got {text!r}")
+        return values[0]
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help"):

@@ -20,6 +20,7 @@ from ..config import load_config
 from ..data import dataset_info
 from ..models import build
 from ..config import model_options
+from . import int_at_least
 from .timing import machine_info, time_group
 
 CONFIGS = (("fp", "fp"), ("fp", "ls-1"), ("ls-1", "ls-1"), ("gf-2", "ls-1"), ("ls-T", "ls-1"), ("ls-2", "ls-1"),
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lsqbq bench training", description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="config/train/fmnist_resnet.yaml", help="training recipe whose model is timed")
     parser.add_argument("--out", default="results/bench", help="output directory")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--threads", type=int_at_least(1), default=1, help="torch threads")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per configuration")
     parser.add_argument("--steps", type=int, default=5, help="optimiser steps per timing")
     parser.add_argument("--quick", action="store_true", help="1 round of 1 step (a check, not a measurement)")

@@ -82,6 +82,8 @@ ERROR_CLASSES = [(errors.LsqbqError, 1), (errors.ConfigError, 2), (errors.Scheme
     (["models", "--threads", "0"], "argument --threads: every value must be >= 1, got 0"),
     (["models", "--seeds", "-1"], "argument --seeds: every value must be >= 0, got -1"),
     (["kernels", "--threads", "1,x"], "argument --threads: expected comma-separated integers, got '1,x'"),
+    (["quantizers", "--threads", "0"], "argument --threads: every value must be >= 1, got 0"),
+    (["training", "--threads", "1,2"], "argument --threads: expected one integer, got '1,2'"),
 ])
 def test_bench_list_options_are_checked_before_any_timing(capsys, tmp_path, args, needle):
     """Thread, seed and batch lists: a usage error (exit 2) naming the option and the value, nothing written."""
