@@ -134,19 +134,6 @@ def _backward_quant_encode(ctx, grad, _grad_slope):
     return None, gs, None
 
 
-_KERNEL_OPS = ("pack_signs", "pack_activations", "encode_fused", "bitwise_conv2d", "xnor_gemm", "xnor_gemm_scaled",
-               "xnor_conv2d", "xnor_conv2d_scaled")
-
-
-def _setup_constant(ctx, inputs, output) -> None:
-    ctx.n_inputs = len(inputs)
-    ctx.mark_non_differentiable(*(output if isinstance(output, tuple) else (output,)))
-
-
-def _backward_constant(ctx, *grads):
-    return (None,) * ctx.n_inputs
-
-
 # ------------------------------------------------------------------------------------------ fake kernels
 
 
@@ -234,9 +221,6 @@ def register() -> None:
                                         setup_context=_setup_exact_fit, lib=_lib)
     torch.library.register_autograd(f"{NAMESPACE}::quant_encode", _backward_quant_encode,
                                     setup_context=_setup_quant_encode, lib=_lib)
-    for name in _KERNEL_OPS:
-        torch.library.register_autograd(f"{NAMESPACE}::{name}", _backward_constant, setup_context=_setup_constant,
-                                        lib=_lib)
     for isa in (0, 1):
         if torch.ops.lsqbq.isa_supported(isa):
             _macs_per_iter[isa] = torch.ops.lsqbq.popcount_peak(1, isa)

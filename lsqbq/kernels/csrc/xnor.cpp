@@ -29,6 +29,8 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/Functions.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <pthread.h>
@@ -1744,6 +1746,20 @@ TORCH_LIBRARY_FRAGMENT(lsqbq, m) {
 TORCH_LIBRARY_IMPL(lsqbq, CompositeExplicitAutograd, m) {
   m.impl("popcount_peak", &popcount_peak_cpu);
   m.impl("isa_supported", &isa_supported_cpu);
+}
+
+// Autograd key of the kernel ops: their outputs (sign words, integer dot products, inference outputs) have no
+// gradient, so the kernel runs below autograd and its outputs carry no grad_fn, as if marked non-differentiable.
+// In C++ rather than a Python autograd formula, which cost about 14 us per call (most of a small layer at batch 1).
+void below_autograd(const c10::OperatorHandle& op, c10::DispatchKeySet ks, torch::jit::Stack* stack) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  op.redispatchBoxed(ks & c10::after_ADInplaceOrView_keyset, stack);
+}
+
+TORCH_LIBRARY_IMPL(lsqbq, Autograd, m) {
+  for (const char* name : {"pack_signs", "pack_activations", "encode_fused", "bitwise_conv2d", "xnor_gemm",
+                           "xnor_gemm_scaled", "xnor_conv2d", "xnor_conv2d_scaled"})
+    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&below_autograd>());
 }
 
 TORCH_LIBRARY_IMPL(lsqbq, CPU, m) {
