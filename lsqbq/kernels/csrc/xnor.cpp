@@ -1119,7 +1119,8 @@ void encode_greedy(const Enc& E, int64_t planes, float* v, bool avx) {
 // scan's own float64 expressions. The result equals the full-sort fit bit for bit.
 // Cost: O(n) plus sorting the surviving values (typically tens) instead of O(n) radix passes.
 // Three passes over the row: the key range (vectorised), the bucket histogram (one packed 64-bit add per value,
-// two interleaved copies so that runs of values in one bucket do not wait on each other's stores), and the
+// interleaved over four copies (two in the portable path) so that runs of values in one bucket, such as the zeros
+// after a ReLU, do not wait on each other's stores), and the
 // gather of the surviving buckets' values, pre-filtered by the key interval that holds them (vectorised).
 
 // Keys (bit patterns of |y|, ordered like the magnitudes) of a float row: min and max.
@@ -1186,10 +1187,10 @@ LSQBQ_AVX512 int64_t keys_in_avx512(const float* y, int64_t n, uint32_t klo, uin
 #endif
 
 #if LSQBQ_X86
-// The packed histogram of FastFit (h[(k >> shift) - base] += one + fraction(k), even values into h0, odd into
-// h1) with the bucket indices and increments computed 16 at a time: the scalar loop is left with the adds.
+// The packed histogram of FastFit (h[(k >> shift) - base] += one + fraction(k), value i into copy i mod 4) with
+// the bucket indices and increments computed 16 at a time: the scalar loop is left with the adds.
 LSQBQ_AVX512 void histogram_packed_avx512(const float* y, int64_t n, int shift, int64_t base, uint64_t one_count,
-                                          uint64_t* h0, uint64_t* h1) {
+                                          uint64_t* h0, uint64_t* h1, uint64_t* h2, uint64_t* h3) {
   alignas(64) uint32_t idx[256];
   alignas(64) uint64_t inc[256];
   const __m512i abs = _mm512_set1_epi32(0x7fffffff), frac = _mm512_set1_epi32(0x7fffff);
@@ -1207,11 +1208,13 @@ LSQBQ_AVX512 void histogram_packed_avx512(const float* y, int64_t n, int shift, 
       _mm512_store_si512(inc + q + 8, _mm512_add_epi64(one, _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(f, 1))));
     }
     int64_t q = 0;
-    for (; q + 2 <= len; q += 2) {
+    for (; q + 4 <= len; q += 4) {
       h0[idx[q]] += inc[q];
       h1[idx[q + 1]] += inc[q + 1];
+      h2[idx[q + 2]] += inc[q + 2];
+      h3[idx[q + 3]] += inc[q + 3];
     }
-    if (q < len) h0[idx[q]] += inc[q];
+    for (; q < len; ++q) h0[idx[q]] += inc[q];
   }
 }
 #endif
@@ -1275,14 +1278,16 @@ struct FastFit {
         isum[b] += k & 0x7fffffu;
       }
     } else {
-      packed.assign(2 * static_cast<size_t>(kBuckets), 0);
+      packed.assign(4 * static_cast<size_t>(kBuckets), 0);
       uint64_t* h0 = packed.data();
       uint64_t* h1 = h0 + kBuckets;
+      uint64_t* h2 = h1 + kBuckets;
+      uint64_t* h3 = h2 + kBuckets;
       const uint64_t one = uint64_t(1) << kCountShift;
       int64_t i = 0;
 #if LSQBQ_X86
       if (avx) {
-        histogram_packed_avx512(y, n, shift, base, one, h0, h1);
+        histogram_packed_avx512(y, n, shift, base, one, h0, h1, h2, h3);
         i = n;
       }
 #endif
@@ -1302,7 +1307,7 @@ struct FastFit {
         h0[static_cast<int64_t>(k >> shift) - base] += one + (k & 0x7fffffu);
       }
       for (int b = 0; b < kBuckets; ++b) {  // n < 2^20: neither field overflows into the other
-        const uint64_t v = h0[b] + h1[b];
+        const uint64_t v = h0[b] + h1[b] + h2[b] + h3[b];
         count[b] = static_cast<int64_t>(v >> kCountShift);
         isum[b] = static_cast<int64_t>(v & (one - 1));
       }
