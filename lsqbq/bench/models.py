@@ -274,8 +274,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="thread counts, e.g. 1,2 (default: 1 and all)")
     parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints/fashion-mnist"),
                         help="root of <model>/<x>_<w>/s<seed>/checkpoint.pt (skipped when absent)")
-    parser.add_argument("--seeds", type=int_list(0), default="0", help="checkpoint seeds to time, e.g. 0,1,2 (latency does not "
-                                                     "depend on the seed)")
+    parser.add_argument("--seeds", type=int_list(0), default="0",
+                        help="checkpoint seeds to time, e.g. 0,1,2 (latency does not depend on the seed)")
     parser.add_argument("--batches", type=int_list(1), default="1,256", help="checkpoint batch sizes")
     parser.add_argument("--backend", default=None, help="kernel back end (default: fastest available)")
     parser.add_argument("--no-networks", action="store_true", help="checkpoints only")
@@ -293,10 +293,10 @@ def main(argv: list[str] | None = None) -> int:
         print(md)
         return 0
     warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
-    seeds = args.seeds
+    seeds, seeds_text = args.seeds, ",".join(map(str, args.seeds))
     if args.no_networks and not (args.checkpoints.is_dir() and find_checkpoints(args.checkpoints, seeds)):
         raise CheckpointNotFoundError(
-            f"nothing to time: --no-networks, and no quantized checkpoint of seed(s) {','.join(map(str, seeds))} under "
+            f"nothing to time: --no-networks, and no quantized checkpoint of seed(s) {seeds_text} under "
             f"{args.checkpoints} (<model>/<x>_<w>/s<seed>/checkpoint.pt; `dvc pull` fetches the published ones)")
     backend = args.backend or available_backends()[-1]
     repeats = max(7, args.repeats)
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     tracking.record_run(
         "bench", "bench_models", strict=False,
         params={**{k: v for k, v in info.items() if isinstance(v, (str, int, float))}, "quick": args.quick,
-                "repeats": repeats, "checkpoints": args.checkpoints, "seeds": ",".join(map(str, seeds))},
+                "repeats": repeats, "checkpoints": args.checkpoints, "seeds": seeds_text},
         metrics={k.replace("@", "_at_"): v for k, v in summary.items()},
         artifacts=[args.out / n for n in ("models.csv", "models.md", "models_headline.md", *profiles)],
         tags={"lsqbq.kind": "bench models", "quick": args.quick},

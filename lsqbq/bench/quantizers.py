@@ -86,7 +86,8 @@ def render(out: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lsqbq bench quantizers", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/bench"), help="output directory")
-    parser.add_argument("--threads", type=int_at_least(1), default=None, help="torch threads (default: torch's default)")
+    parser.add_argument("--threads", type=int_at_least(1), default=None,
+                        help="torch threads (default: torch's default)")
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats per candidate")
     parser.add_argument("--quick", action="store_true", help="fewer repeats, one layer shape")
     parser.add_argument("--render-only", action="store_true",

@@ -98,6 +98,11 @@ void check_isa(int64_t isa) {
 
 inline __attribute__((always_inline)) int popcount64(uint64_t x) { return __builtin_popcountll(x); }
 
+#if LSQBQ_X86
+// Mask of the first min(k, 16) of 16 lanes (k >= 0): the tail of a row in 16-float vectors.
+inline __mmask16 first_lanes(int64_t k) { return static_cast<__mmask16>(k >= 16 ? 0xffffu : (1u << k) - 1); }
+#endif
+
 // ------------------------------------------------------------------------------------------- threads
 // Work-claiming pool: a call is split into chunks of `grain` indices that threads claim from an atomic counter.
 // The calling thread always works too and waits only for workers that actually claimed a chunk, so a worker that
@@ -963,7 +968,7 @@ LSQBQ_AVX512 void enc_row_first(const Enc& E, int64_t b, int64_t h, double* lane
         const int64_t c0 = q * 64 + g * 16;
         const int64_t cn = std::min<int64_t>(16, C - c0);
         if (cn <= 0) break;
-        const __mmask16 ld = cn == 16 ? __mmask16(0xFFFF) : __mmask16((1u << cn) - 1);
+        const __mmask16 ld = first_lanes(cn);
         __m512 y = _mm512_maskz_loadu_ps(ld, px + c0);
         if (E.in_a)
           y = _mm512_fmadd_ps(y, _mm512_maskz_loadu_ps(ld, E.in_a + c0), _mm512_maskz_loadu_ps(ld, E.in_b + c0));
@@ -1006,7 +1011,7 @@ LSQBQ_AVX512 void enc_row<true>(const Enc& E, int64_t b, int64_t h, const float*
         const int64_t c0 = q * 64 + g * 16;
         const int64_t cn = std::min<int64_t>(16, E.C - c0);
         if (cn <= 0) break;
-        const __mmask16 ld = cn == 16 ? __mmask16(0xFFFF) : __mmask16((1u << cn) - 1);
+        const __mmask16 ld = first_lanes(cn);
         __m512 y = _mm512_maskz_loadu_ps(ld, px + c0);
         if (E.in_a)
           y = _mm512_fmadd_ps(y, _mm512_maskz_loadu_ps(ld, E.in_a + c0), _mm512_maskz_loadu_ps(ld, E.in_b + c0));
@@ -1040,7 +1045,7 @@ LSQBQ_AVX512 void prologue_row_avx512(const Enc& E, int64_t b, int64_t h, float*
   for (int64_t w = 0; w < E.W; ++w)
     for (int64_t c0 = 0; c0 < E.C; c0 += 16) {
       const int64_t cn = std::min<int64_t>(16, E.C - c0);
-      const __mmask16 ld = cn == 16 ? __mmask16(0xFFFF) : __mmask16((1u << cn) - 1);
+      const __mmask16 ld = first_lanes(cn);
       __m512 y = _mm512_maskz_loadu_ps(ld, src + w * E.C + c0);
       if (E.in_a)
         y = _mm512_fmadd_ps(y, _mm512_maskz_loadu_ps(ld, E.in_a + c0), _mm512_maskz_loadu_ps(ld, E.in_b + c0));
@@ -1118,10 +1123,10 @@ void encode_greedy(const Enc& E, int64_t planes, float* v, bool avx) {
 // once more by the next 6 significand bits and bounded the same way; what survives is sorted and scanned with the
 // scan's own float64 expressions. The result equals the full-sort fit bit for bit.
 // Cost: O(n) plus sorting the surviving values (typically tens) instead of O(n) radix passes.
-// Three passes over the row: the key range (vectorised), the bucket histogram (one packed 64-bit add per value,
-// interleaved over four copies (two in the portable path) so that runs of values in one bucket, such as the zeros
-// after a ReLU, do not wait on each other's stores), and the
-// gather of the surviving buckets' values, pre-filtered by the key interval that holds them (vectorised).
+// Three passes over the row: the key range (vectorised); the bucket histogram (one packed 64-bit add per value,
+// interleaved over four copies, two in the portable path, so that runs of values in one bucket, such as the zeros
+// after a ReLU, do not wait on each other's stores); the gather of the surviving buckets' values, pre-filtered by
+// the key interval that holds them (vectorised).
 
 // Keys (bit patterns of |y|, ordered like the magnitudes) of a float row: min and max.
 void key_range_portable(const float* y, int64_t n, uint32_t& kmin, uint32_t& kmax) {
@@ -1159,7 +1164,7 @@ LSQBQ_AVX512 void key_range_avx512(const float* y, int64_t n, uint32_t& kmin, ui
     hi = _mm512_max_epu32(hi, k);
   }
   if (i < n) {
-    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __mmask16 m = first_lanes(n - i);
     const __m512i k = _mm512_and_si512(_mm512_maskz_loadu_epi32(m, y + i), abs);
     lo = _mm512_mask_min_epu32(lo, m, lo, k);
     hi = _mm512_mask_max_epu32(hi, m, hi, k);
@@ -1174,7 +1179,7 @@ LSQBQ_AVX512 int64_t keys_in_avx512(const float* y, int64_t n, uint32_t klo, uin
   const __m512i span = _mm512_set1_epi32(static_cast<int>(khi - klo));
   int64_t c = 0;
   for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 tail = n - i >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __mmask16 tail = first_lanes(n - i);
     const __m512i k = _mm512_and_si512(_mm512_maskz_loadu_epi32(tail, y + i), abs);
     const __mmask16 m = _mm512_mask_cmplt_epu32_mask(tail, _mm512_sub_epi32(k, vlo), span);
     if (m) {  // register compress, then a plain store (a compressing store to memory is slow on some CPUs)
@@ -1184,9 +1189,7 @@ LSQBQ_AVX512 int64_t keys_in_avx512(const float* y, int64_t n, uint32_t klo, uin
   }
   return c;
 }
-#endif
 
-#if LSQBQ_X86
 // The packed histogram of FastFit (h[(k >> shift) - base] += one + fraction(k), value i into copy i mod 4) with
 // the bucket indices and increments computed 16 at a time: the scalar loop is left with the adds.
 LSQBQ_AVX512 void histogram_packed_avx512(const float* y, int64_t n, int shift, int64_t base, uint64_t one_count,
@@ -1200,7 +1203,7 @@ LSQBQ_AVX512 void histogram_packed_avx512(const float* y, int64_t n, int shift, 
   for (int64_t i0 = 0; i0 < n; i0 += 256) {
     const int64_t len = std::min<int64_t>(256, n - i0);
     for (int64_t q = 0; q < len; q += 16) {
-      const __mmask16 tail = len - q >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (len - q)) - 1);
+      const __mmask16 tail = first_lanes(len - q);
       const __m512i k = _mm512_and_si512(_mm512_maskz_loadu_epi32(tail, y + i0 + q), abs);
       _mm512_store_si512(idx + q, _mm512_sub_epi32(_mm512_srl_epi32(k, sh), vbase));
       const __m512i f = _mm512_and_si512(k, frac);
@@ -1262,7 +1265,6 @@ struct FastFit {
   }
   static double inv(int64_t j) { return j > 0 ? 1.0 / static_cast<double>(j) : 0.0; }  // = the scan's table
 
-  // (v1, v2) of one row y[0..n) (any order); NaN when the row is not finite.
   // count[b], isum[b] over y[0..n): integer sums, so any order gives the same values. A bucket holds one
   // exponent, so its values' implicit leading bits (normal numbers) are added once per bucket at the end.
   void histogram(const float* y, int64_t n, bool avx) {
@@ -1316,6 +1318,7 @@ struct FastFit {
       if (bucket_key(b) >> 23) isum[b] += count[b] << 23;  // normal numbers: 2^23 + fraction
   }
 
+  // (v1, v2) of one row y[0..n) (any order); NaN when the row is not finite.
   void fit(const float* y, int64_t n, bool ternary, bool avx, float* out) {
     uint32_t kmin, kmax;
 #if LSQBQ_X86
