@@ -276,7 +276,7 @@ def _run(cfg: Config, resume: bool, eval_only: bool, dist_info: D.DistInfo) -> d
                                      "schedule": schedule.state_dict(), "rng": ckpt_io.rng_state()},
                                     plan.resume_path)
                 if epoch + 1 == cfg.epochs:
-                    ckpt_io.save_atomic(published, plan.ckpt_path)
+                    ckpt_io.save_atomic(published, plan.ckpt_path, compact=True)
         if eval_only or start_epoch >= cfg.epochs:  # nothing trained in this invocation
             val = evaluate(model, test_loader, device, cfg.amp)
         final = {

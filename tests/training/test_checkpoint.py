@@ -1,8 +1,11 @@
 """Checkpoint files: atomic saves without leftovers, weights_only loads, one-line errors, load_model."""
 from __future__ import annotations
 
+import importlib.util
 import random
 import warnings
+import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -163,3 +166,121 @@ def test_x_quant_with_another_k_loads(tmp_path):
     for x_quant in ("ls-2", "fp", "gf-3"):
         model = ckpt_io.load_model(tmp_path / "c.pt", options={"x_quant": x_quant}).model
         assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+# ------------------------------------------------------------------------------------------ compact (format 2)
+
+
+def _awkward_state():
+    """Float32 values whose bits a lossy or byte-order-confused codec would change, plus entries kept as they are."""
+    g = torch.Generator().manual_seed(3)
+    special = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), 1e-45, -1e-45, 3.4e38, 1.17549435e-38])
+    nan_payload = torch.tensor([0x7FC00001, 0xFFC12345, 0x7F800001], dtype=torch.int64).to(torch.int32).view(
+        torch.float32)                                              # NaNs with payloads and a signalling NaN
+    w = torch.randn(40, 30, generator=g) * 0.05
+    return {
+        "fc.weight": w,
+        "conv.weight": torch.randn(8, 4, 3, 3, generator=g),
+        "strided": w.t(),                                           # non-contiguous
+        "special": torch.cat([special.repeat(40), nan_payload.repeat(10)]),
+        "small": torch.randn(5, generator=g),                       # below the split threshold: stored as is
+        "empty": torch.empty(0, 300),
+        "steps": torch.tensor(7),                                   # int64 buffer
+        "half": torch.randn(300, generator=g).half(),               # other dtypes stored as they are
+    }
+
+
+def _bits(t):
+    return t.contiguous().view(torch.int32) if t.dtype == torch.float32 else t
+
+
+def test_split_state_round_trips_every_bit(tmp_path):
+    state = _awkward_state()
+    split = ckpt_io.split_state(state)
+    assert isinstance(split["fc.weight"], dict) and isinstance(split["special"], dict)
+    assert split["small"] is state["small"] and split["steps"] is state["steps"] and split["half"] is state["half"]
+    joined = ckpt_io.join_state(split, "x.pt")
+    assert list(joined) == list(state)
+    for k, v in state.items():
+        assert joined[k].dtype == v.dtype and joined[k].shape == v.shape, k
+        assert torch.equal(_bits(joined[k]), _bits(v)), k
+    # the byte planes are little-endian: the high plane holds sign and exponent
+    assert torch.equal(split["conv.weight"]["hi"] >> 7, (state["conv.weight"].flatten() < 0).to(torch.uint8))
+
+
+def test_compact_checkpoint_loads_the_same_tensors_and_is_smaller(tmp_path):
+    state = {"fc1.weight": torch.randn(500, 800, generator=torch.Generator().manual_seed(0)) * 0.04,
+             **_awkward_state()}
+    obj = {"format": 1, "model": state, "epoch": 3, "history": [{"top1": 90.0}]}
+    plain = ckpt_io.save_atomic(obj, tmp_path / "plain.pt")
+    compact = ckpt_io.save_atomic(obj, tmp_path / "compact.pt", compact=True)
+    assert compact.stat().st_size < 0.9 * plain.stat().st_size     # ~15 % smaller for weight-like values
+    back = ckpt_io.load(compact)
+    assert back["format"] == 2 and back["epoch"] == 3 and back["history"] == obj["history"]
+    for k, v in state.items():
+        assert torch.equal(_bits(back["model"][k]), _bits(v)), k
+    raw = torch.load(compact, weights_only=True)                   # plain torch reads it too (split entries)
+    assert set(raw["model"]["fc.weight"]) == {"f32_split", "hi", "lo"}
+    again = ckpt_io.save_atomic(obj, tmp_path / "again.pt", compact=True)
+    assert again.read_bytes() == compact.read_bytes()               # deterministic: equal checkpoints, equal files
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_flipped_bit_in_the_weights_is_a_checkpoint_error(tmp_path, compact):
+    """torch.load does not check the zip's CRC-32: without lsqbq's check a flipped weight bit loads silently."""
+    path = ckpt_io.save_atomic({"format": 2, "model": {"w": torch.randn(4096) * 0.1}}, tmp_path / "c.pt",
+                               compact=compact)
+    with zipfile.ZipFile(path) as z:
+        big = max(z.infolist(), key=lambda i: i.compress_size)       # the (low bytes of the) weights
+        data = bytearray(path.read_bytes())
+        start = big.header_offset + 30 + len(big.filename.encode()) + len(big.extra)
+    data[start + big.compress_size // 2] ^= 0x10
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(bytes(data))
+    assert torch.load(bad, weights_only=True)["model"] is not None  # torch alone accepts the damaged file
+    with pytest.raises(CheckpointError, match=r"bad\.pt: damaged: the checksum of 'archive/data/\d+' does not match"):
+        ckpt_io.load(bad)
+
+
+@pytest.mark.parametrize("entry, needs", [
+    ({"f32_split": [2, 3], "hi": torch.zeros(6, dtype=torch.uint8), "lo": torch.zeros(5, 3, dtype=torch.uint8)},
+     "and lo uint8[6, 3]"),
+    ({"f32_split": [4], "hi": torch.zeros(4), "lo": torch.zeros(4, 3, dtype=torch.uint8)}, "hi uint8[4]"),
+    ({"f32_split": "4", "hi": torch.zeros(4, dtype=torch.uint8)}, "shape '4'"),
+    ({"f32_split": [-1, 4], "hi": torch.zeros(4, dtype=torch.uint8)}, "shape [-1, 4]"),
+])
+def test_malformed_split_entry_names_the_entry(tmp_path, entry, needs):
+    torch.save({"format": 2, "model": {"layer.weight": entry}}, tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match="model entry layer.weight is malformed") as err:
+        ckpt_io.load(tmp_path / "m.pt")
+    assert needs in str(err.value) and str(tmp_path / "m.pt") in str(err.value)
+
+
+def test_checkpoint_of_a_newer_format_asks_for_an_upgrade(tmp_path):
+    torch.save({"format": ckpt_io.FORMAT + 1, "model": {}}, tmp_path / "new.pt")
+    with pytest.raises(CheckpointError, match=r"newer lsqbq \(checkpoint format 3; this version reads formats 1 to 2\)"):
+        ckpt_io.load(tmp_path / "new.pt")
+    torch.save({"format": True, "model": {}}, tmp_path / "bool.pt")
+    with pytest.raises(CheckpointError, match="not an lsqbq checkpoint"):
+        ckpt_io.load(tmp_path / "bool.pt")
+
+
+def test_compact_script_converts_format_1_bit_for_bit_and_only_once(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("compact_checkpoints",
+                                                  Path(__file__).parents[2] / "scripts" / "compact_checkpoints.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    run = tmp_path / "lenet5" / "fp_fp" / "s0" / "checkpoint.pt"
+    _tiny_model_checkpoint(run, width=16)                           # written plain
+    old = {"format": 1, **{k: v for k, v in ckpt_io.load(run).items() if k != "format"}}
+    torch.save(old, run)                                            # as an earlier release wrote it
+    assert script.main([str(tmp_path)]) == 0
+    new = ckpt_io.load(run)
+    assert new["format"] == 2 and script.same({**old, "format": 2}, new)
+    assert isinstance(torch.load(run, weights_only=True)["model"]["stages.0.0.conv1.weight"], dict)   # 16x16x3x3
+    size = run.stat().st_size
+    assert script.main([str(run)]) == 0 and run.stat().st_size == size    # already compact: left alone
+    assert sorted(p.name for p in run.parent.iterdir()) == ["checkpoint.pt"]
+    with pytest.raises(SystemExit):
+        script.main([str(tmp_path / "empty-dir")])
