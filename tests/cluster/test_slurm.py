@@ -100,7 +100,7 @@ def test_workflow_on_slurm(cluster, tmp_path):
     (local / "no-bench.yaml").write_text(NO_BENCH)
     with open(tmp_path / "slurm.log", "w") as slurm_log:
         main = subprocess.Popen([sys.executable, "-m", "snakemake", *ON_SLURM, *TEST], cwd=slurm,
-                                env=env_for(slurm), stdout=slurm_log, stderr=subprocess.STDOUT)
+                                env=env_for(slurm, cluster=True), stdout=slurm_log, stderr=subprocess.STDOUT)
         try:
             snakemake(["--cores", "2", *TEST, "no-bench.yaml"], local, timeout=1500)
             reference = {name: _table(local, name) for name in TABLES_COMPARED}
@@ -145,7 +145,7 @@ def _cancel_then_resume(repo, tmp_path) -> tuple[list[str], int]:
     ckpt_dir = repo / ".test" / "checkpoints" / RUN
     first_log = open(tmp_path / "cancelled.log", "w")
     first = subprocess.Popen([sys.executable, "-m", "snakemake", *resume, "--retries", "0"], cwd=repo,
-                             env=env_for(repo), stdout=first_log, stderr=subprocess.STDOUT)
+                             env=env_for(repo, cluster=True), stdout=first_log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 900
         while time.time() < deadline and first.poll() is None and not list(ckpt_dir.glob("partial-*/resume.pt")):
@@ -167,7 +167,7 @@ def _cancel_then_resume(repo, tmp_path) -> tuple[list[str], int]:
     done_epochs = int(torch.load(partial[0], weights_only=True)["epoch"])
     assert 1 <= done_epochs < EPOCHS
 
-    second = snakemake(resume, repo, timeout=900)
+    second = snakemake(resume, repo, timeout=900, cluster=True)
     log = (repo / ".test" / "logs" / "train" / f"{RUN}.log").read_text()
     ran = [e for e in range(1, EPOCHS + 1) if f"epoch {e}/{EPOCHS}:" in log]
     assert ran == list(range(done_epochs + 1, EPOCHS + 1)), log[-2000:]  # resumed, not restarted

@@ -1,6 +1,7 @@
 """Workflow values with spaces or quotes reach the commands as one argument each (Snakemake's ``{x:q}``)."""
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -8,6 +9,8 @@ import subprocess
 import sys
 
 import pytest
+
+from workflow._repo import no_slurm_bin  # tests/workflow/_repo.py
 
 from ._helpers import REPO, guarded_env
 
@@ -43,6 +46,7 @@ def test_data_root_with_space_and_quote_is_one_argument(tmp_path):
         shutil.copytree(REPO / d, tmp_path / d)
     root = "/data sets/it's here"
     env, _ = guarded_env(tmp_path, {"MLFLOW_DISABLE_TELEMETRY": "true"})
+    env["PATH"] = no_slurm_bin() + os.pathsep + env["PATH"]      # no 9 s wait for an absent SLURM controller
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "1", "--nolock",
                            "--config", f"data_root={root}", "--", "train_all"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

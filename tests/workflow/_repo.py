@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -15,14 +16,39 @@ ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
 ENV.pop("MLFLOW_TRACKING_URI", None)
 
 
-def env_for(cwd: Path) -> dict[str, str]:
+def no_slurm_bin() -> str:
+    """A directory holding an ``scontrol`` that fails at once, to put first on PATH.
+
+    Snakemake imports every executor plugin when it starts, and the SLURM plugin's import runs ``scontrol show
+    config``: where SLURM's client is installed but no controller answers (a CI machine before or after the cluster
+    test), that call waits 9 s, in each of the ~45 Snakemake calls of the suite. Calls that do not use the
+    cluster get this stand-in; the plugin then takes SLURM's MinJobAge as unknown, as on a machine without SLURM.
+    """
+    bin_dir = Path(tempfile.gettempdir()) / f"lsqbq-tests-no-slurm-{os.getuid()}"
+    tool = bin_dir / "scontrol"
+    if not tool.exists():
+        bin_dir.mkdir(exist_ok=True)
+        tmp = bin_dir / f".scontrol.{os.getpid()}"
+        tmp.write_text("#!/bin/sh\necho 'scontrol: no SLURM cluster in this test' >&2\nexit 1\n")
+        tmp.chmod(0o755)
+        os.replace(tmp, tool)
+    return str(bin_dir)
+
+
+def env_for(cwd: Path, cluster: bool = False) -> dict[str, str]:
     """The environment of a command run in a copy: its own ``lsqbq`` package first on the import path (the
-    installed one may be an editable install of another checkout), so code and recorded commit are the copy's."""
-    return {**ENV, "PYTHONPATH": str(cwd)}
+    installed one may be an editable install of another checkout), so code and recorded commit are the copy's;
+    without ``cluster``, :func:`no_slurm_bin` first on PATH."""
+    env = {**ENV, "PYTHONPATH": str(cwd)}
+    if not cluster:
+        env["PATH"] = no_slurm_bin() + os.pathsep + env.get("PATH", "")
+    return env
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 900, **kw) -> subprocess.CompletedProcess:
-    p = subprocess.run(cmd, cwd=cwd, env=env_for(cwd), capture_output=True, text=True, timeout=timeout, **kw)
+def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 900, cluster: bool = False,
+        **kw) -> subprocess.CompletedProcess:
+    p = subprocess.run(cmd, cwd=cwd, env=env_for(cwd, cluster), capture_output=True, text=True, timeout=timeout,
+                       **kw)
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-6000:]}")
     return p
