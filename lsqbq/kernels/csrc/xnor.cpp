@@ -653,19 +653,14 @@ void run(const Job& J, int64_t isa) {
   const bool fused = J.out_f && (J.act != 0 || J.res != nullptr);
   // below ~1M word ops (tens of microseconds) one thread is faster than waking another
   parallel(total, grain, total * work, int64_t(1) << 20, [&](int64_t begin, int64_t end) {
-    Rows rw;
-    int64_t have = -1;  // the row tile rw describes
     for (int64_t idx = begin; idx < end; ++idx) {
-      // panels outer: one weight panel stays in L1/L2 while the row tiles stream past it. (Panels inner, tried on a
-      // Xeon with 2 MB of L2 to no effect, streams every panel once per row tile: with 512 KB of L2 the weights of a
-      // 2-plane 512@7x7 layer, 590 KB, then come from L3 and the portable 2x1 / 2x2 GEMMs ran 1.7-1.9x slower.)
+      // panels outer: a weight panel stays in cache while the row tiles stream past it (panels inner made the
+      // portable 2x1 / 2x2 GEMMs 1.7-1.9x slower where L2 cannot hold all panels: 512 KB against 590 KB at 512@7x7)
       const int64_t p = idx / ntiles, tl = idx % ntiles;
       const int64_t m0 = tl * R;
       const int rows = static_cast<int>(std::min<int64_t>(R, J.M - m0));
-      if (tl != have) {
-        J.rows(m0, rows, rw);
-        have = tl;
-      }
+      Rows rw;
+      J.rows(m0, rows, rw);
       for (int64_t j = 0; j < J.pw; ++j) {
         if (J.mask) {
           tile<1, true>(J, rw, 0, isa, m0, rows, p, j, 0, j == 0);
