@@ -29,8 +29,9 @@ from . import checkpoint as ckpt_io
 from . import distributed as D
 from .config import apply_overrides, from_dict, to_dict
 from .errors import CheckpointError, ConfigError
+from .predictions import PredictionLog
 
-__all__ = ["main", "evaluate", "evaluate_checkpoint", "accuracy_counts"]
+__all__ = ["main", "evaluate", "evaluate_checkpoint", "evaluate_checkpoint_outputs", "accuracy_counts"]
 
 
 def accuracy_counts(logits: Tensor, target: Tensor, ks=(1, 5)) -> list[int]:
@@ -42,6 +43,21 @@ def accuracy_counts(logits: Tensor, target: Tensor, ks=(1, 5)) -> list[int]:
     top = logits.topk(maxk, dim=1).indices                      # (B, maxk)
     hit = top == target[:, None]
     return [int(hit[:, :min(k, maxk)].any(1).sum()) for k in ks]
+
+
+def _batch_sums(logits: Tensor, target: Tensor) -> Tensor:
+    """``[summed cross-entropy, top-1 hits, top-5 hits, n]`` of one batch, float64 (summed over batches)."""
+    t1, t5 = accuracy_counts(logits, target)
+    return torch.tensor([F.cross_entropy(logits, target, reduction="sum").item(), t1, t5, len(target)],
+                        dtype=torch.float64)
+
+
+def _summary(sums: Tensor) -> dict[str, float]:
+    """``{"loss", "top1", "top5", "n"}`` from summed :func:`_batch_sums` (after the DDP all-reduce)."""
+    D.all_reduce_sum(sums)
+    n = max(sums[3].item(), 1.0)
+    return {"loss": sums[0].item() / n, "top1": 100.0 * sums[1].item() / n, "top5": 100.0 * sums[2].item() / n,
+            "n": int(sums[3].item())}
 
 
 @torch.no_grad()
@@ -59,14 +75,9 @@ def evaluate(model: nn.Module, loader, device: torch.device | str = "cpu", amp: 
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with ctx:
             out = model(x)
-        out = out.float()
-        t1, t5 = accuracy_counts(out, y)
-        sums += torch.tensor([F.cross_entropy(out, y, reduction="sum").item(), t1, t5, len(y)], dtype=torch.float64)
+        sums += _batch_sums(out.float(), y)
     model.train(was_training)
-    D.all_reduce_sum(sums)
-    n = max(sums[3].item(), 1.0)
-    return {"loss": sums[0].item() / n, "top1": 100.0 * sums[1].item() / n, "top5": 100.0 * sums[2].item() / n,
-            "n": int(sums[3].item())}
+    return _summary(sums)
 
 
 def evaluate_checkpoint(path: str | Path, w_quant: str | None = None, x_quant: str | None = None,
@@ -79,6 +90,19 @@ def evaluate_checkpoint(path: str | Path, w_quant: str | None = None, x_quant: s
     names the mode of ``top1`` (``none`` when the activations are not quantized, where the mode does not apply).
     A changed ``x_quant`` needs ``act_stats: off`` (per-sample scales): moving averages recorded for one
     activation scheme do not apply to another.
+    """
+    return evaluate_checkpoint_outputs(path, w_quant, x_quant, overrides, device, scales)[0]
+
+
+def evaluate_checkpoint_outputs(path: str | Path, w_quant: str | None = None, x_quant: str | None = None,
+                                overrides: list[str] | None = None, device: str | None = None, scales: str = "auto",
+                                predictions: str | Path | None = None,
+                                bitwise: bool = False) -> tuple[dict, dict | None]:
+    """:func:`evaluate_checkpoint`, plus in the same pass over the test set: with ``predictions``, every test
+    image's predicted class and true-class probability per scale mode written there (:mod:`lsqbq.predictions`);
+    with ``bitwise``, the checkpoint converted by :func:`lsqbq.kernels.to_bitwise` and run beside its simulated
+    model (the result of :func:`lsqbq.kernels.evaluation.evaluate_bitwise`, else None). Each test batch is loaded
+    once and each model runs once per batch and mode: one process does the work of three.
     """
     from .layers import SCALE_MODES
 
@@ -106,33 +130,68 @@ def evaluate_checkpoint(path: str | Path, w_quant: str | None = None, x_quant: s
         raise ConfigError(f"--device {device!r}: choose cpu or cuda")
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: torch finds no CUDA device here; use --device cpu")
+    if bitwise and device == "cuda":
+        raise ConfigError("--bitwise runs the CPU XNOR/popcount kernels: use --device cpu")
     model = ckpt_io.load_model(path, options=options, state=state).model
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch.device("cpu" if bitwise else (device or ("cuda" if torch.cuda.is_available() else "cpu")))
     model.to(dev)
     _, test_loader = build_loaders(cfg)
-    result = _evaluate_scale_modes(model, test_loader, dev, scales, act_stats, path)
-    result.update({"checkpoint": str(path), "x_quant": options["x_quant"], "w_quant": options["w_quant"],
-                   "data_hash": test_loader.data_hash, "source_run_id": state.get("run_id"),
-                   "epochs": int(state.get("epoch", 0))})
-    return result
+    log = PredictionLog() if predictions else None
+    comparison = None
+    if bitwise:
+        from .kernels.evaluation import BitwiseComparison
+
+        comparison = BitwiseComparison(model)
+    result = _evaluate_scale_modes(model, test_loader, dev, scales, act_stats, path, log, comparison)
+    identity = {"checkpoint": str(path), "x_quant": options["x_quant"], "w_quant": options["w_quant"],
+                "data_hash": test_loader.data_hash, "source_run_id": state.get("run_id")}
+    result.update({**identity, "epochs": int(state.get("epoch", 0))})
+    if log is not None:
+        log.write(predictions, test_loader.info.num_classes)
+    bit_result = None
+    if comparison is not None:
+        bit_result = {**comparison.result(), **identity, "threads": torch.get_num_threads()}
+    return result, bit_result
 
 
-def _evaluate_scale_modes(model: nn.Module, loader, device, scales: str, act_stats: str, path) -> dict:
-    """:func:`evaluate` under the requested activation-scale mode(s); see :func:`evaluate_checkpoint`."""
+@torch.no_grad()
+def _evaluate_scale_modes(model: nn.Module, loader, device, scales: str, act_stats: str, path,
+                          predictions: PredictionLog | None = None, bitwise=None) -> dict:
+    """The metrics of :func:`evaluate` under the requested activation-scale mode(s), in ONE pass over ``loader``:
+    each batch runs once per mode (and, with ``bitwise``, once through the bitwise model, compared with the
+    simulated logits of its mode); see :func:`evaluate_checkpoint`. ``predictions`` collects every image's
+    predicted class and true-class probability per mode."""
     from .layers import scale_mode
 
     quantized = any(not m.x_scheme.is_fp for m in model.modules() if hasattr(m, "x_scheme"))
-    if not quantized:
-        return {**evaluate(model, loader, device), "scale_mode": "none"}
     trained = "fitted" if act_stats == "off" else "stored"
-    modes = ("fitted", "stored") if scales == "both" else (trained if scales == "auto" else scales,)
-    results = {}
-    for mode in modes:
-        try:
-            with scale_mode(model, mode):
-                results[mode] = evaluate(model, loader, device)
-        except ValueError as e:
-            raise CheckpointError(f"{path}: {e}") from None
+    if not quantized:
+        modes: tuple[str, ...] = ("none",)
+    else:
+        modes = ("fitted", "stored") if scales == "both" else (trained if scales == "auto" else scales,)
+    bit_mode = None if bitwise is None else (bitwise.mode if bitwise.mode in ("fitted", "stored") else "auto")
+    runs = modes + ((bit_mode,) if bit_mode is not None and bit_mode not in modes else ())
+    model.eval()
+    sums = {m: torch.zeros(4, dtype=torch.float64) for m in modes}
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if predictions is not None:
+            predictions.add_target(y)
+        for mode in runs:
+            try:
+                with scale_mode(model, mode) if mode != "none" else nullcontext():
+                    out = model(x).float()
+            except ValueError as e:
+                raise CheckpointError(f"{path}: {e}") from None
+            if mode in sums:
+                sums[mode] += _batch_sums(out, y)
+                if predictions is not None:
+                    predictions.add("fitted" if mode == "none" else mode, out, y)
+            if mode == bit_mode or (bit_mode == "auto" and mode == "none"):
+                bitwise.update(x, y, out)
+    results = {m: _summary(v) for m, v in sums.items()}
+    if not quantized:
+        return {**results["none"], "scale_mode": "none"}
     result = dict(results.get(trained, results[modes[0]]))
     result["scale_mode"] = trained if trained in results else modes[0]
     if scales == "both":
@@ -154,6 +213,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="activation scales: as trained (auto), fitted per sample, the stored moving averages, "
                              "or both (top1_fitted, top1_stored and their gap beside the trained mode's numbers)")
     parser.add_argument("--out", default=None, help="write the result as JSON here")
+    parser.add_argument("--predictions", default=None, metavar="FILE.npy",
+                        help="write every test image's predicted class and true-class probability per scale mode "
+                             "here (lsqbq.predictions)")
+    parser.add_argument("--bitwise-out", default=None, metavar="FILE.json",
+                        help="also run the checkpoint converted with to_bitwise on the XNOR/popcount kernels, in "
+                             "the same pass, and write its comparison with the simulated model here")
     parser.add_argument("--no-track", action="store_true",
                         help="create no MLflow run (as LSQBQ_TRACKING=0)")
     args = parser.parse_args(argv)
@@ -164,19 +229,40 @@ def main(argv: list[str] | None = None) -> int:
             if not is_scheme_name(value):
                 raise ConfigError(f"{flag}: unknown scheme {value!r}; expected one of "
                                   f"{', '.join(list_schemes(trainable_only=True))}")
-    check_out(args.out)
-    result = evaluate_checkpoint(args.checkpoint, args.w_quant, args.x_quant, args.overrides, args.device,
-                                 args.scales)
+    for out in (args.out, args.predictions, args.bitwise_out):
+        check_out(out)
+    result, bit_result = evaluate_checkpoint_outputs(args.checkpoint, args.w_quant, args.x_quant, args.overrides,
+                                                     args.device, args.scales, args.predictions,
+                                                     bitwise=args.bitwise_out is not None)
     emit_json(result, args.out)
+    if bit_result is not None:
+        emit_json(bit_result, args.bitwise_out, echo=False)
+    record(result, bit_result, out=args.out, bitwise_out=args.bitwise_out, checkpoint=args.checkpoint,
+           scales=args.scales, overrides=args.overrides, device=args.device, track=not args.no_track)
+    return 0
+
+
+def record(result: dict, bit_result: dict | None, *, out: str | None, bitwise_out: str | None, checkpoint: str,
+           scales: str, overrides: list[str], device: str | None, track: bool = True,
+           tags: dict | None = None) -> None:
+    """The MLflow runs of one evaluation (:func:`lsqbq.tracking.record_evaluation`): the simulated result, and the
+    bitwise one beside it when there is one; ``tags`` are added to both."""
     from . import tracking
 
-    tracking.record_evaluation(result, out=args.out, track=not args.no_track,
-                               tags={"scale_mode": result.get("scale_mode", args.scales)},
-                               params={"checkpoint": args.checkpoint, "x_quant": result.get("x_quant"),
-                                       "w_quant": result.get("w_quant"), "scales": args.scales,
-                                       "overrides": ",".join(args.overrides) or None,
-                                       "device": args.device or "auto"})
-    return 0
+    extra = dict(tags or {})
+    if bit_result is not None:
+        tracking.record_evaluation(bit_result, out=bitwise_out, prefix="bitwise", track=track,
+                                   tags={"scale_mode": bit_result.get("scale_mode"),
+                                         "kernels": bit_result.get("kernels"), **extra.get("bitwise", {})},
+                                   params={"checkpoint": checkpoint, "scales": "auto",
+                                           "x_quant": bit_result.get("x_quant"), "w_quant": bit_result.get("w_quant"),
+                                           "overrides": ",".join(overrides) or None,
+                                           "backend": bit_result.get("kernels"), "limit": None})
+    tracking.record_evaluation(result, out=out, track=track,
+                               tags={"scale_mode": result.get("scale_mode", scales), **extra.get("simulated", {})},
+                               params={"checkpoint": checkpoint, "x_quant": result.get("x_quant"),
+                                       "w_quant": result.get("w_quant"), "scales": scales,
+                                       "overrides": ",".join(overrides) or None, "device": device or "auto"})
 
 
 def check_out(out: str | None) -> None:
@@ -185,10 +271,11 @@ def check_out(out: str | None) -> None:
         raise ConfigError(f"--out {out}: is a directory; give a file name such as {Path(out) / 'eval.json'}")
 
 
-def emit_json(result: dict, out: str | None) -> None:
-    """Print ``result`` as JSON and, with ``out``, write it there atomically."""
+def emit_json(result: dict, out: str | None, echo: bool = True) -> None:
+    """Print ``result`` as JSON (unless ``echo`` is false) and, with ``out``, write it there atomically."""
     text = json.dumps(result, indent=2)
-    print(text)
+    if echo:
+        print(text)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         ckpt_io.write_text_atomic(out, text + "\n")

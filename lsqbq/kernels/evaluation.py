@@ -26,12 +26,52 @@ from ..evaluate import check_out, emit_json
 from . import ops
 from .convert import SCALE_MODES, to_bitwise
 
-__all__ = ["evaluate_bitwise", "evaluate_checkpoint_bitwise", "main"]
+__all__ = ["BitwiseComparison", "evaluate_bitwise", "evaluate_checkpoint_bitwise", "main"]
 
 
 def _topk_hits(logits: Tensor, target: Tensor, k: int) -> int:
     k = min(k, logits.shape[1])
     return int((logits.topk(k, dim=1).indices == target[:, None]).any(1).sum())
+
+
+class BitwiseComparison:
+    """``to_bitwise(model)`` fed the same batches as its simulated model, whose logits the caller passes in.
+
+    :meth:`update` runs one batch through the bitwise model and compares it with the simulated logits ``want``
+    (computed in :attr:`mode`, the bitwise model's scale mode: ``fitted`` or ``stored``, else ``auto``);
+    :meth:`result` gives the dictionary of :func:`evaluate_bitwise`. Lets one pass over a test set serve both the
+    simulated evaluation and the bitwise one (``lsqbq evaluate --bitwise-out``).
+    """
+
+    def __init__(self, model: nn.Module, scales: str = "auto", backend: str | None = None, fuse: bool = True):
+        self.fast = to_bitwise(model.eval(), scales=scales, backend=backend, fuse=fuse)
+        self.mode = _mode_of(self.fast)
+        self.kernels, self.fuse = ops.resolve_backend(backend), bool(fuse)
+        self._sums = torch.zeros(7, dtype=torch.float64)  # bit top1, top5, loss; sim top1, top5, loss; agree
+        self._n, self._max_diff, self._max_rel = 0, 0.0, 0.0
+
+    @torch.no_grad()
+    def update(self, x: Tensor, y: Tensor, want: Tensor) -> None:
+        got = self.fast(x).float()
+        want = want.float()
+        self._sums += torch.tensor([
+            _topk_hits(got, y, 1), _topk_hits(got, y, 5), F.cross_entropy(got, y, reduction="sum"),
+            _topk_hits(want, y, 1), _topk_hits(want, y, 5), F.cross_entropy(want, y, reduction="sum"),
+            int((got.argmax(1) == want.argmax(1)).sum())], dtype=torch.float64)
+        self._n += len(y)
+        diff = float((got - want).abs().max())
+        self._max_diff = max(self._max_diff, diff)
+        self._max_rel = max(self._max_rel, diff / max(float(want.abs().max()), 1e-12))
+
+    def result(self) -> dict:
+        s, n = self._sums, max(self._n, 1)
+        out = {"top1": 100 * s[0].item() / n, "top5": 100 * s[1].item() / n, "loss": s[2].item() / n, "n": self._n,
+               "simulated_top1": 100 * s[3].item() / n, "simulated_top5": 100 * s[4].item() / n,
+               "simulated_loss": s[5].item() / n, "top1_agreement": 100 * s[6].item() / n,
+               "max_logit_diff": self._max_diff, "max_logit_rel_diff": self._max_rel,
+               "scale_mode": self.mode, "kernels": self.kernels, "fused": self.fuse}
+        out["top1_difference"] = out["top1"] - out["simulated_top1"]
+        return out
 
 
 @torch.no_grad()
@@ -47,37 +87,12 @@ def evaluate_bitwise(model: nn.Module, loader, scales: str = "auto", backend: st
     """
     from ..layers import scale_mode
 
-    model = model.eval()
-    fast = to_bitwise(model, scales=scales, backend=backend, fuse=fuse)
-    mode = _mode_of(fast)
+    comparison = BitwiseComparison(model, scales=scales, backend=backend, fuse=fuse)
+    mode = comparison.mode
     with scale_mode(model, mode if mode in ("fitted", "stored") else "auto"):
-        out = _compare(model, fast, loader)
-    out.update({"scale_mode": mode, "kernels": ops.resolve_backend(backend), "fused": bool(fuse)})
-    out["top1_difference"] = out["top1"] - out["simulated_top1"]
-    return out
-
-
-def _compare(sim: nn.Module, fast: nn.Module, loader) -> dict:
-    """Top-k, loss and agreement of ``fast`` and ``sim`` over ``loader``, and their largest logit differences."""
-    sums = torch.zeros(7, dtype=torch.float64)  # bit top1, top5, loss; sim top1, top5, loss; agree
-    n, max_diff, max_rel = 0, 0.0, 0.0
-    for x, y in loader:
-        want = sim(x).float()
-        got = fast(x).float()
-        sums += torch.tensor([_topk_hits(got, y, 1), _topk_hits(got, y, 5), F.cross_entropy(got, y, reduction="sum"),
-                              _topk_hits(want, y, 1), _topk_hits(want, y, 5), F.cross_entropy(want, y, reduction="sum"),
-                              int((got.argmax(1) == want.argmax(1)).sum())], dtype=torch.float64)
-        n += len(y)
-        diff = float((got - want).abs().max())
-        max_diff = max(max_diff, diff)
-        max_rel = max(max_rel, diff / max(float(want.abs().max()), 1e-12))
-    n_safe = max(n, 1)
-    out = {"top1": 100 * sums[0].item() / n_safe, "top5": 100 * sums[1].item() / n_safe,
-           "loss": sums[2].item() / n_safe, "n": n,
-           "simulated_top1": 100 * sums[3].item() / n_safe, "simulated_top5": 100 * sums[4].item() / n_safe,
-           "simulated_loss": sums[5].item() / n_safe, "top1_agreement": 100 * sums[6].item() / n_safe,
-           "max_logit_diff": max_diff, "max_logit_rel_diff": max_rel}
-    return out
+        for x, y in loader:
+            comparison.update(x, y, model(x))
+    return comparison.result()
 
 
 def _mode_of(fast: nn.Module) -> str:

@@ -1,6 +1,7 @@
 """The workflow on a real SLURM cluster: a single-node SLURM 22.05 with accounting, started on this machine by
 ``scripts/slurm_local.sh`` (root; Debian's packages), runs the test profile through the SLURM executor with the
-project's own profile, beside a local run of the same profile (less its benchmarks) in a second copy of the project.
+project's own profile; its tables are compared with the session's shared local run of the same profile
+(``shared_test_profile_run``, also read by the end-to-end tests).
 Checked: every job ran as a SLURM job (``sacct``) charged to the default account without the executor guessing one,
 the tables' numbers equal the local run's, and a training job cancelled with ``scancel`` is resubmitted by the next
 ``snakemake`` call and resumes from its partial checkpoint. The commands are those of the README's cluster section.
@@ -22,16 +23,16 @@ import pytest
 import torch
 import yaml
 
-from workflow._repo import REPO, copy_repo, dvc, env_for, job_counts, snakemake  # tests/workflow/_repo.py
+from workflow._repo import (REPO, TEST_PROFILE, copy_repo, dvc, env_for, job_counts,  # tests/workflow/_repo.py
+                            shared_test_profile_run, snakemake)
 
 pytestmark = pytest.mark.slow
 
 SCRIPT = str(REPO / "scripts" / "slurm_local.sh")
-TEST = ["--configfile", "config/test.yaml"]
+TEST = ["--configfile", "config/test.yaml"]  # the cancelled training job's copy: outputs under .test/
 # The project's SLURM profile as shipped; the first status check comes after 2 s instead of 40 (jobs take seconds).
 ON_SLURM = ["--profile", "workflow/profiles/slurm", "--slurm-init-seconds-before-status-checks", "2"]
-NO_BENCH = "bench: {kernels: false, quantizers: false, models: false}\n"  # no-bench.yaml, for the local reference
-TABLES = ".test/results/tables/fashion-mnist"
+TABLES = "results/tables/fashion-mnist"  # both runs use output_root=. (TEST_PROFILE)
 TABLES_COMPARED = ("qat.csv", "qat_runs.csv", "ptq.csv", "error.csv", "angles.csv")
 RUN = "fashion-mnist/resnet_small/fp_fp/s0"
 EPOCHS = 5  # of the cancelled run: it is cancelled after its first saved epoch
@@ -88,33 +89,32 @@ def _table(repo, name: str) -> pd.DataFrame:
 
 
 @pytest.mark.cluster
-def test_workflow_on_slurm(cluster, tmp_path):
+def test_workflow_on_slurm(cluster, tmp_path, tmp_path_factory):
     t0 = time.time()
     local, slurm = (copy_repo(tmp_path / name) for name in ("local", "slurm"))
     for repo in (local, slurm):
         dvc(["pull", "fashion_mnist"], repo)
 
-    # 1. The test profile through SLURM. Meanwhile, in the other copy, the same profile locally (without the
-    # benchmarks: the compared tables do not depend on them), then 2. the cancelled training job in that copy, also on
-    # SLURM: SLURM jobs spend much of their time waiting for status checks, so the three overlap well.
-    (local / "no-bench.yaml").write_text(NO_BENCH)
+    # 1. The test profile through SLURM. Meanwhile 2. a cancelled training job in the other copy, also on SLURM
+    # (SLURM jobs spend much of their time waiting for status checks, so the two overlap well), then the session's
+    # shared local run of the same profile as the reference (made by whichever test asked first).
     with open(tmp_path / "slurm.log", "w") as slurm_log:
-        main = subprocess.Popen([sys.executable, "-m", "snakemake", *ON_SLURM, *TEST], cwd=slurm,
+        main = subprocess.Popen([sys.executable, "-m", "snakemake", *ON_SLURM, *TEST_PROFILE], cwd=slurm,
                                 env=env_for(slurm, cluster=True), stdout=slurm_log, stderr=subprocess.STDOUT)
         try:
-            snakemake(["--cores", "2", *TEST, "no-bench.yaml"], local, timeout=1500)
-            reference = {name: _table(local, name) for name in TABLES_COMPARED}
             t1 = time.time()
             states, done_epochs = _cancel_then_resume(local, tmp_path)
             t2 = time.time()
+            shared, _ = shared_test_profile_run(tmp_path_factory)
+            reference = {name: _table(shared, name) for name in TABLES_COMPARED}
             main.wait(timeout=1500)
         finally:
             _stop(main)
     out = (tmp_path / "slurm.log").read_text()
     assert main.returncode == 0, out[-6000:]
     t3 = time.time()
-    print(f"\nlocal run {t1 - t0:.0f} s; then a training job cancelled at epoch {done_epochs}/{EPOCHS} and resumed by "
-          f"the next call {t2 - t1:.0f} s: {states}; SLURM run {t3 - t0:.0f} s (all three side by side)")
+    print(f"\ncopies {t1 - t0:.0f} s; a training job cancelled at epoch {done_epochs}/{EPOCHS} and resumed by the next "
+          f"call {t2 - t1:.0f} s: {states}; SLURM run {t3 - t0:.0f} s (side by side)")
 
     # Every job but the target rule ran as a SLURM job: charged to the default account (the profile asks sacctmgr;
     # the executor guessed nothing), on the default partition, completed.

@@ -225,7 +225,7 @@ def test_downstream_code_reads_scheme_facts_from_the_registry():
     training and the workflow ask ``get_scheme`` for facts."""
     offenders = []
     paths = [p for p in PACKAGE.rglob("*.py") if p.name != "schemes.py"]
-    paths += list((ROOT / "workflow").rglob("*.smk")) + [ROOT / "workflow" / "Snakefile"]
+    paths += list((ROOT / "workflow").rglob("*.smk")) + [ROOT / "Snakefile"]
     for p in paths:
         for i, line in enumerate(p.read_text().splitlines(), 1):
             code = line.split("#", 1)[0]

@@ -73,9 +73,15 @@ def copy_repo(dst: Path, skip: tuple[str, ...] = SKIP) -> Path:
     files = run(["git", "ls-files", "-co", "--exclude-standard", "-z"], REPO).stdout.split("\0")
     dst.mkdir(parents=True, exist_ok=True)
     for rel in filter(None, files):
-        if rel.startswith(skip) or not (REPO / rel).is_file():
+        if rel.startswith(skip):
             continue
         target = dst / rel
+        if (REPO / rel).is_symlink():  # e.g. profiles/default -> ../workflow/profiles/default, kept a link
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(os.readlink(REPO / rel), target)
+            continue
+        if not (REPO / rel).is_file():
+            continue
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             if rel.startswith("dvc-store/"):
@@ -102,3 +108,32 @@ def job_counts(output: str) -> dict[str, int]:
             break
         counts[m.group(1)] = int(m.group(2))
     return counts
+
+
+TEST_PROFILE = ["--configfile", "config/test.yaml", "--config", "output_root=."]
+
+
+def shared_test_profile_run(tmp_path_factory) -> tuple[Path, str]:
+    """One real run of the test profile (config/test.yaml with ``output_root=.``, so its checkpoints land where
+    dvc.yaml tracks them) per test session, in a throw-away copy after ``dvc pull`` of the raw data; returns the
+    copy and Snakemake's output.
+
+    Every test that reads such a run (the end-to-end tests, the cluster test's local reference) shares it: the
+    first pytest-xdist worker to ask makes it under a file lock, the others wait for it and reuse it. Users of the
+    run read its results; the few that write (a DVC commit, a report) add files without changing its results.
+    """
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # every worker's base directory lies in one session directory
+    home = base / "shared-test-profile"
+    with FileLock(str(base / "shared-test-profile.lock")):
+        repo, log = home / "repo", home / "snakemake.log"
+        if not log.is_file():
+            shutil.rmtree(home, ignore_errors=True)
+            copy_repo(repo)
+            dvc(["pull", "fashion_mnist"], repo)  # raw data from the committed store: no network, no Debian package
+            p = snakemake(["--cores", "2", *TEST_PROFILE], repo, timeout=1500)
+            log.write_text(p.stdout + p.stderr)
+    return repo, log.read_text()

@@ -19,23 +19,22 @@ import pytest
 import torch
 import yaml
 
-from ._repo import copy_repo, dvc, env_for, git, job_counts, run, snakemake
+from ._repo import TEST_PROFILE as PROFILE
+from ._repo import copy_repo, dvc, env_for, git, job_counts, run, shared_test_profile_run, snakemake
 
 pytestmark = pytest.mark.slow
 
-PROFILE = ["--configfile", "config/test.yaml", "--config", "output_root=."]
 TABLES = "results/tables/fashion-mnist"
 EPOCHS = 6  # of the interrupted run
 
 
 @pytest.fixture(scope="module")
 def done(tmp_path_factory):
-    """A copy of the project after `dvc pull` of the raw data and a full run of the test profile."""
-    repo = copy_repo(tmp_path_factory.mktemp("e2e") / "repo")
-    dvc(["pull", "fashion_mnist"], repo)  # raw data from the committed store: no network, no Debian package
+    """A copy of the project after `dvc pull` of the raw data and a full run of the test profile (shared with the
+    cluster test's local reference: one run per session)."""
+    repo, log = shared_test_profile_run(tmp_path_factory)
     assert len(list((repo / "data" / "fashion-mnist").glob("*.gz"))) == 4
-    p = snakemake(["--cores", "2", *PROFILE], repo, timeout=1200)
-    return repo, p.stdout + p.stderr
+    return repo, log
 
 
 def test_tables_contents(done):

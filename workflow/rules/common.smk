@@ -108,13 +108,47 @@ def out(path):
 
 
 DATASET = config["dataset_tag"] or config["dataset"]
+
+
+def _hold_dvc_lock():
+    """The main Snakemake process holds DVC's repository lock until it exits (lsqbq.dvc_lock): no `dvc pull` can
+    replace files under running jobs, and no plan is made from half-pulled checkpoints."""
+    from lsqbq.dvc_lock import DvcBusyError, hold
+
+    if not workflow.is_main_process:
+        return None
+    try:
+        return hold(REPO)
+    except DvcBusyError as e:
+        raise WorkflowError(str(e)) from None
+
+
+DVC_LOCK = _hold_dvc_lock()
 SEEDS = list(config["seeds"])
 MODELS = list(config["models"])
 STUDENTS = [(s["x_quant"], s["w_quant"]) for s in config["students"]]
 STUDENT_SETS = {(s["x_quant"], s["w_quant"]): list(s.get("set", [])) for s in config["students"]}
 SCHEMES = [(FP, FP), *STUDENTS]  # the teacher first
 SEED0 = SEEDS[0]
-MLFLOW_URI = config["mlflow"]["uri"] or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out('mlflow.db')}"
+
+
+def _is_published_run():
+    """True when this run is the default profile on its own data: only then does it log into the published,
+    DVC-tracked MLflow store (mlflow.db + mlartifacts). Any other profile, or the default one with another dataset,
+    data root, tag or output root (--config overrides), logs into a store of its own, so `dvc status` stays clean
+    and `dvc pull` never meets a user's runs."""
+    published = yaml.safe_load((REPO / "config" / "config.yaml").read_text()) or {}
+    keys = ("profile", "dataset", "dataset_tag", "data_root", "output_root")
+    return all(config.get(k) == published.get(k) for k in keys)
+
+
+PUBLISHED = _is_published_run()
+OWN_STORE = f"mlruns-profiles/{config['profile']}-{DATASET}/mlflow.db"  # beside it: its mlartifacts/
+MLFLOW_URI = (
+    config["mlflow"]["uri"]
+    or os.environ.get("MLFLOW_TRACKING_URI")
+    or f"sqlite:///{out('mlflow.db') if PUBLISHED else out(OWN_STORE)}"
+)
 MLFLOW_EXPERIMENT = config["mlflow"]["experiment"] or f"lsqbq-{config['profile']}-{DATASET}"
 
 
@@ -187,4 +221,6 @@ def final_targets():
         targets.append(out("results/bench/models.csv"))
     if config["evaluate_bitwise"]:
         targets += runs(EVAL_BITWISE, schemes=BITWISE_STUDENTS)  # defined in evaluate.smk
+    if config["evaluate"]:
+        targets.append(EVAL_RECORDED.format(dataset=DATASET))  # defined in evaluate.smk
     return targets

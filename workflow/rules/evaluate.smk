@@ -1,6 +1,29 @@
-# Stage 3: evaluation of every checkpoint as stored on disk (the number a `dvc pull` user gets), reported
-# beside the metric logged at the end of training, with activation scales fitted per sample and with the moving
-# averages recorded in training (top1_fitted, top1_stored, scale_gap).
+# Stage 3: evaluation of every checkpoint as stored on disk (the number a `dvc pull` user gets), one job per
+# checkpoint and one pass over the test set: the metrics with activation scales fitted per sample and with the
+# moving averages recorded in training (top1_fitted, top1_stored, scale_gap), every test image's prediction
+# (predictions.npy, for the claims' test-set uncertainty) and, for the students whose activations and weights
+# are both quantized, the same checkpoint converted with lsqbq.kernels.to_bitwise and run on XNOR/popcount
+# kernels beside its simulated model (bitwise.json: top-1 of each, their agreement, the largest logit
+# difference).
+
+import re
+
+EVAL_PREDICTIONS = out(f"results/evaluate/{RUN}/predictions.npy")
+EVAL_BITWISE = out(f"results/evaluate/{RUN}/bitwise.json")
+BITWISE_STUDENTS = [(x, w) for x, w in STUDENTS if not get_scheme(x).is_fp and not get_scheme(w).is_fp]
+
+
+def _alternation(names):
+    return "|".join(re.escape(n) for n in sorted(set(names), key=len, reverse=True)) or "(?!)"
+
+
+# The jobs write files only (--no-track); record_evaluations logs them all as MLflow runs in one process.
+EVAL_SHELL = (
+    "LSQBQ_THREADS={threads} OMP_NUM_THREADS={threads} "
+    "lsqbq evaluate --checkpoint {input.checkpoint:q} --scales both --out {output.metrics:q} "
+    "--predictions {output.predictions:q} --no-track"
+)
+EVAL_RECORDED = out("logs/evaluate/{dataset}.mlflow.txt")
 
 
 rule evaluate:
@@ -9,6 +32,7 @@ rule evaluate:
         data=DATA_HASH,
     output:
         metrics=EVAL_METRICS,
+        predictions=EVAL_PREDICTIONS,
     threads: config["threads"]
     log:
         out(f"logs/evaluate/{RUN}.log"),
@@ -17,35 +41,52 @@ rule evaluate:
     conda:
         CONDA_ENV
     shell:
-        "LSQBQ_THREADS={threads} OMP_NUM_THREADS={threads} "
-        "lsqbq evaluate --checkpoint {input.checkpoint:q} --scales both --out {output.metrics:q} > {log:q} 2>&1"
+        EVAL_SHELL + " > {log:q} 2>&1"
 
 
-# Bitwise evaluation: every quantized student (both schemes quantized) converted with lsqbq.kernels.to_bitwise
-# and run on XNOR/popcount kernels over the same test set, beside its simulated model: top-1 of each, their
-# agreement and the largest logit difference (results/evaluate/<run>/bitwise.json).
-EVAL_BITWISE = out(f"results/evaluate/{RUN}/bitwise.json")
-BITWISE_STUDENTS = [(x, w) for x, w in STUDENTS if not get_scheme(x).is_fp and not get_scheme(w).is_fp]
+if config["evaluate_bitwise"]:
+
+    rule evaluate_with_bitwise:
+        input:
+            checkpoint=CHECKPOINT,
+            data=DATA_HASH,
+        output:
+            metrics=EVAL_METRICS,
+            predictions=EVAL_PREDICTIONS,
+            bitwise=EVAL_BITWISE,
+        wildcard_constraints:
+            x_quant=_alternation(x for x, _ in BITWISE_STUDENTS),
+            w_quant=_alternation(w for _, w in BITWISE_STUDENTS),
+        threads: config["threads"]
+        log:
+            out(f"logs/evaluate/{RUN}.log"),
+        message:
+            "Evaluate {wildcards.model} a={wildcards.x_quant} w={wildcards.w_quant} s{wildcards.seed} on {wildcards.dataset}, simulated and bitwise"
+        conda:
+            CONDA_ENV
+        shell:
+            EVAL_SHELL + " --bitwise-out {output.bitwise:q} > {log:q} 2>&1"
+
+    ruleorder: evaluate_with_bitwise > evaluate
 
 
-rule evaluate_bitwise:
+rule record_evaluations:
     input:
-        checkpoint=CHECKPOINT,
-        data=DATA_HASH,
+        metrics=runs(EVAL_METRICS),
+        bitwise=runs(EVAL_BITWISE, schemes=BITWISE_STUDENTS) if config["evaluate_bitwise"] else [],
     output:
-        metrics=EVAL_BITWISE,
-    threads: config["threads"]
+        done=EVAL_RECORDED,
     log:
-        out(f"logs/evaluate/{RUN}.bitwise.log"),
+        out("logs/evaluate/{dataset}.mlflow.log"),
     message:
-        "Evaluate {wildcards.model} a={wildcards.x_quant} w={wildcards.w_quant} s{wildcards.seed} bitwise on {wildcards.dataset}"
+        "Record the {wildcards.dataset} evaluations as MLflow runs (those not yet in the store)"
     conda:
         CONDA_ENV
     shell:
-        "LSQBQ_THREADS={threads} OMP_NUM_THREADS={threads} "
-        "python -m lsqbq.kernels.evaluation --checkpoint {input.checkpoint:q} --out {output.metrics:q} > {log:q} 2>&1"
+        "python -m lsqbq.evaluation_runs --done {output.done:q} {input.metrics:q} > {log:q} 2>&1"
 
 
-rule evaluate_bitwise_all:
+rule evaluate_all:
     input:
-        runs(EVAL_BITWISE, schemes=BITWISE_STUDENTS),
+        runs(EVAL_METRICS),
+        runs(EVAL_BITWISE, schemes=BITWISE_STUDENTS) if config["evaluate_bitwise"] else [],

@@ -9,6 +9,7 @@ def table_inputs(wc):
     }
     if config["evaluate"]:
         inputs["evaluate"] = runs(EVAL_METRICS)
+        inputs["predictions"] = runs(EVAL_PREDICTIONS)  # read beside each metrics.json by the claims table
     if config["analysis"]["enabled"]:
         inputs["ptq"] = runs(f"{ANALYSIS}/ptq_{{x_quant}}_{{w_quant}}_s{{seed}}.csv", schemes=[(FP, FP)])
         inputs["error"] = [f"{ANALYSIS}/error.csv".format(dataset=wc.dataset, model=m) for m in MODELS]

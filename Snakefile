@@ -1,5 +1,7 @@
 # lsqbq replication workflow: data -> fp teachers -> quantized students (KD) -> evaluation -> analyses
-# -> kernel benchmarks -> tables and figures.
+# -> kernel benchmarks -> tables and figures. The entry point; each stage's rules live in workflow/rules/, the
+# workflow profile in workflow/profiles/default (also reachable as profiles/default, where Snakemake looks for it
+# beside this file).
 #
 #   snakemake --cores all                                   # default profile (config/config.yaml)
 #   snakemake --cores all --configfile config/cifar100.yaml # a paper profile (or --config profile=cifar100)
@@ -30,7 +32,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network calls fr
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
 
-include: "rules/common.smk"
+include: "workflow/rules/common.smk"
 
 
 # Every job (training, evaluation, analyses, benchmarks) logs to the workflow's store, never to the local one.
@@ -41,18 +43,18 @@ envvars:
     "MLFLOW_TRACKING_URI",
 
 
-include: "rules/train_helpers.smk"
-include: "rules/analysis_helpers.smk"
-include: "rules/tables_helpers.smk"
-include: "rules/data.smk"
-include: "rules/train.smk"
-include: "rules/evaluate.smk"
-include: "rules/analysis.smk"
-include: "rules/bench.smk"
-include: "rules/tables.smk"
+include: "workflow/rules/train_helpers.smk"
+include: "workflow/rules/analysis_helpers.smk"
+include: "workflow/rules/tables_helpers.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/analysis.smk"
+include: "workflow/rules/bench.smk"
+include: "workflow/rules/tables.smk"
 
 
-report: "report/workflow.rst"
+report: "workflow/report/workflow.rst"
 
 
 onstart:
