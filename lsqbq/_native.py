@@ -7,9 +7,22 @@ one sub-directory per torch version. No ``-march`` flag is used: the AVX-512 ker
 attributes and are chosen at run time, so one build runs on any x86-64 CPU. The Python side of the ops
 (portable kernels, autograd, fake kernels) and the calls themselves live in :mod:`lsqbq._ops`.
 
-The switch: ``LSQBQ_NATIVE=0`` leaves the library unbuilt and unloaded, so the quantizers run their pure-torch
-code and the kernels the ``reference`` back end. A failed build has the same effect, after one warning.
-:func:`disabled` does the same inside a block, for the calling thread.
+The switch, one environment variable ``LSQBQ_BACKEND`` (:func:`requested_backend`):
+
+=============  ====================================================================================================
+``auto``       (default) build and load the library; the kernels take the fastest back end this CPU has
+``reference``  the pure-torch path: the library is neither built nor loaded, the quantizers run their torch code
+               and the kernels the ``reference`` back end (same results, slower)
+``portable``   the C++ kernels' portable path (scalar popcount: the POPCNT instruction where the CPU has it)
+``generic``    the portable path in its generic x86-64 build (software popcount), as CPUs without POPCNT run it
+               (the C++ code reads this choice once, at the first kernel call of the process)
+``avx512``     the AVX-512 VPOPCNTDQ micro-kernels (an error naming the switch where the CPU lacks them)
+=============  ====================================================================================================
+
+A ``backend=`` argument of a kernel call wins over the switch. A failed build falls back to the pure-torch path
+after one warning; :func:`disabled` does the same inside a block, for the calling thread. The names of earlier
+releases still work for this one, with a ``DeprecationWarning``: ``LSQBQ_NATIVE=0`` (now ``reference``),
+``LSQBQ_KERNELS=<name>`` (now ``LSQBQ_BACKEND=<name>``), ``LSQBQ_POPCNT=0`` (now ``generic``).
 """
 from __future__ import annotations
 
@@ -21,7 +34,16 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["SOURCES", "active", "build_error", "cache_dir", "disabled", "enabled", "load"]
+from .errors import ConfigError
+
+__all__ = ["BACKEND_ENV", "BACKEND_CHOICES", "SOURCES", "active", "build_error", "cache_dir", "disabled", "enabled",
+           "load", "requested_backend"]
+
+BACKEND_ENV = "LSQBQ_BACKEND"
+BACKEND_CHOICES = ("auto", "reference", "portable", "generic", "avx512")
+_LEGACY_KERNELS = "LSQBQ_KERNELS"  # an earlier release's name of the switch (read when LSQBQ_BACKEND is unset)
+# the C++ portable kernels read this variable (once, on their first call) to force their generic build
+_CPP_POPCNT_ENV = "LSQBQ_POPCNT"
 
 _ROOT = Path(__file__).parent
 SOURCES = sorted(_ROOT.glob("csrc/*.cpp")) + sorted(_ROOT.glob("kernels/csrc/*.cpp"))  # one library of all
@@ -33,11 +55,56 @@ _CFLAGS = ("-ffp-contract=off", "-fno-trapping-math")
 _lock = threading.Lock()
 _state: dict = {"loaded": None, "error": None}  # loaded: None (not tried), True, False
 _thread = threading.local()
+_warned: set[str] = set()  # deprecated switches already warned about
+_set_here: set[str] = set()  # variables this module set for the C++ code
+
+
+def requested_backend() -> str:
+    """The back end the environment asks for: ``$LSQBQ_BACKEND`` (one of :data:`BACKEND_CHOICES`, any case,
+    default ``auto``), else a deprecated switch of an earlier release (with a ``DeprecationWarning``).
+
+    ``generic`` also tells the C++ portable kernels to use their generic build (they read it on first call).
+
+    Raises:
+        ConfigError: a value that is not a back end; the message names the variable and lists the choices.
+    """
+    raw = os.environ.get(BACKEND_ENV)
+    name = BACKEND_ENV if raw is not None else _LEGACY_KERNELS
+    value = (raw.strip().lower() or "auto") if raw is not None else _legacy_backend()
+    if value not in BACKEND_CHOICES:
+        raise ConfigError(f"{name}={os.environ.get(name)!r} is not a kernel back end; set {BACKEND_ENV} to one of "
+                          f"{', '.join(BACKEND_CHOICES)} (or unset it for auto)")
+    if value == "generic" and os.environ.get(_CPP_POPCNT_ENV) != "0":
+        os.environ[_CPP_POPCNT_ENV] = "0"  # child processes inherit it beside LSQBQ_BACKEND=generic
+        _set_here.add(_CPP_POPCNT_ENV)  # set here, not by the user: not a deprecated switch
+    return value
+
+
+def _legacy_backend() -> str:
+    """The back end the switches of earlier releases ask for (``auto`` when none is set), with a warning."""
+    if os.environ.get("LSQBQ_NATIVE", "").strip() == "0":
+        return _deprecated("LSQBQ_NATIVE", "0", "reference")
+    kernels = os.environ.get(_LEGACY_KERNELS)
+    if kernels is not None:
+        return _deprecated(_LEGACY_KERNELS, kernels, kernels.strip().lower() or "auto")
+    if os.environ.get(_CPP_POPCNT_ENV, "").strip() == "0" and _CPP_POPCNT_ENV not in _set_here:
+        return _deprecated(_CPP_POPCNT_ENV, "0", "generic")
+    return "auto"
+
+
+def _deprecated(name: str, raw: str, value: str) -> str:
+    """``value``, after one ``DeprecationWarning`` per process naming ``name`` and its replacement."""
+    if name not in _warned:  # once: the switch is read on every kernel call
+        _warned.add(name)
+        warnings.warn(f"{name}={raw} is deprecated and will be removed in the next release; set "
+                      f"{BACKEND_ENV}={value} instead", DeprecationWarning, stacklevel=4)
+    return value
 
 
 def enabled() -> bool:
-    """False when the environment says ``LSQBQ_NATIVE=0`` (pure-torch quantizers, reference kernels)."""
-    return os.environ.get("LSQBQ_NATIVE", "1") != "0"
+    """False when the switch asks for the pure-torch path (``LSQBQ_BACKEND=reference``): pure-torch quantizers,
+    reference kernels, and the library neither built nor loaded."""
+    return requested_backend() != "reference"
 
 
 def cache_dir() -> Path:
@@ -54,7 +121,7 @@ def cache_dir() -> Path:
 def load() -> bool:
     """Build (if needed) and load the library; True when ``torch.ops.lsqbq`` is ready.
 
-    False without building when ``LSQBQ_NATIVE=0``; False after one ``RuntimeWarning`` when the build fails.
+    False without building when ``LSQBQ_BACKEND=reference``; False after one ``RuntimeWarning`` when the build fails.
     """
     if _state["loaded"] is not None:
         return _state["loaded"]
@@ -91,7 +158,8 @@ def _build_and_register() -> bool:
     except Exception as exc:  # noqa: BLE001 - any build or load failure means "use the pure-torch code"
         _state["error"] = exc
         warnings.warn(f"lsqbq: could not build the C++ library {_NAME} ({type(exc).__name__}: {exc}); "
-                      "falling back to the pure-torch implementation", RuntimeWarning, stacklevel=4)
+                      "falling back to the pure-torch implementation (LSQBQ_BACKEND=reference skips the build)",
+                      RuntimeWarning, stacklevel=4)
         return False
     return True
 
@@ -129,9 +197,10 @@ def build_error() -> BaseException | None:
 
 
 def active() -> bool:
-    """True when calls should go to ``torch.ops.lsqbq``: the library is loaded (or loads now) and the calling
-    thread is not inside :func:`disabled`."""
-    return not getattr(_thread, "off", 0) and load()
+    """True when calls should go to ``torch.ops.lsqbq``: the switch does not ask for the pure-torch path (read on
+    every call, so ``LSQBQ_BACKEND=reference`` takes effect at once), the library is loaded (or loads now) and the
+    calling thread is not inside :func:`disabled`."""
+    return not getattr(_thread, "off", 0) and enabled() and load()
 
 
 @contextlib.contextmanager

@@ -51,7 +51,7 @@ def hold(repo: str | Path):
         return zc.lockfile.LockFile(str(lockfile))
     except zc.lockfile.LockError:
         raise DvcBusyError(
-            f"{_holder(lockfile)} holds {lockfile.relative_to(repo) if not lockfile.is_absolute() else lockfile}: "
+            f"{_holder(lockfile)} holds {lockfile.relative_to(repo)}: "
             "it is writing the data, checkpoints or MLflow store this workflow reads, and a plan made now could "
             "retrain over checkpoints being pulled. Wait for it to finish (e.g. `dvc pull`), then rerun snakemake"
         ) from None

@@ -29,6 +29,7 @@ from . import checkpoint as ckpt_io
 from . import distributed as D
 from .config import apply_overrides, from_dict, to_dict
 from .errors import CheckpointError, ConfigError
+from .json_output import check_out, emit_json
 from .predictions import PredictionLog
 
 __all__ = ["main", "evaluate", "evaluate_checkpoint", "evaluate_checkpoint_outputs", "accuracy_counts"]
@@ -263,22 +264,6 @@ def record(result: dict, bit_result: dict | None, *, out: str | None, bitwise_ou
                                params={"checkpoint": checkpoint, "x_quant": result.get("x_quant"),
                                        "w_quant": result.get("w_quant"), "scales": scales,
                                        "overrides": ",".join(overrides) or None, "device": device or "auto"})
-
-
-def check_out(out: str | None) -> None:
-    """Refuse an ``--out`` that names a directory before any work is done."""
-    if out and Path(out).is_dir():
-        raise ConfigError(f"--out {out}: is a directory; give a file name such as {Path(out) / 'eval.json'}")
-
-
-def emit_json(result: dict, out: str | None, echo: bool = True) -> None:
-    """Print ``result`` as JSON (unless ``echo`` is false) and, with ``out``, write it there atomically."""
-    text = json.dumps(result, indent=2)
-    if echo:
-        print(text)
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        ckpt_io.write_text_atomic(out, text + "\n")
 
 
 if __name__ == "__main__":

@@ -62,11 +62,11 @@ class PredictionLog:
 
     def write(self, path: str | Path, num_classes: int) -> None:
         """Write atomically (a temporary file renamed over ``path``)."""
-        from .checkpoint import _write_atomic
+        from .atomic import atomic_write
 
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         array = self.to_array(num_classes)
-        _write_atomic(path, "wb", lambda f: np.save(f, array, allow_pickle=False))
+        atomic_write(path, "wb", lambda f: np.save(f, array, allow_pickle=False))
 
 
 def read_predictions(path: str | Path) -> np.ndarray:

@@ -1,13 +1,13 @@
 """Benchmarks (not tests): ``lsqbq bench {quantizers,kernels,models,training} [args]``.
 
-Every benchmark times the candidates side by side in one process and writes ratios to ``results/bench/``.
+Every benchmark times the candidates side by side in one process and writes ratios to ``results/bench/``. The
+options they share, the machine and commit on every CSV row, the atomic writes and the one MLflow run per
+invocation (experiment ``lsqbq-bench-<name>``) are :mod:`lsqbq.bench.harness`'s.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
-from typing import Callable
 
 BENCHMARKS = ("quantizers", "kernels", "models", "training")
 
@@ -19,32 +19,8 @@ USAGE = f"""usage: lsqbq bench {{{','.join(BENCHMARKS)}}} [options]
   models       bitwise ResNet-18 and the trained checkpoints against fp32 (results/bench/models.*)
   training     optimiser-step time of the training recipe per activation scheme
 
-`lsqbq bench <name> --help` lists each benchmark's options."""
-
-
-def int_list(minimum: int) -> Callable[[str], list[int]]:
-    """An argparse ``type``: ``"1,2,4"`` -> ``[1, 2, 4]``, every value an integer >= ``minimum`` (otherwise a
-    usage error that quotes the value)."""
-    def parse(text: str) -> list[int]:
-        try:
-            values = [int(v) for v in text.split(",")]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-        for v in values:
-            if v < minimum:
-                raise argparse.ArgumentTypeError(f"every value must be >= {minimum}, got {v}")
-        return values
-    return parse
-
-
-def int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse ``type``: one integer >= ``minimum`` (otherwise a usage error that quotes the value)."""
-    def parse(text: str) -> int:
-        values = int_list(minimum)(text)
-        if len(values) != 1:
-            raise argparse.ArgumentTypeError(f"expected one integer, got {text!r}")
-        return values[0]
-    return parse
+`lsqbq bench <name> --help` lists each benchmark's options. Each invocation is one MLflow run in experiment
+lsqbq-bench-<name>; --smoke runs tiny shapes once (a check, not a measurement)."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
 Usage::
 
-    lsqbq bench models [--quick] [--out results/bench] [--checkpoints checkpoints/fashion-mnist] [--seeds 0]
+    lsqbq bench models [--quick | --smoke] [--out results/bench] [--checkpoints checkpoints/fashion-mnist] [--seeds 0]
 
 Two groups, every ratio timed side by side in one process (median of >= 7 repeats after warm-up; the minimum and
 the load average are recorded too):
@@ -20,13 +20,13 @@ the load average are recorded too):
                   (the paper's inference mode), when the checkpoint has them.
 
 Where the bitwise model is not faster than its teacher, ``models_profile_<name>.txt`` (next to the tables) holds a
-``torch.profiler`` table of one bitwise call. Outputs: ``models.csv``, ``models.md``, ``models_headline.md``, all
-recorded in an MLflow run of experiment ``bench`` tagged with the run ids of the checkpoints timed
-(``LSQBQ_TRACKING=0``: none; a store error is a warning).
+``torch.profiler`` table of one bitwise call. Outputs: ``models.csv`` (machine, commit, ISA path and load on every
+row), ``models.md``, ``models_headline.md``, all recorded in one MLflow run of experiment ``lsqbq-bench-models``
+(:mod:`lsqbq.bench.harness`) whose tag ``lsqbq.source_run_ids`` names the training runs of the checkpoints timed.
+``--smoke``: ResNet-18 at 8x8 and batch 1 only, one repeat (a check, not a measurement).
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import warnings
 from pathlib import Path
@@ -36,26 +36,28 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointNotFoundError
-from ..kernels import available_backends, to_bitwise
+from ..kernels import to_bitwise
 from ..schemes import get_scheme, kernel_name
-from . import int_list
-from .timing import load, machine_info, time_threads
+from .harness import BenchRun, int_list, parser, provenance_line, thread_counts, write_text
+from .timing import load, time_threads
 
 NETWORK_PAIRS = (("ls-1", "ls-1"), ("gf-2", "ls-1"))
 SHAPES = {"imagenet": dict(stem="imagenet", num_classes=1000, size=224),
           "cifar": dict(stem="cifar", num_classes=10, size=32)}
+SMOKE_SHAPES = {"smoke": dict(stem="cifar", num_classes=10, size=8)}  # --smoke: a check, not a measurement
+DEFAULT_CHECKPOINTS = Path("checkpoints/fashion-mnist")
 TARGET_RESNET18 = 7.0  # binary ResNet-18 (ImageNet shape, 1-bit) vs fp32 eager channels_last, batch 1, 1 thread
 
 
-def bench_networks(threads_list: list[int], backend: str, repeats: int, shapes: list[str],
-                   out: Path | None = None) -> list[dict]:
-    """ResNet-18 at ImageNet / CIFAR shape, batch 1: fp32 eager models against the bitwise conversions; with
-    ``out``, a profile of the 1-bit network per shape (``models_profile_resnet18_<shape>_<kernel>.txt``)."""
+def bench_networks(threads_list: list[int], backend: str, repeats: int, shapes: dict[str, dict],
+                   out: Path | None = None, min_time: float = 0.2) -> list[dict]:
+    """ResNet-18 at each of ``shapes`` (:data:`SHAPES`: ImageNet / CIFAR), batch 1: fp32 eager models against the
+    bitwise conversions; with ``out``, a profile of the 1-bit network per shape
+    (``models_profile_resnet18_<shape>_<kernel>.txt``)."""
     from ..models import build
 
     rows = []
-    for shape in shapes:
-        opt = SHAPES[shape]
+    for shape, opt in shapes.items():
         torch.manual_seed(0)
         x = torch.randn(1, 3, opt["size"], opt["size"])
         x_cl = x.contiguous(memory_format=torch.channels_last)
@@ -77,7 +79,7 @@ def bench_networks(threads_list: list[int], backend: str, repeats: int, shapes: 
             if xq == NETWORK_PAIRS[0][0]:
                 cands[f"simulated {label}"] = (lambda sim=sim: sim(x), dict(scheme=label, model="simulated",
                                                                             layout="NCHW", scale_mode="fitted"))
-        timed, l0, l1 = time_threads({n: fn for n, (fn, _) in cands.items()}, threads_list, repeats, 0.2)
+        timed, l0, l1 = time_threads({n: fn for n, (fn, _) in cands.items()}, threads_list, repeats, min_time)
         for (name, t), (med, mn) in timed.items():
             rows.append({"kind": "network", "network": f"resnet18 {shape} {opt['size']}x{opt['size']}", "impl": name,
                          "batch": 1, "threads": t, "seconds": med, "seconds_min": mn, "load_start": l0,
@@ -128,11 +130,11 @@ def profile_table(fn, path: Path, title: str) -> None:
             for _ in range(5):
                 fn()
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
-    path.write_text(f"{title}\n(5 calls; self CPU time per op)\n\n{table}\n")
+    write_text(path, f"{title}\n(5 calls; self CPU time per op)\n\n{table}\n")
 
 
 def bench_checkpoints(root: Path, seeds: list[int], threads_list: list[int], batches: list[int], backend: str,
-                      repeats: int, out: Path) -> list[dict]:
+                      repeats: int, out: Path, min_time: float | None = None) -> list[dict]:
     """Each quantized checkpoint: simulated eager model, fp32 teacher of the same seed, bitwise conversion."""
     from .. import checkpoint as ckpt_io
 
@@ -164,7 +166,8 @@ def bench_checkpoints(root: Path, seeds: list[int], threads_list: list[int], bat
                 cands["fp32 teacher"] = lambda: teacher(x)
                 teacher_cl = copy.deepcopy(teacher).to(memory_format=torch.channels_last)
                 cands["fp32 teacher channels_last"] = lambda t=teacher_cl: t(x_cl)
-            timed, l0, l1 = time_threads(cands, threads_list, repeats, 0.05 if batch == 1 else 0.1)
+            least = (0.05 if batch == 1 else 0.1) if min_time is None else min_time
+            timed, l0, l1 = time_threads(cands, threads_list, repeats, least)
             for (impl, t), (med, mn) in timed.items():
                 rows.append({"kind": "checkpoint", "network": name, "model": model_name, "x_quant": xq,
                              "w_quant": wq, "seed": seed, "scheme": label, "impl": impl, "batch": batch, "threads": t,
@@ -240,6 +243,7 @@ def to_markdown(df: pd.DataFrame, info: dict, summary: dict[str, float], profile
         "fed the same tensor as the eager models; scale mode as listed (`fitted`: per-sample scales at run time, "
         "as the default-profile students evaluate; `stored`, the rows `bitwise stored`: the moving averages recorded "
         "in training, no per-image fit).",
+        *filter(None, [provenance_line(df)]),
         "## Headline (1 thread)", headline_markdown(summary).rstrip("\n")]
     for kind, title in (("network", "ResNet-18 from models.build, batch 1"),
                         ("checkpoint", "Default-profile checkpoints")):
@@ -265,85 +269,71 @@ def to_markdown(df: pd.DataFrame, info: dict, summary: dict[str, float], profile
     return "\n\n".join(parts) + "\n"
 
 
+def render(out: Path, df: pd.DataFrame | None = None) -> str:
+    """Write ``models.md`` and ``models_headline.md`` into ``out`` atomically from ``models.csv`` (or ``df``);
+    returns the markdown."""
+    df = pd.read_csv(out / "models.csv") if df is None else df
+    info = {k: df.iloc[0][k] for k in ("cpu", "cores", "flags", "torch", "kernels")}
+    summary = summarise(df)
+    profiles = sorted(p.name for p in out.glob("models_profile_*.txt"))
+    md = to_markdown(df, info, summary, profiles)
+    write_text(out / "models.md", md)
+    write_text(out / "models_headline.md", headline_markdown(summary))
+    return md
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lsqbq bench models", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("results/bench"), help="output directory")
-    parser.add_argument("--repeats", type=int, default=7, help="timed repeats per candidate (at least 7)")
-    parser.add_argument("--quick", action="store_true", help="ImageNet ResNet-18 and batch 1 only, 1 thread")
-    parser.add_argument("--threads", type=int_list(1), default=None,
-                        help="thread counts, e.g. 1,2 (default: 1 and all)")
-    parser.add_argument("--checkpoints", type=Path, default=Path("checkpoints/fashion-mnist"),
-                        help="root of <model>/<x>_<w>/s<seed>/checkpoint.pt (skipped when absent)")
-    parser.add_argument("--seeds", type=int_list(0), default="0",
-                        help="checkpoint seeds to time, e.g. 0,1,2 (latency does not depend on the seed)")
-    parser.add_argument("--batches", type=int_list(1), default="1,256", help="checkpoint batch sizes")
-    parser.add_argument("--backend", default=None, help="kernel back end (default: fastest available)")
-    parser.add_argument("--no-networks", action="store_true", help="checkpoints only")
-    parser.add_argument("--render-only", action="store_true",
-                        help="rewrite models.md / models_headline.md from an existing models.csv in --out (no timing)")
-    args = parser.parse_args(argv)
+    p = parser("models", __doc__, quick="ImageNet ResNet-18 and batch 1 only, 1 thread", backend=True,
+               render_only="models.md and models_headline.md")
+    p.add_argument("--checkpoints", type=Path, default=None,
+                   help="root of <model>/<x>_<w>/s<seed>/checkpoint.pt (default checkpoints/fashion-mnist, not "
+                        "with --smoke; skipped when absent)")
+    p.add_argument("--seeds", type=int_list(0), default="0",
+                   help="checkpoint seeds to time, e.g. 0,1,2 (latency does not depend on the seed)")
+    p.add_argument("--batches", type=int_list(1), default="1,256", help="checkpoint batch sizes")
+    p.add_argument("--no-networks", action="store_true", help="checkpoints only")
+    args = p.parse_args(argv)
     if args.render_only:
-        df = pd.read_csv(args.out / "models.csv")
-        info = {k: df.iloc[0][k] for k in ("cpu", "cores", "flags", "torch", "kernels")}
-        summary = summarise(df)
-        profiles = sorted(p.name for p in args.out.glob("models_profile_*.txt"))
-        md = to_markdown(df, info, summary, profiles)
-        (args.out / "models.md").write_text(md)
-        (args.out / "models_headline.md").write_text(headline_markdown(summary))
-        print(md)
+        print(render(args.out))
         return 0
+    if args.checkpoints is None and not args.smoke:
+        args.checkpoints = DEFAULT_CHECKPOINTS
     warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
     seeds, seeds_text = args.seeds, ",".join(map(str, args.seeds))
-    if args.no_networks and not (args.checkpoints.is_dir() and find_checkpoints(args.checkpoints, seeds)):
+    if args.no_networks and not (args.checkpoints and args.checkpoints.is_dir()
+                                 and find_checkpoints(args.checkpoints, seeds)):
         raise CheckpointNotFoundError(
             f"nothing to time: --no-networks, and no quantized checkpoint of seed(s) {seeds_text} under "
-            f"{args.checkpoints} (<model>/<x>_<w>/s<seed>/checkpoint.pt; `dvc pull` fetches the published ones)")
-    backend = args.backend or available_backends()[-1]
-    repeats = max(7, args.repeats)
-    all_threads = torch.get_num_threads()
-    if args.threads:
-        threads_list = args.threads
-    else:
-        threads_list = [1] if args.quick or all_threads == 1 else sorted({1, 2, all_threads})
-    info = machine_info()
-    info["default_threads"] = info.pop("threads")
-    info["kernels"] = backend
-    args.out.mkdir(parents=True, exist_ok=True)
-    for old in args.out.glob("models_profile_*.txt"):
-        old.unlink()
-    rows: list[dict] = []
-    try:
+            f"{args.checkpoints or 'no --checkpoints (--smoke times none by default)'} "
+            "(<model>/<x>_<w>/s<seed>/checkpoint.pt; `dvc pull` fetches the published ones)")
+    repeats = 1 if args.smoke else max(7, args.repeats)
+    single = args.quick or args.smoke
+    shapes = SMOKE_SHAPES if args.smoke else {"imagenet": SHAPES["imagenet"]} if args.quick else SHAPES
+    min_time = 0.0 if args.smoke else None
+    with BenchRun("models", args.out, backend=args.backend, options=vars(args)) as run:
+        threads_list = thread_counts(args.threads, single)
+        for old in args.out.glob("models_profile_*.txt"):
+            old.unlink()
+        rows: list[dict] = []
         if not args.no_networks:
-            rows += bench_networks(threads_list, backend, repeats, ["imagenet"] if args.quick else list(SHAPES),
-                                   args.out)
-        if args.checkpoints.exists():
-            batches = [1] if args.quick else args.batches
-            rows += bench_checkpoints(args.checkpoints, seeds, threads_list, batches, backend, repeats, args.out)
-        else:
+            rows += bench_networks(threads_list, run.backend, repeats, shapes, None if args.smoke else args.out,
+                                   0.2 if min_time is None else min_time)
+        if args.checkpoints is not None and args.checkpoints.exists():
+            rows += bench_checkpoints(args.checkpoints, seeds, threads_list, [1] if single else args.batches,
+                                      run.backend, repeats, args.out, min_time)
+        elif args.checkpoints is not None:
             print(f"  no checkpoints under {args.checkpoints}: skipped (dvc pull fetches them)", flush=True)
-    finally:
-        torch.set_num_threads(all_threads)
-    df = pd.DataFrame(rows)
-    df["ms"] = 1e3 * df.seconds
-    for key, value in info.items():
-        df[key] = value
-    df.to_csv(args.out / "models.csv", index=False, float_format="%.6g")
-    summary = summarise(df)
-    profiles = sorted(p.name for p in args.out.glob("models_profile_*.txt"))
-    md = to_markdown(df, info, summary, profiles)
-    (args.out / "models.md").write_text(md)
-    (args.out / "models_headline.md").write_text(headline_markdown(summary))
-    from .. import tracking
+        df = run.table(pd.DataFrame(rows).assign(ms=lambda d: 1e3 * d.seconds))
+        run.write_csv("models.csv", df, float_format="%.6g")
+        md = render(args.out, df)
+        for name in ("models.md", "models_headline.md", *sorted(f.name for f in args.out.glob("models_profile_*"))):
+            run.keep(run.path(name))
+        from ..tracking import checkpoint_run_id
 
-    checkpoints = sorted(set(df["checkpoint"].dropna())) if "checkpoint" in df else []
-    tracking.record_run(
-        "bench", "bench_models", strict=False,
-        params={**{k: v for k, v in info.items() if isinstance(v, (str, int, float))}, "quick": args.quick,
-                "repeats": repeats, "checkpoints": args.checkpoints, "seeds": seeds_text},
-        metrics={k.replace("@", "_at_"): v for k, v in summary.items()},
-        artifacts=[args.out / n for n in ("models.csv", "models.md", "models_headline.md", *profiles)],
-        tags={"lsqbq.kind": "bench models", "quick": args.quick},
-        source_run_ids=[tracking.checkpoint_run_id(c) for c in checkpoints])
+        checkpoints = sorted(set(df["checkpoint"].dropna())) if "checkpoint" in df else []
+        run.record({k.replace("@", "_at_"): v for k, v in summarise(df).items()},
+                   params={"repeats": repeats, "threads_timed": threads_list},
+                   source_run_ids=[checkpoint_run_id(c) for c in checkpoints])
     print(md)
     return 0
 

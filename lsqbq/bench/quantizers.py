@@ -1,16 +1,16 @@
-"""Quantizer cost: ``lsqbq bench quantizers [--out results/bench] [--threads N] [--quick]``.
+"""Quantizer cost: ``lsqbq bench quantizers [--out results/bench] [--threads N] [--quick | --smoke]``.
 
 Part 1 times ``quantize(x, scheme)`` (fit + encode) on a weight-like ``(512, 4608)`` and an activation-like
 ``(256, 50176)`` tensor next to ``torch.sort`` of the same tensor. Part 2 times the forward + backward of a
 ``QuantConv2d`` training step per activation scheme (ls-1 weights) next to ``gf-2``. All ratios come from the
 same run; each time is the median of repeats after warm-up.
 
-Writes ``quantizers.csv`` and ``quantizers.md`` to ``--out``, and records them in an MLflow run of experiment
-``bench`` (``LSQBQ_TRACKING=0``: none; a store error is a warning).
+Writes ``quantizers.csv`` (machine, commit, ISA path and load on every row) and ``quantizers.md`` to ``--out``,
+and records them in one MLflow run of experiment ``lsqbq-bench-quantizers`` (:mod:`lsqbq.bench.harness`).
+``--smoke``: a ``(4, 64)`` tensor and a ``8@8x8`` layer, one repeat.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
@@ -18,20 +18,22 @@ import torch
 
 from ..layers import QuantConv2d
 from ..schemes import quantize
-from . import int_at_least
-from .timing import machine_info, median_time
+from .harness import BenchRun, parser, provenance_line, write_text
+from .timing import median_time
 
 SCHEMES = ("ls-1", "gf-2", "gf-3", "gf-4", "ls-T", "ls-2")
 TENSORS = {"weight 512x4608": (512, 4608), "activation 256x50176": (256, 50176)}
 # (name, C_in = C_out, H = W, batch): ResNet-18 3x3 convs at CIFAR (32x32 input) and ImageNet resolution.
 LAYERS = (("cifar stage1 64@32x32 b32", 64, 32, 32), ("imagenet stage3 256@14x14 b32", 256, 14, 32))
 LAYER_SCHEMES = ("fp", "ls-1", "gf-2", "ls-T", "ls-2", "gf-3")
+SMOKE_TENSORS = {"smoke 4x64": (4, 64)}
+SMOKE_LAYERS = (("smoke 8@8x8 b2", 8, 8, 2),)
 
 
-def time_quantizers(repeats: int) -> list[dict]:
+def time_quantizers(repeats: int, tensors: dict[str, tuple[int, int]] = TENSORS) -> list[dict]:
     rows = []
     gen = torch.Generator().manual_seed(0)
-    for name, shape in TENSORS.items():
+    for name, shape in tensors.items():
         x = torch.randn(*shape, generator=gen)
         t_sort = median_time(lambda: torch.sort(x, dim=1), repeats)
         rows.append({"part": "quantizer", "case": name, "scheme": "torch.sort", "ms": 1e3 * t_sort, "ratio": 1.0,
@@ -43,9 +45,9 @@ def time_quantizers(repeats: int) -> list[dict]:
     return rows
 
 
-def time_layers(repeats: int, quick: bool) -> list[dict]:
+def time_layers(repeats: int, layers=LAYERS) -> list[dict]:
     rows = []
-    for name, ch, hw, batch in LAYERS[:1] if quick else LAYERS:
+    for name, ch, hw, batch in layers:
         x = torch.randn(batch, ch, hw, hw)
         times = {}
         for scheme in LAYER_SCHEMES:
@@ -72,6 +74,8 @@ def to_markdown(df: pd.DataFrame, info: dict) -> str:
         cells = group.assign(cell=[f"{m:.1f} ms ({r:.2f}x)" for m, r in zip(group["ms"], group["ratio"])])
         table = cells.pivot(index="scheme", columns="case", values="cell").reindex(group["scheme"].unique())
         parts.append(f"## {part} (ratio vs {group['reference'].iloc[0]})\n\n" + table.to_markdown())
+    if provenance_line(df):
+        parts.append(provenance_line(df))
     return "\n\n".join(parts) + "\n"
 
 
@@ -79,42 +83,28 @@ def render(out: Path) -> str:
     """Rewrite ``quantizers.md`` from ``quantizers.csv`` in ``out`` (no timing)."""
     df = pd.read_csv(out / "quantizers.csv")
     md = to_markdown(df, df.iloc[0].to_dict())
-    (out / "quantizers.md").write_text(md)
+    write_text(out / "quantizers.md", md)
     return md
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lsqbq bench quantizers", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("results/bench"), help="output directory")
-    parser.add_argument("--threads", type=int_at_least(1), default=None,
-                        help="torch threads (default: torch's default)")
-    parser.add_argument("--repeats", type=int, default=7, help="timed repeats per candidate")
-    parser.add_argument("--quick", action="store_true", help="fewer repeats, one layer shape")
-    parser.add_argument("--render-only", action="store_true",
-                        help="rewrite quantizers.md from an existing quantizers.csv in --out (no timing)")
-    args = parser.parse_args(argv)
+    args = parser("quantizers", __doc__, threads="one", quick="fewer repeats, one layer shape",
+                  render_only="quantizers.md").parse_args(argv)
     if args.render_only:
         print(render(args.out))
         return 0
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    repeats = 3 if args.quick else args.repeats
-    info = machine_info()
-    df = pd.DataFrame(time_quantizers(repeats) + time_layers(repeats, args.quick))
-    for key, value in info.items():
-        df[key] = value
-    args.out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(args.out / "quantizers.csv", index=False, float_format="%.4f")
-    print(render(args.out))
-    from .. import tracking
-
-    tracking.record_run(
-        "bench", "bench_quantizers", strict=False,
-        params={**{k: v for k, v in info.items() if isinstance(v, (str, int, float))}, "quick": args.quick,
-                "repeats": repeats},
-        metrics={f"{r.part} {r.case} {r.scheme} ratio": r.ratio for r in df.itertuples()},
-        artifacts=[args.out / "quantizers.csv", args.out / "quantizers.md"],
-        tags={"lsqbq.kind": "bench quantizers", "quick": args.quick})
+    repeats = 1 if args.smoke else 3 if args.quick else args.repeats
+    tensors = SMOKE_TENSORS if args.smoke else TENSORS
+    layers = SMOKE_LAYERS if args.smoke else LAYERS[:1] if args.quick else LAYERS
+    with BenchRun("quantizers", args.out, threads=args.threads, options=vars(args)) as run:
+        rows = time_quantizers(repeats, tensors) + time_layers(repeats, layers)
+        df = run.table([{**r, "threads": torch.get_num_threads()} for r in rows])
+        run.write_csv("quantizers.csv", df, float_format="%.4f")
+        md = to_markdown(df, df.iloc[0].to_dict())
+        run.write_text("quantizers.md", md)
+        run.record({f"{r.part} {r.case} {r.scheme} ratio": r.ratio for r in df.itertuples()},
+                   params={"repeats": repeats})
+    print(md)
     return 0
 
 

@@ -1,13 +1,13 @@
-"""Timing and machine description shared by the benchmarks."""
+"""Side-by-side timing shared by the benchmarks (the machine record is :mod:`lsqbq.bench.machine`)."""
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import time
 from typing import Callable
 
 import torch
+
+from .machine import load
 
 
 def time_stats(fns: dict[str, Callable[[], object]], repeats: int = 7, min_time: float = 0.0,
@@ -41,14 +41,6 @@ def time_group(fns: dict[str, Callable[[], object]], repeats: int = 7, min_time:
     return {name: med for name, (med, _) in time_stats(fns, repeats, min_time, warmup).items()}
 
 
-def load() -> float:
-    """1-minute load average (NaN where the OS has none), recorded beside every timing."""
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return float("nan")
-
-
 def with_threads(n: int, fn: Callable[[], object]) -> Callable[[], object]:
     """``fn`` run with ``torch.set_num_threads(n)`` (candidates of one group may use different thread counts)."""
     def call():
@@ -71,38 +63,3 @@ def time_threads(cands: dict[str, Callable[[], object]], threads: list[int], rep
 def median_time(fn: Callable[[], object], repeats: int = 7, min_time: float = 0.0, warmup: int = 2) -> float:
     """Median seconds per call of one function (:func:`time_group` with one candidate)."""
     return time_group({"fn": fn}, repeats, min_time, warmup)["fn"]
-
-
-def cpu_flags() -> list[str]:
-    """SIMD flags of this CPU that matter for the kernels (from /proc/cpuinfo where available)."""
-    wanted = ("avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vpopcntdq", "avx512_bitalg", "avx512_vnni",
-              "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "popcnt", "neon", "asimd")
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    have = set(line.split(":", 1)[1].split())
-                    return [w for w in wanted if w in have]
-    except OSError:
-        pass
-    return []
-
-
-def machine_info() -> dict:
-    """CPU model, core count, torch threads and flags: recorded beside every benchmark number."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "flags": " ".join(cpu_flags()),
-        "torch": torch.__version__,
-    }

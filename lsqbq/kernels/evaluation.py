@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..evaluate import check_out, emit_json
+from ..json_output import check_out, emit_json
 from . import ops
 from .convert import SCALE_MODES, to_bitwise
 

@@ -5,11 +5,13 @@ Back ends (one API, chosen per call):
     ``portable``   compiled C++ (``torch.ops.lsqbq.*``, see :mod:`lsqbq._native`), scalar popcount (the POPCNT
                    instruction where the CPU has it, chosen at run time), any CPU;
     ``avx512``     the same library, AVX-512 VPOPCNTDQ micro-kernels (chosen at run time when the CPU has them).
-``backend=`` on every function picks one; ``None`` or ``auto`` (default) takes the fastest available, or the one
-named by the environment variable ``LSQBQ_KERNELS`` (e.g. ``LSQBQ_KERNELS=portable`` runs the portable C++ path on
-an AVX-512 machine, so CI covers it on any CPU). Without the
-C++ library (``LSQBQ_NATIVE=0``, a failed build, or inside :func:`lsqbq._native.disabled`) only ``reference`` is
-available, so ``auto`` means ``reference``.
+``backend=`` on every function picks one; ``None`` or ``auto`` (default) takes the one the switch
+``LSQBQ_BACKEND`` names (:func:`lsqbq._native.requested_backend`; e.g. ``LSQBQ_BACKEND=portable`` runs the
+portable C++ path on an AVX-512 machine, so CI covers it on any CPU), and the fastest available when it says
+``auto`` (its default). Without the C++ library (``LSQBQ_BACKEND=reference``, a failed build, or inside
+:func:`lsqbq._native.disabled`) only ``reference`` is available, so ``auto`` means ``reference``. Every error about
+a back end names the switch. :func:`isa_path` names the instruction path a back end runs (recorded by the
+benchmarks).
 
 Layouts (bit = 1 <=> -1, bit ``c mod 64`` of word ``c // 64``, tail bits 0):
     activations  ``(P_a, B, H + 2 ph, W + 2 pw, Cw)`` int64, NHWC packed along channels, zero words at the
@@ -22,20 +24,24 @@ value is ``<t, c>`` with ``t = x_q / (2v)`` in {-1, 0, 1}); scaled results are f
 from __future__ import annotations
 
 import functools
-import os
+import platform
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .. import _ops
+from .. import _native, _ops
+from ..errors import ConfigError, InputError
 from . import reference as ref
+from . import shapes
 from .reference import FIT_GIVEN, FIT_GREEDY, FIT_LS2, FIT_TERNARY
 
 __all__ = [
     "BACKENDS",
     "PackedWeight",
     "available_backends",
+    "isa_path",
     "resolve_backend",
     "pack_signs",
     "pack_weight",
@@ -74,29 +80,72 @@ def _avx512_supported() -> bool:
 
 
 def resolve_backend(backend: str | None = None, device: torch.device | str = "cpu") -> str:
-    """The back end a call with ``backend`` (None: ``auto``, the fastest available) will use on ``device``.
+    """The back end a call with ``backend`` will use on ``device``: ``backend`` when given, else the switch
+    ``LSQBQ_BACKEND`` (``generic`` is the ``portable`` back end), and for ``auto`` the fastest available.
 
     Raises:
-        ValueError: unknown name, or a compiled back end that is not available here.
+        ConfigError (a ``ValueError``): unknown name, or a compiled back end that is not available here; the
+            message names ``LSQBQ_BACKEND`` and what to set it to.
     """
+    env = _native.BACKEND_ENV
     name = backend or "auto"
-    if name == "auto" and os.environ.get("LSQBQ_KERNELS", "auto") != "auto":
-        name = os.environ["LSQBQ_KERNELS"]
-    if name not in (*BACKENDS, "auto"):
-        raise ValueError(f"unknown kernel backend {name!r}; choose one of auto, {', '.join(BACKENDS)}")
+    if name == "auto":
+        name = _native.requested_backend()
+        if name == "generic":
+            name = "portable"
+    elif name not in BACKENDS:
+        raise ConfigError(f"unknown kernel backend {name!r}; choose one of auto, {', '.join(BACKENDS)} "
+                          f"(backend= argument, --backend option or {env})")
     if (device.type if isinstance(device, torch.device) else torch.device(device).type) != "cpu" or name == "reference":
         return "reference"
     avail = available_backends()
     if name == "auto":
         return avail[-1]
     if name not in avail:
-        raise ValueError(f"kernel backend {name!r} is not available on this machine (available: {avail})")
+        raise ConfigError(f"kernel backend {name!r} is not available on this machine ({_why_not(name)}; "
+                          f"available: {', '.join(avail)}); set {env}=auto, or {env}={avail[-1]}")
     return name
 
 
 def compiled_isa(backend: str | None, device: torch.device | str = "cpu") -> int | None:
     """The ``isa`` argument of the C++ ops for :func:`resolve_backend`'s choice, or None for ``reference``."""
     return _ISA.get(resolve_backend(backend, device))
+
+
+def _why_not(name: str) -> str:
+    """Why the compiled back end ``name`` is missing: the switch, a failed build, or the CPU."""
+    if _native.requested_backend() == "reference":
+        return f"{_native.BACKEND_ENV}=reference keeps the C++ library unloaded"
+    if not _ops.active():
+        err = _native.build_error()
+        return "the C++ library is not loaded" + (f": {type(err).__name__}" if err is not None else "")
+    return "this CPU lacks AVX-512 VPOPCNTDQ" if name == "avx512" else "this CPU lacks it"
+
+
+def isa_path(backend: str | None = None, device: torch.device | str = "cpu") -> str:
+    """The instruction path a call with ``backend`` runs: ``reference`` (pure torch), ``avx512-vpopcntdq``,
+    ``portable-popcnt`` (x86-64 with the POPCNT instruction), ``portable-generic`` (software popcount: x86-64
+    CPUs without POPCNT, or ``LSQBQ_BACKEND=generic``) or ``portable-<arch>`` on other architectures."""
+    name = resolve_backend(backend, device)
+    if name == "avx512":
+        return "avx512-vpopcntdq"
+    if name == "portable":
+        arch = platform.machine().lower()
+        if arch not in ("x86_64", "amd64"):
+            return f"portable-{arch}"
+        generic = _native.requested_backend() == "generic" or not _cpu_has_popcnt()
+        return "portable-generic" if generic else "portable-popcnt"
+    return name
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_has_popcnt() -> bool:
+    """Whether this x86-64 CPU has the POPCNT instruction (``/proc/cpuinfo``; False where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and "popcnt" in line.split() for line in f)
+    except OSError:
+        return False
 
 
 # ------------------------------------------------------------------------------------------ weights
@@ -203,8 +252,9 @@ def encode_fit(x: Tensor, planes: int, fit: int, *, scales: Tensor | None = None
     if b == "reference":
         return ref.encode_fit(x, planes, fit, scales, clamp, mask, tuple(padding), prologue)
     a, sh = (None, None) if prologue is None else prologue
-    return torch.ops.lsqbq.encode_fused(x.float(), a, sh, scales, float(clamp or 0.0), int(planes), int(fit), mask,
-                                        int(padding[0]), int(padding[1]), _ISA[b])
+    with _shape_errors(lambda: shapes.check_encode(x, planes, fit, scales, mask, padding)):
+        return torch.ops.lsqbq.encode_fused(x.float(), a, sh, scales, float(clamp or 0.0), int(planes), int(fit),
+                                            mask, int(padding[0]), int(padding[1]), _ISA[b])
 
 
 def bitwise_conv2d(x: Tensor, w: PackedWeight, bias: Tensor | None = None, stride=1, padding=0, dilation=1, *,
@@ -225,18 +275,33 @@ def bitwise_conv2d(x: Tensor, w: PackedWeight, bias: Tensor | None = None, strid
         return ref.bitwise_conv2d(x, w.rows, w.scales_nk(), bias, w.kernel, s, p, d, planes, fit, scales, clamp, mask,
                                   prologue, residual, act, slope, residual_first)
     a, sh = (None, None) if prologue is None else prologue
-    return torch.ops.lsqbq.bitwise_conv2d(x.float(), w.panels, w.tapsum, w.scales, bias, a, sh, scales, residual, slope,
-                                          float(clamp or 0.0), int(planes), int(fit), mask, int(act), residual_first,
-                                          w.n_out, w.c_in, list(w.kernel), s, p, d, _ISA[b])
+
+    def check():
+        shapes.check_conv_input(x, w.c_in, act)
+        shapes.check_encode(x, planes, fit, scales, mask, p)
+
+    with _shape_errors(check):
+        return torch.ops.lsqbq.bitwise_conv2d(x.float(), w.panels, w.tapsum, w.scales, bias, a, sh, scales, residual,
+                                              slope, float(clamp or 0.0), int(planes), int(fit), mask, int(act),
+                                              residual_first, w.n_out, w.c_in, list(w.kernel), s, p, d, _ISA[b])
 
 
 def _check_gemm(a: Tensor, w: PackedWeight, mask: bool) -> None:
     if w.kernel != (1, 1):
-        raise ValueError(f"xnor_gemm needs a (1, 1) packed weight, got kernel {w.kernel}")
-    if a.dim() != 3 or a.shape[-1] != w.rows.shape[-1]:
-        raise ValueError(f"activation words {tuple(a.shape)} do not match (P_a, M, {w.rows.shape[-1]})")
-    if mask and a.shape[0] != 2:
-        raise ValueError("the ternary mask encoding has 2 planes (sign, mask)")
+        raise InputError(f"xnor_gemm needs a (1, 1) packed weight, got kernel {w.kernel}")
+    shapes.check_gemm_words(a, w.rows[:, :, 0, :], w.c_in, mask)
+
+
+@contextmanager
+def _shape_errors(check):
+    """Run a C++ op; when its TORCH_CHECKs refuse the input (RuntimeError), ``check()`` -- the same rules in
+    :mod:`lsqbq.kernels.shapes`, which the reference back end runs first -- raises the :class:`InputError` naming
+    the sizes, so every back end raises the same class. Nothing is checked twice on the success path."""
+    try:
+        yield
+    except RuntimeError:
+        check()
+        raise
 
 
 def xnor_gemm(a: Tensor, w: PackedWeight, *, mask: bool = False, backend: str | None = None) -> Tensor:
@@ -282,8 +347,9 @@ def xnor_conv2d(a: Tensor, w: PackedWeight, hw: tuple[int, int], stride=1, paddi
     s, p, d = _pair(stride), _pair(padding), _pair(dilation)
     if b == "reference":
         return ref.xnor_conv2d(a, w.rows, w.c_in, tuple(hw), w.kernel, s, p, d, mask)
-    return torch.ops.lsqbq.xnor_conv2d(a.contiguous(), w.panels, w.tapsum, w.n_out, w.c_in, list(hw),
-                                       list(w.kernel), s, p, d, mask, _ISA[b])
+    with _shape_errors(lambda: shapes.check_conv_words(a, w.rows, w.c_in, hw, w.kernel, s, p, d, mask)):
+        return torch.ops.lsqbq.xnor_conv2d(a.contiguous(), w.panels, w.tapsum, w.n_out, w.c_in, list(hw),
+                                           list(w.kernel), s, p, d, mask, _ISA[b])
 
 
 def xnor_conv2d_scaled(a: Tensor, w: PackedWeight, sa: Tensor, bias: Tensor | None, hw: tuple[int, int], stride=1,
@@ -295,13 +361,16 @@ def xnor_conv2d_scaled(a: Tensor, w: PackedWeight, sa: Tensor, bias: Tensor | No
     if b == "reference":
         return ref.xnor_conv2d_scaled(a, w.rows, w.c_in, tuple(hw), w.kernel, sa, w.scales_nk(), bias, s, p, d, mask)
     bias = None if bias is None else bias.detach().float().contiguous()
-    return torch.ops.lsqbq.xnor_conv2d_scaled(a.contiguous(), w.panels, w.tapsum, sa.float().contiguous(), w.scales,
-                                              bias, w.n_out, w.c_in, list(hw), list(w.kernel), s, p, d, mask, _ISA[b])
+    with _shape_errors(lambda: shapes.check_conv_words(a, w.rows, w.c_in, hw, w.kernel, s, p, d, mask)):
+        return torch.ops.lsqbq.xnor_conv2d_scaled(a.contiguous(), w.panels, w.tapsum, sa.float().contiguous(),
+                                                  w.scales, bias, w.n_out, w.c_in, list(hw), list(w.kernel), s, p, d,
+                                                  mask, _ISA[b])
 
 
 def popcount_peak(iters: int, *, backend: str | None = None) -> int:
     """Run the register-only XOR/popcount/add loop; returns the binary MACs done (time it to get the peak)."""
     b = resolve_backend(backend)
     if b == "reference":
-        raise ValueError("the popcount peak needs a compiled back end")
+        raise ConfigError(f"the popcount peak needs a compiled back end; set {_native.BACKEND_ENV}=auto (or portable, "
+                          "avx512) and make sure the C++ library builds")
     return int(torch.ops.lsqbq.popcount_peak(int(iters), _ISA[b]))

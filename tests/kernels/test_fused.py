@@ -166,10 +166,10 @@ def test_non_finite_input_is_an_input_error(backend):
 def test_environment_switch_forces_the_portable_path(monkeypatch):
     if "portable" not in ops.available_backends():
         pytest.skip("no compiled back end")
-    monkeypatch.setenv("LSQBQ_KERNELS", "portable")
+    monkeypatch.setenv("LSQBQ_BACKEND", "portable")
     assert ops.resolve_backend() == "portable"
-    monkeypatch.setenv("LSQBQ_KERNELS", "nonsense")
-    with pytest.raises(ValueError, match="unknown kernel backend"):
+    monkeypatch.setenv("LSQBQ_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match="LSQBQ_BACKEND='nonsense' is not a kernel back end"):
         ops.resolve_backend()
 
 

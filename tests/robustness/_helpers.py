@@ -50,7 +50,7 @@ def guarded_env(tmp_path: Path, extra: dict | None = None) -> tuple[dict, Path]:
     env = {k: v for k, v in os.environ.items() if k not in TELEMETRY_VARS}
     env["PYTHONPATH"] = os.pathsep.join([str(NETGUARD), str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     env["LSQBQ_NETGUARD_LOG"] = str(log)
-    env.setdefault("LSQBQ_NATIVE", "0")
+    env.setdefault("LSQBQ_BACKEND", "reference")
     env.setdefault("OMP_NUM_THREADS", "1")
     env.pop("LSQBQ_DEBUG", None)
     env.update(extra or {})

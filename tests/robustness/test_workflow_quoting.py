@@ -44,6 +44,7 @@ def test_data_root_with_space_and_quote_is_one_argument(tmp_path):
     """A dry run prints the commands; each parses back to the exact data_root."""
     for d in ("workflow", "config"):
         shutil.copytree(REPO / d, tmp_path / d)
+    shutil.copy2(REPO / "Snakefile", tmp_path / "Snakefile")
     root = "/data sets/it's here"
     env, _ = guarded_env(tmp_path, {"MLFLOW_DISABLE_TELEMETRY": "true"})
     env["PATH"] = no_slurm_bin() + os.pathsep + env["PATH"]      # no 9 s wait for an absent SLURM controller

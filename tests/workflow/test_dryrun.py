@@ -2,6 +2,8 @@
 
 Run in a throw-away copy of the project without outputs, so every job of a profile is scheduled.
 """
+import re
+
 import pytest
 import yaml
 
@@ -25,8 +27,11 @@ def _profile(name):
 def _expected(cfg):
     runs = len(cfg["models"]) * (1 + len(cfg["students"])) * len(cfg["seeds"])
     exp = {"train": runs, "prepare_data": 1, "make_tables": 1}
-    if cfg.get("evaluate", True):
-        exp["evaluate"] = runs
+    both = [s for s in cfg["students"] if "fp" not in (s["x_quant"], s["w_quant"])]
+    bitwise = len(cfg["models"]) * len(both) * len(cfg["seeds"]) if cfg.get("evaluate_bitwise", True) else 0
+    if cfg.get("evaluate", True):  # one job per checkpoint; the bitwise students' job also runs them bitwise
+        exp["evaluate"] = runs - bitwise
+        exp["record_evaluations"] = 1
     if cfg.get("analysis", {}).get("enabled", True):
         exp |= {"analyze_ptq": len(cfg["models"]) * len(cfg["seeds"]), "analyze_error": len(cfg["models"]),
                 "analyze_angles": len(cfg["models"])}
@@ -34,9 +39,8 @@ def _expected(cfg):
         exp["bench_kernels"] = 1
     if cfg.get("bench", {}).get("models", True):
         exp["bench_models"] = 1
-    if cfg.get("evaluate_bitwise", True):
-        both = [s for s in cfg["students"] if "fp" not in (s["x_quant"], s["w_quant"])]
-        exp["evaluate_bitwise"] = len(cfg["models"]) * len(both) * len(cfg["seeds"])
+    if bitwise:
+        exp["evaluate_with_bitwise"] = bitwise
     return exp
 
 
@@ -126,8 +130,24 @@ def test_lint_is_clean(repo):
 
 
 def test_default_workflow_profile_is_applied(repo):
-    """`snakemake` run from the repository root picks workflow/profiles/default (its printshellcmds shows)."""
+    """`snakemake` run from the repository root reads the top-level Snakefile and picks the workflow profile
+    (workflow/profiles/default, linked as profiles/default beside the Snakefile): its printshellcmds shows."""
+    assert (repo / "Snakefile").is_file() and not (repo / "workflow" / "Snakefile").exists()
+    assert (repo / "profiles" / "default").resolve() == (repo / "workflow" / "profiles" / "default").resolve()
     r = snakemake(["-n", "--configfile", "config/test.yaml"], repo)
     text = r.stdout + r.stderr
-    assert "Using workflow specific profile workflow/profiles/default" in text
+    assert "Using workflow specific profile profiles/default" in text
     assert "Shell command:" in text and "lsqbq train" in text  # printshellcmds: true, from the profile
+
+
+@pytest.mark.parametrize("args, store", [
+    ([], "sqlite:///mlflow.db"),  # the default profile on its own data: the published, DVC-tracked store
+    (["--configfile", "config/imagefolder-cpu.yaml", "--config", "data_root=/nonexistent/x"],
+     "sqlite:///mlruns-profiles/imagefolder-cpu-my-images-cpu/mlflow.db"),
+    (["--config", "dataset_tag=mine"], "sqlite:///mlruns-profiles/default-mine/mlflow.db"),
+    (["--config", "data_root=/nonexistent/other"], "sqlite:///mlruns-profiles/default-fashion-mnist/mlflow.db"),
+])
+def test_only_the_default_profile_logs_into_the_published_store(repo, args, store):
+    out = snakemake(["-n", "-p", "--cores", "2", "--nolock", "--forcerun", "train", *args], repo).stdout
+    uris = set(re.findall(r"tracking\.uri=(\S+)", out))
+    assert uris == {store}, uris

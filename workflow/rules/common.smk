@@ -157,6 +157,11 @@ CHECKPOINT = out(f"checkpoints/{RUN}/checkpoint.pt")
 TRAIN_METRICS = out(f"results/train/{RUN}/metrics.json")
 TRAIN_CONFIG = out(f"results/train/{RUN}/config.yaml")
 EVAL_METRICS = out(f"results/evaluate/{RUN}/metrics.json")
+EVAL_PREDICTIONS = out(f"results/evaluate/{RUN}/predictions.npy")  # per-image predictions (lsqbq.predictions)
+EVAL_BITWISE = out(f"results/evaluate/{RUN}/bitwise.json")  # the bitwise students' XNOR/popcount run
+EVAL_RECORDED = out("logs/evaluate/{dataset}.mlflow.txt")  # every evaluation recorded in MLflow
+# students whose activations and weights are both quantized: their evaluation also runs them bitwise
+BITWISE_STUDENTS = [(x, w) for x, w in STUDENTS if not get_scheme(x).is_fp and not get_scheme(w).is_fp]
 DATA_HASH = out("results/data/{dataset}/data_hash.txt")
 ANALYSIS = out("results/analysis/{dataset}/{model}")
 TABLES = out("results/tables/{dataset}")
@@ -171,6 +176,13 @@ wildcard_constraints:
     x_quant=_SCHEME,
     w_quant=_SCHEME,
     seed=r"[0-9]+",
+
+
+def scheme_alternation(names):
+    """A wildcard constraint accepting exactly ``names`` (longest first; nothing when empty)."""
+    import re
+
+    return "|".join(re.escape(n) for n in sorted(set(names), key=len, reverse=True)) or "(?!)"
 
 
 def runs(pattern, models=None, schemes=None, seeds=None):
@@ -220,7 +232,7 @@ def final_targets():
     if config["bench"]["models"]:
         targets.append(out("results/bench/models.csv"))
     if config["evaluate_bitwise"]:
-        targets += runs(EVAL_BITWISE, schemes=BITWISE_STUDENTS)  # defined in evaluate.smk
+        targets += runs(EVAL_BITWISE, schemes=BITWISE_STUDENTS)
     if config["evaluate"]:
-        targets.append(EVAL_RECORDED.format(dataset=DATASET))  # defined in evaluate.smk
+        targets.append(EVAL_RECORDED.format(dataset=DATASET))
     return targets

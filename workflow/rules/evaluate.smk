@@ -6,24 +6,8 @@
 # kernels beside its simulated model (bitwise.json: top-1 of each, their agreement, the largest logit
 # difference).
 
-import re
-
-EVAL_PREDICTIONS = out(f"results/evaluate/{RUN}/predictions.npy")
-EVAL_BITWISE = out(f"results/evaluate/{RUN}/bitwise.json")
-BITWISE_STUDENTS = [(x, w) for x, w in STUDENTS if not get_scheme(x).is_fp and not get_scheme(w).is_fp]
-
-
-def _alternation(names):
-    return "|".join(re.escape(n) for n in sorted(set(names), key=len, reverse=True)) or "(?!)"
-
-
-# The jobs write files only (--no-track); record_evaluations logs them all as MLflow runs in one process.
-EVAL_SHELL = (
-    "LSQBQ_THREADS={threads} OMP_NUM_THREADS={threads} "
-    "lsqbq evaluate --checkpoint {input.checkpoint:q} --scales both --out {output.metrics:q} "
-    "--predictions {output.predictions:q} --no-track"
-)
-EVAL_RECORDED = out("logs/evaluate/{dataset}.mlflow.txt")
+# Paths, BITWISE_STUDENTS and scheme_alternation live in rules/common.smk. The jobs write files only
+# (--no-track); record_evaluations logs them all as MLflow runs in one process.
 
 
 rule evaluate:
@@ -41,7 +25,9 @@ rule evaluate:
     conda:
         CONDA_ENV
     shell:
-        EVAL_SHELL + " > {log:q} 2>&1"
+        "LSQBQ_THREADS={threads} OMP_NUM_THREADS={threads} "
+        "lsqbq evaluate --checkpoint {input.checkpoint:q} --scales both --out {output.metrics:q} "
+        "--predictions {output.predictions:q} --no-track > {log:q} 2>&1"
 
 
 if config["evaluate_bitwise"]:
@@ -55,8 +41,8 @@ if config["evaluate_bitwise"]:
             predictions=EVAL_PREDICTIONS,
             bitwise=EVAL_BITWISE,
         wildcard_constraints:
-            x_quant=_alternation(x for x, _ in BITWISE_STUDENTS),
-            w_quant=_alternation(w for _, w in BITWISE_STUDENTS),
+            x_quant=scheme_alternation(x for x, _ in BITWISE_STUDENTS),
+            w_quant=scheme_alternation(w for _, w in BITWISE_STUDENTS),
         threads: config["threads"]
         log:
             out(f"logs/evaluate/{RUN}.log"),
@@ -65,7 +51,9 @@ if config["evaluate_bitwise"]:
         conda:
             CONDA_ENV
         shell:
-            EVAL_SHELL + " --bitwise-out {output.bitwise:q} > {log:q} 2>&1"
+            "LSQBQ_THREADS={threads} OMP_NUM_THREADS={threads} "
+            "lsqbq evaluate --checkpoint {input.checkpoint:q} --scales both --out {output.metrics:q} "
+            "--predictions {output.predictions:q} --bitwise-out {output.bitwise:q} --no-track > {log:q} 2>&1"
 
     ruleorder: evaluate_with_bitwise > evaluate
 

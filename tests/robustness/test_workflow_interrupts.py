@@ -1,15 +1,22 @@
-"""The workflow and DVC cannot race: whichever starts second refuses, saying why, and nothing it would have
-touched changes (lsqbq.dvc_lock). Both orders, in a throw-away copy of the project with its pulled checkpoints."""
+"""Nothing lost between commands, in a throw-away copy of the project with its pulled checkpoints:
+
+- the workflow and DVC cannot race: whichever starts second refuses, saying why, and nothing it would have touched
+  changes (lsqbq.dvc_lock); both orders;
+- an evaluation job killed with its Snakemake (kill -9 of the whole process group, after a forced rerun deleted
+  its outputs) is redone by the next `snakemake` after `--unlock`, with the same result.
+"""
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
-from workflow._repo import copy_repo, dvc, env_for, job_counts, snakemake  # tests/workflow/_repo.py
+from workflow._repo import SKIP, copy_repo, dvc, env_for, job_counts, snakemake  # tests/workflow/_repo.py
 
 pytestmark = pytest.mark.slow
 
@@ -26,13 +33,14 @@ def _digest(root) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def pulled(tmp_path_factory):
-    repo = copy_repo(tmp_path_factory.mktemp("race") / "repo")
+    # as a fresh clone: the committed results too
+    repo = copy_repo(tmp_path_factory.mktemp("race") / "repo", skip=tuple(s for s in SKIP if s != "results/"))
     dvc(["pull"], repo)  # data, checkpoints and the published MLflow store, from the committed DVC store
     return repo
 
 
 def test_snakemake_refuses_to_start_while_a_dvc_command_holds_the_lock(pulled):
-    before = _digest(pulled / CHECKPOINTS)
+    before, results = _digest(pulled / CHECKPOINTS), _digest(pulled / "results")
     holder = subprocess.Popen([sys.executable, "-c", HOLD_DVC_LOCK], cwd=pulled, env=env_for(pulled),
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -48,7 +56,7 @@ def test_snakemake_refuses_to_start_while_a_dvc_command_holds_the_lock(pulled):
         holder.stdin.close()
         holder.wait(timeout=60)
     assert _digest(pulled / CHECKPOINTS) == before
-    assert not (pulled / "results" / "evaluate").exists()  # no job ran
+    assert _digest(pulled / "results") == results  # no job ran
     # once the DVC command is done, the workflow plans from the complete artifacts: nothing to retrain
     counts = job_counts(snakemake(["-n", "--cores", "2"], pulled).stdout)
     assert counts.get("evaluate") and "train" not in counts, counts
@@ -61,7 +69,8 @@ def test_dvc_pull_refuses_while_the_workflow_runs(pulled):
                            env=env_for(pulled), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and run.poll() is None and not (pulled / ".snakemake" / "locks").is_dir():
+        locks = pulled / ".snakemake" / "locks"
+        while time.time() < deadline and run.poll() is None and not (locks.is_dir() and any(locks.iterdir())):
             time.sleep(0.1)  # Snakemake locks its directory after parsing the workflow, i.e. after taking DVC's lock
         assert run.poll() is None, run.stdout.read()[-2000:]
         p = dvc(["pull", "--force"], pulled, check=False)
@@ -72,3 +81,31 @@ def test_dvc_pull_refuses_while_the_workflow_runs(pulled):
     assert _digest(pulled / CHECKPOINTS) == before  # the pull replaced nothing under the running job
     # and works once the workflow has ended (--force: the job's evaluation run was logged into the pulled store)
     assert dvc(["pull", "--force"], pulled).returncode == 0
+
+
+def test_a_killed_evaluation_is_redone_by_the_next_run(pulled):
+    runs = [f"results/evaluate/fashion-mnist/lenet5/ls-2_ls-1/s{seed}" for seed in (0, 1)]
+    targets = [f"{r}/metrics.json" for r in runs]
+    snakemake(["--cores", "1", *targets], pulled)
+    first = {t: (pulled / t).read_bytes() for t in targets}
+    log = pulled / "forced.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", "--forcerun", "evaluate",
+                                 "evaluate_with_bitwise", "--", *targets], cwd=pulled, env=env_for(pulled),
+                                stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and (pulled / targets[0]).exists():
+            time.sleep(0.05)  # the forced job has started: its outputs are gone
+        assert proc.poll() is None, log.read_text()[-2000:]
+        os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and its job: nothing gets to clean up
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not (pulled / targets[0]).exists()
+    snakemake(["--unlock"], pulled)
+    out = snakemake(["--cores", "1", *targets], pulled)
+    assert "Nothing to be done" not in out.stdout + out.stderr
+    assert {t: (pulled / t).read_bytes() for t in targets} == first  # redone, the same result
+    assert not list(pulled.glob("results/evaluate/**/.*.tmp"))  # no half-written file left behind

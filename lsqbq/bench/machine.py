@@ -1,0 +1,94 @@
+"""The machine a benchmark ran on, recorded beside every number it writes.
+
+:func:`machine_record` gives the CPU model, core count, the SIMD flags that matter to the kernels, torch's version,
+default thread count, CPU capability and int8 engines, the kernel back end and the instruction path it runs
+(:func:`lsqbq.kernels.isa_path`, chosen by ``--backend`` or the switch ``LSQBQ_BACKEND``), and whether the
+quantizers run the C++ library or their torch code. :func:`load` is the 1-minute load average, taken before and
+after each group of timings.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+
+import torch
+
+__all__ = ["FLAGS", "cpu_flags", "cpu_model", "load", "machine_record"]
+
+# SIMD flags that decide which kernels can run and how fast the baselines are
+FLAGS = ("avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vpopcntdq", "avx512_bitalg", "avx512_vnni", "avx_vnni",
+         "amx_tile", "amx_int8", "amx_bf16", "popcnt", "neon", "asimd")
+
+
+def _cpuinfo_field(*keys: str) -> str | None:
+    """The value of the first ``/proc/cpuinfo`` line starting with one of ``keys`` (None where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(keys):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def _lscpu_field(key: str) -> str | None:
+    """The value of ``lscpu``'s ``key:`` line (None without ``lscpu``)."""
+    if shutil.which("lscpu") is None:
+        return None
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        if line.startswith(key + ":"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def cpu_flags() -> list[str]:
+    """The :data:`FLAGS` this CPU has (``/proc/cpuinfo``, else ``lscpu``; empty where neither says)."""
+    line = _cpuinfo_field("flags", "Features") or _lscpu_field("Flags") or ""
+    have = set(line.split())
+    return [f for f in FLAGS if f in have]
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else ``lscpu``, else the platform's processor or machine name)."""
+    return (_cpuinfo_field("model name") or _lscpu_field("Model name") or platform.processor()
+            or platform.machine())
+
+
+def load() -> float:
+    """1-minute load average (NaN where the OS has none), recorded beside every timing."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+def machine_record(backend: str | None = None) -> dict:
+    """What the numbers of one benchmark run depend on, as flat CSV columns.
+
+    ``kernels`` is the back end ``backend`` resolves to (None: the switch ``LSQBQ_BACKEND``, else the fastest
+    available) and ``isa`` its instruction path; a bad ``--backend`` or switch value raises here, before any
+    timing (:class:`~lsqbq.errors.ConfigError` naming ``LSQBQ_BACKEND``).
+    """
+    from .. import _ops
+    from ..kernels import isa_path, resolve_backend
+
+    kernels = resolve_backend(backend)
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "flags": " ".join(cpu_flags()),
+        "torch": torch.__version__,
+        "default_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "quantized_engines": ",".join(torch.backends.quantized.supported_engines),
+        "kernels": kernels,
+        "isa": isa_path(kernels),
+        "quantizers": "c++" if _ops.active() else "torch",
+    }

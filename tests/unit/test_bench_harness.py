@@ -1,0 +1,127 @@
+"""The benchmark harness: every benchmark, run on tiny shapes (``--smoke``), writes a CSV whose every row names the
+commit, the kernels' ISA path and the load, and records exactly one MLflow run holding that CSV; outputs are
+written atomically, and a bad back-end choice fails before anything is written, naming the switch."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from lsqbq import cli, kernels
+from lsqbq.bench import BENCHMARKS, harness
+
+PROJECT = Path(__file__).resolve().parents[2]
+CSV = {"quantizers": "quantizers.csv", "kernels": "kernels.csv", "models": "models.csv", "training": "training.csv"}
+EXTRA = {"training": ["--config", str(PROJECT / "config" / "train" / "fmnist_resnet.yaml")]}
+
+
+@pytest.fixture(autouse=True)
+def _tracking_on(monkeypatch):
+    monkeypatch.delenv("LSQBQ_TRACKING", raising=False)
+
+
+def _head() -> tuple[str, bool]:
+    """The commit and dirty flag of the checkout, straight from git (results/ excluded, as the runs do)."""
+    def git(*a):
+        return subprocess.run(["git", *a], cwd=PROJECT, capture_output=True, text=True, check=True).stdout.strip()
+
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
+    return git("rev-parse", "HEAD"), bool(status)
+
+
+def _runs_of(benchmark: str, out: Path):
+    c = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    exp = c.get_experiment_by_name(f"lsqbq-bench-{benchmark}")
+    if exp is None:
+        return c, []
+    return c, c.search_runs([exp.experiment_id], filter_string=f"params.out = '{out}'")
+
+
+def test_every_benchmark_has_an_experiment_of_its_own():
+    assert [harness.experiment_name(b) for b in BENCHMARKS] == [
+        "lsqbq-bench-quantizers", "lsqbq-bench-kernels", "lsqbq-bench-models", "lsqbq-bench-training"]
+
+
+@pytest.mark.parametrize("benchmark", BENCHMARKS)
+def test_smoke_run_writes_provenance_on_every_row_and_one_run(tmp_path, benchmark):
+    out = tmp_path / "out"
+    assert cli.main(["bench", benchmark, "--smoke", "--out", str(out), *EXTRA.get(benchmark, [])]) == 0
+    df = pd.read_csv(out / CSV[benchmark], dtype={"git_commit": str})
+    commit, dirty = _head()
+    assert len(df) > 0
+    assert (df["git_commit"] == commit).all() and (df["git_dirty"] == dirty).all()
+    assert (df["isa"] == kernels.isa_path()).all() and (df["kernels"] == kernels.resolve_backend()).all()
+    for col in ("load_before", "load_after"):
+        assert df[col].notna().all() and (df[col] >= 0).all()
+    assert (df["cpu"].astype(str).str.len() > 0).all() and df["torch"].notna().all()
+
+    c, runs = _runs_of(benchmark, out)
+    assert len(runs) == 1, f"{len(runs)} runs of lsqbq-bench-{benchmark} for {out}"
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.info.run_name == f"bench_{benchmark}"
+    assert run.data.params["isa"] == kernels.isa_path() and run.data.params["smoke"] == "true"
+    assert run.data.tags["git_commit"] == commit and run.data.tags["lsqbq.isa"] == kernels.isa_path()
+    assert {"load_before", "load_after"} <= set(run.data.metrics)
+    artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
+    written = {p.name for p in out.iterdir()}
+    assert CSV[benchmark] in artifacts and artifacts == written  # every file written is in the run, and only those
+    got = Path(c.download_artifacts(run.info.run_id, CSV[benchmark], str(tmp_path / "dl")))
+    assert got.read_bytes() == (out / CSV[benchmark]).read_bytes()
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporary file
+
+
+def test_table_adds_machine_and_provenance_without_overwriting(tmp_path):
+    run = harness.BenchRun("unit", tmp_path / "o", options={"quick": False})
+    df = run.table([{"threads": 1, "x": 1.0}, {"threads": 2, "x": 2.0}])
+    assert list(df["threads"]) == [1, 2]  # a column the rows have is kept
+    assert set(harness.PROVENANCE) <= set(df.columns) and df["git_commit"].nunique() == 1
+    assert df["load_after"].iloc[0] == run.provenance()["load_after"]  # measured once, after the timings
+    assert not (tmp_path / "o").exists()  # nothing written before the first write
+    assert run.write_csv("t.csv", df).read_text() == df.to_csv(index=False)
+    assert run.files == [tmp_path / "o" / "t.csv"]
+
+
+def test_thread_counts():
+    assert harness.thread_counts([3, 1], single=False) == [3, 1]
+    assert harness.thread_counts(None, single=True) == [1]
+
+
+def test_provenance_line_names_commit_isa_and_load():
+    df = pd.DataFrame([{"git_commit": "0123456789abcdef", "git_dirty": True, "kernels": "portable",
+                        "isa": "portable-popcnt", "load_before": 0.5, "load_after": float("nan")}])
+    assert harness.provenance_line(df) == ("Commit `0123456789ab` with local changes; kernels `portable` "
+                                           "(ISA path `portable-popcnt`); load average 0.50 before, n/a after the run.")
+    assert harness.provenance_line(df.drop(columns="git_commit")) == ""
+
+
+@pytest.mark.parametrize("env,arg,needle", [
+    ({"LSQBQ_BACKEND": "nonsense"}, [], "LSQBQ_BACKEND='nonsense' is not a kernel back end"),
+    ({}, ["--backend", "avx513"], "unknown kernel backend 'avx513'"),
+])
+def test_bad_backend_fails_before_anything_is_written(capsys, monkeypatch, tmp_path, env, arg, needle):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    out = tmp_path / "out"
+    assert cli.main(["bench", "kernels", "--smoke", "--out", str(out), *arg]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lsqbq bench: ") and needle in err and "LSQBQ_BACKEND" in err and "\n" not in err
+    assert not out.exists()
+    assert _runs_of("kernels", out)[1] == []
+
+
+def test_switch_chooses_the_back_end_a_benchmark_times(monkeypatch, tmp_path):
+    """``LSQBQ_BACKEND=portable`` on any machine: the kernel rows, the CSV's ISA column and the run say portable."""
+    if "portable" not in kernels.available_backends():
+        pytest.skip("no compiled back end")
+    monkeypatch.setenv("LSQBQ_BACKEND", "portable")
+    out = tmp_path / "out"
+    assert cli.main(["bench", "kernels", "--smoke", "--out", str(out)]) == 0
+    df = pd.read_csv(out / "kernels.csv")
+    assert set(df["kernels"]) == {"portable"} and set(df["isa"]) == {kernels.isa_path("portable")}
+    assert set(df.loc[df["impl"].str.startswith("binary"), "impl"]) == {"binary portable"}
+    runs = _runs_of("kernels", out)[1]
+    assert len(runs) == 1 and runs[0].data.params["kernels"] == "portable"
