@@ -4,9 +4,14 @@ Quantizer ops (``fit_greedy``, ``fit_ls2``, ``fit_ternary``, ``quant_encode``):
 
 * portable kernel (``CompositeExplicitAutograd``): the pure-torch code of :mod:`lsqbq.quantizers`. It serves
   every device but the CPU, and the CPU kernels hand it every dtype but float32;
-* autograd: the gradient of that pure-torch code (recomputed in the backward pass), so both paths give the
-  same gradients. ``quant_encode``: ``x_q = sum_i v_i b_i`` is piecewise constant in ``x`` (no gradient) and
-  linear in the scales (``d x_q / d v_i = b_i``); its STE slope output is a constant.
+* autograd: the gradient of that pure-torch code (recomputed in the backward pass), so both paths give the same
+  gradients: for the fits, the derivative of the scales with the discrete choices held fixed
+  (:mod:`lsqbq.quantizers`, "Gradients"). ``quant_encode``: ``x_q = sum_i v_i b_i`` is piecewise constant in ``x``
+  (no gradient) and linear in the scales (``d x_q / d v_i = b_i``); its STE slope output is a constant.
+
+The quantizer's own gradient is not the op's: :func:`foldable_quantize`, the encoding behind
+:func:`lsqbq.quantize`, carries the straight-through gradient of :mod:`lsqbq.ste` (scales constant), the one
+rule of the layers, on both paths.
 
 Kernel ops (``pack_signs``, ``pack_activations``, ``encode_fused``, ``bitwise_conv2d``, ``xnor_*``,
 ``popcount_peak``, ``isa_supported``): CPU only,
@@ -23,7 +28,7 @@ from torch.autograd.function import once_differentiable
 from . import _native, quantizers
 
 __all__ = ["NAMESPACE", "op_names", "register", "active", "fit_ls1", "fit_greedy", "fit_ls2", "fit_ternary",
-           "foldable_quantize", "quant_encode_with_slope"]
+           "foldable_quantize", "foldable_encode", "quant_encode_with_slope"]
 
 NAMESPACE = "lsqbq"
 _registered = False
@@ -84,22 +89,9 @@ def _grad_of_portable(fn, args: tuple, wrt: tuple[int, ...], grads: tuple) -> li
                                     allow_unused=True))
 
 
-def _exact_fit_differentiable(x: Tensor) -> bool:
-    """Whether the pure-torch exact fits (ls-2, ls-T) pass a gradient to ``x``: on the CPU they sort float32 and
-    float64 magnitudes as integer bit patterns, which carries none, and divide float64 rows by their largest
-    magnitude, which does; other dtypes and devices sort floats, which carries one."""
-    return not (x.device.type == "cpu" and x.dtype == torch.float32)
-
-
 def _setup_fit(ctx, inputs, output) -> None:
     ctx.save_for_backward(inputs[0])
     ctx.args = inputs[1:]
-
-
-def _setup_exact_fit(ctx, inputs, output) -> None:
-    _setup_fit(ctx, inputs, output)
-    if not _exact_fit_differentiable(inputs[0]):
-        ctx.mark_non_differentiable(output)
 
 
 def _backward_fit(name: str):
@@ -213,12 +205,9 @@ def register() -> None:
     _lib = torch.library.Library(NAMESPACE, "FRAGMENT")
     for name, fn in _PORTABLE.items():
         _lib.impl(name, fn, "CompositeExplicitAutograd")
-    for name in ("fit_greedy",):
+    for name in ("fit_greedy", "fit_ls2", "fit_ternary"):
         torch.library.register_autograd(f"{NAMESPACE}::{name}", _backward_fit(name), setup_context=_setup_fit,
                                         lib=_lib)
-    for name in ("fit_ls2", "fit_ternary"):
-        torch.library.register_autograd(f"{NAMESPACE}::{name}", _backward_fit(name),
-                                        setup_context=_setup_exact_fit, lib=_lib)
     torch.library.register_autograd(f"{NAMESPACE}::quant_encode", _backward_quant_encode,
                                     setup_context=_setup_quant_encode, lib=_lib)
     for isa in (0, 1):
@@ -261,8 +250,39 @@ def fit_ternary(x: Tensor) -> Tensor:
     return torch.ops.lsqbq.fit_ternary(x) if active() else quantizers.fit_ternary(x)
 
 
+class _FoldableSTE(torch.autograd.Function):
+    """``x_q`` forward; ``grad * slope`` backward, the slope computed with ``x_q`` (:mod:`lsqbq.ste`)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scales: Tensor) -> Tensor:
+        approx, slope = quant_encode_with_slope(x, scales)
+        ctx.save_for_backward(slope)
+        return approx
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (slope,) = ctx.saved_tensors
+        return grad * slope, None
+
+
 def foldable_quantize(x: Tensor, scales: Tensor) -> Tensor:
-    """``x_q = sum_i v_i b_i`` for given scales (:func:`lsqbq.quantizers.foldable_quantize`) through the op."""
+    """``x_q = sum_i v_i b_i`` for given scales with the straight-through gradient of :mod:`lsqbq.ste`.
+
+    The encoding of :func:`lsqbq.quantize` and of the layers (:func:`lsqbq.ste.foldable_ste`):
+    ``d x_q / d x = 1 - prod_i (1 - v_i 1_{|r_i| <= 1})`` with ``r_i = x - sum_{j<i} v_j b_j``; the scales are
+    constants (no gradient to them, none through them to ``x``). Without a gradient to compute (``x`` does not
+    require grad, or grad mode is off) the slope is skipped.
+    Shapes: ``x: (R, n)``, ``scales: (R|1, k)`` -> ``(R, n)``.
+    """
+    scales = scales.detach().to(x.dtype)
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        return foldable_encode(x, scales)
+    return _FoldableSTE.apply(x, scales)
+
+
+def foldable_encode(x: Tensor, scales: Tensor) -> Tensor:
+    """``x_q = sum_i v_i b_i`` for given scales (:func:`lsqbq.quantizers.foldable_quantize`) through the op, with
+    the op's own gradient (none to ``x``, ``b_i`` to scales that require grad)."""
     if scales.shape[1] == 0:
         return torch.zeros_like(x)
     if active():

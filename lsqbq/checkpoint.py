@@ -15,20 +15,21 @@ split into a sign-and-exponent byte plane and the three low bytes (:func:`split_
 deflated, which stores the same bits in ~16 % fewer bytes. :func:`load` reads formats 1 and 2 and always returns
 plain tensors.
 
-Every problem with a file (missing, empty, truncated, random bytes, pickled code, a foreign dict, weights that
-do not fit the model) raises :class:`~lsqbq.errors.CheckpointError` naming the file and what to do.
+Every problem with a file (missing, empty, truncated, random bytes, a damaged or repeated zip entry, pickled code,
+a foreign dict, weights that do not fit the model) raises :class:`~lsqbq.errors.CheckpointError` naming the file
+and what to do. Files are written atomically (:mod:`lsqbq.atomic`), with the permissions the umask gives.
 """
 from __future__ import annotations
 
+import collections
+import contextlib
 import io
 import math
-import os
 import pickle
 import random
 import re
 import struct
 import sys
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -39,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .atomic import atomic_write, remove_stale_tmp, write_text_atomic
 from .errors import CheckpointError, CheckpointNotFoundError, ConfigError
 
 __all__ = ["save_atomic", "write_text_atomic", "load", "rng_state", "set_rng_state", "FORMAT", "build_model",
@@ -52,26 +54,9 @@ _ADAPTIVE = ("w_scales", "x_scales_ema", "x_ema_updates")  # quantizer buffers t
 _RETRAIN = "restore it from a backup or `dvc pull`, or retrain"
 
 
-def _tmp_glob(path: Path) -> str:
-    return f".{path.name}.*.tmp"
-
-
-def remove_stale_tmp(path: str | Path) -> list[Path]:
-    """Delete temporary files a killed :func:`save_atomic` of ``path`` left behind; returns what was removed."""
-    path = Path(path)
-    removed = []
-    if path.parent.is_dir():
-        for tmp in path.parent.glob(_tmp_glob(path)):
-            try:
-                tmp.unlink()
-                removed.append(tmp)
-            except FileNotFoundError:
-                pass
-    return removed
-
-
 def save_atomic(obj: dict[str, Any], path: str | Path, compact: bool = False) -> Path:
-    """Write ``obj`` to ``path`` via a temporary file in the same directory, fsync and ``os.replace``.
+    """Write ``obj`` to ``path`` atomically (:func:`lsqbq.atomic.atomic_write`: a temporary file beside it, fsync,
+    ``os.replace``; mode ``0o666`` less the umask, e.g. ``0644`` under ``022``).
 
     A reader (or a run killed mid-write) sees either the previous complete file or the new one, never a
     truncated file. The temporary file is removed on any exception; one left by ``kill -9`` is removed by the
@@ -80,38 +65,16 @@ def save_atomic(obj: dict[str, Any], path: str | Path, compact: bool = False) ->
     """
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     if not compact:
-        return _write_atomic(path, "wb", lambda f: torch.save(obj, f))
+        return atomic_write(path, "wb", lambda f: torch.save(obj, f))
     obj = {**obj, "format": FORMAT}
     if isinstance(obj.get("model"), dict):
         obj["model"] = split_state(obj["model"])
     buf = io.BytesIO()
     torch.save(obj, buf)
-    return _write_atomic(path, "wb", lambda f: f.write(_deflated(buf.getvalue())))
+    return atomic_write(path, "wb", lambda f: f.write(_deflated(buf.getvalue())))
 
 
-def _write_atomic(path: str | Path, mode: str, write) -> Path:
-    """``write(f)`` into a temporary file beside ``path``, fsync, then rename over ``path`` (atomic on POSIX);
-    the temporary file is removed on any exception."""
-    path = Path(path)
-    remove_stale_tmp(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write a small text file (``metrics.json``) with the same temporary-file-and-rename as :func:`save_atomic`:
-    a reader never sees half of it."""
-    return _write_atomic(path, "w", lambda f: f.write(text))
+_write_atomic = atomic_write  # the former private name, still imported by callers of this module
 
 
 def _first_line(e: BaseException) -> str:
@@ -119,16 +82,23 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0][:160]}" if lines else type(e).__name__
 
 
-def _failed_checksum(path: Path) -> str | None:
-    """What is wrong with a zip checkpoint whose stored CRC-32 checksums do not match its bytes, else None.
+def _damaged_zip(path: Path) -> str | None:
+    """What is wrong with a zip checkpoint whose entry names repeat or whose stored CRC-32 checksums do not match
+    its bytes, else None.
 
-    ``torch.load`` does not check them, so a flipped bit in the weights would load silently; this reads the
-    file once more (~1 ms per MB). Files that are not zip archives are left to ``torch.load``'s own errors.
+    ``torch.load`` checks neither: of two entries with one name it reads one copy without a word, and a flipped
+    bit in the weights would load silently; this reads the file once more (~1 ms per MB). Files that are not zip
+    archives are left to ``torch.load``'s own errors.
     """
     if not zipfile.is_zipfile(path):
         return None
     try:
         with zipfile.ZipFile(path) as z:
+            names = collections.Counter(z.namelist())
+            twice = next((n for n, count in names.items() if count > 1), None)
+            if twice is not None:
+                return (f"the zip archive holds the entry {twice!r} {names[twice]} times (which copy would be "
+                        "read is undefined)")
             bad = z.testzip()
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError) as e:
         return f"unreadable zip archive ({_first_line(e)})"
@@ -140,8 +110,9 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", require: tu
 
     Raises:
         CheckpointNotFoundError: no such file.
-        CheckpointError: a directory, an empty / truncated / random file, pickled code (refused, never run),
-            something other than an lsqbq checkpoint dict, or a missing key of ``require``.
+        CheckpointError: a directory, an empty / truncated / random file, a zip archive with a damaged or repeated
+            entry, pickled code (refused, never run), something other than an lsqbq checkpoint dict, or a missing
+            key of ``require``.
     """
     path = Path(path)
     if not path.exists():
@@ -151,7 +122,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", require: tu
         raise CheckpointError(f"{path}: is a directory; pass the checkpoint file inside it ({path / 'checkpoint.pt'})")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: empty file (0 bytes); {_RETRAIN}")
-    damaged = _failed_checksum(path)
+    damaged = _damaged_zip(path)
     if damaged:
         raise CheckpointError(f"{path}: damaged: {damaged}; {_RETRAIN}")
     try:
@@ -311,7 +282,8 @@ def build_model(name: str, options: dict[str, Any]) -> nn.Module:
 
 def load_weights(model: nn.Module, state_dict: dict[str, Any], path: str | Path) -> nn.Module:
     """``model.load_state_dict(state_dict)`` (strict); a key or shape mismatch raises CheckpointError naming
-    ``path`` and the first differing entries (e.g. another ``model.width``)."""
+    ``path`` and the first differing entries (e.g. another ``model.width``); a layer's own refusal (scales of
+    another scheme, invalid stored scales: :mod:`lsqbq.layers`) is prefixed with ``path``."""
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict and not k.endswith(_ADAPTIVE)]
     unexpected = [k for k in state_dict if k not in own]
@@ -324,6 +296,8 @@ def load_weights(model: nn.Module, state_dict: dict[str, Any], path: str | Path)
         try:
             model.load_state_dict(state_dict)
             return model
+        except CheckpointError as e:
+            raise (e if str(e).startswith(f"{path}: ") else CheckpointError(f"{path}: {e}")) from None
         except RuntimeError as e:
             lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
             detail = next((ln for ln in lines[1:] if ln), lines[0] if lines else type(e).__name__)
@@ -345,9 +319,12 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu",
     """Rebuild the model stored in checkpoint ``path`` and load its weights (weights_only load).
 
     ``options`` override entries of the stored builder options (e.g. ``{"w_quant": "ls-2"}`` for post-training
-    quantization with another scheme); ``state`` reuses an already loaded checkpoint dict.
+    quantization with another scheme: the weights then load inside :func:`lsqbq.layers.scheme_change`, which
+    refits their scales; with the stored schemes, stored scales that do not fit them are refused, naming the
+    layer); ``state`` reuses an already loaded checkpoint dict.
     """
     from .config import from_dict
+    from .layers import scheme_change
 
     state = load(path, map_location, require=MODEL_KEYS) if state is None else state
     try:
@@ -361,5 +338,8 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu",
         raise                                         # an unknown model or scheme name: says which
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot rebuild the model from its options ({_first_line(e)})") from None
-    load_weights(model, state["model"], path)
+    stored = state["model_options"]
+    requantized = any(opts.get(k) != stored.get(k) for k in ("x_quant", "w_quant"))
+    with scheme_change() if requantized else contextlib.nullcontext():  # a relabelled checkpoint is refused
+        load_weights(model, state["model"], path)
     return LoadedModel(model.eval(), cfg, state)

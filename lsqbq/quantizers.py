@@ -18,6 +18,13 @@ scheme      scales                                      optimality
 ``ls-2``    (v_1, v_2): levels {±(v_1-v_2), ±(v_1+v_2)} exact least-squares 2-bit (sort + scan)
 ==========  ==========================================  =============================================
 
+Gradients. The fits are differentiable wherever their discrete choices (signs, the optimal split) do not change,
+i.e. almost everywhere: the scales are means of ``|x|`` (or of residual magnitudes) over fixed index sets, and
+autograd returns that derivative on every dtype and device (the CPU sorts by bit pattern, then gathers the values
+so the gradient follows them). :func:`fit_official_skip3` runs in NumPy and carries none. The encodings
+(:func:`foldable_quantize`) are piecewise constant in ``x``; the gradient :func:`lsqbq.quantize` and the layers
+use instead is the straight-through estimator of :mod:`lsqbq.ste`.
+
 Reference: Pouransari, Tu, Tuzel, *Least squares binary quantization of neural networks*,
 CVPR-W 2020 (arXiv 2001.02786), Sec. 3.
 """
@@ -112,10 +119,15 @@ def _sort_nonnegative(m: Tensor) -> Tensor:
 
     IEEE-754 bit patterns of non-negative floats order exactly like the same-width integers (+0 < subnormals <
     normals < +Inf < NaN), and torch sorts integers faster than floats (no NaN handling), so sort the bits.
+    Bits carry no gradient: when ``m`` requires grad the bits give the order and the values are gathered from
+    ``m`` (a sort's gradient: each sorted entry passes its gradient to the entry it came from).
     """
     int_dtype = _SAME_WIDTH_INT.get(m.dtype)
     if int_dtype is None or m.device.type != "cpu":
         return torch.sort(m, dim=1).values
+    if m.requires_grad and torch.is_grad_enabled():
+        order = torch.sort(m.detach().contiguous().view(int_dtype), dim=1).indices
+        return m.gather(1, order)
     return torch.sort(m.contiguous().view(int_dtype), dim=1).values.view(m.dtype)
 
 
@@ -137,8 +149,11 @@ def _sorted_magnitudes(x: Tensor, scheme: str) -> tuple[Tensor, Tensor]:
     a = _sort_nonnegative(mag)  # (R, n) ascending; NaN and Inf last
     if not bool(torch.isfinite(a[:, -1]).all()):
         check_finite(x, scheme)
-    prefix = torch.zeros(a.shape[0], a.shape[1] + 1, dtype=torch.float64, device=a.device)
-    torch.cumsum(a, dim=1, dtype=torch.float64, out=prefix[:, 1:])
+    if a.requires_grad:  # out= records no gradient
+        prefix = torch.cat([a.new_zeros(a.shape[0], 1, dtype=torch.float64), a.cumsum(1, dtype=torch.float64)], 1)
+    else:
+        prefix = torch.zeros(a.shape[0], a.shape[1] + 1, dtype=torch.float64, device=a.device)
+        torch.cumsum(a, dim=1, dtype=torch.float64, out=prefix[:, 1:])
     return prefix, norm
 
 

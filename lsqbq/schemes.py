@@ -290,6 +290,11 @@ def quantize(x: Tensor, scheme, scales: Tensor | None = None) -> Tensor:
     the scheme's constraints (``v >= 0``; ls-2 ``v_1 >= v_2``; ls-T ``v_1 = v_2``) and used as they are;
     otherwise they are fitted with :func:`fit`. ``fp`` returns ``x`` unchanged.
     Shapes: ``x: (R, n) -> (R, n)``, same dtype (fp16/bf16 computed in float32).
+
+    Gradient, for every scheme and back end: the straight-through estimator of the quantized layers
+    (:mod:`lsqbq.ste`), ``d x_q / d x = 1 - prod_i (1 - v_i 1{|r_i| <= 1})`` with the residuals
+    ``r_i = x - sum_{j<i} v_j b_j``; the scales, fitted or given, are constants (no gradient flows to or through
+    them); ``fp`` is the identity.
     """
     from . import quantizers as Q
 
@@ -301,7 +306,7 @@ def quantize(x: Tensor, scheme, scales: Tensor | None = None) -> Tensor:
         return x.clone()
     work = x.to(Q.work_dtype(x))
     if scales is None:
-        v = _fit_checked(work, s, out_dtype=x.dtype)
+        v = _fit_checked(work.detach(), s, out_dtype=x.dtype)  # constants for the gradient: no fit graph
     else:
         Q.check_finite(x, s.name)
         v = Q.as_row_scales(scales, work, s.k, s.name)

@@ -1,4 +1,4 @@
-"""Straight-through gradients for the foldable quantizers.
+"""Straight-through gradients for the foldable quantizers: the one gradient rule of every lsqbq quantizer.
 
 Forward: ``x_q = sum_i v_i sign(r_i)`` with ``r_1 = x``, ``r_{i+1} = r_i - v_i sign(r_i)`` (scales fixed).
 Backward: every sign passes its gradient where ``|r_i| <= 1`` and blocks it elsewhere (the STE
@@ -9,6 +9,13 @@ through the residuals gives the closed form
 
 (k = 1: ``v 1_{|x| <= 1}``), computed in the forward pass and stored as one tensor, so the backward costs one
 multiply and memory is one tensor of ``x``'s size whatever ``k`` is.
+
+Who uses it: the quantized layers (:mod:`lsqbq.layers`, through :func:`foldable_ste`) for weights and activations,
+and the public :func:`lsqbq.quantize`; both call :func:`lsqbq._ops.foldable_quantize`, where the rule is implemented
+once (the slope comes from the fused C++ op or from :func:`lsqbq.quantizers.foldable_quantize_with_slope`), on the
+C++ and the pure-torch paths alike. Scales, fitted or given, never receive a gradient and pass none back to ``x`` (a
+fit's dependence on ``x`` is ignored, as the layers fit on detached inputs). When no gradient is needed (``x`` does
+not require grad, or grad mode is off) the slope is not computed.
 """
 from __future__ import annotations
 
@@ -33,19 +40,6 @@ class _SignSTE(torch.autograd.Function):
         return grad * (x.abs() <= 1).to(grad.dtype)
 
 
-class _FoldableSTE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, scales: Tensor) -> Tensor:
-        approx, slope = _ops.quant_encode_with_slope(x, scales)
-        ctx.save_for_backward(slope)
-        return approx
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        (slope,) = ctx.saved_tensors
-        return grad * slope, None
-
-
 def sign_ste(x: Tensor) -> Tensor:
     """``sign(x)`` (``sign(0) = +1``) with the straight-through gradient ``1_{|x| <= 1}``."""
     return _SignSTE.apply(x)
@@ -54,6 +48,7 @@ def sign_ste(x: Tensor) -> Tensor:
 def foldable_ste(x: Tensor, scales: Tensor) -> Tensor:
     """Foldable quantization of the rows of ``x`` with fixed ``scales`` and the STE gradient (module docstring).
 
+    Math: ``x_q = sum_i v_i b_i``; ``d x_q / d x = 1 - prod_i (1 - v_i 1_{|r_i| <= 1})``; ``d x_q / d v = 0``.
     Shapes: ``x: (R, n)``, ``scales: (R, k)`` or ``(1, k)`` -> ``(R, n)``.
     """
-    return _FoldableSTE.apply(x, scales.detach().to(x.dtype))
+    return _ops.foldable_quantize(x, scales)

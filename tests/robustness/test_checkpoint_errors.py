@@ -3,7 +3,11 @@ file and what to do, exit code 4, pickled code never runs, nothing written; `--x
 from __future__ import annotations
 
 import json
+import os
 import random
+import stat
+import warnings
+import zipfile
 
 import pytest
 import torch
@@ -67,7 +71,20 @@ def _bad_files(tmp_path, good):
                 "model": _Evil(str(tmp_path / "PWNED"))}, tmp_path / "code.pt")
     for name in ("tensor", "foreign-dict", "no-options", "empty-options", "code"):
         paths[name] = tmp_path / f"{name}.pt"
+    paths["entry-twice"] = tmp_path / "entry-twice.pt"
+    _with_an_entry_twice(good, paths["entry-twice"])
     return paths
+
+
+def _with_an_entry_twice(good, dst):
+    """``dst``: the zip checkpoint ``good`` with a zeroed second copy of its weights' largest entry appended."""
+    dst.write_bytes(good.read_bytes())
+    with zipfile.ZipFile(good) as z:
+        big = max(z.infolist(), key=lambda i: i.file_size)
+    with warnings.catch_warnings(), zipfile.ZipFile(dst, "a") as z:
+        warnings.simplefilter("ignore", UserWarning)  # zipfile's "Duplicate name"
+        z.writestr(big.filename, bytes(big.file_size))
+    return big.filename
 
 
 EXPECT = {
@@ -76,6 +93,7 @@ EXPECT = {
     "yaml-text": "not a torch checkpoint", "tensor": "not an lsqbq checkpoint (it holds a Tensor",
     "foreign-dict": "without 'format': 1", "no-options": "missing model_options",
     "empty-options": "holds no model options", "code": "refused to load: it holds Python code",
+    "entry-twice": "damaged: the zip archive holds the entry '",
 }
 
 
@@ -179,3 +197,22 @@ def test_evaluate_with_another_activation_bit_width(tmp_path, capsys, trained, f
     assert code == 0 and json.loads((tmp_path / "g.json").read_text())["x_quant"] == "gf-3"
     code, line = _cmd(capsys, evaluate_main, "evaluate", "--checkpoint", ema, "--x-quant", "ls-9")
     assert code == ConfigError.exit_code and "--x-quant: unknown scheme 'ls-9'" in line
+
+
+def test_a_repeated_entry_is_named_with_the_file(tmp_path, capsys, trained):
+    """torch.load alone reads one of the two copies without a word; lsqbq evaluate refuses the file (exit 4)."""
+    bad = tmp_path / "twice.pt"
+    entry = _with_an_entry_twice(trained[1], bad)
+    code, line = _cmd(capsys, evaluate_main, "evaluate", "--checkpoint", bad, "--out", tmp_path / "e.json")
+    assert code == CODE, line
+    assert f"{bad}: damaged: the zip archive holds the entry {entry!r} 2 times" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["twice.pt"]  # nothing written
+
+
+def test_run_outputs_get_the_permissions_the_umask_gives(trained):
+    """The checkpoint and metrics.json of a real run: ``0o666 & ~umask`` (what ``open()`` gives), not ``0600``."""
+    umask = os.umask(0)
+    os.umask(umask)
+    run_dir = trained[1].parent
+    for name in ("checkpoint.pt", "metrics.json"):
+        assert stat.S_IMODE((run_dir / name).stat().st_mode) == 0o666 & ~umask, name

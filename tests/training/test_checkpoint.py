@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import random
+import stat
 import warnings
 import zipfile
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lsqbq import atomic
 from lsqbq import checkpoint as ckpt_io
 from lsqbq.config import from_dict, model_options, to_dict
 from lsqbq.errors import CheckpointError, CheckpointNotFoundError
@@ -64,6 +67,64 @@ def test_stale_temp_files_of_a_killed_save_are_removed_by_the_next_save(tmp_path
     other.write_bytes(b"not ours")
     ckpt_io.save_atomic({"format": 1}, path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pt.x.tmp", "checkpoint.pt"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_get_the_permissions_the_umask_gives(tmp_path, umask):
+    """Checkpoints (plain and compact), metrics files and their overwrites get ``0o666 & ~umask``, as
+    ``open()`` gives: not the ``0600`` of a ``tempfile.mkstemp`` file."""
+    old = os.umask(umask)
+    try:
+        written = [ckpt_io.save_atomic({"format": 1, "v": torch.ones(2)}, tmp_path / "plain.pt"),
+                   ckpt_io.save_atomic({"format": 2, "model": {"w": torch.randn(300)}}, tmp_path / "c.pt",
+                                       compact=True),
+                   ckpt_io.write_text_atomic(tmp_path / "metrics.json", "{}\n"),
+                   ckpt_io.write_text_atomic(tmp_path / "metrics.json", "{\"top1\": 1.0}\n")]
+        (tmp_path / "open.txt").write_text("x")
+    finally:
+        os.umask(old)
+    want = stat.S_IMODE((tmp_path / "open.txt").stat().st_mode)
+    assert want == 0o666 & ~umask
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == want, path
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt", "metrics.json", "open.txt", "plain.pt"]
+    assert ckpt_io.load(tmp_path / "c.pt")["model"]["w"].shape == (300,)
+
+
+def test_temporary_file_names_never_reuse_an_existing_file(tmp_path, monkeypatch):
+    """A name taken by another writer's temporary file is skipped (``O_EXCL``), never truncated."""
+    theirs = tmp_path / ".m.json.aa.tmp"
+    theirs.write_text("another writer")
+    tokens = iter(["aa", "bb"])
+    monkeypatch.setattr(atomic.secrets, "token_hex", lambda n: next(tokens))
+    fd, tmp = atomic._create_tmp(tmp_path / "m.json")
+    os.close(fd)
+    assert tmp.name == ".m.json.bb.tmp" and theirs.read_text() == "another writer"
+
+
+def _with_repeated_entry(src: Path, dst: Path) -> str:
+    """``dst``: the zip checkpoint ``src`` with a zeroed second copy of its largest entry appended; its name."""
+    dst.write_bytes(src.read_bytes())
+    with zipfile.ZipFile(src) as z:
+        big = max(z.infolist(), key=lambda i: i.file_size)
+    with warnings.catch_warnings(), zipfile.ZipFile(dst, "a") as z:
+        warnings.simplefilter("ignore", UserWarning)  # zipfile's "Duplicate name"
+        z.writestr(big.filename, bytes(big.file_size))
+    return big.filename
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_repeated_zip_entry_is_refused_naming_it(tmp_path, compact):
+    """torch.load reads one of two same-named entries without a word; lsqbq refuses the file, naming the entry."""
+    path = ckpt_io.save_atomic({"format": 2, "model": {"w": torch.randn(4096)}}, tmp_path / "c.pt", compact=compact)
+    bad = tmp_path / "twice.pt"
+    name = _with_repeated_entry(path, bad)
+    assert torch.load(bad, weights_only=True)["model"] is not None  # torch alone accepts it
+    with pytest.raises(CheckpointError) as err:
+        ckpt_io.load(bad)
+    msg = str(err.value)
+    assert msg.startswith(f"{bad}: damaged: the zip archive holds the entry {name!r} 2 times"), msg
+    assert "\n" not in msg and "retrain" in msg
 
 
 CORRUPT = {

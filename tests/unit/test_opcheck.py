@@ -89,9 +89,9 @@ def _samples(name: str) -> list[tuple]:
 
 
 def _utils(name: str, args: tuple) -> tuple[str, ...]:
-    """All of opcheck's checks, but tracing the backward pass of a float64 exact fit (ls-2, ls-T): it re-runs the
+    """All of opcheck's checks, but tracing the backward pass of an exact fit (ls-2, ls-T): it re-runs the
     pure-torch code, whose finiteness check branches on data."""
-    if name in ("fit_ls2", "fit_ternary") and args[0].dtype == torch.float64 and args[0].requires_grad:
+    if name in ("fit_ls2", "fit_ternary") and args[0].requires_grad:
         return tuple(u for u in torch.library._OPCHECK_DEFAULT_UTILS if u != "test_aot_dispatch_dynamic")
     return torch.library._OPCHECK_DEFAULT_UTILS
 

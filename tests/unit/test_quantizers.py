@@ -1,12 +1,16 @@
-"""API contract and edge cases of lsqbq.fit / lsqbq.quantize."""
+"""API contract and edge cases of lsqbq.fit / lsqbq.quantize (the gradient of quantize: test_quantize_grad.py)."""
+import contextlib
+
 import pytest
 import torch
 
 import lsqbq
+from lsqbq import _native
 from lsqbq.quantizers import foldable_bits, rows_per_sample, sign
+from lsqbq.schemes import get_scheme, list_schemes
 
-SCHEMES = ["ls-1", "ls-2", "ls-T", "gf-1", "gf-2", "gf-3", "gf-4"]
-K = {"ls-1": 1, "ls-2": 2, "ls-T": 2, "gf-1": 1, "gf-2": 2, "gf-3": 3, "gf-4": 4}
+SCHEMES = [n for n in list_schemes(examples=True, trainable_only=True) if not get_scheme(n).is_fp]
+K = {n: get_scheme(n).k for n in SCHEMES}
 
 
 def test_sign_of_zero_and_negative_zero_is_plus_one():
@@ -201,3 +205,33 @@ def test_magnitude_sort_by_bits_matches_float_sort(dtype):
     got = _sort_nonnegative(x.abs())
     want = torch.sort(x.abs(), dim=1).values
     assert torch.equal(got[:, :-1], want[:, :-1]) and got[0, -1].isnan()
+
+
+def _backend(name):
+    if name == "native" and not _native.load():
+        pytest.skip("the C++ library could not be built")
+    return _native.disabled() if name == "torch" else contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("backend", ["native", "torch"])
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_fit_gradient_is_the_derivative_of_the_scales(scheme, backend):
+    """The fitted scales are piecewise smooth in ``x`` (means of |x| over the optimal split, held fixed): their
+    gradient matches finite differences (float64), and float32 gives the float64 gradient rounded."""
+    x = torch.randn(3, 11, generator=torch.Generator().manual_seed(6), dtype=torch.float64) * 2
+    with _backend(backend):
+        assert torch.autograd.gradcheck(lambda t: lsqbq.fit(t, scheme), (x.clone().requires_grad_(),))
+        x32 = x.float().requires_grad_()
+        x64 = x.clone().requires_grad_()
+        g = torch.randn(3, K[scheme], generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+        (g32,) = torch.autograd.grad(lsqbq.fit(x32, scheme), x32, g.float())
+        (g64,) = torch.autograd.grad(lsqbq.fit(x64, scheme), x64, g)
+    torch.testing.assert_close(g32.double(), g64, rtol=1e-5, atol=1e-6)
+
+
+def test_official_search_scales_carry_no_gradient():
+    """The official code's search runs in NumPy: its scales are constants (reference schemes, analyses only)."""
+    official = [n for n in list_schemes(examples=True) if get_scheme(n).family == "official"]
+    assert official
+    for name in official:
+        assert not lsqbq.fit(torch.randn(2, 30, requires_grad=True), name).requires_grad

@@ -52,3 +52,16 @@ def test_scales_receive_no_gradient():
     foldable_ste(x, v).sum().backward()
     assert v.grad is None
     assert x.grad is not None
+
+
+@pytest.mark.parametrize("scheme", ["ls-1", "ls-2", "gf-3"])
+def test_without_a_gradient_to_compute_the_values_are_the_same(scheme):
+    """No grad mode, or an input that does not require grad: the plain encoding (no slope), the same values."""
+    x = torch.randn(4, 30, requires_grad=True)
+    v = lsqbq.fit(x.detach(), scheme)
+    with_grad = foldable_ste(x, v)
+    with torch.no_grad():
+        off = foldable_ste(x, v)
+    const = foldable_ste(x.detach(), v.requires_grad_())
+    assert with_grad.grad_fn is not None and off.grad_fn is None and const.grad_fn is None
+    assert torch.equal(off, with_grad.detach()) and torch.equal(const, off)
