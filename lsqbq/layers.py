@@ -13,10 +13,22 @@ the mode, so that a trained model can be evaluated either way (:func:`scale_mode
     ``eval_only``       fitted per sample in training; evaluation uses the moving average (what the paper describes);
     ``train_and_eval``  the moving average is used in training and evaluation.
 Weight scales are refitted at every training forward and cached (buffer ``w_scales``) for evaluation; the cache
-is keyed on the weight tensor's version, so in-place updates or ``load_state_dict`` invalidate it.
+is keyed on the weight tensor's version, so in-place updates or ``load_state_dict`` invalidate it (inference
+tensors, made under ``torch.inference_mode()``, have no version: their scales are refitted at every forward).
+
+Checks. A wrong input size is an :class:`~lsqbq.errors.InputError` naming the layer (its qualified name in the
+model once known: set by ``load_state_dict`` and :func:`name_layers`), the expected and the given size. Stored
+activation scales (a recorded ``x_scales_ema``) must be finite, positive and satisfy the scheme's rule
+(:meth:`~lsqbq.schemes.Scheme.check_scales`: ``v_1 >= v_2`` for ls-2, equal for ls-T); they are checked when a
+state dict is loaded (:class:`~lsqbq.errors.CheckpointError`) and before their first use at inference
+(:class:`~lsqbq.errors.InputError`, then cached until the buffer changes). A state dict whose quantizer buffers
+belong to a scheme with another number of scales (ls-1 weights under an ls-2 label) is refused unless loaded
+inside :func:`scheme_change` (post-training re-quantization, e.g. ``lsqbq evaluate --w-quant``; a moving
+average the layer does not use, ``act_stats=off``, is dropped instead); full-precision checkpoints always load.
 """
 from __future__ import annotations
 
+import contextvars
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,14 +37,74 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .schemes import fit
-from .schemes import Scheme, get_scheme
+from .errors import CheckpointError, InputError, InputTypeError
+from .schemes import Scheme, fit, get_scheme
 from .ste import foldable_ste
 
-__all__ = ["QuantConv2d", "QuantLinear", "ACT_STATS_MODES", "SCALE_MODES", "scale_mode"]
+__all__ = ["QuantConv2d", "QuantLinear", "ACT_STATS_MODES", "SCALE_MODES", "scale_mode", "scheme_change",
+           "name_layers", "layer_label", "check_input", "tensor_version", "stored_scales_problem"]
 
 ACT_STATS_MODES = ("off", "eval_only", "train_and_eval")
 SCALE_MODES = ("auto", "fitted", "stored")  # activation scales at inference: as trained, per sample, moving average
+_SCHEME_CHANGE = contextvars.ContextVar("lsqbq_scheme_change", default=False)
+
+
+@contextmanager
+def scheme_change() -> Iterator[None]:
+    """Inside the block, quantized layers load state dicts whose quantizer buffers belong to another scheme
+    (post-training re-quantization): weight scales are refitted from the weights and an activation moving average
+    of another size is dropped (the layer is then untracked). Outside it such a state dict raises
+    :class:`~lsqbq.errors.CheckpointError` naming the layer: its weights were trained under another label."""
+    token = _SCHEME_CHANGE.set(True)
+    try:
+        yield
+    finally:
+        _SCHEME_CHANGE.reset(token)
+
+
+def tensor_version(t: Tensor) -> int | None:
+    """``t._version``, or None for an inference tensor (made under ``torch.inference_mode()``: no version)."""
+    return None if t.is_inference() else t._version
+
+
+def stored_scales_problem(scheme: Scheme, v: Tensor) -> str | None:
+    """Why a recorded moving average ``v: (k,)`` cannot serve as ``scheme``'s activation scales, or None: it holds
+    NaN/Inf, a scale ``<= 0`` (all levels collapse to 0 or flip signs), or breaks the scheme's rule for given
+    scales (:meth:`~lsqbq.schemes.Scheme.check_scales`, the rule ``lsqbq.quantize`` applies: ``v_1 >= v_2`` for
+    ls-2, ``v_1 = v_2`` for ls-T). Cost O(k)."""
+    v = v.detach().reshape(1, -1)
+    if not bool(torch.isfinite(v).all()):
+        return f"holds NaN or Inf: {v[0].tolist()}"
+    if not bool((v > 0).all()):
+        return f"holds a non-positive scale: {v[0].tolist()}"
+    try:
+        scheme.check_scales(v)
+    except InputError as e:
+        return str(e).removeprefix(f"{scheme.name}: given scales row 0 ")
+    return None
+
+
+def layer_label(kind: str, n_in: int, n_out: int, name: str | None) -> str:
+    """How errors name a layer: ``QuantConv2d(3->64) 'layer1.0.conv1'`` (the name once known)."""
+    return f"{kind}({n_in}->{n_out})" + (f" {name!r}" if name else "")
+
+
+def check_input(label: str, x, dims: tuple[str, ...], size: int, size_name: str, axis: int) -> None:
+    """Raise naming ``label``, the expected and the given size when ``x`` is not a floating tensor of rank
+    ``len(dims)`` (at least ``len(dims) - 1`` when ``dims`` holds ``...``) with ``x.shape[axis] == size``.
+
+    Raises:
+        InputTypeError: ``x`` is not a tensor, or not floating point.
+        InputError: wrong rank or size.
+    """
+    if not isinstance(x, Tensor):
+        raise InputTypeError(f"{label}: expected a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise InputTypeError(f"{label}: expected a floating-point input, got {x.dtype}")
+    if x.dim() < len(dims) - 1 if "..." in dims else x.dim() != len(dims):
+        raise InputError(f"{label}: expected input of shape ({', '.join(dims)}), got {tuple(x.shape)}")
+    if x.shape[axis] != size:
+        raise InputError(f"{label}: expected {size} {size_name}, got {x.shape[axis]} (input shape {tuple(x.shape)})")
 
 
 class _Quantized:
@@ -60,6 +132,28 @@ class _Quantized:
         self.register_buffer("x_scales_ema", torch.zeros(self.x_scheme.k))
         self.register_buffer("x_ema_updates", torch.zeros((), dtype=torch.long))
         self._w_cache_key = None
+        self._ema_checked_key = None  # the x_scales_ema version last validated (see _check_stored_scales)
+        self.layer_name: str | None = None  # qualified name in the model, once known (errors name it)
+
+    # ----------------------------------------------------------------------- checks
+    def _label(self) -> str:
+        return layer_label(type(self).__name__, self.weight.shape[1] * getattr(self, "groups", 1),
+                           self.weight.shape[0], self.layer_name)
+
+    def _stored_scales_problem(self, v: Tensor) -> str | None:
+        return stored_scales_problem(self.x_scheme, v)
+
+    def _check_stored_scales(self) -> None:
+        """Validate ``x_scales_ema`` before it is used; cached on the buffer's version (O(k) once per change)."""
+        ema = self.x_scales_ema
+        key = (tensor_version(ema), ema.data_ptr())
+        if key[0] is not None and key == self._ema_checked_key:
+            return
+        why = self._stored_scales_problem(ema)
+        if why is not None:
+            raise InputError(f"{self._label()}: stored activation scales (x_scales_ema, {self.x_scheme.name}) {why}; "
+                             "reload a valid checkpoint or evaluate with fitted scales")
+        self._ema_checked_key = key
 
     # ------------------------------------------------------------------ activations
     def quantize_input(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -77,9 +171,11 @@ class _Quantized:
         if use_ema:
             if int(self.x_ema_updates) == 0:
                 raise RuntimeError(
-                    f"{type(self).__name__}: act_stats={self.act_stats!r} but no moving-average activation scales "
+                    f"{self._label()}: act_stats={self.act_stats!r} but no moving-average activation scales "
                     "were recorded; train the layer first or load a checkpoint trained with this mode"
                 )
+            if not self.training:
+                self._check_stored_scales()
             scales = self.x_scales_ema.to(rows.dtype).expand(rows.shape[0], -1)
         return foldable_ste(rows, scales).reshape(x.shape), scales
 
@@ -99,29 +195,60 @@ class _Quantized:
         if self.w_scheme.is_fp:
             return w, None
         rows = w.reshape(w.shape[0], -1)  # (out, n)
-        key = (w._version, w.data_ptr(), w.dtype)
-        if self.training or self._w_cache_key != key:
+        key = (tensor_version(w), w.data_ptr(), w.dtype)
+        if self.training or key[0] is None or self._w_cache_key != key:
             with torch.no_grad():
                 self.w_scales.copy_(fit(rows.detach(), self.w_scheme))
             self._w_cache_key = None if self.training else key
         return foldable_ste(rows, self.w_scales).reshape(w.shape), self.w_scales
 
     def _load_quant_buffers(self, state_dict, prefix: str) -> None:
-        """Let full-precision checkpoints (no quantizer buffers) load: weight scales are refitted from the weights;
-        a missing activation moving average stays untracked (and is refused in evaluation if it is needed)."""
+        """Adapt and validate the quantizer buffers of ``state_dict`` before they are copied in.
+
+        Full-precision checkpoints (no quantizer buffers, or scales of size 0) load: weight scales are refitted
+        from the weights, a missing activation moving average stays untracked (refused in evaluation if needed).
+        Weight scales of a quantized scheme with another number of scales, and a recorded moving average of
+        another size in a layer whose ``act_stats`` uses it, are refused (a relabelled checkpoint) unless loaded
+        inside :func:`scheme_change`; with ``act_stats=off`` such an average is dropped (it is never used). A
+        recorded moving average the layer uses must pass :meth:`_stored_scales_problem` (one it does not use is
+        checked before :func:`scale_mode` ``stored`` uses it).
+
+        Raises:
+            CheckpointError: naming the layer, for both.
+        """
+        self.layer_name = prefix[:-1] if prefix.endswith(".") else (prefix or self.layer_name)
         for name in ("w_scales", "x_scales_ema", "x_ema_updates"):
             key = prefix + name
             if key not in state_dict:
                 state_dict[key] = getattr(self, name).detach().clone()
+        w_key, x_key, n_key = prefix + "w_scales", prefix + "x_scales_ema", prefix + "x_ema_updates"
+        stored_w, stored_x = state_dict[w_key], state_dict[x_key]
+        recorded = isinstance(state_dict[n_key], Tensor) and int(state_dict[n_key]) > 0
+        stored_wk = stored_w.shape[-1] if stored_w.dim() == 2 else None
+        uses_ema = self.act_stats != "off"  # an average the layer never uses is dropped, not refused
+        for what, side, k_stored, k_own in (("weight", self.w_scheme, stored_wk, self.w_scheme.k),
+                                            ("activation", self.x_scheme,
+                                             stored_x.numel() if recorded and uses_ema else 0, self.x_scheme.k)):
+            if k_stored and k_stored != k_own and not _SCHEME_CHANGE.get():
+                raise CheckpointError(
+                    f"{self._label()}: the stored {what} scales hold {k_stored} scale(s) per row but the layer's "
+                    f"scheme {side.name} has {k_own}: the checkpoint was trained with another {what} scheme than its label "
+                    "says; load it under its own scheme, or inside lsqbq.layers.scheme_change() to re-quantize")
         # Weight scales are a cache of a function of the weights; a shape from another scheme is refitted.
-        if state_dict[prefix + "w_scales"].shape != self.w_scales.shape:
-            state_dict[prefix + "w_scales"] = self.w_scales.detach().clone()
+        if stored_w.shape != self.w_scales.shape:
+            state_dict[w_key] = self.w_scales.detach().clone()
         # An activation moving average of another scheme's k (e.g. ``lsqbq evaluate --x-quant``) is dropped: the
         # layer starts untracked, so evaluation refuses to use an average it never recorded.
-        if state_dict[prefix + "x_scales_ema"].shape != self.x_scales_ema.shape:
-            state_dict[prefix + "x_scales_ema"] = self.x_scales_ema.detach().clone()
-            state_dict[prefix + "x_ema_updates"] = torch.zeros_like(self.x_ema_updates)
+        if stored_x.shape != self.x_scales_ema.shape:
+            state_dict[x_key] = self.x_scales_ema.detach().clone()
+            state_dict[n_key] = torch.zeros_like(self.x_ema_updates)
+        elif recorded and uses_ema and not self.x_scheme.is_fp:  # else checked if a scale mode switches it on
+            why = self._stored_scales_problem(stored_x)
+            if why is not None:
+                raise CheckpointError(f"{self._label()}: the stored activation scales ({x_key}, {self.x_scheme.name}) "
+                                      f"{why}; the checkpoint is damaged or was edited: restore it or retrain")
         self._w_cache_key = None
+        self._ema_checked_key = None
 
     def _quant_repr(self) -> str:
         parts = [f"x_quant={self.x_scheme.name}", f"w_quant={self.w_scheme.name}"]
@@ -154,11 +281,21 @@ class QuantConv2d(_Quantized, nn.Conv2d):
         self._init_quant(x_quant, w_quant, clamp, act_stats, momentum)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4:
-            raise ValueError(f"QuantConv2d expects input of shape (B, C, H, W), got {tuple(x.shape)}")
+        if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != self.in_channels:  # cheap test, then say why
+            check_input(self._label(), x, ("B", "C", "H", "W"), self.in_channels, "input channels", 1)
+        if not isinstance(self.padding, str):
+            self._check_spatial(x)
         x_q, _ = self.quantize_input(x)
         w_q, _ = self.quantized_weight()
         return self._conv_forward(x_q, w_q, self.bias)
+
+    def _check_spatial(self, x: Tensor) -> None:
+        """The padded input must hold one dilated kernel: ``H + 2 p >= d (k - 1) + 1`` per axis."""
+        for n, p, d, k in zip(x.shape[2:], self.padding, self.dilation, self.kernel_size):
+            if n + 2 * p < d * (k - 1) + 1:
+                raise InputError(f"{self._label()}: input {tuple(x.shape[2:])} is smaller than the kernel "
+                                 f"{tuple(self.kernel_size)} with padding {tuple(self.padding)} and dilation "
+                                 f"{tuple(self.dilation)}")
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self._load_quant_buffers(state_dict, prefix)
@@ -181,8 +318,8 @@ class QuantLinear(_Quantized, nn.Linear):
         self._init_quant(x_quant, w_quant, clamp, act_stats, momentum)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() < 2:
-            raise ValueError(f"QuantLinear expects input of shape (B, ..., F), got {tuple(x.shape)}")
+        if not isinstance(x, Tensor) or x.dim() < 2 or x.shape[-1] != self.in_features:
+            check_input(self._label(), x, ("B", "...", "F"), self.in_features, "input features", -1)
         x_q, _ = self.quantize_input(x)
         w_q, _ = self.quantized_weight()
         return F.linear(x_q, w_q, self.bias)
@@ -193,6 +330,14 @@ class QuantLinear(_Quantized, nn.Linear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self._quant_repr()}"
+
+
+def name_layers(model: nn.Module) -> nn.Module:
+    """Record every quantized layer's qualified name in ``model`` (``layer1.0.conv1``), so its errors name it."""
+    for name, m in model.named_modules():
+        if isinstance(m, _Quantized) and name:
+            m.layer_name = name
+    return model
 
 
 @contextmanager

@@ -5,9 +5,12 @@ k_a * k_w binary ones, each ``K - 2 popcount(a XOR c)`` on sign bits packed 64 t
 
 * :mod:`~lsqbq.kernels.reference`  pure-torch kernels (exact; the test oracle; used on GPU),
 * :mod:`~lsqbq.kernels.ops`        typed wrappers over the C++ ops ``torch.ops.lsqbq.*`` and the back-end choice
-                                   (``backend=`` auto | reference | portable | avx512; ``LSQBQ_NATIVE=0``: reference),
-* :mod:`~lsqbq.kernels.convert`    ``to_bitwise(model)``: quantized layers -> bitwise inference modules, with the
-                                   neighbouring BatchNorm / ReLU / PReLU / residual add fused into their ops,
+                                   (``backend=`` auto | reference | portable | avx512; switch ``LSQBQ_BACKEND``),
+* :mod:`~lsqbq.kernels.shapes`     the shape rules of the ops, stated once (the C++ ops enforce the same),
+* :mod:`~lsqbq.kernels.convert`    ``to_bitwise(model)``: quantized layers -> bitwise inference modules
+                                   (:mod:`~lsqbq.kernels.bitwise`), with the neighbouring BatchNorm / ReLU / PReLU /
+                                   residual add fused into their ops (:mod:`~lsqbq.kernels.fused`), and a report of
+                                   the layers that stay simulated (:mod:`~lsqbq.kernels.convertibility` says why),
 * :mod:`~lsqbq.kernels.evaluation` trained checkpoints evaluated bitwise beside the simulated model.
 
     >>> import torch, lsqbq
@@ -16,7 +19,17 @@ k_a * k_w binary ones, each ``K - 2 popcount(a XOR c)`` on sign bits packed 64 t
     >>> fast = to_bitwise(net)            # weights packed once, eval mode
     >>> y = fast(torch.randn(1, 64, 8, 8))  # equals net.eval()(x) within float rounding
 """
-from .convert import BitwiseConv2d, BitwiseLinear, FusedRegularBlock, FusedXnorBlock, convertible, to_bitwise
+from .convert import (
+    BitwiseConv2d,
+    BitwiseLinear,
+    ConversionReport,
+    FusedRegularBlock,
+    FusedXnorBlock,
+    SimulatedLayersWarning,
+    convertible,
+    to_bitwise,
+    unconvertible_reason,
+)
 from .ops import (
     BACKENDS,
     PackedWeight,
@@ -24,6 +37,7 @@ from .ops import (
     bitwise_conv2d,
     encode,
     encode_fit,
+    isa_path,
     pack_signs,
     pack_weight,
     popcount_peak,
@@ -38,6 +52,7 @@ __all__ = [
     "BACKENDS",
     "BitwiseConv2d",
     "BitwiseLinear",
+    "ConversionReport",
     "FusedRegularBlock",
     "FusedXnorBlock",
     "PackedWeight",
@@ -46,11 +61,14 @@ __all__ = [
     "convertible",
     "encode",
     "encode_fit",
+    "isa_path",
     "pack_signs",
     "pack_weight",
     "popcount_peak",
     "resolve_backend",
+    "SimulatedLayersWarning",
     "to_bitwise",
+    "unconvertible_reason",
     "xnor_conv2d",
     "xnor_conv2d_scaled",
     "xnor_gemm",

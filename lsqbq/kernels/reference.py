@@ -3,7 +3,8 @@
 Every function here takes and returns the same packed layouts as the compiled ops (see :mod:`lsqbq.kernels.ops`),
 but is written for clarity: popcount is the SWAR bit trick on int64 tensors, a convolution loops over its taps
 and zeroes the taps that fall into the padding (no correction trick), so these results are an independent
-check of the compiled path.
+check of the compiled path. Inputs are checked by the shape rules the C++ ops enforce (:mod:`.shapes`), so a
+shape the compiled back ends refuse is an :class:`~lsqbq.errors.InputError` here too.
 
 Math: for sign vectors packed as bits (bit = 1 <=> -1), ``<a, w> = K - 2 popcount(a XOR w)``; for a ternary
 row ``t = s (m)`` (sign bits s, non-zero mask m), ``<t, w> = popcount(m) - 2 popcount((s XOR w) AND m)``.
@@ -15,6 +16,7 @@ from torch import Tensor
 
 from .. import quantizers
 from ..quantizers import foldable_bits
+from . import shapes
 
 __all__ = [
     "FIT_GIVEN",
@@ -89,6 +91,7 @@ def encode(x: Tensor, scales: Tensor, clamp: float | None = None, mask: bool = F
     Shapes: ``x: (B, C, H, W)``, ``scales: (B, k)`` -> ``(k, B, H + 2 ph, W + 2 pw, ceil(C/64))`` int64;
     ``x: (B, n)`` -> ``(k, B, ceil(n/64))``.
     """
+    shapes.check_encode(x, scales.shape[-1], 0, scales, mask, padding)
     if clamp is not None:
         x = x.clamp(-clamp, clamp)
     B = x.shape[0]
@@ -123,6 +126,7 @@ def _dots(a: Tensor, w: Tensor, k: int, mask: bool) -> Tensor:
 def xnor_gemm(a: Tensor, w_rows: Tensor, k: int, mask: bool = False) -> Tensor:
     """Integer dot products of packed rows. ``a: (P_a, M, Kw)``, ``w_rows: (P_w, N, Kw)`` -> ``(P_a', P_w, M, N)``
     int32 with ``P_a' = P_a`` (sign planes) or 1 (ternary mask)."""
+    shapes.check_gemm_words(a, w_rows, k, mask)
     return _dots(a, w_rows, k, mask).to(torch.int32)
 
 
@@ -146,14 +150,13 @@ def xnor_conv2d(a: Tensor, w_rows: Tensor, c_in: int, hw: tuple[int, int], kerne
     ``(P_a', P_w, B, OH, OW, N)`` int32. A tap that falls into the padding contributes 0 (the padded activation is
     the value 0, not ±1).
     """
+    OH, OW = shapes.check_conv_words(a, w_rows, c_in, hw, kernel, stride, padding, dilation, mask)
     H, W = hw
     KH, KW = kernel
     sh, sw = stride
     ph, pw = padding
     dh, dw = dilation
     B = a.shape[1]
-    OH = (H + 2 * ph - dh * (KH - 1) - 1) // sh + 1
-    OW = (W + 2 * pw - dw * (KW - 1) - 1) // sw + 1
     dev = a.device
     total = None
     for kh in range(KH):
@@ -196,6 +199,7 @@ def encode_fit(x: Tensor, planes: int, fit: int, scales: Tensor | None = None, c
     ``y.reshape(B, -1)`` as the simulated layer does. Shapes: ``x: (B, C, H, W)`` or ``(B, n)`` ->
     ``(words, scales (B, planes))``.
     """
+    shapes.check_encode(x, planes, fit, scales, mask, padding)
     y = x.float()
     if prologue is not None:
         shape = (1, -1) + (1,) * (y.dim() - 2)
@@ -221,13 +225,16 @@ def encode_fit(x: Tensor, planes: int, fit: int, scales: Tensor | None = None, c
 def bitwise_conv2d(x: Tensor, w_rows: Tensor, sw: Tensor, bias: Tensor | None, kernel, stride, padding, dilation,
                    planes: int, fit: int, scales: Tensor | None = None, clamp: float | None = None,
                    mask: bool = False, prologue=None, residual: Tensor | None = None, act: int = 0,
-                   slope: Tensor | None = None, residual_first: bool = True) -> Tensor:
+                   slope: Tensor | None = None, residual_first: bool = True, c_in: int | None = None) -> Tensor:
     """A whole bitwise convolution layer: :func:`encode_fit`, :func:`xnor_conv2d_scaled` and the epilogue
     ``y (+ residual if residual_first); act (0 none, 1 ReLU, 2 PReLU); (+ residual otherwise)``.
 
     Shapes: ``x: (B, C, H, W)``, ``w_rows: (P_w, N, T, Cw)``, ``sw: (N, P_w)``, ``residual: (B, N, OH, OW)`` ->
-    ``(B, OH, OW, N)``.
+    ``(B, OH, OW, N)``. ``c_in``: the weights' input channels (None: checked against the words of ``w_rows``).
     """
+    shapes.check_conv_input(x, c_in, act, weight_words=w_rows.shape[-1])
+    out = shapes.check_geometry(tuple(x.shape[-2:]), kernel, stride, padding, dilation)
+    shapes.check_epilogue(residual, slope, act, (x.shape[0], w_rows.shape[1], *out))
     a, v = encode_fit(x, planes, fit, scales, clamp, mask, tuple(padding), prologue)
     sa = 2 * v[:, :1] if mask else v
     y = xnor_conv2d_scaled(a, w_rows, x.shape[1], tuple(x.shape[-2:]), tuple(kernel), sa, sw, bias, tuple(stride),

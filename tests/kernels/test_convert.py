@@ -153,3 +153,100 @@ def test_scale_modes_fitted_and_stored():
         torch.testing.assert_close(fitted(x), layer(x), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="scales must be one of"):
         to_bitwise(layer, scales="ema")
+
+
+# ------------------------------------------------------------------ report of simulated layers, inference mode
+import warnings  # noqa: E402
+
+from lsqbq.errors import InputError as _InputError  # noqa: E402
+from lsqbq.kernels import ConversionReport, SimulatedLayersWarning, available_backends  # noqa: E402
+
+
+def _reflect(layer: nn.Module) -> nn.Module:
+    layer.padding_mode = "reflect"  # as nn.Conv2d(padding_mode="reflect"); the layer's constructor offers zeros only
+    return layer
+
+
+def _mixed() -> nn.Module:
+    q = dict(x_quant="ls-1", w_quant="ls-1")
+    return nn.Sequential(
+        lsqbq.QuantConv2d(8, 8, 3, padding=1, **q),                       # 0 converts
+        lsqbq.QuantConv2d(8, 8, 3, padding="same", **q),                  # 1 string padding
+        lsqbq.QuantConv2d(8, 8, 9, padding=4, **q),                       # 2 81 taps
+        lsqbq.QuantConv2d(8, 8, 3, padding=1, groups=2, **q),             # 3 grouped
+        _reflect(lsqbq.QuantConv2d(8, 8, 3, padding=1, **q)),           # 4 reflect padding
+        lsqbq.QuantConv2d(8, 8, 3, padding=1, x_quant="fp", w_quant="ls-1"),  # 5 fp activations
+        lsqbq.QuantConv2d(8, 8, 1, dtype=torch.float64, **q),              # 6 float64
+        lsqbq.QuantConv2d(8, 8, 1),                                        # 7 a float layer: not reported
+    ).eval()
+
+
+def test_report_says_which_layers_stay_simulated_and_why():
+    net = _mixed()
+    with pytest.warns(SimulatedLayersWarning) as caught:
+        fast, report = to_bitwise(net, backend="reference", return_report=True)
+    assert isinstance(report, ConversionReport) and fast.bitwise_report is report
+    assert report.converted == ["0"]
+    assert report.simulated == {
+        "1": "padding='same' (the kernels take numeric padding)",
+        "2": "9x9 kernel has 81 taps (the kernels take at most 64)",
+        "3": "grouped convolution (groups=2)",
+        "4": "padding_mode='reflect' (the kernels zero-pad)",
+        "5": "activations are full precision (x_quant=fp, w_quant=ls-1)",
+        "6": "weights are torch.float64 (the kernels take float32 weights)",
+    }
+    assert len(caught) == 1  # one warning listing them all
+    msg = str(caught[0].message)
+    assert msg.startswith("to_bitwise: 6 quantized layer(s) stay simulated (float): '1': padding='same'")
+    assert all(f"{name!r}: {why}" in msg for name, why in report.simulated.items())
+    assert [type(m) for m in fast] == [BitwiseConv2d] + [type(m) for m in net][1:]  # the others are unchanged
+    assert str(report).splitlines()[0] == "1 layer(s) bitwise, 6 simulated"
+
+
+def test_no_warning_when_every_quantized_layer_converts():
+    net = _cnn("ls-2", "ls-1")[:-1]  # without the fp-activation classifier
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fast = to_bitwise(net, backend="reference")
+    assert fast.bitwise_report.simulated == {} and fast.bitwise_report.converted == ["2", "5", "8", "11"]
+    lone = to_bitwise(lsqbq.QuantLinear(5, 3, x_quant="ls-1", w_quant="ls-1"), backend="reference")
+    assert lone.bitwise_report.converted == [""]
+
+
+def test_to_bitwise_under_inference_mode():
+    """Converting inside ``torch.inference_mode()`` (deep copy of inference tensors, cached weight scales
+    without a version counter) works, and the result equals the simulated model in and out of the mode."""
+    from lsqbq.models import build
+
+    torch.manual_seed(0)
+    net = build("resnet_small", x_quant="ls-2", w_quant="ls-1", stem_stride=2, in_chans=1, num_classes=10).eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        want = net(x)
+    with torch.inference_mode():
+        fast = to_bitwise(net, backend="reference")
+        inside = fast(x)
+        simulated = net(x)
+    torch.testing.assert_close(inside, want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(simulated, want, rtol=0, atol=0)
+    with torch.no_grad():  # it holds inference tensors: outside the mode, without autograd
+        torch.testing.assert_close(fast(x), want, rtol=1e-4, atol=1e-4)
+
+
+def test_wrong_channel_count_is_the_same_input_error_on_every_back_end():
+    net = nn.Sequential(nn.Identity(), lsqbq.QuantConv2d(256, 8, 3, padding=1, x_quant="ls-1", w_quant="ls-1")).eval()
+    for b in available_backends():
+        with pytest.raises(_InputError) as e:
+            to_bitwise(net, backend=b)(torch.randn(1, 64, 6, 6))
+        assert str(e.value) == ("BitwiseConv2d(256->8) '1': expected 256 input channels, got 64 "
+                                "(input shape (1, 64, 6, 6))"), b
+
+
+def test_old_import_paths_still_work():
+    from lsqbq.kernels import bitwise, convertibility, fused
+    from lsqbq.kernels.convert import (BitwiseConv2d as C, BitwiseLinear as L, FusedRegularBlock as R,
+                                       FusedXnorBlock as X, _fit_code, bn_affine, convertible as conv)
+
+    assert (C, L, R, X) == (bitwise.BitwiseConv2d, bitwise.BitwiseLinear, fused.FusedRegularBlock,
+                            fused.FusedXnorBlock)
+    assert conv is convertibility.convertible and bn_affine is bitwise.bn_affine and callable(_fit_code)

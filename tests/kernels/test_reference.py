@@ -80,3 +80,21 @@ def test_encode_matches_foldable_bits_with_clamp_and_ternary():
     s = ref.unpack_signs(a[0], 70).permute(0, 3, 1, 2)
     m = ref.unpack_signs(a[1], 70).permute(0, 3, 1, 2)
     assert torch.equal(torch.where(m < 0, s, 0.0), t)
+
+
+def test_conv_refuses_activation_words_narrower_than_the_weights():
+    """64-channel words against 256-channel weights (the shared rule of :mod:`lsqbq.kernels.shapes`, as the C++
+    ops): an InputError naming both widths, not a broadcast result."""
+    from lsqbq.errors import InputError
+
+    gen = torch.Generator().manual_seed(3)
+    w = pack_weight(_pm1(1, 4, 256, 3, 3, gen=gen))
+    a = ref.encode(torch.randn(2, 64, 5, 5, generator=gen), torch.full((2, 1), 0.5), padding=(1, 1))
+    with pytest.raises(InputError, match=r"activation words \(1, 2, 7, 7, 1\) do not match the geometry "
+                                         r"\(B, H \+ 2 ph, W \+ 2 pw, Cw\) = \(2, 7, 7, 4\) for 256 input channels"):
+        ref.xnor_conv2d(a, w.rows, 256, (5, 5), (3, 3), padding=(1, 1))
+    with pytest.raises(InputError, match=r"weight words \(1, 4, 9, 4\) expected \(P_w, N, 9, 1\) for 64 input"):
+        ref.xnor_conv2d(a, w.rows, 64, (5, 5), (3, 3), padding=(1, 1))
+    with pytest.raises(InputError, match=r"bitwise_conv2d expects 193 to 256 input channels .* got 64"):
+        ref.bitwise_conv2d(torch.randn(2, 64, 5, 5), w.rows, w.scales_nk(), None, (3, 3), (1, 1), (1, 1), (1, 1),
+                           planes=1, fit=ref.FIT_GREEDY)

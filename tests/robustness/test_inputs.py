@@ -2,6 +2,8 @@
 values near the dtype's maximum. Each is a result that holds or an InputError naming the row or size."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -173,24 +175,57 @@ def test_linear_batch_of_zero_is_an_empty_output():
     assert y.shape == (0, 4)
 
 
-def test_conv_wrong_channel_count_names_both_sizes():
-    with pytest.raises((InputError, RuntimeError)) as e:
+def test_conv_wrong_channel_count_names_the_layer_and_both_sizes():
+    with pytest.raises(InputError) as e:
         _conv()(torch.zeros(2, 5, 8, 8))
-    assert "3 channels" in str(e.value) and "5" in str(e.value)
+    assert str(e.value) == "QuantConv2d(3->4): expected 3 input channels, got 5 (input shape (2, 5, 8, 8))"
 
 
-def test_linear_wrong_feature_count_names_both_sizes():
-    with pytest.raises((InputError, RuntimeError)) as e:
+def test_linear_wrong_feature_count_names_the_layer_and_both_sizes():
+    with pytest.raises(InputError) as e:
         QuantLinear(16, 4, x_quant="ls-1", w_quant="ls-1")(torch.zeros(2, 20))
-    assert "16" in str(e.value) and "20" in str(e.value)
+    assert str(e.value) == "QuantLinear(16->4): expected 16 input features, got 20 (input shape (2, 20))"
+
+
+def test_fp_layers_speak_the_same_errors():
+    """Full-precision layers (the fp stem, the classifier) check their input the same way."""
+    with pytest.raises(InputError, match=r"^QuantConv2d\(3->4\): expected 3 input channels, got 1 "):
+        QuantConv2d(3, 4, 3)(torch.zeros(2, 1, 8, 8))
+    with pytest.raises(InputError, match=r"^QuantLinear\(16->4\): expected 16 input features, got 8 "):
+        QuantLinear(16, 4)(torch.zeros(2, 3, 8))
+
+
+def test_layer_errors_name_the_layer_in_its_model():
+    from lsqbq.layers import name_layers
+    from lsqbq.models import build
+
+    model = build("resnet_small", x_quant="ls-2", w_quant="ls-1", num_classes=10).eval()
+    name_layers(model)
+    with pytest.raises(InputError) as e:
+        model.stages[1][0].conv2(torch.zeros(1, 16, 8, 8))
+    assert str(e.value) == ("QuantConv2d(32->32) 'stages.1.0.conv2': expected 32 input channels, got 16 "
+                            "(input shape (1, 16, 8, 8))")
+    fresh = build("resnet_small", x_quant="ls-2", w_quant="ls-1", num_classes=10)
+    fresh.load_state_dict(model.state_dict())  # loading names the layers too
+    with pytest.raises(InputError, match=r"^QuantConv2d\(64->64\) 'stages.2.0.conv2': expected 64 input channels, "
+                                         r"got 63 "):
+        fresh.stages[2][0].conv2(torch.zeros(2, 63, 4, 4))
+
+
+def test_conv_input_smaller_than_the_kernel_names_the_layer():
+    layer = QuantConv2d(3, 4, 5, padding=1, x_quant="ls-1", w_quant="ls-1")
+    with pytest.raises(InputError, match=r"^QuantConv2d\(3->4\): input \(2, 9\) is smaller than the kernel \(5, 5\) "
+                                         r"with padding \(1, 1\) and dilation \(1, 1\)"):
+        layer(torch.zeros(1, 3, 2, 9))
 
 
 @pytest.mark.parametrize("layer,shape", [("conv", (3, 8, 8)), ("conv", (1, 1, 3, 8, 8)), ("linear", (16,))])
 def test_layer_input_of_the_wrong_rank_names_the_shape(layer, shape):
     mod = _conv() if layer == "conv" else QuantLinear(16, 4, x_quant="ls-1", w_quant="ls-1")
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(InputError) as e:
         mod(torch.zeros(shape))
-    assert str(tuple(shape)) in str(e.value)
+    dims = "(B, C, H, W)" if layer == "conv" else "(B, ..., F)"
+    assert str(e.value).endswith(f"expected input of shape {dims}, got {tuple(shape)}")
 
 
 def test_conv_integer_input_is_an_input_type_error():
@@ -231,16 +266,25 @@ def _bitwise(layer):
     return to_bitwise(layer, backend="reference")
 
 
-def test_bitwise_conv_wrong_channel_count_names_both_sizes():
+def test_bitwise_conv_wrong_channel_count_names_the_layer_and_both_sizes():
     with pytest.raises(InputError) as e:
         _bitwise(_conv())(torch.randn(2, 5, 8, 8))
-    assert "3" in str(e.value) and "5" in str(e.value)
+    assert str(e.value) == "BitwiseConv2d(3->4): expected 3 input channels, got 5 (input shape (2, 5, 8, 8))"
 
 
-def test_bitwise_linear_wrong_feature_count_names_both_sizes():
+def test_bitwise_linear_wrong_feature_count_names_the_layer_and_both_sizes():
     with pytest.raises(InputError) as e:
         _bitwise(QuantLinear(16, 4, x_quant="ls-1", w_quant="ls-1"))(torch.randn(2, 20))
-    assert "16" in str(e.value) and "20" in str(e.value)
+    assert str(e.value) == "BitwiseLinear(16->4): expected 16 input features, got 20 (input shape (2, 20))"
+
+
+def test_bitwise_layer_errors_name_the_layer_in_its_model():
+    model = torch.nn.Sequential(torch.nn.Identity(), _conv())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every quantized layer converts: no warning
+        fast = _bitwise(model)
+    with pytest.raises(InputError, match=r"^BitwiseConv2d\(3->4\) '1': expected 3 input channels, got 2 "):
+        fast(torch.randn(1, 2, 8, 8))
 
 
 def test_bitwise_conv_batch_of_zero_is_an_empty_output():

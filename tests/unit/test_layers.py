@@ -173,8 +173,40 @@ def test_bad_options_are_clear_errors(kwargs, match):
 
 
 def test_wrong_input_rank():
-    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+    from lsqbq.errors import InputError
+
+    with pytest.raises(InputError, match=r"^QuantConv2d\(3->4\): expected input of shape \(B, C, H, W\), got \(3, 8, 8\)$"):
         QuantConv2d(3, 4, 3)(torch.randn(3, 8, 8))
+
+
+def test_weights_made_under_inference_mode_are_refitted_not_cached():
+    """Inference tensors have no version counter: their weight scales are refitted at every forward, so an
+    in-place change is never served stale scales."""
+    x = torch.randn(2, 2, 5, 5)
+    with torch.inference_mode():
+        layer = QuantConv2d(2, 3, 3, x_quant="ls-1", w_quant="ls-2").eval()
+        assert layer.weight.is_inference()
+        y1 = layer(x)
+        layer.weight.mul_(-3.0)
+        y2 = layer(x)
+    reference = QuantConv2d(2, 3, 3, x_quant="ls-1", w_quant="ls-2").eval()
+    with torch.no_grad():
+        reference.weight.copy_(layer.weight.clone())
+        reference.bias.copy_(layer.bias.clone())
+        torch.testing.assert_close(y2, reference(x))
+    assert not torch.allclose(y1, y2)
+
+
+def test_scheme_change_is_scoped_to_its_block():
+    from lsqbq.errors import CheckpointError
+    from lsqbq.layers import scheme_change
+
+    ls1 = QuantLinear(6, 3, x_quant="ls-1", w_quant="ls-1").eval()
+    ls1(torch.randn(2, 6))  # caches the ls-1 weight scales (3, 1)
+    with scheme_change():
+        QuantLinear(6, 3, x_quant="ls-1", w_quant="gf-3").load_state_dict(ls1.state_dict())
+    with pytest.raises(CheckpointError, match="stored weight scales hold 1 scale"):
+        QuantLinear(6, 3, x_quant="ls-1", w_quant="gf-3").load_state_dict(ls1.state_dict())
 
 
 def test_repr_names_schemes():
