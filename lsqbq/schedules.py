@@ -18,9 +18,10 @@ import math
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-__all__ = ["LRSchedule", "SCHEDULES"]
+__all__ = ["LRSchedule", "SCHEDULES", "ANNEALED"]
 
-SCHEDULES = ("constant", "step", "multistep", "linear", "cosine")
+SCHEDULES = ("constant", "step", "multistep", "linear", "cosine")   # the names ``schedule.name`` accepts
+ANNEALED = ("linear", "cosine")   # the schedules that end at ``schedule.min_lr``
 
 
 class LRSchedule(LRScheduler):

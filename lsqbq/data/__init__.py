@@ -10,6 +10,10 @@ CLI::
     lsqbq data prepare fashion-mnist --root data/fashion-mnist  # copy + verify, print the data hash
     lsqbq data hash cifar10 --root data/cifar10                 # verify an existing copy, print its hash
 
+Each name is registered once in :mod:`lsqbq.data.registry` (``get_dataset(name)`` -> a ``DatasetSpec`` with its
+classes, channels, image size, ResNet stem and reader functions; ``list_datasets()``); the functions below and the
+config ask it, never a name by hand.
+
 Loaders are deterministic: the shuffling order is a function of (seed, epoch) through a
 DistributedSampler (also with one process, so one process and N processes see the same global
 batches), and in-memory augmentation is a function of (seed, epoch, sample index). Call
@@ -24,62 +28,26 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 
-from . import cifar, idx, imagefolder
+from . import idx, cifar, imagefolder  # noqa: I001 - registration order is the order of list_datasets()
 from ..errors import ConfigError
-from ._common import ArrayDataset, DataError, DataNotFoundError, DatasetInfo, batched_collate, subset_indices
+from ._common import ArrayDataset, DataError, DataNotFoundError, DatasetInfo, batched_collate
+from .registry import DatasetSpec, get_dataset, list_datasets, register_dataset
 
-__all__ = ["DATASETS", "DataError", "DataNotFoundError", "DatasetInfo", "build_datasets", "build_loaders",
-           "dataset_info", "set_epoch", "prepare", "main"]
+__all__ = ["DATASETS", "DataError", "DataNotFoundError", "DatasetInfo", "DatasetSpec", "build_datasets",
+           "build_loaders", "dataset_info", "get_dataset", "list_datasets", "register_dataset", "set_epoch",
+           "prepare", "data_hash", "main"]
 
-DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder")
+DATASETS = tuple(list_datasets())
 
 
 def dataset_info(name: str, root: str | None = None, image_size: int | None = None) -> DatasetInfo:
     """Classes, channels, image size and normalisation of a dataset (imagefolder needs ``root``)."""
-    if name == "fashion-mnist":
-        return idx.FASHION_INFO
-    if name == "mnist":
-        return idx.MNIST_INFO
-    if name in cifar.INFO:
-        return cifar.INFO[name]
-    if name == "imagefolder":
-        if root is None:
-            raise ConfigError("data.root: imagefolder needs the root to count classes; set data.root")
-        train = Path(root) / "train"
-        if not train.is_dir():
-            raise DataNotFoundError(f"imagefolder: {train} not found; {imagefolder.how_to_get(Path(root))}")
-        classes = sorted(p.name for p in train.iterdir() if p.is_dir())
-        return imagefolder.info(len(classes), image_size or 224)
-    raise ConfigError(f"data.name: unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return get_dataset(name).info(root, image_size)
 
 
 def build_datasets(cfg, seed: int | None = None):
     """-> (train dataset, test dataset, DatasetInfo, data hash) for ``cfg.data``."""
-    d = cfg.data
-    seed = cfg.seed if seed is None else seed
-    if d.name in ("fashion-mnist", "mnist"):
-        arrays, digest = idx.load(d.name, d.root)
-        info = dataset_info(d.name)
-    elif d.name in ("cifar10", "cifar100"):
-        arrays, digest = cifar.load(d.name, d.root, download=d.download)
-        info = dataset_info(d.name)
-    elif d.name == "imagefolder":
-        train, test, info, digest = imagefolder.build(d.root, d.image_size or 224, d.augment)
-        return _subset(train, d.train_subset), _subset(test, d.test_subset), info, digest
-    else:
-        raise ConfigError(f"data.name: unknown dataset {d.name!r}; choose one of {', '.join(DATASETS)}")
-    tr = subset_indices(len(arrays["train_labels"]), d.train_subset)
-    te = subset_indices(len(arrays["test_labels"]), d.test_subset)
-    pick = lambda a, i: a if i is None else a[i]  # noqa: E731
-    train = ArrayDataset(pick(arrays["train_images"], tr), pick(arrays["train_labels"], tr), info, train=True,
-                         augment=d.augment, seed=seed)
-    test = ArrayDataset(pick(arrays["test_images"], te), pick(arrays["test_labels"], te), info, train=False)
-    return train, test, info, digest
-
-
-def _subset(ds, size):
-    idx_ = subset_indices(len(ds), size)
-    return ds if idx_ is None else Subset(ds, idx_.tolist())
+    return get_dataset(cfg.data.name).build(cfg.data, cfg.seed if seed is None else seed)
 
 
 class ShardSampler(Sampler):
@@ -133,41 +101,13 @@ def set_epoch(loader: DataLoader, epoch: int) -> None:
 
 
 def prepare(name: str, root: str | Path, source: str | Path | None = None) -> str:
-    """Fetch (or copy) and verify ``name`` under ``root``; returns the data hash."""
-    if name in ("fashion-mnist", "mnist"):
-        return idx.prepare(name, root, source)
-    if name in ("cifar10", "cifar100"):
-        if source is not None:
-            _copy_cifar(name, Path(root), Path(source))
-        return cifar.load(name, root, download=True)[1]
-    if name == "imagefolder":
-        return imagefolder.build(root)[3]
-    raise ConfigError(f"data.name: unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-
-
-def _copy_cifar(name: str, root: Path, source: Path) -> None:
-    """Extract the official archive found in ``source`` (md5-checked) into ``root``, or copy its batch folder."""
-    import shutil
-
-    archive, folder = source / cifar.ARCHIVE_MD5[name][0], cifar.LAYOUT[name][0]
-    if archive.is_file():
-        cifar.extract_archive(name, root, archive)
-    elif (source / folder).is_dir():
-        cifar.load(name, source)  # verify before copying: a corrupt source leaves nothing behind in root
-        shutil.copytree(source / folder, root / folder, dirs_exist_ok=True)
-    else:
-        raise DataNotFoundError(f"{name}: neither {archive} nor {source / folder}/ exists; "
-                                f"{cifar.how_to_get(name, root)}")
+    """Fetch (or copy from ``source``) and verify ``name`` under ``root``; returns the data hash."""
+    return get_dataset(name).prepare(Path(root), None if source is None else Path(source))
 
 
 def data_hash(name: str, root: str | Path) -> str:
-    if name in ("fashion-mnist", "mnist"):
-        return idx.load(name, root)[1]
-    if name in ("cifar10", "cifar100"):
-        return cifar.load(name, root)[1]
-    if name == "imagefolder":
-        return imagefolder.build(root)[3]
-    raise ConfigError(f"data.name: unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    """Verify that ``root`` holds the dataset ``name`` (known checksums, shapes, class counts); its data hash."""
+    return get_dataset(name).hash(Path(root))
 
 
 def main(argv: list[str] | None = None) -> int:

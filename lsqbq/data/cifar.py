@@ -14,7 +14,9 @@ when it lies in ``root``, is checked against its md5 before it is extracted.
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import shutil
 import tarfile
 from functools import lru_cache
 from pathlib import Path
@@ -22,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from ._common import DataError, DataNotFoundError, DatasetInfo, array_hash, file_md5
+from .images import check_regular_file
+from .registry import DatasetSpec, array_datasets, register_dataset
 
 LAYOUT = {
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", 10),
@@ -262,7 +266,42 @@ def load(name: str, root: str | Path, download: bool = False):
             root.mkdir(parents=True, exist_ok=True)
             fetch(name, root)
     for p in paths:
+        if os.path.lexists(p):
+            check_regular_file(p)   # a pipe or device under a batch name: an error naming it, not "not found"
         if not p.is_file():
             raise DataNotFoundError(f"{name}: {p} not found; {how_to_get(name, root)}")
     stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
     return _load_cached(name, str(root.resolve()), stamp)
+
+
+def prepare(name: str, root: str | Path, source: str | Path | None = None) -> str:
+    """Extract the official archive found in ``source`` (md5-checked) into ``root``, or copy its batch folder
+    (verified first: a corrupt source leaves nothing behind in ``root``); else download. Returns the data hash."""
+    root = Path(root)
+    if source is not None:
+        source = Path(source)
+        archive, folder = source / ARCHIVE_MD5[name][0], LAYOUT[name][0]
+        if archive.is_file():
+            extract_archive(name, root, archive)
+        elif (source / folder).is_dir():
+            load(name, source)
+            shutil.copytree(source / folder, root / folder, dirs_exist_ok=True)
+        else:
+            raise DataNotFoundError(f"{name}: neither {archive} nor {source / folder}/ exists; "
+                                    f"{how_to_get(name, root)}")
+    return load(name, root, download=True)[1]
+
+
+def _build(name: str, d, seed: int):
+    arrays, digest = load(name, d.root, download=d.download)
+    train, test = array_datasets(arrays, INFO[name], d, seed)
+    return train, test, INFO[name], digest
+
+
+for _name in ("cifar10", "cifar100"):
+    register_dataset(DatasetSpec(
+        name=_name, num_classes=INFO[_name].num_classes, in_chans=3, image_size=32, stem="cifar",
+        info=lambda root=None, image_size=None, _n=_name: INFO[_n],
+        build=lambda d, seed, _n=_name: _build(_n, d, seed),
+        prepare=lambda root, source=None, _n=_name: prepare(_n, root, source),
+        hash=lambda root, _n=_name: load(_n, root)[1]))

@@ -2,8 +2,10 @@
 
 IDX layout: big-endian int32 magic (0x00000803 images, 0x00000801 labels), one int32 per dimension,
 then the uint8 payload. Files are read gzipped or plain, from ``root`` or torchvision's
-``root/<Name>/raw/`` layout. Each decompressed file is checked against its known sha256 (for MNIST
-only shapes and label counts are checked), so a corrupt or truncated file is an error, never a partial set.
+``root/<Name>/raw/`` layout. Each decompressed file is checked against its known sha256 (for MNIST: its
+shapes and the official images per class, and that it is not a Fashion-MNIST file), so a corrupt, truncated or
+wrong file is an error, never a partial or mislabelled set. A gzip stream is read no further than its IDX header
+announces (a decompression bomb is refused without inflating it), and a name that is a pipe or a device is refused.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ._common import DataError, DataNotFoundError, DatasetInfo
+from .images import check_regular_file
+from .registry import DatasetSpec, array_datasets, register_dataset
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -41,6 +45,11 @@ FASHION_GZ_MD5 = {
     "t10k-images-idx3-ubyte": ("bef4ecab320f06d8554ea6380940ec79", "f78720b4224f21cce2f2ccf2d7a94c9a"),
     "t10k-labels-idx1-ubyte": ("bb300cfdad3c16e7a12a480ee83cd310", "0d30e22e447f3c33dab9ed536400ac01"),
 }
+# Images per class of the official MNIST release (LeCun et al.): what tells MNIST from another 28x28 set.
+MNIST_LABEL_COUNTS = {
+    "train_labels": (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949),
+    "test_labels": (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009),
+}
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")  # package dataset-fashion-mnist
 
 FASHION_INFO = DatasetInfo(num_classes=10, in_chans=1, image_size=28, mean=(0.2860,), std=(0.3530,), pad=2, flip=True)
@@ -58,38 +67,69 @@ def how_to_get(name: str, root: Path) -> str:
 
 
 def find_file(root: Path, name: str, stem: str) -> Path | None:
+    """The first of ``root/stem.gz``, ``root/stem`` and torchvision's ``raw/`` copies that exists; a name that
+    exists but is not a regular file (a pipe, a device linked in) is a :class:`DataError` naming it."""
     for d in (root, root / _TORCHVISION_DIR[name] / "raw"):
         for suffix in (".gz", ""):
             p = d / (stem + suffix)
-            if p.is_file():
+            if os.path.lexists(p):
+                check_regular_file(p)
                 return p
     return None
 
 
-def _read_bytes(path: Path) -> bytes:
+# Largest decompressed size of each file: the full training set (a header claiming more is refused unread).
+MAX_BYTES = {"train-images-idx3-ubyte": 16 + 60000 * 28 * 28, "t10k-images-idx3-ubyte": 16 + 60000 * 28 * 28,
+             "train-labels-idx1-ubyte": 8 + 60000, "t10k-labels-idx1-ubyte": 8 + 60000}
+
+
+def _read_bytes(path: Path, limit: int, ndim: int | None = None) -> bytes:
+    """The decompressed bytes of ``path``, read no further than its IDX header says (at most ``limit``).
+
+    A gzip stream that inflates beyond the size its header announces (a decompression bomb, or trailing data)
+    stops being read one byte past that size, so memory never exceeds the header's size plus one block.
+    """
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            head = f.read(4)
+            if len(head) == 4:
+                _check_magic(head, path, ndim)
+                head += f.read(4 * head[3])
+            dims = [int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range((len(head) - 4) // 4)]
+            need = len(head) + int(np.prod(dims, dtype=object)) if dims else limit
+            if need > limit:
+                raise DataError(f"{path}: its IDX header announces {dims} = {need} bytes, more than the "
+                                f"{limit} bytes of the full set; the file is corrupt or crafted, replace it")
+            body = f.read(need - len(head) + 1)
     except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a bad deflate stream is zlib.error
         what = "truncated" if isinstance(e, EOFError) else "corrupt"
         raise DataError(f"{path}: cannot read ({type(e).__name__}: {e}); the file is {what}, replace it") from None
+    if dims and len(head) + len(body) > need:
+        size = (f"inflates to more than {need} bytes" if opener is gzip.open
+                else f"{path.stat().st_size} bytes")
+        raise DataError(f"{path}: {size}, but its header {tuple(dims)} needs {need} bytes (trailing data, corrupt "
+                        f"or a decompression bomb); replace it")
+    return head + body
 
 
 MAGIC = {3: 0x00000803, 1: 0x00000801}  # uint8 images (N, H, W), uint8 labels (N,)
 
 
-def parse_idx(raw: bytes, path: Path, ndim: int | None = None) -> np.ndarray:
-    """Decode an uint8 IDX file; ``ndim`` (3 images, 1 labels) is checked when given."""
-    if len(raw) < 4:
-        raise DataError(f"{path}: {len(raw)} bytes, shorter than an IDX header (4 bytes); the file is truncated")
+def _check_magic(raw: bytes, path: Path, ndim: int | None) -> None:
     magic = int.from_bytes(raw[:4], "big")
     want = MAGIC.get(ndim) if ndim is not None else None
     if raw[0] != 0 or raw[1] != 0 or raw[2] != 8 or (want is not None and magic != want):
         expected = f"0x{want:08x}" if want is not None else "0x000008NN (uint8)"
         kind = {3: "image file", 1: "label file"}.get(ndim, "file")
         raise DataError(f"{path}: magic number 0x{magic:08x}, expected {expected}; not an IDX uint8 {kind}")
+
+
+def parse_idx(raw: bytes, path: Path, ndim: int | None = None) -> np.ndarray:
+    """Decode an uint8 IDX file; ``ndim`` (3 images, 1 labels) is checked when given."""
+    if len(raw) < 4:
+        raise DataError(f"{path}: {len(raw)} bytes, shorter than an IDX header (4 bytes); the file is truncated")
+    _check_magic(raw, path, ndim)
     n = raw[3]
     offset = 4 + 4 * n
     if len(raw) < offset:
@@ -113,13 +153,17 @@ def _load_cached(name: str, root: str, stamp: tuple) -> tuple[dict[str, np.ndarr
         path = paths[key] = find_file(root_p, name, stem)
         if path is None:
             raise DataNotFoundError(f"{name}: {root_p / (stem + '.gz')} not found; {how_to_get(name, root_p)}")
-        raw = _read_bytes(path)
+        ndim = 3 if key.endswith("images") else 1
+        raw = _read_bytes(path, MAX_BYTES[stem], ndim)
+        digest = hashlib.sha256(raw).hexdigest()
+        if name == "mnist" and digest == FASHION_SHA256[stem]:
+            raise DataError(f"{path}: this is the Fashion-MNIST file {stem} (its sha256 is the official one), not "
+                            f"mnist; use the dataset name fashion-mnist for {root_p}, or point mnist at the MNIST files")
         if name == "fashion-mnist":
-            digest = hashlib.sha256(raw).hexdigest()
             if digest != FASHION_SHA256[stem]:
                 raise DataError(f"{path}: sha256 of the decompressed file is {digest}, expected "
                                 f"{FASHION_SHA256[stem]} (corrupt); {how_to_get(name, root_p)}")
-        arrays[key] = parse_idx(raw, path, ndim=3 if key.endswith("images") else 1)
+        arrays[key] = parse_idx(raw, path, ndim=ndim)
     n_train, n_test = 60000, 10000
     expect = {"train_images": (n_train, 28, 28), "train_labels": (n_train,),
               "test_images": (n_test, 28, 28), "test_labels": (n_test,)}
@@ -129,6 +173,9 @@ def _load_cached(name: str, root: str, stamp: tuple) -> tuple[dict[str, np.ndarr
                             f"{key.split('_')[0]} set); {how_to_get(name, root_p)}")
     for key in ("train_labels", "test_labels"):
         counts = np.bincount(arrays[key], minlength=10)
+        if name == "mnist" and counts.tolist() != list(MNIST_LABEL_COUNTS[key]):
+            raise DataError(f"{paths[key]}: label counts {counts.tolist()}, expected MNIST's "
+                            f"{list(MNIST_LABEL_COUNTS[key])} (not the MNIST {key.split('_')[0]} labels, or corrupt)")
         if len(counts) != 10 or (name == "fashion-mnist" and not (counts == counts[0]).all()):
             raise DataError(f"{paths[key]}: label counts {counts.tolist()}, expected 10 classes"
                             f"{' of equal size' if name == 'fashion-mnist' else ''} (corrupt)")
@@ -187,3 +234,20 @@ def prepare(name: str, root: str | Path, source: str | Path | None = None) -> st
             raise DataError(f"{name}: download into {root} failed ({e}); {how_to_get(name, root)}") from None
     _, digest = load(name, root)
     return digest
+
+
+def _build(name: str, d, seed: int):
+    arrays, digest = load(name, d.root)
+    info = INFO[name]
+    train, test = array_datasets(arrays, info, d, seed)
+    return train, test, info, digest
+
+
+INFO = {"fashion-mnist": FASHION_INFO, "mnist": MNIST_INFO}
+for _name in INFO:
+    register_dataset(DatasetSpec(
+        name=_name, num_classes=10, in_chans=1, image_size=28, stem="cifar",
+        info=lambda root=None, image_size=None, _n=_name: INFO[_n],
+        build=lambda d, seed, _n=_name: _build(_n, d, seed),
+        prepare=lambda root, source=None, _n=_name: prepare(_n, root, source),
+        hash=lambda root, _n=_name: load(_n, root)[1]))

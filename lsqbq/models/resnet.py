@@ -107,6 +107,11 @@ class XnorBlock(nn.Module):
 BLOCKS = {"regular": RegularBlock, "xnor": XnorBlock}
 
 
+def default_block(x_quant: str, w_quant: str) -> str:
+    """The block used when none is named: ``regular`` for a full-precision fp/fp model, ``xnor`` otherwise."""
+    return "regular" if get_scheme(x_quant).is_fp and get_scheme(w_quant).is_fp else "xnor"
+
+
 class ResNet(nn.Module):
     """ResNet for classification with quantizable 3x3 convs.
 
@@ -128,7 +133,7 @@ class ResNet(nn.Module):
                  double_shortcut: bool | None = None, stem_stride: int = 1):
         super().__init__()
         if block is None:
-            block = "regular" if get_scheme(x_quant).is_fp and get_scheme(w_quant).is_fp else "xnor"
+            block = default_block(x_quant, w_quant)
         if block not in BLOCKS:
             raise ValueError(f"block must be one of {sorted(BLOCKS)}, got {block!r}")
         if double_shortcut is None:

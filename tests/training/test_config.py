@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from lsqbq.config import (Config, ConfigError, apply_overrides, config_hash, dump_yaml, flatten, from_dict,
-                          load_config, load_yaml, to_dict)
+                          load_config, load_yaml, model_options, to_dict)
 
 PROJECT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((PROJECT / "config").glob("smoke.yaml")) + sorted((PROJECT / "config" / "train").glob("*.yaml"))
@@ -213,3 +213,93 @@ def test_only_true_and_false_are_booleans(tmp_path):
     assert load_config(path).model.act_stats == "off"
     with pytest.raises(ConfigError, match=r"^data.augment: expected bool, got str 'yes'$"):
         load_config(None, ["data.augment=yes"])
+
+
+# ------------------------------------------------------------------------ names owned by their modules
+
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def test_workflow_schema_datasets_are_the_registry():
+    from lsqbq.data import list_datasets
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    assert schema["properties"]["dataset"]["enum"] == list_datasets()
+
+
+@pytest.mark.parametrize("name", __import__("lsqbq.data", fromlist=["list_datasets"]).list_datasets())
+def test_every_registered_dataset_is_a_valid_data_name(name):
+    assert from_dict({"data": {"name": name}}).data.name == name
+
+
+def test_unknown_dataset_lists_the_registry():
+    from lsqbq.data import list_datasets
+
+    with pytest.raises(ConfigError) as e:
+        from_dict({"data": {"name": "svhn"}})
+    assert str(e.value) == f"data.name: 'svhn' is not one of {', '.join(map(repr, list_datasets()))}"
+
+
+def test_a_newly_registered_dataset_is_accepted_by_the_config():
+    from lsqbq.data import registry
+
+    spec = registry.DatasetSpec(name="tiny-test", num_classes=3, in_chans=1, image_size=28, stem="cifar",
+                                info=None, build=None, prepare=None, hash=None)
+    registry.register_dataset(spec)
+    try:
+        cfg = from_dict({"data": {"name": "tiny-test"}, "model": {"name": "lenet5"}})   # 28x28: LeNet fits
+        assert cfg.data.name == "tiny-test"
+    finally:
+        registry._REGISTRY.pop("tiny-test")
+
+
+def test_act_stats_and_schedule_names_come_from_their_modules():
+    from lsqbq.layers import ACT_STATS_MODES
+    from lsqbq.schedules import SCHEDULES
+
+    x_quant = {"x_quant": "ls-2"}
+    assert [from_dict({"model": {**x_quant, "act_stats": m}}).model.act_stats for m in ACT_STATS_MODES] == \
+        list(ACT_STATS_MODES)
+    milestones = {"milestones": [1]}
+    assert [from_dict({"schedule": {"name": s, **milestones}}).schedule.name for s in SCHEDULES] == list(SCHEDULES)
+    for key, value in (("model.act_stats", "sometimes"), ("schedule.name", "exponential")):
+        section, leaf = key.split(".")
+        with pytest.raises(ConfigError, match=f"{key}: '{value}' is not one of"):
+            from_dict({section: {leaf: value}})
+
+
+@pytest.mark.parametrize("x_quant, w_quant", [("fp", "fp"), ("ls-2", "ls-1"), ("fp", "ls-1"), ("ls-T", "fp")])
+def test_default_block_is_the_resnets_own(x_quant, w_quant):
+    from lsqbq.models import create_model
+
+    cfg = from_dict({"model": {"x_quant": x_quant, "w_quant": w_quant}})
+    opts = model_options(cfg, num_classes=10, in_chans=1)
+    built = create_model("resnet_small", **{k: v for k, v in opts.items() if k != "block"})
+    assert opts["block"] == built.block_type == ("regular" if x_quant == w_quant == "fp" else "xnor")
+
+
+@pytest.mark.parametrize("text, value", [("lr: 1e-3", 1e-3), ("lr: 5E-4", 5e-4), ("lr: -1e-3", None),
+                                         ("lr: 1.0e-3", 1e-3), ("lr: 2e+0", 2.0), ("lr: .5e-1", 0.05)])
+def test_yaml_exponent_floats_are_numbers(tmp_path, text, value):
+    """PyYAML (YAML 1.1) reads ``1e-3`` as a string; float keys take it as the number YAML 1.2 means."""
+    path = tmp_path / "c.yaml"
+    path.write_text(f"optim:\n  {text}\n")
+    assert isinstance(yaml.safe_load(path.read_text())["optim"]["lr"], (str, float))
+    if value is None:
+        with pytest.raises(ConfigError, match=r"optim.lr: must be > 0, got '-1e-3'"):
+            load_config(path)
+    else:
+        assert load_config(path).optim.lr == value
+        assert load_config(None, [f"optim.{text.replace(': ', '=')}"]).optim.lr == value
+
+
+@pytest.mark.parametrize("raw", ["fast", "1e", "e-3", "1e-3x", "nan", "inf", "0x10", "1_000e-3"])
+def test_non_numeric_float_strings_are_refused_with_the_hint(raw):
+    with pytest.raises(ConfigError) as e:
+        from_dict({"optim": {"lr": raw}})
+    assert str(e.value) == f"optim.lr: expected float, got str {raw!r} (write a number, e.g. 0.001, 1e-3 or 1.0e-3)"
+
+
+def test_exponent_strings_stay_strings_for_int_keys():
+    with pytest.raises(ConfigError, match=r"epochs: expected int, got str '1e2'"):
+        from_dict({"epochs": "1e2"})

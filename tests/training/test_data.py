@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from lsqbq.config import from_dict
+from lsqbq.errors import ConfigError
 from lsqbq.data import DataError, build_loaders, idx, main, set_epoch
 from lsqbq.data._common import ArrayDataset, DatasetInfo, array_hash
 
@@ -31,6 +32,37 @@ def test_prepare_cli_copies_and_prints_hash(fmnist_root, tmp_path, capsys):
     assert main(["prepare", "fashion-mnist", "--root", str(tmp_path / "fm"), "--source", fmnist_root]) == 0
     assert capsys.readouterr().out.strip() == FMNIST_HASH
     assert sorted(p.name for p in (tmp_path / "fm").iterdir()) == sorted(f + ".gz" for f in idx.FILES.values())
+
+
+def test_data_hash_checks_the_dataset_named(fmnist_root, tmp_path, capsys):
+    """The Fashion-MNIST files are not MNIST: ``data hash mnist`` on them exits 3 naming the first file."""
+    from lsqbq import cli
+
+    capsys.readouterr()
+    assert cli.main(["data", "hash", "mnist", "--root", fmnist_root]) == 3
+    first = idx.find_file(Path(fmnist_root), "mnist", idx.FILES["train_images"])
+    assert capsys.readouterr().err.strip() == (
+        f"lsqbq data: {first}: this is the Fashion-MNIST file train-images-idx3-ubyte (its sha256 is the official "
+        f"one), not mnist; use the dataset name fashion-mnist for {Path(fmnist_root).resolve()}, or point mnist at "
+        f"the MNIST files")
+    assert cli.main(["data", "hash", "fashion-mnist", "--root", fmnist_root]) == 0
+    assert capsys.readouterr().out.strip() == FMNIST_HASH
+
+
+def test_registry_properties_agree_with_the_readers(tmp_path):
+    """Each registered dataset's classes / channels / size are those its reader reports."""
+    from lsqbq.data import dataset_info, get_dataset, list_datasets
+
+    folder = tmp_path / "images"
+    for cls in ("a", "b", "c"):
+        (folder / "train" / cls).mkdir(parents=True)
+    assert list_datasets() == ["fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder"]
+    for name in list_datasets():
+        spec, info = get_dataset(name), dataset_info(name, folder, 40)
+        assert info.num_classes == (spec.num_classes or 3) and info.in_chans == spec.in_chans
+        assert info.image_size == (spec.image_size or 40) and len(info.mean) == spec.in_chans
+    with pytest.raises(ConfigError, match="data.name: unknown dataset 'svhn'; choose one of fashion-mnist, mnist"):
+        get_dataset("svhn")
 
 
 def test_missing_data_names_path_and_remedy(tmp_path):
