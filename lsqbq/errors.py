@@ -21,7 +21,7 @@ class                  exit code    raised for
 from __future__ import annotations
 
 __all__ = [
-    "LsqbqError", "ConfigError", "SchemeError", "DataError", "DataNotFoundError", "CheckpointError",
+    "LsqbqError", "ConfigError", "SchemeError", "DataError", "DataNotFoundError", "RunFileError", "CheckpointError",
     "CheckpointNotFoundError", "InputError", "InputTypeError", "TrainingError", "EXIT_CODES",
 ]
 
@@ -50,6 +50,11 @@ class DataError(LsqbqError, ValueError):
 
 class DataNotFoundError(DataError, FileNotFoundError):
     """A dataset file or directory does not exist."""
+
+
+class RunFileError(DataError):
+    """A per-run result file (``metrics.json``, ``bitwise.json``) is malformed, holds a missing, non-finite or
+    out-of-range value, or names another run than the folder it sits in; the message names the file and the key."""
 
 
 class CheckpointError(LsqbqError, ValueError):

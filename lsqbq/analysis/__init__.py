@@ -12,16 +12,19 @@ Three commands (``lsqbq analyze <command>``, :mod:`lsqbq.analysis.cli`), each wr
             (:mod:`~lsqbq.analysis.hooks`) and their quantization per scheme, mean and 95 % interval over images
             (paper V1 Fig. 4), plus a figure.
 
-The measures themselves are in :mod:`~lsqbq.analysis.measures`.
+The measures themselves are in :mod:`~lsqbq.analysis.measures`; the exact Lloyd-Max references of the
+unit-variance densities in :mod:`~lsqbq.analysis.lloyd_max` and :mod:`~lsqbq.analysis.exact`; the files written in
+:mod:`~lsqbq.analysis.report` and :mod:`~lsqbq.analysis.figures`. The package never imports :mod:`lsqbq.tables`
+(which builds on it).
 """
 from .cli import build_parser, main
 from .hooks import activation_sites, layer_inputs, quantizable_layers, weight_rows
-from .lloyd_max import DISTRIBUTIONS, lloyd_max, lloyd_max_density
+from .lloyd_max import DISTRIBUTIONS, codebook_mse, lloyd_max, lloyd_max_density, lloyd_max_exact
 from .measures import (ANGLE_SCHEMES, ERROR_SCHEMES, PTQ_SCHEMES, REFERENCE_SCHEMES, angle_rows, error_rows,
                        quantize_weights, synthetic_rows)
 
 __all__ = [
     "ERROR_SCHEMES", "PTQ_SCHEMES", "ANGLE_SCHEMES", "REFERENCE_SCHEMES", "DISTRIBUTIONS", "lloyd_max",
-    "lloyd_max_density", "synthetic_rows", "error_rows", "quantize_weights", "angle_rows", "quantizable_layers",
+    "lloyd_max_density", "lloyd_max_exact", "codebook_mse", "synthetic_rows", "error_rows", "quantize_weights", "angle_rows", "quantizable_layers",
     "weight_rows", "activation_sites", "layer_inputs", "build_parser", "main",
 ]

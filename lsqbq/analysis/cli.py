@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from ..schemes import get_scheme
-from ..tables import figures, render
+from . import figures, report
 from .hooks import layer_inputs, weight_rows
 from .lloyd_max import DISTRIBUTIONS
 from .measures import ANGLE_SCHEMES, PTQ_SCHEMES, angle_rows, error_rows, quantize_weights, synthetic_rows
@@ -80,24 +80,24 @@ def error_view(df: pd.DataFrame) -> pd.DataFrame:
         "data": df["source"], "scheme": df["scheme"].map(_display), "levels": df["levels"],
         "MSE": df["mse"].map(lambda v: f"{v:.4g}"), "relative error": df["rel_error"].map(lambda v: f"{v:.4f}"),
         "Lloyd-Max MSE": df["lloyd_max_mse"].where(has_bound).map(lambda v: "" if pd.isna(v) else f"{v:.4g}"),
-        "vs Lloyd-Max": df["excess"].where(has_bound).map(render.fmt_percent)})
+        "vs Lloyd-Max": df["excess"].where(has_bound).map(report.fmt_percent)})
 
 
 def ptq_view(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"weights": df["w_quant"].map(_display), "k^w": df["k_w"],
-                         "top-1 (%)": df["top1"].map(render.fmt_value), "top-5 (%)": df["top5"].map(render.fmt_value)})
+                         "top-1 (%)": df["top1"].map(report.fmt_value), "top-5 (%)": df["top5"].map(report.fmt_value)})
 
 
 def angles_view(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "layer": df["layer"], "scheme": df["scheme"].map(_display),
-        "angle (degrees)": [render.fmt_mean_std(m, c, 2, 2) for m, c in zip(df["angle_deg"], df["angle_ci95"])],
-        "relative error": [render.fmt_mean_std(m, c, 2, 4) for m, c in zip(df["rel_error"], df["rel_error_ci95"])]})
+        "angle (degrees)": [report.fmt_mean_std(m, c, 2, 2) for m, c in zip(df["angle_deg"], df["angle_ci95"])],
+        "relative error": [report.fmt_mean_std(m, c, 2, 4) for m, c in zip(df["rel_error"], df["rel_error_ci95"])]})
 
 
 def _write(rows: list[dict], prefix: str | Path, command: str) -> None:
     """``PREFIX.csv`` from ``rows``, then the markdown (and figure) rendered from it."""
-    render.write_csv(rows, Path(prefix).with_suffix(".csv"))
+    report.write_csv(rows, Path(prefix).with_suffix(".csv"))
     render_outputs(command, prefix)
 
 
@@ -106,7 +106,7 @@ def render_outputs(command: str, prefix: str | Path) -> None:
     prefix = Path(prefix)
     csv = prefix.with_suffix(".csv")
     title, note, view = DOCS[command]
-    render.write_markdown(prefix.with_suffix(".md"), title, [note, view(render.read_csv(csv))])
+    report.write_markdown(prefix.with_suffix(".md"), title, [note, view(report.read_csv(csv))])
     if command == "angles":
         figures.plot_angles([csv], prefix.with_suffix(".png"))
 

@@ -2,13 +2,17 @@
 scheme is compared with."""
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
-__all__ = ["lloyd_max", "lloyd_max_density", "DISTRIBUTIONS"]
+__all__ = ["lloyd_max", "lloyd_max_density", "lloyd_max_exact", "codebook_mse", "unit_variance", "DISTRIBUTIONS",
+           "EXACT_TOL"]
 
 DISTRIBUTIONS = ("normal", "laplace", "uniform")
+#: Convergence tolerance of :func:`lloyd_max_exact` (largest codeword move between iterations).
+EXACT_TOL = 1e-13
 
 
 def lloyd_max(values: np.ndarray, levels: int, weights: np.ndarray | None = None, iters: int = 2000,
@@ -98,3 +102,73 @@ def lloyd_max_density(dist: str, levels: int, points: int = 400_001) -> tuple[np
     w[0] /= 2
     w[-1] /= 2
     return lloyd_max(grid, levels, weights=w)
+
+
+def unit_variance(dist: str):
+    """The unit-variance ``scipy.stats`` distribution named ``dist``: N(0, 1), Laplace with scale 1/sqrt 2, or
+    uniform on [-sqrt 3, sqrt 3]."""
+    from scipy import stats
+
+    if dist == "normal":
+        return stats.norm()
+    if dist == "laplace":
+        return stats.laplace(scale=1 / math.sqrt(2))
+    if dist == "uniform":
+        return stats.uniform(loc=-math.sqrt(3), scale=2 * math.sqrt(3))
+    raise ValueError(f"unknown distribution {dist!r}; choose one of {', '.join(DISTRIBUTIONS)}")
+
+
+def _moment(pdf, lo: float, hi: float, power: int, centre: float = 0.0) -> float:
+    """int_lo^hi (x - centre)^power pdf(x) dx by adaptive quadrature (split at 0, where Laplace has its kink)."""
+    from scipy.integrate import quad
+
+    pieces = [(lo, 0.0), (0.0, hi)] if lo < 0 < hi else [(lo, hi)]
+    return sum(quad(lambda x: (x - centre) ** power * pdf(x), a, b, epsabs=1e-15, epsrel=1e-13, limit=200)[0]
+               for a, b in pieces if b > a)
+
+
+def _cells(code: np.ndarray, support: tuple[float, float]) -> list[tuple[float, float]]:
+    edges = [support[0], *((code[1:] + code[:-1]) / 2), support[1]]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def codebook_mse(dist: str, code) -> float:
+    """E[(X - q(X))^2] for X of :func:`unit_variance` ``dist`` and q the nearest-codeword quantizer of ``code``.
+
+    Math: cells between midpoints of the sorted codewords, sum over cells of int (x - c)^2 p(x) dx, each by
+    adaptive quadrature (``scipy.integrate.quad``, absolute tolerance 1e-15).
+    """
+    d = unit_variance(dist)
+    code = np.sort(np.asarray(code, dtype=np.float64))
+    support = tuple(float(v) for v in d.support())
+    return float(sum(_moment(d.pdf, a, b, 2, c) for (a, b), c in zip(_cells(code, support), code)))
+
+
+def lloyd_max_exact(dist: str, levels: int, tol: float = EXACT_TOL, iters: int = 10_000) -> tuple[np.ndarray, float]:
+    """Lloyd-Max quantizer of a unit-variance density to ``tol``, by Lloyd's iteration on the density itself.
+
+    Math: alternate thresholds t_i = (c_i + c_{i+1}) / 2 and centroids c_i = int_cell x p / int_cell p, the cell
+    integrals by adaptive quadrature, from the codewords at the equal-mass cell medians, until no codeword moves
+    more than ``tol``; then the MSE by :func:`codebook_mse`. For log-concave densities (all three here) the
+    fixed point is unique and is the global optimum (Fleischer 1964; Trushkin 1982). Known values for N(0, 1):
+    MSE 0.3634 / 0.1902 / 0.1175 for 2 / 3 / 4 levels (Max 1960); uniform: exactly 1 / levels^2.
+
+    Returns ``(codebook: (levels,), mse)``.
+    """
+    code, mse = _lloyd_max_exact(dist, levels, tol, iters)
+    return np.array(code), mse
+
+
+@functools.lru_cache(maxsize=None)
+def _lloyd_max_exact(dist: str, levels: int, tol: float, iters: int) -> tuple[tuple[float, ...], float]:
+    """The uncached iteration of :func:`lloyd_max_exact`, codebook as a tuple."""
+    d = unit_variance(dist)
+    support = tuple(float(v) for v in d.support())
+    code = d.ppf((np.arange(levels) + 0.5) / levels)
+    for _ in range(iters):
+        new = np.array([_moment(d.pdf, a, b, 1) / (d.cdf(b) - d.cdf(a)) for a, b in _cells(code, support)])
+        moved = float(np.max(np.abs(new - code)))
+        code = new
+        if moved <= tol:
+            break
+    return tuple(float(c) for c in code), codebook_mse(dist, code)

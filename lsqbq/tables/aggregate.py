@@ -15,6 +15,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from ..errors import DataError
 from ..schemes import get_scheme, kernel_name
 from .runs import PROVENANCE
 
@@ -110,9 +111,12 @@ def _with_paper(row: dict, paper: pd.DataFrame, training: str, x: str, w: str) -
 
 def qat_table(runs: pd.DataFrame, paper: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """One row per (model, x_quant, w_quant): top-1 / top-5 mean ± sample std over seeds, the seeds, the
-    provenance of every run (``;``-joined in seed order) and the paper's top-1 for the same scheme pair."""
+    provenance of every run (``;``-joined in seed order) and the paper's top-1 for the same scheme pair.
+
+    ``n_seeds`` and ``seeds`` count the values in the top-1 cell: a run without a top-1 (an MLflow run that
+    logged none) is in no row."""
     rows = []
-    groups = runs.groupby(["model", "x_quant", "w_quant"], sort=False)
+    groups = runs[runs["top1"].notna()].groupby(["model", "x_quant", "w_quant"], sort=False)
     for (model, x, w), g in sorted(groups, key=lambda kv: (kv[0][0], _order(kv[0][1], kv[0][2]))):
         g = g.sort_values("seed")
         row = {"dataset": dataset, "model": model, "k_a": get_scheme(x).label, "k_w": get_scheme(w).label,
@@ -129,9 +133,10 @@ def qat_table(runs: pd.DataFrame, paper: pd.DataFrame, dataset: str) -> pd.DataF
 
 def ptq_table(ptq: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
     """Post-training results (``lsqbq analyze ptq`` rows with their model and seed) -> mean ± std per (model,
-    weight scheme) over the fp models of every seed, with the paper's V1 Table 1 post-training top-1."""
+    weight scheme) over the fp models of every seed, with the paper's V1 Table 1 post-training top-1; ``n_seeds``
+    and ``seeds`` count the values in the top-1 cell."""
     rows = []
-    for (model, w), g in sorted(ptq.groupby(["model", "w_quant"], sort=False),
+    for (model, w), g in sorted(ptq[ptq["top1"].notna()].groupby(["model", "w_quant"], sort=False),
                                 key=lambda kv: (kv[0][0], get_scheme(kv[0][1]).sort_key)):
         g = g.sort_values("seed")
         t1, s1 = mean_std(g["top1"].tolist())
@@ -166,7 +171,8 @@ def inference_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, x_quant, w_quant) with quantized activations: test top-1 (mean ± std over seeds) with
     activation scales fitted per sample and with the moving averages recorded in training, their paired gap
     ``stored - fitted`` (:func:`t_interval` over seeds), and the top-1 of the bitwise (XNOR/popcount) model with
-    its agreement with the simulated one (% of images, lowest over seeds). Empty without those columns."""
+    its agreement with the simulated one (% of images, lowest over seeds). Empty without those columns. Every
+    non-empty cell of a row counts the runs of ``seeds`` (else :class:`DataError`)."""
     if "top1_stored" not in runs:
         return pd.DataFrame()
     rows = []
@@ -178,6 +184,7 @@ def inference_table(runs: pd.DataFrame) -> pd.DataFrame:
                "n_seeds": len(g), "seeds": ";".join(str(v) for v in g["seed"])}
         for mode in ("fitted", "stored"):
             row[f"top1_{mode}_mean"], row[f"top1_{mode}_std"] = mean_std(g[f"top1_{mode}"].tolist())
+        _same_runs(g, [c for c in ("top1_fitted", "top1_stored", "top1_bitwise") if c in g], (model, x, w))
         gap, low, high, _ = t_interval((g["top1_stored"] - g["top1_fitted"]).tolist())
         row.update({"gap_mean": gap, "gap_ci_low": low, "gap_ci_high": high})
         if "top1_bitwise" in g:
@@ -186,6 +193,17 @@ def inference_table(runs: pd.DataFrame) -> pd.DataFrame:
             row["bitwise_scale_mode"] = ";".join(sorted(set(g["bitwise_scale_mode"].dropna().astype(str)) - {""}))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _same_runs(g: pd.DataFrame, columns: list[str], row: tuple) -> None:
+    """Every non-empty cell of a row counts the row's ``seeds``: raise :class:`DataError` when a column has values
+    for some of the row's runs only."""
+    for c in columns:
+        have = g.loc[g[c].notna(), "seed"].tolist()
+        if 0 < len(have) < len(g):
+            raise DataError(f"{row[0]} {row[1]}/{row[2]}: {c} of seeds {', '.join(map(str, have))} only, of seeds "
+                            f"{', '.join(map(str, g['seed']))}; every cell of a row must count the same runs "
+                            "(lsqbq.tables.runs.read_runs checks this for the files it reads)")
 
 
 def checkpoint_latency(models: pd.DataFrame) -> pd.DataFrame:

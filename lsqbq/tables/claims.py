@@ -1,52 +1,35 @@
-"""The paper's claims, each checked against our results: measurement, paired difference with its 95 % interval
-and a verdict.
+"""The paper's claims, each checked against our results: measurement, paired difference with its interval and
+a verdict (:mod:`~lsqbq.tables.verdicts`).
 
-Verdict of a claim "A > B" from the interval [lo, hi] of the difference A - B:
-    reproduced                    lo > 0 (the whole interval on the claimed side),
-    contradicted                  hi < 0 (the whole interval on the other side),
-    not separable at this scale   otherwise (the interval holds 0, or fewer than two pairs give no interval).
-Claims about an optimum (no sampling unit to pair over) use a stated tolerance instead.
+1. Lloyd-Max optimum   ls-2 / ls-T against the exact Lloyd-Max quantizer of the normal, Laplace and uniform
+                       densities (:mod:`lsqbq.analysis.exact`), at the numerical tolerance ``EXACT_RTOL``;
+2. post-training and 3. quantization-aware training: the accuracy claims, one family under Holm's correction
+                       (:mod:`~lsqbq.tables.accuracy`);
+4. angles              ls-2 against gf-4 in the later layers (normal approximation over images);
+5. training cost       ls-2 against gf-2 wall time (t over seeds), with the step benchmark beside.
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
+from ..analysis.exact import EXACT_RTOL, GRID_POINTS, excess_over_lloyd_max
+from ..analysis.lloyd_max import DISTRIBUTIONS
 from ..schemes import get_scheme
-from .aggregate import by_unit, mean_std, paired, paper_value, t_interval
-from .render import fmt_mean_std, fmt_percent, fmt_value
+from .accuracy import METHOD_T, QAT_ORDER, QAT_WEIGHTS, adjust_family, ptq_claims, qat_claims
+from .aggregate import by_unit, mean_std, paper_value, t_interval
+from .render import fmt_percent, fmt_value
+from .verdicts import COLUMNS, CONTRADICTED, EQUIVALENT, NOT_SEPARABLE, REPRODUCED, row, verdict
 
-__all__ = ["REPRODUCED", "NOT_SEPARABLE", "CONTRADICTED", "LLOYD_TOLERANCE", "KINDS", "COLUMNS", "verdict",
-           "qat_paper_gaps", "build_claims"]
+__all__ = ["REPRODUCED", "NOT_SEPARABLE", "CONTRADICTED", "EQUIVALENT", "KINDS", "COLUMNS", "verdict",
+           "lloyd_max_claims", "ptq_claims", "qat_claims", "angle_claims", "cost_claims", "qat_paper_gaps",
+           "build_claims"]
 
-REPRODUCED, NOT_SEPARABLE, CONTRADICTED = "reproduced", "not separable at this scale", "contradicted"
-#: A per-row Lloyd-Max codebook fitted to a finite sample is not forced to be symmetric, so it sits slightly below
-#: the symmetric optimum ls-2 / ls-T reach; differences within this fraction count as equal.
-LLOYD_TOLERANCE = 0.01
-#: Claim 3: each scheme (activations, 1-bit ls-1 weights) above the next.
-QAT_ORDER = ("ls-2", "gf-2", "ls-T", "ls-1")
-QAT_WEIGHTS = "ls-1"
 Z95 = 1.959963984540054  # standard normal 97.5 % quantile
-
-
-def verdict(lo: float, hi: float, sign: int = 1) -> str:
-    """Verdict for the claim ``sign * difference > 0`` from the interval ``[lo, hi]`` of the difference."""
-    if math.isnan(lo) or math.isnan(hi):
-        return NOT_SEPARABLE
-    lo, hi = sorted((sign * lo, sign * hi))
-    return REPRODUCED if lo > 0 else CONTRADICTED if hi < 0 else NOT_SEPARABLE
-
-
 #: Kinds of claims, in the paper's order.
 KINDS = ("lloyd_max", "ptq", "qat", "angle", "cost")
-COLUMNS = ("kind", "claim", "paper", "model", "setting", "ours", "difference", "ci_low", "ci_high", "n", "unit",
-           "pairing", "verdict")
-
-
-def _row(*values) -> dict:
-    """One row of the claims table, values in :data:`COLUMNS` order."""
-    return dict(zip(COLUMNS, values, strict=True))
 
 
 def _disp(name: str) -> str:
@@ -56,10 +39,14 @@ def _disp(name: str) -> str:
 # ------------------------------------------------------------------------------- 1. Lloyd-Max optimum
 
 
-def lloyd_max_claims(error: pd.DataFrame) -> list[dict]:
-    """ls-2 / ls-T against the Lloyd-Max quantizer with 4 / 3 levels on the symmetric synthetic samples."""
-    from ..analysis.lloyd_max import DISTRIBUTIONS
+def lloyd_max_claims(error: pd.DataFrame, points: int = GRID_POINTS) -> list[dict]:
+    """ls-2 / ls-T against the exact Lloyd-Max quantizer with 4 / 3 levels on each symmetric unit-variance density.
 
+    The verdict is exact: the scheme's codebook (fitted by :func:`lsqbq.schemes.fit` to the density's
+    ``points``-point quantile grid) scored on the density, against the Lloyd-Max MSE from Lloyd's iteration on the
+    density, equal when ``|MSE / Lloyd-Max - 1| <= EXACT_RTOL`` (:mod:`lsqbq.analysis.exact`). The committed sample
+    rows of ``error`` (finite samples, per-row fit) are shown beside as the measurement on data.
+    """
     rows = []
     synth = error[error["source"].isin(DISTRIBUTIONS)].drop_duplicates(subset=["source", "scheme"])
     for name, section in (("ls-2", "3.2.2"), ("ls-T", "3.2.3")):
@@ -67,72 +54,21 @@ def lloyd_max_claims(error: pd.DataFrame) -> list[dict]:
         if sel.empty:
             continue
         s = get_scheme(name)
-        worst = float(sel["excess"].max())
-        ours = " / ".join(f"{r.source} {fmt_percent(r.excess)}" for r in sel.itertuples())
+        exact = {d: excess_over_lloyd_max(name, d, points) for d in DISTRIBUTIONS}
+        rel = {d: mse / opt - 1 for d, (mse, opt, _) in exact.items()}
+        worst = max(rel.values(), key=abs)
+        computed = " / ".join(f"{d} {mse:.6f} vs {opt:.6f}" for d, (mse, opt, _) in exact.items())
+        sampled = " / ".join(f"{r.source} {fmt_percent(r.excess)}" for r in sel.itertuples())
         values = int(sel["n_values"].iloc[0])
-        rows.append(_row("lloyd_max",
-            f"{s.display} error = Lloyd-Max optimum ({s.levels} levels) on symmetric data",
-            f"V1 Sec. {section}: {s.display} is the least-squares optimal foldable quantizer with {s.levels} levels",
-            "-", f"synthetic unit-variance samples, {values:,} values each, per-row fit",
-            f"MSE above Lloyd-Max: {ours}", 100 * worst, float("nan"), float("nan"), len(sel), "% (largest)",
-            f"same rows; tolerance {100 * LLOYD_TOLERANCE:.0f} % (no sampling unit)",
-            REPRODUCED if abs(worst) <= LLOYD_TOLERANCE else CONTRADICTED))
-    return rows
-
-
-# -------------------------------------------------------------------------- 2. post-training ls-2 >> gf-2
-
-
-def ptq_claims(ptq: pd.DataFrame, paper: pd.DataFrame) -> list[dict]:
-    """Post-training weight quantization: ls-2 against gf-2, paired by the fp model (one per seed)."""
-    a, b = "ls-2", "gf-2"
-    fp = get_scheme(None).name
-    pa, pb = (paper_value(paper, "post", fp, w, "V1 Table 1") for w in (a, b))
-    ref = f"V1 Table 1, ImageNet: {pa['top1']} vs {pb['top1']} top-1" if pa and pb else "V1 Table 1"
-    rows = []
-    for model, g in ptq.groupby("model", sort=True):
-        va = g[g["w_quant"] == a].set_index("run_id")["top1"]
-        vb = g[g["w_quant"] == b].set_index("run_id")["top1"]
-        common = sorted(set(va.index) & set(vb.index))
-        if not common:
-            continue
-        diffs = [float(va[r] - vb[r]) for r in common]
-        mean, lo, hi, n = t_interval(diffs)
-        ours = f"{fmt_mean_std(*mean_std(va[common].tolist()), n)} vs {fmt_mean_std(*mean_std(vb[common].tolist()), n)}"
-        rows.append(_row("ptq", f"post-training {_disp(a)} weights far above {_disp(b)}", ref, model,
-                         "fp model's weights quantized, activations fp; test top-1 (%)", ours, mean, lo, hi, n,
-                         "points", "by fp model (seed)", verdict(lo, hi)))
-    return rows
-
-
-# ------------------------------------------------------------------------------ 3. QAT ordering
-
-
-def qat_claims(runs: pd.DataFrame, paper: pd.DataFrame) -> list[dict]:
-    """Quantization-aware training with 1-bit weights: ls-2 > gf-2 > ls-T > ls-1 (activations), each adjacent
-    pair compared on the runs that share seed and teacher."""
-    rows = []
-    for model, g in runs.groupby("model", sort=True):
-        for hi_s, lo_s in zip(QAT_ORDER, QAT_ORDER[1:]):
-            a, b = (hi_s, QAT_WEIGHTS), (lo_s, QAT_WEIGHTS)
-            pairs = paired(g, a, b, "top1")
-            if not pairs:
-                continue
-            mean, lo, hi, n = t_interval([d for _, d in pairs])
-            refs = []
-            for source, label in (("V1 Table 2", "V1"), ("README ImageNet", "official code")):
-                pa, pb = (paper_value(paper, "qat", x, w, source) for x, w in (a, b))
-                if pa and pb:
-                    refs.append(f"{label} {pa['top1']} vs {pb['top1']}")
-            units = {u for u, _ in pairs}
-            sel = lambda p: g[(g["x_quant"] == p[0]) & (g["w_quant"] == p[1])]  # noqa: E731
-            ms = [mean_std(sel(p)["top1"].tolist()) for p in (a, b)]
-            rows.append(_row("qat",
-                f"QAT: {_disp(hi_s)} above {_disp(lo_s)} activations ({_disp(QAT_WEIGHTS)} weights)",
-                "ImageNet: " + ", ".join(refs) if refs else "V1 Tables 1-2", model,
-                "top-1 (%) after quantization-aware training",
-                f"{fmt_mean_std(*ms[0], n)} vs {fmt_mean_std(*ms[1], n)}", mean, lo, hi, n, "points",
-                "by seed and teacher" if all(t for _, t in units) else "by seed", verdict(lo, hi)))
+        rows.append(row(
+            kind="lloyd_max", claim=f"{s.display} error = Lloyd-Max optimum ({s.levels} levels) on symmetric data",
+            paper=f"V1 Sec. {section}: {s.display} is the least-squares optimal foldable quantizer with {s.levels} "
+                  "levels",
+            model="-", setting=f"exact on the unit-variance densities; samples of {values:,} values, per-row fit",
+            ours=f"MSE vs Lloyd-Max: {computed}; on samples: {sampled}", difference=100 * worst,
+            method="exact (quadrature)", n=len(exact), unit="% (largest)",
+            pairing=f"exact; tolerance {EXACT_RTOL:g} relative",
+            verdict=REPRODUCED if max(abs(v) for v in rel.values()) <= EXACT_RTOL else CONTRADICTED))
     return rows
 
 
@@ -160,12 +96,14 @@ def angle_claims(angles: pd.DataFrame) -> list[dict]:
         where = "its only layer" if len(layers) == 1 else f"layers {later[0] + 1}-{later[-1] + 1} of {len(layers)}"
         images = int(ga["images"].iloc[0])
         seeds = sorted(set(g["seed"])) if "seed" in g else []
-        rows.append(_row("angle",
-            f"angle of {_disp(a)} below {_disp(b)} in later layers", "V1 Fig. 4 (ResNet-18, ImageNet; no values)",
-            model, f"fp teacher (seed {', '.join(map(str, seeds))}), {images} test images, {which}",
-            f"{fmt_value(ga['angle_deg'].mean())}° vs {fmt_value(gb['angle_deg'].mean())}° ({where})", d, lo, hi,
-            images,
-            "degrees", "over images (one teacher; per-scheme intervals combined)", verdict(lo, hi, sign=-1)))
+        rows.append(row(
+            kind="angle", claim=f"angle of {_disp(a)} below {_disp(b)} in later layers",
+            paper="V1 Fig. 4 (ResNet-18, ImageNet; no values)", model=model,
+            setting=f"fp teacher (seed {', '.join(map(str, seeds))}), {images} test images, {which}",
+            ours=f"{fmt_value(ga['angle_deg'].mean())}° vs {fmt_value(gb['angle_deg'].mean())}° ({where})",
+            difference=d, ci_low=lo, ci_high=hi, method="normal approximation over images", n=images,
+            images=images, unit="degrees", pairing="over images (one teacher; per-scheme intervals combined)",
+            verdict=verdict(lo, hi, sign=-1)))
     return rows
 
 
@@ -191,10 +129,11 @@ def cost_claims(runs: pd.DataFrame, bench: pd.DataFrame) -> list[dict]:
             if a in bsel.index and b in bsel.index:
                 ours += (f"; step benchmark {fmt_value(bsel[a], 1)} vs {fmt_value(bsel[b], 1)} ms "
                          f"({fmt_percent(bsel[a] / bsel[b] - 1)})")
-        rows.append(_row("cost", f"training with {_disp(a[0])} activations costs more than with {_disp(b[0])}",
-                         "V1 Sec. 3.2.2: 35 % slower than gf-2", model,
-                         "wall time of each whole training run", ours, mean, lo, hi,
-                         n, "% slower", "by seed and teacher", verdict(lo, hi)))
+        rows.append(row(
+            kind="cost", claim=f"training with {_disp(a[0])} activations costs more than with {_disp(b[0])}",
+            paper="V1 Sec. 3.2.2: 35 % slower than gf-2", model=model, setting="wall time of each whole training run",
+            ours=ours, difference=mean, ci_low=lo, ci_high=hi, method=METHOD_T, t_low=lo, t_high=hi, n=n,
+            unit="% slower", pairing="by seed and teacher", verdict=verdict(lo, hi)))
     return rows
 
 
@@ -206,14 +145,20 @@ def qat_paper_gaps(paper: pd.DataFrame, source: str = "V1 Table 2") -> list[floa
 
 def build_claims(runs: pd.DataFrame, paper: pd.DataFrame, ptq: pd.DataFrame | None = None,
                  error: pd.DataFrame | None = None, angles: pd.DataFrame | None = None,
-                 bench: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Every claim that the given results can test, in the paper's order (missing inputs skip their claims)."""
+                 bench: pd.DataFrame | None = None, predictions: dict[str, np.ndarray] | None = None
+                 ) -> pd.DataFrame:
+    """Every claim that the given results can test, in the paper's order (missing inputs skip their claims);
+    the accuracy claims (post-training and quantization-aware training) adjusted as one family
+    (:func:`~lsqbq.tables.accuracy.adjust_family`). ``predictions``: ``{training run id: predictions}``
+    (:func:`lsqbq.tables.predictions.load_predictions`), which switches the accuracy intervals of every row whose
+    runs all have them to the hierarchical bootstrap over seeds and test images."""
     rows: list[dict] = []
     if error is not None and not error.empty:
         rows += lloyd_max_claims(error)
     if ptq is not None and not ptq.empty:
         rows += ptq_claims(ptq, paper)
-    rows += qat_claims(runs, paper)
+    rows += qat_claims(runs, paper, predictions)
+    adjust_family(rows)
     if angles is not None and not angles.empty:
         rows += angle_claims(angles)
     rows += cost_claims(runs, bench if bench is not None else pd.DataFrame())

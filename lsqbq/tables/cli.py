@@ -22,12 +22,13 @@ Outputs in ``--out`` (markdown for the reader; CSV with every number and its pro
     ``claims``  each claim of the paper with our paired difference, its 95 % interval and a verdict.
 
 Runs are identified by the dataset / model / schemes / seed stored in each ``metrics.json``; analysis CSVs are
-joined to the run they analysed by MLflow run id. ``--from-mlflow`` rebuilds ``qat`` from the MLflow store alone.
+joined to the run they analysed by MLflow run id. Every result file is validated (:mod:`~lsqbq.tables.run_files`):
+an invalid one is an error naming the file and the key, or with ``--exclude-invalid`` its run is left out of every
+table and listed in the notes. ``--from-mlflow`` rebuilds ``qat`` from the MLflow store alone.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -35,16 +36,18 @@ import pandas as pd
 
 from ..errors import DataError, LsqbqError
 from ..schemes import get_scheme
-from . import aggregate, claims, figures, render, runs, views
+from . import aggregate, claims, figures, predictions, render, runs, views
 
 __all__ = ["build_parser", "main", "build"]
 
 
-def _write(out: Path, name: str, data: pd.DataFrame, doc) -> Path:
+def _write(out: Path, name: str, data: pd.DataFrame, doc, excluded: list[str] = ()) -> Path:
     """``name.csv`` from ``data``, then ``name.md`` and ``name.html`` (for ``snakemake --report``) rendered from
-    the CSV as read back (``doc(df) -> (title, blocks)``), so both are functions of the CSV alone."""
+    the CSV as read back (``doc(df) -> (title, blocks)``), so both are functions of the CSV alone; the runs
+    ``--exclude-invalid`` left out are listed at the end of the notes."""
     csv = render.write_csv(data, out / f"{name}.csv")
     title, blocks = doc(render.read_csv(csv))
+    blocks = [*blocks, *render.excluded_notes(excluded)]
     render.write_markdown(out / f"{name}.md", title, blocks)
     render.write_html(out / f"{name}.html", title, blocks)
     return csv
@@ -65,16 +68,18 @@ def profile_defaults(path: str | Path) -> dict[str, str]:
     if not Path(path).is_file():
         raise DataError(f"--profile {path}: no such file; run from the project root or give a workflow profile such "
                         "as config/test.yaml")
-    cfg: dict = {}
-    for f in dict.fromkeys([Path("config/config.yaml"), Path(path)]):
-        if f.is_file():
-            cfg.update(yaml.safe_load(f.read_text()) or {})
+    from ..workflow_store import store_uri
+
+    default = Path("config/config.yaml")
+    published = yaml.safe_load(default.read_text()) or {} if default.is_file() else {}
+    cfg: dict = dict(published)
+    if Path(path) != default:
+        cfg.update(yaml.safe_load(Path(path).read_text()) or {})
     dataset = cfg.get("dataset_tag") or cfg.get("dataset")
     mlflow = cfg.get("mlflow") or {}
     root = Path(cfg.get("output_root") or ".")
     return {"dataset": dataset, "experiment": mlflow.get("experiment") or f"lsqbq-{cfg.get('profile')}-{dataset}",
-            "tracking_uri": mlflow.get("uri") or os.environ.get("MLFLOW_TRACKING_URI")
-            or f"sqlite:///{(root / 'mlflow.db').as_posix()}",
+            "tracking_uri": store_uri(cfg, published),
             "out": (root / "results" / "tables" / "from-mlflow" / str(dataset)).as_posix()}
 
 
@@ -90,43 +95,64 @@ def _fill_defaults(args) -> None:
         raise DataError(f"{' and '.join(missing)} required (or --from-mlflow, which takes them from the profile)")
 
 
+def _load(args) -> tuple[runs.RunSet, dict[str, pd.DataFrame]]:
+    """The runs (with what ``--exclude-invalid`` left out and the evaluation files kept) and the analyses
+    (``ptq``, ``error``, ``angles``) joined to them: every input read and validated before anything is written."""
+    if args.from_mlflow:
+        return runs.RunSet(runs.runs_from_mlflow(args.tracking_uri, args.experiment, args.dataset)), {}
+    found = runs.read_runs(args.train, args.evaluate, args.bitwise, dataset=args.dataset,
+                           exclude_invalid=args.exclude_invalid)
+    excluded = found.excluded
+    if found.runs.empty:
+        raise DataError("no runs found; pass the runs' metrics.json files with --train"
+                        + (f" (--exclude-invalid left out {len(excluded)} result file"
+                           f"{'s' if len(excluded) > 1 else ''}, the first: {excluded[0]})" if excluded else ""))
+    skip = excluded if args.exclude_invalid else None
+    analyses = {k: runs.load_analysis(getattr(args, k), found.runs, excluded=skip) for k in ("ptq", "error", "angles")}
+    return found, analyses
+
+
 def build(args) -> None:
     """Every output the given inputs allow (see the module docstring)."""
     _fill_defaults(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     paper = runs.load_paper(args.paper)
-    if args.from_mlflow:
-        run_df = runs.runs_from_mlflow(args.tracking_uri, args.experiment, args.dataset)
-    else:
-        run_df = runs.load_runs(args.train, args.evaluate, args.bitwise)
+    found, analyses = _load(args)
+    run_df, excluded = found.runs, found.excluded
     if run_df.empty:
         raise DataError("no runs found; pass the runs' metrics.json files with --train")
+    # per-image predictions beside the kept evaluations: the claims' test-set uncertainty (read before writing)
+    per_image = predictions.load_predictions(found.evaluate)
+    for message in excluded:
+        print(f"lsqbq tables: excluded (--exclude-invalid): {message}", file=sys.stderr)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     qat = aggregate.qat_table(run_df, paper, args.dataset)
-    qat_csv = _write(out, "qat", qat, lambda df: views.qat_doc(df, args.dataset))
+    qat_csv = _write(out, "qat", qat, lambda df: views.qat_doc(df, args.dataset), excluded)
     if args.from_mlflow:
         return
     render.write_csv(_sorted_runs(run_df), out / "qat_runs.csv")
-    ptq = runs.load_analysis(args.ptq, run_df)
+    ptq = analyses["ptq"]
     if not ptq.empty:
-        _write(out, "ptq", aggregate.ptq_table(ptq, paper), lambda df: views.ptq_doc(df, args.dataset))
-    error = runs.load_analysis(args.error, run_df)
+        _write(out, "ptq", aggregate.ptq_table(ptq, paper), lambda df: views.ptq_doc(df, args.dataset), excluded)
+    error = analyses["error"]
     if not error.empty:
         error = aggregate.error_table(error)
-        _write(out, "error", error, views.error_doc)
-    angles = runs.load_analysis(args.angles, run_df)
+        _write(out, "error", error, views.error_doc, excluded)
+    angles = analyses["angles"]
     if not angles.empty:
         figures.plot_angles([render.write_csv(angles, out / "angles.csv")], out / "angles.png")
     inference = aggregate.inference_table(run_df)
     if not inference.empty:
-        _write(out, "inference", inference, views.inference_doc)
+        _write(out, "inference", inference, views.inference_doc, excluded)
     if args.models_bench:
         pareto = aggregate.pareto_table(render.read_csv(qat_csv), pd.read_csv(args.models_bench))
-        figures.plot_pareto(_write(out, "pareto", pareto, views.pareto_doc), out / "pareto.png")
+        figures.plot_pareto(_write(out, "pareto", pareto, views.pareto_doc, excluded), out / "pareto.png")
     bench = runs.load_training_bench(args.training_bench)
-    table = claims.build_claims(run_df, paper, ptq=ptq, error=error, angles=angles, bench=bench)
+    table = claims.build_claims(run_df, paper, ptq=ptq, error=error, angles=angles, bench=bench,
+                                predictions=per_image)
     _write(out, "claims", table,
-           lambda df: views.claims_doc(df, render.read_csv(qat_csv), claims.qat_paper_gaps(paper), args.dataset))
+           lambda df: views.claims_doc(df, render.read_csv(qat_csv), claims.qat_paper_gaps(paper), args.dataset),
+           excluded)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--training-bench", default=None,
                    help="training.csv from `lsqbq bench training` (step time in the training-cost claim)")
     p.add_argument("--paper", default=None, help="paper numbers CSV (default: the packaged reference)")
+    p.add_argument("--exclude-invalid", action="store_true",
+                   help="leave out runs whose result files are invalid (missing, non-finite or out-of-range values, "
+                        "wrong types, identity that disagrees with the folder or --dataset, results their row's "
+                        "other runs have) and list them in every table's notes; default: such a file is an error")
     p.add_argument("--from-mlflow", action="store_true", help="build the QAT table from the MLflow store alone")
     p.add_argument("--profile", default="config/config.yaml",
                    help="workflow profile whose runs --from-mlflow reads (default: the default profile)")

@@ -2,49 +2,22 @@
 
 ``plot_pareto``   pareto.csv   top-1 accuracy against the measured latency of the kernel each scheme pair runs on;
 ``plot_kernels``  kernels.csv  latency of every kernel per ResNet-18 3x3 layer shape (batch 1, 1 thread);
-``plot_angles``   angles.csv   angle between activations and their quantization per layer and scheme, with the
-                               difference from ls-2 (95 % intervals over images).
+``plot_angles``   angles.csv   the angle figure, owned by :mod:`lsqbq.analysis.figures` (which ``lsqbq analyze
+                               angles`` draws too) with the figure basics used here.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Sequence
 
-import pandas as pd
-
+from ..analysis.figures import ANGLE_REFERENCE, draw_angles, plot_angles
+from ..analysis.figures import pyplot as _pyplot
+from ..analysis.figures import save as _save
+from ..analysis.figures import scheme_colors as _colors
 from ..schemes import get_scheme
 from .render import read_csv
 
 __all__ = ["plot_pareto", "plot_kernels", "plot_angles", "draw_pareto", "draw_kernels", "draw_angles",
            "ANGLE_REFERENCE"]
-
-#: The scheme the angle differences are taken from (the paper's proposal).
-ANGLE_REFERENCE = "ls-2"
-DPI = 120
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.15, metadata={"Software": None})
-    _pyplot().close(fig)
-    return path
-
-
-def _colors(schemes: Sequence[str]) -> dict[str, str]:
-    """One fixed colour per scheme, in display order (the same scheme has the same colour in every panel)."""
-    palette = [f"C{i}" for i in range(10)]
-    return {s: palette[i % 10] for i, s in enumerate(sorted(set(schemes), key=lambda n: get_scheme(n).sort_key))}
 
 
 # ------------------------------------------------------------------------------------------------ labels
@@ -218,94 +191,5 @@ def draw_kernels(csv: str | Path):
     ax.legend(title="kernel", loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=9)
     ax.text(1.02, 0.02, "AxW: bitwise XNOR/popcount,\nk^a x k^w bit planes\n(T: ternary, sign + mask)\n"
             "fp32, int8: the fastest\ntorch conv measured", transform=ax.transAxes, fontsize=8, va="bottom")
-    fig.tight_layout()
-    return fig
-
-
-# ------------------------------------------------------------------------------------------------ angles
-
-
-def _read_angles(csvs: Sequence[str | Path]) -> pd.DataFrame:
-    frames = []
-    for f in csvs:
-        df = read_csv(f)
-        if "model" not in df:
-            df.insert(0, "model", "")
-        frames.append(df)
-    return pd.concat(frames, ignore_index=True)
-
-
-def plot_angles(csvs: Sequence[str | Path], path: str | Path) -> Path:
-    """:func:`draw_angles` of ``csvs`` saved as ``path``."""
-    return _save(draw_angles(csvs), path)
-
-
-def draw_angles(csvs: Sequence[str | Path]):
-    """Per model (one row of panels): the angle between each image's activations and their quantization, mean
-    and 95 % interval over images per layer and scheme (left), and each scheme's angle minus ls-2's (right; the
-    two schemes' intervals combined as independent). A model with a single quantized layer is drawn as a dot plot
-    over schemes instead of a line over layers."""
-    plt = _pyplot()
-    df = _read_angles(csvs)
-    models = list(dict.fromkeys(df["model"]))
-    schemes = sorted(dict.fromkeys(df["scheme"]), key=lambda n: get_scheme(n).sort_key)
-    colors = _colors(schemes)
-    ref = ANGLE_REFERENCE if ANGLE_REFERENCE in schemes else schemes[0]
-    ref_name = get_scheme(ref).display
-    heights = [3.9 if df[df["model"] == m]["layer_index"].nunique() > 1 else 2.9 for m in models]
-    fig, axes = plt.subplots(len(models), 2, figsize=(12.5, sum(heights) + 0.8), squeeze=False,
-                             gridspec_kw={"height_ratios": heights})
-    for (ax_a, ax_d), model in zip(axes, models):
-        g = df[df["model"] == model]
-        base = g[g["scheme"] == ref].set_index("layer_index")
-        layers = sorted(set(g["layer_index"]))
-        names = [g[g["layer_index"] == i]["layer"].iloc[0] for i in layers]
-        title = f"{model}: " if model else ""
-        if len(layers) == 1:
-            ys = list(range(len(schemes)))[::-1]
-            for y, s in zip(ys, schemes):
-                r = g[g["scheme"] == s].iloc[0]
-                ax_a.errorbar(r["angle_deg"], y, xerr=r["angle_ci95"], fmt="o", color=colors[s], capsize=4)
-                d = r["angle_deg"] - base["angle_deg"].iloc[0]
-                ci = math.hypot(r["angle_ci95"], base["angle_ci95"].iloc[0]) if s != ref else 0.0
-                ax_d.errorbar(d, y, xerr=ci, fmt="o", color=colors[s], capsize=4)
-            for ax in (ax_a, ax_d):
-                ax.set_yticks(ys, [get_scheme(s).display for s in schemes])
-                ax.set_ylim(-0.7, len(schemes) - 0.3)
-                ax.grid(alpha=0.3, axis="x")
-            ax_d.axvline(0, color="0.5", lw=0.8)
-            ax_a.set_xlabel("angle between x and x_q (degrees)")
-            ax_d.set_xlabel(f"angle minus {ref_name}'s (degrees)")
-            ax_a.set_title(f"{title}its only quantized layer ({names[0]}): mean, 95 % CI over images "
-                           f"(±{g['angle_ci95'].max():.2f}° at most)", fontsize=10)
-            ax_d.set_title(f"{title}difference from {ref_name} (< 0: closer than {ref_name})", fontsize=10)
-            continue
-        for s in schemes:
-            r = g[g["scheme"] == s].set_index("layer_index").loc[layers]
-            m, ci = r["angle_deg"].to_numpy(), r["angle_ci95"].to_numpy()
-            ax_a.fill_between(layers, m - ci, m + ci, color=colors[s], alpha=0.3, lw=0)
-            ax_a.errorbar(layers, m, yerr=ci, marker="o", ms=4, capsize=3, color=colors[s],
-                          label=get_scheme(s).display)
-            d = m - base.loc[layers, "angle_deg"].to_numpy()
-            if s == ref:
-                ax_d.plot(layers, d, marker="o", ms=4, color=colors[s])
-                continue
-            dci = (ci**2 + base.loc[layers, "angle_ci95"].to_numpy() ** 2) ** 0.5
-            ax_d.fill_between(layers, d - dci, d + dci, color=colors[s], alpha=0.3, lw=0)
-            ax_d.errorbar(layers, d, yerr=dci, marker="o", ms=4, capsize=3, color=colors[s])
-        for ax in (ax_a, ax_d):
-            ax.set_xticks(layers, names, rotation=25, ha="right", fontsize=8)
-            ax.set_xlabel("quantized layer (activations after this BN, forward order)")
-            ax.grid(alpha=0.3)
-        ax_d.axhline(0, color="0.5", lw=0.8)
-        ax_a.set_ylabel("angle between x and x_q (degrees)")
-        ax_d.set_ylabel(f"angle minus {ref_name}'s (degrees)")
-        ax_a.set_title(f"{title}mean, 95 % CI over images (bands; ±{g['angle_ci95'].max():.2f}° at most)",
-                       fontsize=10)
-        ax_d.set_title(f"{title}difference from {ref_name} (< 0: closer than {ref_name})", fontsize=10)
-    handles = [plt.Line2D([], [], marker="o", color=colors[s], label=get_scheme(s).display) for s in schemes]
-    fig.legend(handles=handles, title="activation scheme", loc="upper left", bbox_to_anchor=(1.0, 0.95))
-    images = int(df["images"].iloc[0]) if "images" in df else 0
-    fig.suptitle(f"Activations of the trained fp model vs their quantization ({images} test images)")
     fig.tight_layout()
     return fig

@@ -12,7 +12,7 @@ from typing import Sequence
 import pandas as pd
 
 __all__ = ["TEXT_COLUMNS", "fmt_mean_std", "fmt_value", "fmt_signed", "fmt_percent", "fmt_interval",
-           "markdown_table", "markdown_document", "write_markdown", "write_csv", "read_csv"]
+           "excluded_notes", "markdown_table", "markdown_document", "write_markdown", "write_csv", "read_csv"]
 
 #: Columns read as text: bit-width labels ("T", "32"), seed lists and provenance hashes / ids.
 TEXT_COLUMNS = ("k_a", "k_w", "levels", "seed", "seeds", "commit", "config_hash", "data_hash", "run_id",
@@ -56,6 +56,16 @@ def fmt_interval(lo, hi, digits: int = 2, unit: str = "") -> str:
     if _missing(lo) or _missing(hi):
         return ""
     return f"[{fmt_signed(lo, digits)}, {fmt_signed(hi, digits)}]{unit}"
+
+
+def excluded_notes(excluded: Sequence[str]) -> list[str]:
+    """Closing note blocks listing what ``--exclude-invalid`` left out (one message per file, each naming it);
+    none when nothing was."""
+    if not excluded:
+        return []
+    files = "1 result file" if len(excluded) == 1 else f"{len(excluded)} result files"
+    return [f"**Left out** (`--exclude-invalid`): {files}, invalid or of a run left out; their runs are in no "
+            "cell and no count of these tables:", "\n".join(f"- {m}" for m in excluded)]
 
 
 def _cells(df: pd.DataFrame) -> pd.DataFrame:

@@ -29,6 +29,73 @@ def test_lloyd_max_uniform_is_uniform_quantizer():
         assert err == pytest.approx((2 * math.sqrt(3) / levels) ** 2 / 12, rel=1e-3)
 
 
+def _normal_lloyd_closed_form(levels: int, iters: int = 20_000) -> tuple[np.ndarray, float]:
+    """Lloyd's iteration for N(0,1) with closed-form cell moments, independent of quadrature: mass
+    Phi(b) - Phi(a), centroid (phi(a) - phi(b)) / mass, and MSE = 1 - sum mass * centroid^2 at the fixed point."""
+    from scipy.stats import norm
+
+    code = norm.ppf((np.arange(levels) + 0.5) / levels)
+    for _ in range(iters):
+        edges = np.concatenate([[-np.inf], (code[1:] + code[:-1]) / 2, [np.inf]])
+        mass = np.diff(norm.cdf(edges))
+        new = -np.diff(norm.pdf(edges)) / mass
+        if np.max(np.abs(new - code)) < 1e-15:
+            break
+        code = new
+    return code, float(1 - np.sum(mass * code**2))
+
+
+@pytest.mark.parametrize("levels, known", [(2, 1 - 2 / math.pi), (3, 0.1902), (4, 0.1175)])
+def test_lloyd_max_exact_gaussian_optima(levels, known):
+    code, mse = A.lloyd_max_exact("normal", levels)
+    ref_code, ref_mse = _normal_lloyd_closed_form(levels)
+    assert mse == pytest.approx(ref_mse, rel=1e-10) and np.allclose(code, ref_code, atol=1e-10)
+    assert mse == pytest.approx(known, abs=5e-5)  # Max (1960), to the 4 decimals quoted: 0.3634, 0.1902, 0.1175
+
+
+@pytest.mark.parametrize("levels", [2, 3, 4])
+def test_lloyd_max_exact_uniform_and_laplace(levels):
+    # Uniform on [-sqrt3, sqrt3]: equal cells, MSE = (2 sqrt3 / L)^2 / 12 = 1 / L^2.
+    assert A.lloyd_max_exact("uniform", levels)[1] == pytest.approx(1 / levels**2, rel=1e-12)
+    # Laplace: the exact optimum agrees with Lloyd on a fine tabulated density and is never above it.
+    exact = A.lloyd_max_exact("laplace", levels)[1]
+    assert exact == pytest.approx(A.lloyd_max_density("laplace", levels)[1], rel=1e-4)
+    if levels == 2:  # centroids +-E|X| = +-b with b = 1/sqrt2: MSE = 1 - 1/2
+        assert exact == pytest.approx(0.5, rel=1e-12)
+
+
+@pytest.mark.parametrize("scheme, dist", list(itertools.product(("ls-2", "ls-T"), ("normal", "laplace", "uniform"))))
+def test_optimal_foldable_schemes_reach_the_exact_optimum(scheme, dist):
+    from lsqbq.analysis.exact import EXACT_RTOL, excess_over_lloyd_max
+
+    mse, optimum, levels = excess_over_lloyd_max(scheme, dist, points=1 << 14)
+    assert levels == get_scheme(scheme).levels and abs(mse / optimum - 1) <= EXACT_RTOL
+
+
+def test_greedy_two_bits_is_measurably_above_the_optimum():
+    from lsqbq.analysis.exact import EXACT_RTOL, excess_over_lloyd_max
+
+    mse, optimum, _ = excess_over_lloyd_max("gf-2", "normal", points=1 << 14)
+    assert mse / optimum - 1 > 1e4 * EXACT_RTOL  # about +11 %
+
+
+def test_analysis_does_not_import_tables():
+    """The dependency is one way: lsqbq.tables may import lsqbq.analysis, never the reverse."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    for path in Path(A.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [a.name for a in node.names]
+                assert not any(n == "tables" or n.startswith("tables.") or ".tables" in n for n in names), path
+    code = "import sys, lsqbq.analysis.cli; print(any(m.startswith('lsqbq.tables') for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def _kmeans_brute(x, levels):
     """Optimal 1-D k-means by trying every split of the sorted sample into contiguous cells."""
     x = np.sort(x)

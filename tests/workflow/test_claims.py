@@ -1,13 +1,20 @@
-"""lsqbq.tables.claims: paired differences over seeds and teachers, t intervals and verdicts."""
+"""lsqbq.tables.claims: paired differences over seeds and teachers, t and bootstrap intervals, Holm over the
+accuracy family, equivalence, both scale modes, per-image predictions and the exact Lloyd-Max rows."""
+import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from lsqbq.errors import DataError
+from lsqbq.stats import EQUIVALENCE_MARGIN, hierarchical_bootstrap, holm_levels
 from lsqbq.tables import claims as C
 from lsqbq.tables import load_paper
+from lsqbq.tables.predictions import load_predictions
 
 T95_2 = 4.302652729911275  # t_{0.975, 2}
+T90_2 = 2.919985580355516  # t_{0.95, 2}
 
 
 def _runs(acc: dict, times: dict | None = None, teachers: bool = True) -> pd.DataFrame:
@@ -42,7 +49,12 @@ def test_qat_ordering_paired_by_seed():
                                             pytest.approx(mean + T95_2 * sd / math.sqrt(3)))
     assert first.verdict == C.REPRODUCED and first.pairing == "by seed and teacher"
     assert "60.4 vs 59.7" in first.paper  # the paper's own numbers, never subtracted from ours
-    assert rows.iloc[1].verdict == C.NOT_SEPARABLE  # gf-2 - ls-T: -0.1, -0.1, +0.2
+    assert first.scales == "as trained" and first.method.startswith("paired t over seeds")
+    # gf-2 - ls-T: -0.1, -0.1, +0.2: unresolved, but both one-sided 95 % bounds within ±0.5 points
+    second, sd2 = rows.iloc[1], pd.Series([-0.1, -0.1, 0.2]).std()
+    assert (second.bound_low, second.bound_high) == (pytest.approx(-T90_2 * sd2 / math.sqrt(3)),
+                                                    pytest.approx(T90_2 * sd2 / math.sqrt(3)))
+    assert second.verdict == C.EQUIVALENT == f"equivalent within ±{EQUIVALENCE_MARGIN:g} points"
     assert rows.iloc[2].verdict == C.NOT_SEPARABLE  # ls-T - ls-1: large but noisy over 3 seeds
 
 
@@ -77,17 +89,31 @@ def test_ptq_pairs_by_fp_model():
     assert "5.3 vs 0.3" in row["paper"]
 
 
-def test_lloyd_max_claim_uses_the_tolerance():
+def _error_rows(ls2_excess: float = 0.004) -> pd.DataFrame:
     rows = []
     for source in ("normal", "laplace", "uniform", "weights"):
-        for scheme, excess in (("ls-2", 0.004), ("ls-T", 0.002), ("gf-2", 0.2)):
+        for scheme, excess in (("ls-2", ls2_excess), ("ls-T", 0.002), ("gf-2", 0.2)):
             rows.append({"model": "m", "source": source, "scheme": scheme, "excess": 0.5 if source == "weights"
                          else excess, "n_values": 1000})
-    out = C.lloyd_max_claims(pd.DataFrame(rows))
-    assert [r["verdict"] for r in out] == [C.REPRODUCED, C.REPRODUCED]  # model data (skewed) is not the claim
-    assert out[0]["difference"] == pytest.approx(0.4) and out[0]["n"] == 3
-    rows[0]["excess"] = 0.02
-    assert C.lloyd_max_claims(pd.DataFrame(rows))[0]["verdict"] == C.CONTRADICTED
+    return pd.DataFrame(rows)
+
+
+def test_lloyd_max_claim_is_exact_on_the_densities():
+    out = C.lloyd_max_claims(_error_rows(ls2_excess=0.05), points=1 << 14)
+    # the verdict comes from the densities, not from the sampled excess (+5 % here): both schemes are optimal
+    assert [r["verdict"] for r in out] == [C.REPRODUCED, C.REPRODUCED] and out[0]["n"] == 3
+    assert abs(out[0]["difference"]) < 1e-4  # percent
+    assert "normal 0.117482 vs 0.117482" in out[0]["ours"] and "normal 0.190174 vs 0.190174" in out[1]["ours"]
+    assert "normal +5.0 %" in out[0]["ours"]
+
+
+def test_lloyd_max_claim_is_contradicted_beyond_the_numerical_tolerance(monkeypatch):
+    from lsqbq.analysis.exact import EXACT_RTOL
+
+    monkeypatch.setattr(C, "excess_over_lloyd_max", lambda s, d, points: (1.0 + 3 * EXACT_RTOL, 1.0, 4))
+    assert {r["verdict"] for r in C.lloyd_max_claims(_error_rows())} == {C.CONTRADICTED}
+    monkeypatch.setattr(C, "excess_over_lloyd_max", lambda s, d, points: (1.0 + EXACT_RTOL / 2, 1.0, 4))
+    assert {r["verdict"] for r in C.lloyd_max_claims(_error_rows())} == {C.REPRODUCED}
 
 
 def test_angle_claim_in_later_layers_and_for_a_single_layer():
@@ -105,3 +131,107 @@ def test_angle_claim_in_later_layers_and_for_a_single_layer():
     assert deep["ci_high"] == pytest.approx(-5.0 + C.Z95 * se)
     assert "layers 3-4 of 4" in deep["ours"]
     assert out["one"]["verdict"] == C.CONTRADICTED and "its only layer" in out["one"]["ours"]
+
+
+# ---------------------------------------------------------------------------------- family, modes, bootstrap
+
+
+def _two_mode_runs() -> pd.DataFrame:
+    runs = _runs({("ls-2", "ls-1"): [90.0, 91.0, 92.0], ("gf-2", "ls-1"): [89.5, 90.3, 91.6]})
+    runs["top1_fitted"] = runs["top1"]
+    runs["top1_stored"] = runs["top1"] - np.where(runs["x_quant"] == "ls-2", 1.0, 0.0) + 0.1 * runs["seed"]
+    return runs
+
+
+def test_qat_claims_once_per_scale_mode():
+    rows = pd.DataFrame(C.qat_claims(_two_mode_runs(), load_paper()))
+    assert list(rows["scales"]) == ["fitted", "stored"]
+    assert rows.iloc[0].difference == pytest.approx(1.6 / 3) and rows.iloc[1].difference == pytest.approx(1.6 / 3 - 1)
+    assert "stored" in rows.iloc[1].setting
+
+
+def test_build_claims_adjusts_the_accuracy_family_with_holm():
+    ptq = pd.DataFrame({"model": "m", "seed": [0, 0, 1, 1, 2, 2], "run_id": ["a", "a", "b", "b", "c", "c"],
+                        "w_quant": ["ls-2", "gf-2"] * 3, "top1": [60.0, 40.0, 50.0, 31.0, 70.0, 49.0]})
+    table = C.build_claims(_two_mode_runs(), load_paper(), ptq=ptq)
+    family = table[table["kind"].isin(["ptq", "qat"])]
+    assert len(family) == 3
+    assert list(family["holm_level"]) == pytest.approx(holm_levels(list(family["p_value"])))
+    for r in family.itertuples():  # the verdict is read off the adjusted interval, the unadjusted one stays
+        assert r.holm_low <= r.ci_low and r.holm_high >= r.ci_high
+        assert (r.verdict == C.REPRODUCED) == (r.holm_low > 0)
+    fitted = family[family["scales"] == "fitted"].iloc[0]
+    assert fitted.ci_low > 0  # resolved at 95 % on its own (p = 0.026) ...
+    assert fitted.p_value > 0.05 / 3 and fitted.holm_low < 0 and fitted.verdict != C.REPRODUCED  # ... not in a family
+    assert family[family["kind"] == "ptq"].iloc[0].verdict == C.REPRODUCED  # p = 0.0009 survives
+    assert "analysis" not in table.columns and list(table.columns) == list(C.COLUMNS)
+
+
+def _predictions(runs: pd.DataFrame, images: int = 400, seed: int = 0) -> dict[str, np.ndarray]:
+    """Per-image predictions whose accuracy is each run's recorded top-1 (rounded to 0.25 points)."""
+    rng = np.random.default_rng(seed)
+    target = rng.integers(0, 10, images).astype("u1")
+    dtype = [("target", "u1"), ("pred_fitted", "u1"), ("p_true_fitted", "f2"), ("pred_stored", "u1"),
+             ("p_true_stored", "f2")]
+    out = {}
+    for r in runs.itertuples():
+        arr = np.zeros(images, dtype=dtype)
+        arr["target"] = target
+        for mode in ("fitted", "stored"):
+            right = np.zeros(images, bool)
+            right[rng.permutation(images)[:round(getattr(r, f"top1_{mode}") / 100 * images)]] = True
+            arr[f"pred_{mode}"] = np.where(right, target, (target + 1) % 10)
+            arr[f"p_true_{mode}"] = np.where(right, 0.9, 0.05)
+        out[r.run_id] = arr
+    return out
+
+
+def test_qat_claims_use_the_bootstrap_when_every_run_has_predictions():
+    runs = _two_mode_runs()
+    runs["top1_fitted"] = runs["top1_stored"] = runs["top1"] = [90.0, 91.0, 92.0, 89.5, 90.25, 91.5]
+    preds = _predictions(runs)
+    rows = pd.DataFrame(C.qat_claims(runs, load_paper(), preds))
+    first = rows.iloc[0]
+    assert first.method == "hierarchical bootstrap over seeds and test images" and first.images == 400
+    a = np.stack([preds[f"ls-2ls-1{s}"]["pred_fitted"] == preds[f"ls-2ls-1{s}"]["target"] for s in range(3)])
+    b = np.stack([preds[f"gf-2ls-1{s}"]["pred_fitted"] == preds[f"gf-2ls-1{s}"]["target"] for s in range(3)])
+    ref = hierarchical_bootstrap(a, b)
+    assert first.difference == pytest.approx(ref.estimate) == pytest.approx(1.75 / 3)
+    assert (first.ci_low, first.ci_high) == ref.interval(0.95) and first.p_value == ref.pvalue
+    assert (first.t_low, first.t_high) == (pytest.approx(first.difference - T95_2 * pd.Series(
+        [0.5, 0.75, 0.5]).std() / math.sqrt(3)), pytest.approx(first.difference + T95_2 * pd.Series(
+        [0.5, 0.75, 0.5]).std() / math.sqrt(3)))  # the seed-only t interval stays beside
+    del preds["gf-2ls-12"]  # one run without predictions: that row falls back to the t interval, and says so
+    fallback = C.qat_claims(runs, load_paper(), preds)[0]
+    assert fallback["method"] == "paired t over seeds (no per-image predictions)"
+    assert (fallback["ci_low"], fallback["ci_high"]) == (first.t_low, first.t_high)
+
+
+def test_predictions_that_disagree_with_the_recorded_accuracy_are_an_error():
+    runs = _two_mode_runs()
+    runs["top1_fitted"] = runs["top1_stored"] = runs["top1"] = [90.0, 91.0, 92.0, 89.5, 90.25, 91.5]
+    preds = _predictions(runs)
+    runs.loc[0, "top1_fitted"] = 95.0
+    with pytest.raises(DataError, match=r"predictions of run ls-2ls-10 \(m ls-2/ls-1 seed 0\): fitted accuracy "
+                                        r"90\.000 % differs from the recorded top1_fitted 95\.00 %"):
+        C.qat_claims(runs, load_paper(), preds)
+
+
+def test_load_predictions_joins_by_source_run_id_and_checks_the_file(tmp_path):
+    arr = np.zeros(5, dtype=[("target", "u1"), ("pred_fitted", "u1"), ("p_true_fitted", "f2")])
+    for name, run_id in (("a", "run-a"), ("b", "run-b")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"source_run_id": run_id}))
+    np.save(tmp_path / "a" / "predictions.npy", arr)  # b has none: skipped
+    loaded = load_predictions([tmp_path / "a" / "metrics.json", tmp_path / "b" / "metrics.json"])
+    assert list(loaded) == ["run-a"] and loaded["run-a"].dtype == arr.dtype
+    np.save(tmp_path / "b" / "predictions.npy", np.zeros(5, dtype=[("target", "u1"), ("p_true_fitted", "f2")]))
+    with pytest.raises(DataError,
+                       match=r"b/predictions.npy: not a predictions file \(fields \['target', 'p_true_fitted'\]"):
+        load_predictions([tmp_path / "b" / "metrics.json"])
+    np.save(tmp_path / "b" / "predictions.npy", np.array([{"x": 1}], dtype=object))
+    with pytest.raises(DataError, match=r"b/predictions.npy: not a predictions file \(Object arrays"):
+        load_predictions([tmp_path / "b" / "metrics.json"])
+    (tmp_path / "b" / "metrics.json").write_text(json.dumps({"top1": 90.0}))
+    with pytest.raises(DataError, match="evaluation names no source_run_id, so .*predictions.npy cannot be joined"):
+        load_predictions([tmp_path / "b" / "metrics.json"])

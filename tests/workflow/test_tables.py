@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from lsqbq import tables as T
-from lsqbq.errors import DataError
+from lsqbq.errors import DataError, RunFileError
 from lsqbq.tables import aggregate, render, runs as R
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,7 +78,7 @@ def test_runs_without_identity_or_with_unknown_scheme_are_refused(tmp_path):
     m = _metrics("lenet5", "ls-2", "ls-1", 0, 90.0)
     del m["seed"], m["model"]
     f.write_text(json.dumps(m))
-    with pytest.raises(DataError, match="lacks the run identity model, seed"):
+    with pytest.raises(RunFileError, match=r"metrics.json: lacks the keys 'model', 'seed'"):
         T.load_runs([f])
     f.write_text(json.dumps(_metrics("lenet5", "ls-9", "ls-1", 0, 90.0)))
     with pytest.raises(ValueError, match="ls-9"):
@@ -93,10 +93,18 @@ def test_runs_without_identity_or_with_unknown_scheme_are_refused(tmp_path):
 def test_evaluations_join_by_source_run_id(runs_dir, tmp_path):
     _, files = runs_dir
     e = tmp_path / "eval.json"
-    e.write_text(json.dumps({"top1": 84.5, "top5": 99.0, "source_run_id": "runlenet5ls-1ls-10"}))
-    df = T.load_runs(files, [e])
+    e.write_text(json.dumps({"top1": 84.5, "top5": 99.0, "n": 100, "source_run_id": "runlenet5ls-1ls-10",
+                             "x_quant": "ls-1", "w_quant": "ls-1"}))
+    found = R.read_runs(files, [e], exclude_invalid=True)  # its row's other seeds have no evaluation: both left out
+    df = found.runs
     hit = df[df.run_id == "runlenet5ls-1ls-10"].iloc[0]
     assert hit.top1_eval == 84.5 and df[df.run_id != "runlenet5ls-1ls-10"].top1_eval.isna().all()
+    assert len(df) == 13 and sorted(df[df.x_quant == "ls-1"].seed) == [0] and found.evaluate == [e]
+    assert [m.split(", which")[0] for m in found.excluded] == [
+        f"{files[3 + s]}: run lenet5 ls-1/ls-1 seed {s} has no evaluation" for s in (1, 2)]
+    assert "the run of seed 0 of its row has; pass its file with --evaluate" in found.excluded[0]
+    with pytest.raises(RunFileError, match="seed 1 has no evaluation"):
+        T.load_runs(files, [e])
 
 
 def test_qat_table_mean_std_provenance_and_paper(runs_dir):
@@ -170,11 +178,13 @@ def _evaluations(tmp_path):
     for (x, w), accs in ACC.items():
         for seed, a in enumerate(accs):
             rid = f"runlenet5{x}{w}{seed}"
-            e = {"top1": a, "top5": a + 8, "source_run_id": rid, "scale_mode": "fitted" if x != "fp" else "none"}
+            e = {"top1": a, "top5": a + 8, "n": 10000, "source_run_id": rid, "x_quant": x, "w_quant": w,
+                 "scale_mode": "fitted" if x != "fp" else "none"}
             if x != "fp":
                 e |= {"top1_fitted": a, "top1_stored": a - 0.5 - 0.1 * seed, "scale_gap": -0.5 - 0.1 * seed}
                 bits.append(tmp_path / f"b{rid}.json")
-                bits[-1].write_text(json.dumps({"top1": a, "top1_agreement": 99.9 - seed, "source_run_id": rid,
+                bits[-1].write_text(json.dumps({"top1": a, "top5": a + 8, "n": 10000, "top1_agreement": 99.9 - seed,
+                                                "source_run_id": rid, "x_quant": x, "w_quant": w,
                                                 "scale_mode": "fitted"}))
             evals.append(tmp_path / f"e{rid}.json")
             evals[-1].write_text(json.dumps(e))
@@ -223,8 +233,11 @@ def test_main_writes_readable_tables_with_provenance_in_the_csvs(runs_dir, tmp_p
     assert "stored - fitted" in (out / "inference.md").read_text()
     claims = pd.read_csv(out / "claims.csv")
     qat_claims = claims[claims.claim.str.startswith("QAT")]
-    assert list(qat_claims.claim) == ["QAT: ls-2 above gf-2 activations (ls-1 weights)"]  # the pairs that ran
-    assert qat_claims.verdict.item() == "reproduced" and qat_claims.n.item() == 3
+    # the pairs that ran, once per activation-scale mode
+    assert list(qat_claims.claim) == ["QAT: ls-2 above gf-2 activations (ls-1 weights)"] * 2
+    assert list(qat_claims.scales) == ["fitted", "stored"] and list(qat_claims.n) == [3, 3]
+    assert list(qat_claims.verdict) == ["reproduced"] * 2  # p = 0.008 each: both survive Holm
+    assert list(qat_claims.holm_level) == pytest.approx([0.975, 0.95])
     assert "What this profile can and cannot show" in (out / "claims.md").read_text()
 
 
