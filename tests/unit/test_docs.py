@@ -1,4 +1,5 @@
-"""The code examples of docs/architecture.md run as written (each in a fresh interpreter)."""
+"""The Python examples of README.md and docs/*.md run as written (each in a fresh interpreter, pure-torch back end)."""
+import os
 import re
 import subprocess
 import sys
@@ -6,16 +7,19 @@ from pathlib import Path
 
 import pytest
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "architecture.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
+ROOT = Path(__file__).resolve().parents[2]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+EXAMPLES = [(page.relative_to(ROOT).as_posix(), i, code) for page in PAGES
+            for i, code in enumerate(re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S))]
 
 
-def test_the_architecture_doc_has_its_examples():
-    assert len(BLOCKS) >= 2
+def test_the_readme_and_architecture_doc_have_their_examples():
+    per_page = {name: sum(1 for n, _, _ in EXAMPLES if n == name) for name, _, _ in EXAMPLES}
+    assert per_page.get("README.md", 0) >= 1 and per_page.get("docs/architecture.md", 0) >= 2, per_page
 
 
-@pytest.mark.parametrize("code", BLOCKS, ids=[f"example{i}" for i in range(len(BLOCKS))])
-def test_architecture_example_runs(code):
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                       env={**__import__("os").environ, "LSQBQ_NATIVE": "0"})
+@pytest.mark.parametrize("code", [c for _, _, c in EXAMPLES], ids=[f"{n}:example{i}" for n, i, _ in EXAMPLES])
+def test_example_runs(code):
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                       env={**os.environ, "LSQBQ_BACKEND": "reference"})
     assert r.returncode == 0, r.stderr
