@@ -16,6 +16,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import update_config, validate
 
 from lsqbq.schemes import get_scheme, scheme_pattern
+from lsqbq.workflow_store import is_published, store_uri
 
 FP = get_scheme(None).name  # the teacher's scheme pair is (FP, FP)
 
@@ -130,25 +131,39 @@ STUDENTS = [(s["x_quant"], s["w_quant"]) for s in config["students"]]
 STUDENT_SETS = {(s["x_quant"], s["w_quant"]): list(s.get("set", [])) for s in config["students"]}
 SCHEMES = [(FP, FP), *STUDENTS]  # the teacher first
 SEED0 = SEEDS[0]
+ROW_SEEDS = config["row_seeds"]
 
 
-def _is_published_run():
-    """True when this run is the default profile on its own data: only then does it log into the published,
-    DVC-tracked MLflow store (mlflow.db + mlartifacts). Any other profile, or the default one with another dataset,
-    data root, tag or output root (--config overrides), logs into a store of its own, so `dvc status` stays clean
-    and `dvc pull` never meets a user's runs."""
-    published = yaml.safe_load((REPO / "config" / "config.yaml").read_text()) or {}
-    keys = ("profile", "dataset", "dataset_tag", "data_root", "output_root")
-    return all(config.get(k) == published.get(k) for k in keys)
+def _check_row_seeds():
+    for model, rows in ROW_SEEDS.items():
+        if model not in MODELS:
+            raise WorkflowError(f"invalid workflow configuration: row_seeds.{model}: not one of the models {MODELS}")
+        for key in rows:
+            pair = tuple(key.split("/", 1)) if "/" in key else None
+            if pair not in SCHEMES:
+                known = ", ".join(f"{x}/{w}" for x, w in SCHEMES)
+                raise WorkflowError(f"invalid workflow configuration: row_seeds.{model}.{key}: not a configured row "
+                                    f"(x_quant/w_quant; known: {known})")
 
 
-PUBLISHED = _is_published_run()
-OWN_STORE = f"mlruns-profiles/{config['profile']}-{DATASET}/mlflow.db"  # beside it: its mlartifacts/
-MLFLOW_URI = (
-    config["mlflow"]["uri"]
-    or os.environ.get("MLFLOW_TRACKING_URI")
-    or f"sqlite:///{out('mlflow.db') if PUBLISHED else out(OWN_STORE)}"
-)
+_check_row_seeds()
+
+
+def seeds_of(model, pair):
+    """The seeds of one row (model, (x_quant, w_quant)): `row_seeds` where it names the row, else `seeds`; the
+    teacher's also hold every seed of its model's students."""
+    own = ROW_SEEDS.get(model, {}).get(f"{pair[0]}/{pair[1]}")
+    seeds = set(own if own is not None else SEEDS)
+    if pair == (FP, FP):
+        for student in STUDENTS:
+            seeds |= set(seeds_of(model, student))
+    return sorted(seeds)
+
+
+# Only the default profile on its own data logs into the published, DVC-tracked store (lsqbq.workflow_store).
+_PUBLISHED_PROFILE = yaml.safe_load((REPO / "config" / "config.yaml").read_text()) or {}
+PUBLISHED = is_published(config, _PUBLISHED_PROFILE)
+MLFLOW_URI = store_uri(config, _PUBLISHED_PROFILE)
 MLFLOW_EXPERIMENT = config["mlflow"]["experiment"] or f"lsqbq-{config['profile']}-{DATASET}"
 
 
@@ -186,12 +201,13 @@ def scheme_alternation(names):
 
 
 def runs(pattern, models=None, schemes=None, seeds=None):
-    """`pattern` expanded over the configured (model, scheme pair, seed) combinations."""
+    """`pattern` expanded over the configured runs: (model, scheme pair) and each row's seeds (`seeds_of`), or the
+    given `seeds` for every row."""
     return [
         pattern.format(dataset=DATASET, model=m, x_quant=x, w_quant=w, seed=s)
         for m in (models or MODELS)
         for (x, w) in (schemes or SCHEMES)
-        for s in (seeds or SEEDS)
+        for s in (seeds if seeds is not None else seeds_of(m, (x, w)))
     ]
 
 
