@@ -62,6 +62,8 @@ onstart:
     if MLFLOW_URI.startswith("sqlite:///"):
         Path(MLFLOW_URI[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     shell(f"python -m lsqbq.tracking init --uri '{MLFLOW_URI}' > /dev/null")
+    # Runs left RUNNING by jobs that died (kill -9, OOM, a full disk) are ended before new ones start.
+    shell(f"python -m lsqbq.tracking stale --uri '{MLFLOW_URI}' --close >&2")
 
 
 rule all:

@@ -24,6 +24,7 @@ COMMANDS = {
     "analyze": ("lsqbq.analysis", "quantization-error, post-training and angle analyses of a checkpoint"),
     "bench": ("lsqbq.bench", "benchmarks: quantizers | kernels | models | training"),
     "tables": ("lsqbq.tables", "build the results tables and figures"),
+    "tracking": ("lsqbq.tracking", "MLflow store helpers: init | stale [--close] | relocate | attach"),
 }
 # command groups whose help the dispatcher prints itself: a summary, and sub-command -> one-line summary
 GROUP_SUMMARY = {

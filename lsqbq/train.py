@@ -13,7 +13,8 @@ Usage::
 Writes ``DIR/resume.pt`` after every epoch (the working checkpoint: weights, scales, moving averages, optimiser,
 schedule and RNG state, what ``--resume`` needs), ``DIR/checkpoint.pt`` after the last one (the published
 checkpoint: the same without optimiser, schedule and RNG state, about a third of the size), ``DIR/metrics.json``
-and ``DIR/config.yaml``; every file atomically.
+and ``DIR/config.yaml``; every file atomically. Until the first ``resume.pt``, ``DIR/run.json`` names the MLflow
+run, so ``--resume`` continues the same run even after a ``kill -9`` in the first epoch.
 The loss is :func:`lsqbq.losses.training_loss` (cross-entropy, or distillation from ``kd.teacher``), the learning
 rate :class:`lsqbq.schedules.LRSchedule`, evaluation :func:`lsqbq.evaluate.evaluate`. The teacher is frozen
 (no gradients, never updated by the optimiser). By default it stays in *train* mode like the official code:
@@ -241,6 +242,10 @@ def _run(cfg: Config, resume: bool, eval_only: bool, dist_info: D.DistInfo) -> d
         tags.update({"mode": "eval-only", "source_run_id": state.get("run_id") or "unknown"})
     tracker: tracking.Run = tracking.NullRun()
     if cfg.tracking.enabled and dist_info.is_main:
+        if run_id is None and not eval_only:  # killed before its first checkpoint: OUT/run.json names the run
+            run_id, note = tracking.interrupted_run(plan.out_dir, cfg.tracking.uri, resume)
+            if note:
+                progress.say(note)
         experiment = cfg.tracking.experiment or f"lsqbq-{cfg.data.name}"
         tracker = tracking.start_run(experiment, tracking.run_name(cfg), uri=cfg.tracking.uri, tags=tags,
                                      run_id=run_id if not eval_only else None)
@@ -248,8 +253,10 @@ def _run(cfg: Config, resume: bool, eval_only: bool, dist_info: D.DistInfo) -> d
     written: list[Path] = []
     try:
         if dist_info.is_main:
-            tracker.log_params(flatten(cfg))
             plan.out_dir.mkdir(parents=True, exist_ok=True)
+            if tracker.run_id is not None and state is None:  # no checkpoint names the run yet; a kill -9 may come
+                written.append(tracking.write_run_file(plan.out_dir, tracker.run_id, cfg.tracking.uri))
+            tracker.log_params(flatten(cfg))
             if not (plan.out_dir / "config.yaml").exists():
                 written.append(plan.out_dir / "config.yaml")
             dump_yaml(cfg, plan.out_dir / "config.yaml")
@@ -275,6 +282,7 @@ def _run(cfg: Config, resume: bool, eval_only: bool, dist_info: D.DistInfo) -> d
                 ckpt_io.save_atomic({**published, "optimizer": optimizer.state_dict(),
                                      "schedule": schedule.state_dict(), "rng": ckpt_io.rng_state()},
                                     plan.resume_path)
+                (plan.out_dir / tracking.RUN_FILE).unlink(missing_ok=True)  # resume.pt names the run from now on
                 if epoch + 1 == cfg.epochs:
                     ckpt_io.save_atomic(published, plan.ckpt_path, compact=True)
         if eval_only or start_epoch >= cfg.epochs:  # nothing trained in this invocation

@@ -37,7 +37,7 @@ def _start_and_signal(cfg, sig, at="epoch 2/3 batch 2/"):
     with open(path, "w") as f:
         yaml.safe_dump(cfg, f)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1", "LSQBQ_NATIVE": os.environ.get("LSQBQ_NATIVE", "0")}
+           "OMP_NUM_THREADS": "1", "LSQBQ_BACKEND": os.environ.get("LSQBQ_BACKEND", "reference")}
     proc = subprocess.Popen([sys.executable, "-m", "lsqbq.train", "--config", path], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
     lines, deadline = [], time.monotonic() + 300
