@@ -1,6 +1,6 @@
 """The native op library ``torch.ops.lsqbq``: the C++ quantizers and XNOR/popcount kernels, built on first use.
 
-Both sources (``csrc/quant.cpp``, ``kernels/csrc/xnor.cpp``) are compiled together with
+Both sources (``csrc/quant.cpp``, ``csrc/xnor.cpp``: one C++ source folder) are compiled together with
 ``torch.utils.cpp_extension`` into one library, once per source/flags/torch version, in a cache directory:
 ``LSQBQ_BUILD_DIR``, else ``TORCH_EXTENSIONS_DIR/lsqbq``, else ``$XDG_CACHE_HOME/lsqbq`` (``~/.cache/lsqbq``),
 one sub-directory per torch version. No ``-march`` flag is used: the AVX-512 kernels carry function target
@@ -46,7 +46,7 @@ _LEGACY_KERNELS = "LSQBQ_KERNELS"  # an earlier release's name of the switch (re
 _CPP_POPCNT_ENV = "LSQBQ_POPCNT"
 
 _ROOT = Path(__file__).parent
-SOURCES = sorted(_ROOT.glob("csrc/*.cpp")) + sorted(_ROOT.glob("kernels/csrc/*.cpp"))  # one library of all
+SOURCES = sorted(_ROOT.glob("csrc/*.cpp"))  # one library of all
 _NAME = "lsqbq_native"
 # -ffp-contract=off keeps every float operation as written (no fused multiply-add), so the C++ quantizers round
 # exactly like the torch code; -fno-trapping-math only lets compares vectorise.
