@@ -58,11 +58,15 @@ def train_overrides(wc, threads):
 
 
 def recipe_fingerprint(wc):
-    """Content of the recipe and of the overrides that change what is learned: a `params` rerun trigger."""
+    """Content of the recipe (its parsed YAML: comments and layout do not count) and of the overrides that change
+    what is learned: a `params` rerun trigger."""
     import hashlib
+    import json
 
+    path = recipe(wc)
+    parsed = yaml.safe_load(Path(path).read_text()) if path is not None and Path(path).is_file() else None
     parts = [
-        Path(recipe(wc)).read_text() if recipe(wc) is not None and Path(recipe(wc)).is_file() else "",
+        json.dumps(parsed, sort_keys=True),
         *recipe_sets(wc),
         f"kd={config['kd']}",
     ]
