@@ -24,17 +24,28 @@ def _profile(name):
     return base
 
 
+def _row_seeds(cfg, model, pair):
+    """The seeds of one row (`row_seeds`, else `seeds`); the fp teacher's also hold every student row's."""
+    rows = (cfg.get("row_seeds") or {}).get(model, {})
+    own = set(rows.get(pair, cfg["seeds"]))
+    if pair == "fp/fp":
+        own |= set().union(*(_row_seeds(cfg, model, f"{s['x_quant']}/{s['w_quant']}") for s in cfg["students"]))
+    return own
+
+
 def _expected(cfg):
-    runs = len(cfg["models"]) * (1 + len(cfg["students"])) * len(cfg["seeds"])
+    models, pairs = cfg["models"], ["fp/fp", *(f"{s['x_quant']}/{s['w_quant']}" for s in cfg["students"])]
+    teachers = sum(len(_row_seeds(cfg, m, "fp/fp")) for m in models)
+    runs = sum(len(_row_seeds(cfg, m, p)) for m in models for p in pairs)
     exp = {"train": runs, "prepare_data": 1, "make_tables": 1}
-    both = [s for s in cfg["students"] if "fp" not in (s["x_quant"], s["w_quant"])]
-    bitwise = len(cfg["models"]) * len(both) * len(cfg["seeds"]) if cfg.get("evaluate_bitwise", True) else 0
+    both = [p for p in pairs if "fp" not in p.split("/")]
+    bitwise = sum(len(_row_seeds(cfg, m, p)) for m in models for p in both) if cfg.get("evaluate_bitwise", True) else 0
     if cfg.get("evaluate", True):  # one job per checkpoint; the bitwise students' job also runs them bitwise
         exp["evaluate"] = runs - bitwise
         exp["record_evaluations"] = 1
-    if cfg.get("analysis", {}).get("enabled", True):
-        exp |= {"analyze_ptq": len(cfg["models"]) * len(cfg["seeds"]), "analyze_error": len(cfg["models"]),
-                "analyze_angles": len(cfg["models"])}
+    if cfg.get("analysis", {}).get("enabled", True):  # per teacher seed: PTQ, and angles with its students' inputs
+        exp |= {"analyze_ptq": teachers, "analyze_error": len(models), "analyze_angles": teachers,
+                "analyze_sweep": 1}
     if cfg.get("bench", {}).get("kernels", True):
         exp["bench_kernels"] = 1
     if cfg.get("bench", {}).get("models", True):
@@ -42,6 +53,22 @@ def _expected(cfg):
     if bitwise:
         exp["evaluate_with_bitwise"] = bitwise
     return exp
+
+
+def test_row_seeds_give_a_row_its_own_seeds_and_its_teacher_every_student_seed(repo):
+    (repo / "rows.yaml").write_text("row_seeds:\n  lenet5:\n    ls-2/ls-1: [0, 7]\n")
+    out = snakemake(["-n", "-p", "--cores", "2", "--nolock", "--forcerun", "train", "--configfile", "rows.yaml",
+                     "--", "train_all"], repo).stdout
+    trained = set(re.findall(r"model\.name=(\w+) --set model\.x_quant=(\S+) --set model\.w_quant=(\S+)", out))
+    seeds = {}
+    for m in re.finditer(r"--set seed=(\d+) .*?model\.name=(\w+) --set model\.x_quant=(\S+) --set model\.w_quant=(\S+)",
+                         out):
+        seeds.setdefault((m[2], m[3], m[4]), set()).add(int(m[1]))
+    default = set(_profile("default")["seeds"])
+    assert seeds[("lenet5", "ls-2", "ls-1")] == {0, 7}
+    assert seeds[("lenet5", "fp", "fp")] >= default | {7}  # the teacher of seed 7's student
+    assert seeds[("lenet5", "gf-2", "ls-1")] == default
+    assert trained
 
 
 @pytest.mark.parametrize("name, extra", [
@@ -115,9 +142,13 @@ def test_slurm_profile_dry_run(repo):
     (["--config", "seeds=[-1]"], "seeds.0: -1 is less than the minimum of 0"),
     (["--configfile", "bad.yaml"], "analysis: Additional properties are not allowed ('imagez' was unexpected)"),
     (["--configfile", "bad_scheme.yaml"], "students.0.x_quant: 'ls-3' does not match"),
+    (["--configfile", "bad_row.yaml"], "row_seeds.lenet5.ls-2/ls-2: not a configured row (x_quant/w_quant; known: "),
+    (["--configfile", "bad_row_model.yaml"], "row_seeds.vgg: not a model (known: "),
 ])
 def test_bad_config_fails_naming_the_key(repo, args, message):
     (repo / "bad.yaml").write_text("analysis:\n  imagez: 3\n")
+    (repo / "bad_row.yaml").write_text("row_seeds:\n  lenet5:\n    ls-2/ls-2: [1]\n")
+    (repo / "bad_row_model.yaml").write_text("row_seeds:\n  vgg:\n    fp/fp: [1]\n")
     (repo / "bad_scheme.yaml").write_text("students:\n  - {x_quant: ls-3, w_quant: ls-1}\n")
     p = snakemake(["-n", "--nolock", *args], repo, check=False)
     assert p.returncode != 0

@@ -135,15 +135,21 @@ ROW_SEEDS = config["row_seeds"]
 
 
 def _check_row_seeds():
+    """Rows of the configured models must exist; a model the profile does not train is skipped (profiles merge
+    over config/config.yaml), but its name must still be a model builder (a typo is an error)."""
+    from lsqbq.models import list_models
+
+    known = [f"{x}/{w}" for x, w in SCHEMES]
     for model, rows in ROW_SEEDS.items():
+        if model not in list_models():
+            raise WorkflowError(f"invalid workflow configuration: row_seeds.{model}: not a model (known: "
+                                f"{', '.join(list_models())})")
         if model not in MODELS:
-            raise WorkflowError(f"invalid workflow configuration: row_seeds.{model}: not one of the models {MODELS}")
+            continue
         for key in rows:
-            pair = tuple(key.split("/", 1)) if "/" in key else None
-            if pair not in SCHEMES:
-                known = ", ".join(f"{x}/{w}" for x, w in SCHEMES)
+            if key not in known:
                 raise WorkflowError(f"invalid workflow configuration: row_seeds.{model}.{key}: not a configured row "
-                                    f"(x_quant/w_quant; known: {known})")
+                                    f"(x_quant/w_quant; known: {', '.join(known)})")
 
 
 _check_row_seeds()
