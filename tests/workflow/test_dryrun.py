@@ -142,12 +142,12 @@ def test_slurm_profile_dry_run(repo):
     (["--config", "seeds=[-1]"], "seeds.0: -1 is less than the minimum of 0"),
     (["--configfile", "bad.yaml"], "analysis: Additional properties are not allowed ('imagez' was unexpected)"),
     (["--configfile", "bad_scheme.yaml"], "students.0.x_quant: 'ls-3' does not match"),
-    (["--configfile", "bad_row.yaml"], "row_seeds.lenet5.ls-2/ls-2: not a configured row (x_quant/w_quant; known: "),
+    (["--configfile", "bad_row.yaml"], "row_seeds.lenet5.ls-9/ls-2: not a row (x_quant/w_quant with scheme names"),
     (["--configfile", "bad_row_model.yaml"], "row_seeds.vgg: not a model (known: "),
 ])
 def test_bad_config_fails_naming_the_key(repo, args, message):
     (repo / "bad.yaml").write_text("analysis:\n  imagez: 3\n")
-    (repo / "bad_row.yaml").write_text("row_seeds:\n  lenet5:\n    ls-2/ls-2: [1]\n")
+    (repo / "bad_row.yaml").write_text("row_seeds:\n  lenet5:\n    ls-9/ls-2: [1]\n")
     (repo / "bad_row_model.yaml").write_text("row_seeds:\n  vgg:\n    fp/fp: [1]\n")
     (repo / "bad_scheme.yaml").write_text("students:\n  - {x_quant: ls-3, w_quant: ls-1}\n")
     p = snakemake(["-n", "--nolock", *args], repo, check=False)

@@ -15,7 +15,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import update_config, validate
 
-from lsqbq.schemes import get_scheme, scheme_pattern
+from lsqbq.schemes import get_scheme, is_scheme_name, scheme_pattern
 from lsqbq.workflow_store import is_published, store_uri
 
 FP = get_scheme(None).name  # the teacher's scheme pair is (FP, FP)
@@ -147,9 +147,13 @@ def _check_row_seeds():
         if model not in MODELS:
             continue
         for key in rows:
-            if key not in known:
-                raise WorkflowError(f"invalid workflow configuration: row_seeds.{model}.{key}: not a configured row "
-                                    f"(x_quant/w_quant; known: {', '.join(known)})")
+            x, sep, w = key.partition(chr(47))
+            if key in known:
+                continue
+            if not sep or not (is_scheme_name(x) and is_scheme_name(w)):
+                raise WorkflowError(f"invalid workflow configuration: row_seeds.{model}.{key}: not a row "
+                                    f"(x_quant/w_quant with scheme names; configured: {', '.join(known)})")
+            # a valid row this profile does not train (profiles merge over config/config.yaml): skipped
 
 
 _check_row_seeds()
