@@ -43,9 +43,8 @@ def _expected(cfg):
     if cfg.get("evaluate", True):  # one job per checkpoint; the bitwise students' job also runs them bitwise
         exp["evaluate"] = runs - bitwise
         exp["record_evaluations"] = 1
-    if cfg.get("analysis", {}).get("enabled", True):  # per teacher seed: PTQ, and angles with its students' inputs
-        exp |= {"analyze_ptq": teachers, "analyze_error": len(models), "analyze_angles": teachers,
-                "analyze_sweep": 1}
+    if cfg.get("analysis", {}).get("enabled", True):  # PTQ per teacher seed; error and angles on the first seed's
+        exp |= {"analyze_ptq": teachers, "analyze_error": len(models), "analyze_angles": len(models)}
     if cfg.get("bench", {}).get("kernels", True):
         exp["bench_kernels"] = 1
     if cfg.get("bench", {}).get("models", True):
