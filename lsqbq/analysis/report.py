@@ -49,10 +49,10 @@ def write_csv(df: pd.DataFrame | list[dict], path: str | Path) -> Path:
     return path
 
 
-def read_csv(path: str | Path) -> pd.DataFrame:
-    """A CSV written by :func:`write_csv`, :data:`TEXT_COLUMNS` as text (empty cells -> ``""``)."""
+def read_csv(path: str | Path, text_columns: Sequence[str] = TEXT_COLUMNS) -> pd.DataFrame:
+    """A CSV written by :func:`write_csv`, ``text_columns`` as text (empty cells -> ``""``)."""
     head = pd.read_csv(path, nrows=0).columns
-    dtype = {c: str for c in TEXT_COLUMNS if c in head}
+    dtype = {c: str for c in text_columns if c in head}
     df = pd.read_csv(path, dtype=dtype)
     for c in dtype:
         df[c] = df[c].fillna("")

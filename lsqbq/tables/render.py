@@ -11,6 +11,9 @@ from typing import Sequence
 
 import pandas as pd
 
+from ..analysis import report
+from ..analysis.report import _missing, fmt_mean_std, fmt_value, write_csv
+
 __all__ = ["TEXT_COLUMNS", "fmt_mean_std", "fmt_value", "fmt_signed", "fmt_percent", "fmt_interval",
            "excluded_notes", "markdown_table", "markdown_document", "write_markdown", "write_csv", "read_csv"]
 
@@ -18,24 +21,6 @@ __all__ = ["TEXT_COLUMNS", "fmt_mean_std", "fmt_value", "fmt_signed", "fmt_perce
 TEXT_COLUMNS = ("k_a", "k_w", "levels", "seed", "seeds", "commit", "config_hash", "data_hash", "run_id",
                 "teacher_run_id", "source_run_id", "layer", "scheme", "x_quant", "w_quant", "model", "dataset",
                 "source", "kernel")
-
-
-def _missing(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
-
-
-def fmt_value(v, digits: int = 2) -> str:
-    """A number with ``digits`` decimals (``""`` for NaN / None)."""
-    return "" if _missing(v) else f"{float(v):.{digits}f}"
-
-
-def fmt_mean_std(mean, std, n: int, digits: int = 2) -> str:
-    """``"91.23 ± 0.15"``; a single run (or no spread) prints its value alone."""
-    if _missing(mean):
-        return ""
-    if n <= 1 or _missing(std):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def fmt_signed(v, digits: int = 2, unit: str = "") -> str:
@@ -122,19 +107,6 @@ def write_html(path: str | Path, title: str, blocks: Sequence[str | pd.DataFrame
     return path
 
 
-def write_csv(df: pd.DataFrame | list[dict], path: str | Path) -> Path:
-    """Write ``df`` (or a list of row dicts) as CSV without the index; floats keep full precision."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    (df if isinstance(df, pd.DataFrame) else pd.DataFrame(df)).to_csv(path, index=False)
-    return path
-
-
 def read_csv(path: str | Path) -> pd.DataFrame:
     """Read a generated CSV with the :data:`TEXT_COLUMNS` kept as text (empty cells -> ``""``)."""
-    head = pd.read_csv(path, nrows=0).columns
-    dtype = {c: str for c in TEXT_COLUMNS if c in head}
-    df = pd.read_csv(path, dtype=dtype)
-    for c in dtype:
-        df[c] = df[c].fillna("")
-    return df
+    return report.read_csv(path, TEXT_COLUMNS)
