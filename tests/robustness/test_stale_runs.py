@@ -177,8 +177,10 @@ set -e
 mount -t tmpfs -o size=32m tmpfs "$STORE"
 "$PY" -m lsqbq.cli train --config "$CFG" > "$LOG" 2>&1 &
 pid=$!
-for i in $(seq 3000); do [ -f "$OUT/run.json" ] && break; sleep 0.1; done
+for i in $(seq 30000); do [ -f "$OUT/run.json" ] && break; sleep 0.01; done
+kill -STOP $pid                                                     # no epoch ends while the disk fills
 dd if=/dev/zero of="$STORE/filler" bs=64k 2>/dev/null || true      # the disk under the store is now full
+kill -CONT $pid
 set +e; wait $pid; echo "train exit $?"; set -e
 rm "$STORE/filler"
 "$PY" -m lsqbq.tracking stale --uri "sqlite:///$STORE/mlflow.db" --close
@@ -197,7 +199,8 @@ def test_full_disk_under_the_store_names_the_path_and_the_run_ends_failed(tmp_pa
         pytest.skip("cannot mount a small file system here (unshare --user --mount refused)")
     store = tmp_path / "store"
     store.mkdir()
-    cfg = tiny_config(tmp_path, fmnist_root, epochs=2, data={"train_subset": 256, "test_subset": 64},
+    # Enough epochs that the training is still running when its run file appears (2 tiny epochs once ended first).
+    cfg = tiny_config(tmp_path, fmnist_root, epochs=40, data={"train_subset": 256, "test_subset": 64},
                       tracking={"uri": f"sqlite:///{store / 'mlflow.db'}"})
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     env.update(STORE=str(store), PY=sys.executable, CFG=str(tmp_path / "cfg.yaml"), LOG=str(tmp_path / "train.log"),
