@@ -1,11 +1,13 @@
-"""``lsqbq analyze error | ptq | angles``: the analyses as commands writing ``PREFIX.csv`` and ``PREFIX.md``
-(and ``PREFIX.png`` for ``angles``).
+"""``lsqbq analyze error | ptq | angles | sweep``: the analyses as commands writing ``PREFIX.csv`` and ``PREFIX.md``
+(and ``PREFIX.png`` for ``angles`` and ``sweep``).
 
 Usage::
 
     lsqbq analyze error  --checkpoint checkpoints/.../checkpoint.pt --out results/analysis/DATASET/MODEL/error
     lsqbq analyze ptq    --checkpoint checkpoints/.../checkpoint.pt --out results/analysis/DATASET/MODEL/ptq
-    lsqbq analyze angles --checkpoint checkpoints/.../checkpoint.pt --out results/analysis/DATASET/MODEL/angles
+    lsqbq analyze angles --checkpoint checkpoints/.../fp_fp/s0/checkpoint.pt \\
+        [--students checkpoints/.../ls-2_ls-1/s0/checkpoint.pt] --out results/analysis/DATASET/MODEL/angles_fp_fp_s0
+    lsqbq analyze sweep  --out results/analysis/synthetic/angle_sweep   # Gaussian to sparse rows, no model needed
     lsqbq analyze error  --synthetic-only --out results/analysis/synthetic   # no model needed
     lsqbq analyze angles --render-only --out results/analysis/DATASET/MODEL/angles  # md + png from the CSV
 
@@ -13,8 +15,8 @@ The markdown file is rendered from the CSV just written, so it is a pure functio
 
 Each computing invocation (not ``--render-only``) is recorded as one MLflow run in experiment ``lsqbq-analysis``
 (or nested under the analysed checkpoint's training run when that run is in the same store): the arguments as
-params, the row count (and for ``ptq`` each scheme's top-1 / top-5) as metrics, the files written as artifacts and
-tag ``lsqbq.source_run_ids``. ``LSQBQ_TRACKING=0`` skips it.
+params, the row count (and for ``ptq`` each scheme's top-1 / top-5 / KL / NLL) as metrics, the files written as
+artifacts and tag ``lsqbq.source_run_ids``. ``LSQBQ_TRACKING=0`` skips it.
 """
 from __future__ import annotations
 
@@ -28,13 +30,17 @@ import torch
 
 from ..schemes import get_scheme
 from . import figures, report
-from .hooks import layer_inputs, weight_rows
+from .hooks import layer_inputs, quantizer_inputs, weight_rows
 from .lloyd_max import DISTRIBUTIONS
-from .measures import ANGLE_SCHEMES, PTQ_SCHEMES, angle_rows, error_rows, quantize_weights, synthetic_rows
+from .measures import ANGLE_SCHEMES, PTQ_SCHEMES, angle_rows, error_rows, synthetic_rows
+from .ptq import BN_IMAGES, calibration_loader, ptq_rows
+from .angle_views import angles_view, sweep_view
+from .sweep import SWEEP_P, crossing, sweep_rows
 
 __all__ = ["build_parser", "main", "render_outputs"]
 
 PROVENANCE = ("commit", "config_hash", "data_hash", "run_id")
+FIGURES = ("angles", "sweep")  # the commands that draw PREFIX.png
 _SOURCES: list = []  # MLflow run ids of the checkpoints read by this invocation
 
 
@@ -84,15 +90,16 @@ def error_view(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def ptq_view(df: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({"weights": df["w_quant"].map(_display), "k^w": df["k_w"],
+    """Top-1 / top-5, KL to the fp model and NLL per weight scheme; the BatchNorm re-estimation columns when it ran."""
+    view = pd.DataFrame({"weights": df["w_quant"].map(_display), "k^w": df["k_w"],
                          "top-1 (%)": df["top1"].map(report.fmt_value), "top-5 (%)": df["top5"].map(report.fmt_value)})
-
-
-def angles_view(df: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({
-        "layer": df["layer"], "scheme": df["scheme"].map(_display),
-        "angle (degrees)": [report.fmt_mean_std(m, c, 2, 2) for m, c in zip(df["angle_deg"], df["angle_ci95"])],
-        "relative error": [report.fmt_mean_std(m, c, 2, 4) for m, c in zip(df["rel_error"], df["rel_error_ci95"])]})
+    for col, title in (("kl", "KL to fp (nats)"), ("nll", "NLL (nats)")):
+        if col in df:
+            view[title] = df[col].map(lambda v: report.fmt_value(v, 4))
+    if "top1_bn" in df and df["top1_bn"].notna().any():
+        view["BN re-estimated: top-1 (%)"] = df["top1_bn"].map(report.fmt_value)
+        view["BN re-estimated: KL to fp (nats)"] = df["kl_bn"].map(lambda v: report.fmt_value(v, 4))
+    return view
 
 
 def _write(rows: list[dict], prefix: str | Path, command: str) -> None:
@@ -102,13 +109,22 @@ def _write(rows: list[dict], prefix: str | Path, command: str) -> None:
 
 
 def render_outputs(command: str, prefix: str | Path) -> None:
-    """``PREFIX.md`` (and ``PREFIX.png`` for ``angles``) from an existing ``PREFIX.csv``: a pure function of it."""
+    """``PREFIX.md`` (and ``PREFIX.png`` for ``angles`` and ``sweep``) from an existing ``PREFIX.csv``: a pure
+    function of it."""
     prefix = Path(prefix)
     csv = prefix.with_suffix(".csv")
     title, note, view = DOCS[command]
-    report.write_markdown(prefix.with_suffix(".md"), title, [note, view(report.read_csv(csv))])
+    df = report.read_csv(csv)
+    blocks = [note, view(df)]
+    if command == "sweep":
+        p = crossing(df)
+        blocks.append(f"{_display('ls-2')} falls below {_display('gf-4')} at spike weight p = {p:.2f}." if p == p
+                      else f"{_display('ls-2')} stays above {_display('gf-4')} over the whole sweep.")
+    report.write_markdown(prefix.with_suffix(".md"), title, blocks)
     if command == "angles":
         figures.plot_angles([csv], prefix.with_suffix(".png"))
+    elif command == "sweep":
+        figures.plot_sweep(csv, prefix.with_suffix(".png"))
 
 
 ERROR_TITLE = "Quantization error: MSE, relative error and the Lloyd-Max optimum with the same number of levels"
@@ -116,12 +132,24 @@ ERROR_NOTE = ("Rows are quantized independently and errors pooled over all rows 
               "relative error = ‖x − x_q‖ / ‖x‖. Lloyd-Max: the optimal quantizer with the same number of levels, "
               "fitted per row; 'official skip-3': the official code's every-third-value search.")
 PTQ_TITLE = "Post-training quantization of the weights (activations full precision)"
-PTQ_NOTE = "The trained model's weights quantized per output channel with each scheme; test accuracy."
+PTQ_NOTE = ("The trained model's weights quantized per output channel with each scheme, activations full precision; "
+            "on the same test images: accuracy, KL(p_fp ‖ p_q) of the quantized model's softmax to the trained "
+            "model's and the test NLL (cross-entropy), both mean nats per image. *BN re-estimated* (a separate "
+            "measurement): the same after recomputing every BatchNorm layer's running statistics on a fixed set of "
+            "training images (`bn_images` in the CSV), KL still to the unchanged trained model.")
 ANGLES_TITLE = "Angle and relative error between activations and their quantization, per layer"
 ANGLES_NOTE = ("Mean ± half-width of the 95 % interval over images (normal approximation) of the angle "
-               "arccos(⟨x, x_q⟩ / ‖x‖‖x_q‖) and of ‖x − x_q‖ / ‖x‖, one row x per image.")
+               "arccos(⟨x, x_q⟩ / ‖x‖‖x_q‖) and of ‖x − x_q‖ / ‖x‖, one row x per image; the spread is the standard "
+               "deviation of the angle over images. *input*: the teacher's BN outputs (signed, unclamped) or what "
+               "the student's activation quantizers see (each quantized layer's input after its clamp). Tail of "
+               "the rows: excess kurtosis (0 for a normal) and the fraction of values with |x| < 0.1 SD (0.080 for "
+               "a normal), per row, averaged over images.")
+SWEEP_TITLE = "Angle of each scheme on synthetic rows from Gaussian to sparse"
+SWEEP_NOTE = ("Spike-and-slab rows of unit variance: a value lies in the narrow spike N(0, (0.01 s)²) with "
+              "probability p, else in the slab N(0, s²). Mean angle over the rows (degrees) and the rows' tail "
+              "measures; p = 0 is N(0, 1).")
 DOCS = {"error": (ERROR_TITLE, ERROR_NOTE, error_view), "ptq": (PTQ_TITLE, PTQ_NOTE, ptq_view),
-        "angles": (ANGLES_TITLE, ANGLES_NOTE, angles_view)}
+        "angles": (ANGLES_TITLE, ANGLES_NOTE, angles_view), "sweep": (SWEEP_TITLE, SWEEP_NOTE, sweep_view)}
 
 
 # ------------------------------------------------------------------------------------------- commands
@@ -144,27 +172,68 @@ def cmd_error(args) -> list[dict]:
     return rows
 
 
-def cmd_ptq(args) -> list[dict]:
-    from ..evaluate import evaluate
+def _load_ptq(args):
+    """(model in eval mode, test loader, calibration loader or None): :func:`_load` plus the fixed training images
+    of the BatchNorm re-estimation (:func:`~lsqbq.analysis.ptq.calibration_loader`, augmentation off)."""
+    from .. import data as D
+    from ..checkpoint import load_model
+    from ..errors import InputError
 
-    model, _, loader = _load(args.checkpoint, args.threads, args.test_subset)
+    if args.bn_images < 0:
+        raise InputError(f"--bn-images: the number of calibration images must be 0 (skip) or more, got "
+                         f"{args.bn_images}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    loaded = load_model(args.checkpoint)
+    _SOURCES.append(_provenance(args.checkpoint).get("run_id") or loaded.state.get("run_id"))
+    cfg = loaded.config
+    if args.test_subset is not None:
+        cfg.data.test_subset = args.test_subset
+    cfg.data.augment = False  # the calibration images as the test images are seen: no random crop or flip
+    train, test = D.build_loaders(cfg)
+    if not args.bn_images or train is None:
+        if args.bn_images:
+            print("no training split: BatchNorm re-estimation skipped", file=sys.stderr)
+        return loaded.model.eval(), test, None
+    return loaded.model.eval(), test, calibration_loader(train.dataset, args.bn_images, cfg.data.batch_size,
+                                                         train.collate_fn)
+
+
+def cmd_ptq(args) -> list[dict]:
+    """Every weight scheme measured in one pass over the test set (:func:`~lsqbq.analysis.ptq.ptq_rows`)."""
+    model, loader, calibration = _load_ptq(args)
     prov = _provenance(args.checkpoint)
-    fp = get_scheme(None)
-    rows = []
-    for name in args.schemes:
-        res = evaluate(quantize_weights(model, name), loader, torch.device("cpu"))
-        rows.append({"w_quant": name, "k_w": get_scheme(name).label, "x_quant": fp.name, "k_a": fp.label,
-                     "top1": float(res["top1"]), "top5": float(res.get("top5", float("nan"))), **prov})
+    rows = [{**r, **prov} for r in ptq_rows(model, args.schemes, loader, calibration)]
     _write(rows, args.out, "ptq")
     return rows
 
 
+def _pair(cfg) -> str:
+    return f"{cfg.model.x_quant}/{cfg.model.w_quant}"
+
+
 def cmd_angles(args) -> list[dict]:
-    model, _, loader = _load(args.checkpoint, args.threads, args.test_subset)
-    prov = _provenance(args.checkpoint)
+    """Angles on the teacher's BN outputs, then on what each student's activation quantizers see (the same
+    images: the teacher's test loader)."""
+    from ..checkpoint import load_model
+
+    model, cfg, loader = _load(args.checkpoint, args.threads, args.test_subset)
     names, acts = layer_inputs(model, loader, args.images)
-    rows = [{**r, **prov} for r in angle_rows(names, acts, args.schemes)]
+    rows = [{**r, **_provenance(args.checkpoint)}
+            for r in angle_rows(names, acts, args.schemes, input="teacher", input_run=_pair(cfg))]
+    for student in args.students:
+        loaded = load_model(student)
+        _SOURCES.append(_provenance(student).get("run_id") or loaded.state.get("run_id"))
+        names, acts = quantizer_inputs(loaded.model.eval(), loader, args.images)
+        rows += [{**r, **_provenance(student)}
+                 for r in angle_rows(names, acts, args.schemes, input="student", input_run=_pair(loaded.config))]
     _write(rows, args.out, "angles")
+    return rows
+
+
+def cmd_sweep(args) -> list[dict]:
+    rows = sweep_rows(args.p, args.schemes, args.rows, args.n, args.seed)
+    _write(rows, args.out, "sweep")
     return rows
 
 
@@ -178,12 +247,13 @@ def _record(args, rows: list[dict]) -> None:
     metrics: dict = {"rows": len(rows)}
     if args.command == "ptq":
         for r in rows:
-            metrics[f"top1 {r['w_quant']}"], metrics[f"top5 {r['w_quant']}"] = r["top1"], r["top5"]
+            metrics.update({f"{k} {r['w_quant']}": r[k] for k in ("top1", "top5", "kl", "nll", "top1_bn", "kl_bn")
+                            if r[k] == r[k]})  # NaN (no re-estimation) left out
     label = tracking._checkpoint_label(args.checkpoint) if args.checkpoint and not getattr(
         args, "synthetic_only", False) else "synthetic"
     run_id = tracking.record_run(
         "lsqbq-analysis", f"analyze {args.command} {label}", params=params, metrics=metrics,
-        artifacts=[prefix.with_suffix(s) for s in (".csv", ".md", ".png")[:3 if args.command == "angles" else 2]],
+        artifacts=[prefix.with_suffix(s) for s in (".csv", ".md", ".png")[:3 if args.command in FIGURES else 2]],
         tags={"lsqbq.kind": f"analyze {args.command}", "checkpoint": args.checkpoint,
               "data_hash": rows[0].get("data_hash") if rows and rows[0].get("data_hash") else None},
         source_run_ids=_SOURCES)
@@ -218,10 +288,24 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("ptq", help="post-training weight quantization accuracy")
     common(q)
     q.add_argument("--schemes", nargs="+", default=list(PTQ_SCHEMES), help="weight schemes to evaluate")
+    q.add_argument("--bn-images", type=int, default=BN_IMAGES,
+                   help="training images for the BatchNorm re-estimation after weight quantization (0: skip it)")
 
     a = sub.add_parser("angles", help="per-layer angle / relative error of quantized activations")
     common(a)
     a.add_argument("--schemes", nargs="+", default=list(ANGLE_SCHEMES), help="activation schemes to compare")
+    a.add_argument("--students", nargs="*", default=[],
+                   help="student checkpoints whose quantized layers' (clamped) inputs are analysed too")
+
+    w = sub.add_parser("sweep", help="angles on synthetic rows from Gaussian to sparse (spike-and-slab)")
+    w.add_argument("--out", required=True, help="output prefix: writes PREFIX.csv, PREFIX.md and PREFIX.png")
+    w.add_argument("--render-only", action="store_true", help="rewrite PREFIX.md and PREFIX.png from PREFIX.csv")
+    w.add_argument("--p", nargs="+", type=float, default=list(SWEEP_P), help="spike weights, each in [0, 1)")
+    w.add_argument("--schemes", nargs="+", default=list(ANGLE_SCHEMES), help="activation schemes to compare")
+    w.add_argument("--rows", type=int, default=32, help="rows per spike weight")
+    w.add_argument("--n", type=int, default=2048, help="values per row")
+    w.add_argument("--seed", type=int, default=0, help="seed of the first sample (+1 per spike weight)")
+    w.set_defaults(checkpoint=None, synthetic_only=True)
     return p
 
 
@@ -235,10 +319,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "error" and not args.checkpoint:
         args.synthetic_only = True
-    elif args.command != "error" and not args.checkpoint:
+    elif args.command in ("ptq", "angles") and not args.checkpoint:
         parser.error(f"{args.command} needs --checkpoint")
+    if args.command == "sweep" and not all(0 <= p < 1 for p in args.p):
+        parser.error(f"--p: every spike weight must be in [0, 1), got {' '.join(map(str, args.p))}")
+    if args.command == "sweep" and min(args.rows, args.n) < 2:
+        parser.error(f"--rows and --n must be at least 2 (a spread needs two rows), got {args.rows} and {args.n}")
     _SOURCES.clear()
-    rows = {"error": cmd_error, "ptq": cmd_ptq, "angles": cmd_angles}[args.command](args)
+    rows = {"error": cmd_error, "ptq": cmd_ptq, "angles": cmd_angles, "sweep": cmd_sweep}[args.command](args)
     _record(args, rows)
     return 0
 

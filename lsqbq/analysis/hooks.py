@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["quantizable_layers", "activation_sites", "layer_inputs", "weight_rows"]
+__all__ = ["quantizable_layers", "activation_sites", "layer_inputs", "quantizer_inputs", "weight_rows"]
 
 
 def quantizable_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
@@ -43,21 +43,22 @@ def activation_sites(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]
 
 
 @torch.no_grad()
-def layer_inputs(model: torch.nn.Module, loader, images: int) -> tuple[list[str], list[torch.Tensor]]:
-    """Activations at every :func:`activation_sites` site on the first ``images`` images of ``loader``, as
-    ``(images, features)`` rows (one row per image: the official per-sample granularity), in forward order."""
-    sites = activation_sites(model)
+def _collect(model: torch.nn.Module, loader, images: int, sites, pre: bool,
+             take) -> tuple[list[str], list[torch.Tensor]]:
+    """``take(module, input, output)`` at every site (forward hooks; ``pre``: forward-pre hooks, output None) on the
+    first ``images`` images of ``loader``, as ``(images, features)`` rows in forward order."""
     store: dict[str, list[torch.Tensor]] = {name: [] for name, _ in sites}
     order: list[str] = []
 
     def hook(name):
-        def fn(mod, inp, out):
+        def fn(mod, inp, out=None):
             if name not in order:
                 order.append(name)
-            store[name].append(out.detach().cpu())
+            store[name].append(take(mod, inp, out).detach().cpu())
         return fn
 
-    hooks = [m.register_forward_hook(hook(name)) for name, m in sites]
+    hooks = [m.register_forward_pre_hook(hook(name)) if pre else m.register_forward_hook(hook(name))
+             for name, m in sites]
     seen = 0
     try:
         for x, _ in loader:
@@ -70,3 +71,20 @@ def layer_inputs(model: torch.nn.Module, loader, images: int) -> tuple[list[str]
         for h in hooks:
             h.remove()
     return order, [torch.cat(store[n]).reshape(seen, -1) for n in order]
+
+
+def layer_inputs(model: torch.nn.Module, loader, images: int) -> tuple[list[str], list[torch.Tensor]]:
+    """Activations at every :func:`activation_sites` site on the first ``images`` images of ``loader``, as
+    ``(images, features)`` rows (one row per image: the official per-sample granularity), in forward order."""
+    return _collect(model, loader, images, activation_sites(model), False, lambda mod, inp, out: out)
+
+
+def quantizer_inputs(model: torch.nn.Module, loader, images: int) -> tuple[list[str], list[torch.Tensor]]:
+    """What the activation quantizer of every quantizable layer of a (student) model sees on the first ``images``
+    images of ``loader``: the layer's input clamped to ``[-clamp, clamp]`` (when the layer clamps), as
+    ``(images, features)`` rows in forward order."""
+    def clamped(mod, inp, out):
+        x = inp[0]
+        return x if mod.clamp is None else x.clamp(-mod.clamp, mod.clamp)
+
+    return _collect(model, loader, images, quantizable_layers(model), True, clamped)

@@ -3,7 +3,8 @@ and the angle between activations and their quantization.
 
 Definitions (rows quantized independently, errors pooled over all rows of a source):
     MSE = sum (x - x_q)^2 / N,   relative error = ||x - x_q||_2 / ||x||_2,
-    angle = arccos(<x, x_q> / (||x|| ||x_q||)) in degrees (Anderson & Berg), per row.
+    angle = arccos(<x, x_q> / (||x|| ||x_q||)) in degrees (Anderson & Berg), per row;
+    tail of a row: excess kurtosis E (x - m)^4 / s^4 - 3 and the fraction of values with |x| < 0.1 s.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from .hooks import quantizable_layers
 from .lloyd_max import DISTRIBUTIONS, lloyd_max
 
 __all__ = ["ERROR_SCHEMES", "REFERENCE_SCHEMES", "PTQ_SCHEMES", "ANGLE_SCHEMES", "synthetic_rows", "error_rows",
-           "quantize_weights", "angle_rows"]
+           "quantize_weights", "NEAR_ZERO", "tail_measures", "row_angles", "angle_rows"]
 
 ERROR_SCHEMES = ("fp", "ls-1", "gf-2", "gf-3", "gf-4", "ls-T", "ls-2")
 PTQ_SCHEMES = ("fp", "gf-1", "gf-2", "gf-3", "gf-4", "ls-T", "ls-2")
@@ -106,19 +107,51 @@ def _ci95(v: np.ndarray) -> float:
     return 1.96 * v.std(ddof=1) / math.sqrt(v.size) if v.size > 1 else 0.0
 
 
-def angle_rows(layers: Sequence[str], acts: Sequence[torch.Tensor], schemes: Sequence[str] = ANGLE_SCHEMES
-               ) -> list[dict]:
+#: A value counts as near zero when ``|x| < NEAR_ZERO * std`` of its row.
+NEAR_ZERO = 0.1
+
+
+def tail_measures(x: torch.Tensor) -> tuple[float, float]:
+    """``(excess kurtosis, near-zero fraction)`` of the rows of ``x``, each computed per row and averaged over rows:
+    ``E (x - m)^4 / s^4 - 3`` (0 for a normal, > 0 for a heavier tail) and the fraction of values with
+    ``|x| < NEAR_ZERO * s`` (0.080 for a normal), ``m``, ``s`` the row's mean and (population) standard deviation.
+    Constant rows are left out (NaN when every row is constant)."""
+    x = x.detach().double().flatten(1)
+    c = x - x.mean(1, keepdim=True)
+    var = c.square().mean(1)
+    ok = var > 0
+    if not bool(ok.any()):
+        return float("nan"), float("nan")
+    kurt = c[ok].pow(4).mean(1) / var[ok].square() - 3
+    near = (x[ok].abs() < NEAR_ZERO * var[ok].sqrt().unsqueeze(1)).double().mean(1)
+    return float(kurt.mean()), float(near.mean())
+
+
+def row_angles(x: torch.Tensor, scheme: str) -> np.ndarray:
+    """Angle in degrees between every row of ``x`` and its quantization with ``scheme``."""
+    x = x.detach().double()
+    xq = quantize(x, scheme)
+    cos = (x * xq).sum(1) / (x.norm(dim=1) * xq.norm(dim=1)).clamp_min(1e-300)
+    return torch.rad2deg(torch.acos(cos.clamp(-1, 1))).numpy()
+
+
+def angle_rows(layers: Sequence[str], acts: Sequence[torch.Tensor], schemes: Sequence[str] = ANGLE_SCHEMES,
+               **labels) -> list[dict]:
     """Per layer and scheme: mean angle (degrees) and relative error between each row (image) of the
-    activations and its quantization, each with the half-width of its 95 % interval over the rows."""
+    activations and its quantization, each with the half-width of its 95 % interval over the rows; the standard
+    deviation of the angle over the rows (``angle_std``, the spread across images); and the layer's tail measures
+    (:func:`tail_measures`) of the rows the quantizers see. ``labels`` (e.g. ``input="teacher"``) go on every row."""
     rows = []
     for li, (layer, x) in enumerate(zip(layers, acts)):
-        x = x.double()
+        x = x.detach().double()
+        kurt, near = tail_measures(x)
         for name in schemes:
+            ang = row_angles(x, name)
             xq = quantize(x, name)
-            cos = (x * xq).sum(1) / (x.norm(dim=1) * xq.norm(dim=1)).clamp_min(1e-300)
-            ang = torch.rad2deg(torch.acos(cos.clamp(-1, 1))).numpy()
             rel = ((x - xq).norm(dim=1) / x.norm(dim=1).clamp_min(1e-300)).numpy()
-            rows.append({"layer_index": li, "layer": layer, "scheme": name, "images": x.shape[0],
+            rows.append({**labels, "layer_index": li, "layer": layer, "scheme": name, "images": x.shape[0],
                          "angle_deg": float(ang.mean()), "angle_ci95": float(_ci95(ang)),
-                         "rel_error": float(rel.mean()), "rel_error_ci95": float(_ci95(rel))})
+                         "angle_std": float(ang.std(ddof=1)) if ang.size > 1 else 0.0,
+                         "rel_error": float(rel.mean()), "rel_error_ci95": float(_ci95(rel)),
+                         "excess_kurtosis": kurt, "near_zero": near})
     return rows

@@ -17,7 +17,7 @@ __all__ = ["TEXT_COLUMNS", "fmt_value", "fmt_mean_std", "fmt_percent", "write_cs
 
 #: Columns of the analysis CSVs read as text (labels, scheme names, provenance hashes and ids).
 TEXT_COLUMNS = ("k_a", "k_w", "levels", "seed", "commit", "config_hash", "data_hash", "run_id", "layer", "scheme",
-                "x_quant", "w_quant", "model", "source")
+                "x_quant", "w_quant", "model", "source", "input", "input_run")
 
 
 def _missing(v) -> bool:

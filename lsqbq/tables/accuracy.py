@@ -12,6 +12,11 @@ difference, ``ci_low``/``ci_high``  mean paired difference A - B (points) and it
 ``bound_low``/``bound_high``       one-sided 95 % bounds by ``method`` (:mod:`lsqbq.stats.equivalence`), the
                                    largest differences the data exclude, and the basis of "equivalent within ±margin".
 
+Each post-training row is followed by a supporting row of kind :data:`PTQ_SUPPORT` when the post-training results
+carry ``kl``: the paired difference of the mean KL(p_fp || p_q) to the fp model's outputs (nats per test image) with
+its seed-only t interval over the fp models, verdict on "A below B". It is outside the Holm family (no ``holm_*``,
+no ``analysis``): evidence beside the accuracy verdict, not a test of its own.
+
 Quantization-aware training rows come once per activation-scale mode: scales fitted per image and the moving
 averages stored in training (``top1_fitted`` / ``top1_stored`` of the evaluations); without evaluations, once with
 the accuracy recorded by training ("as trained").
@@ -29,15 +34,17 @@ from ..stats import EQUIVALENCE_MARGIN, FAMILY_ALPHA, hierarchical_bootstrap, ho
 from .aggregate import mean_std, pair_key, paper_value
 from .predictions import correct
 from .render import fmt_mean_std
-from .verdicts import decide, row
+from .verdicts import decide, row, verdict
 
-__all__ = ["LEVEL", "QAT_ORDER", "QAT_WEIGHTS", "KINDS", "ptq_claims", "qat_claims", "adjust_family", "scale_modes"]
+__all__ = ["LEVEL", "QAT_ORDER", "QAT_WEIGHTS", "KINDS", "PTQ_SUPPORT", "ptq_claims", "qat_claims", "adjust_family",
+           "scale_modes"]
 
 LEVEL = 0.95  # unadjusted confidence level
 #: Claim 3: each scheme (activations, 1-bit ls-1 weights) above the next.
 QAT_ORDER = ("ls-2", "gf-2", "ls-T", "ls-1")
 QAT_WEIGHTS = "ls-1"
 KINDS = ("ptq", "qat")  # the family of accuracy claims
+PTQ_SUPPORT = "ptq_kl"  # kind of the supporting KL rows of the post-training claims (not in the family)
 METHOD_T = "paired t over seeds"
 METHOD_BOOTSTRAP = "hierarchical bootstrap over seeds and test images"
 #: Recorded accuracies are rounded to 0.01 points; predictions must reproduce them within this.
@@ -67,9 +74,35 @@ def _statistics(diffs: list[float], corrects: tuple[np.ndarray, np.ndarray] | No
 # ------------------------------------------------------------------------------ post-training ls-2 >> gf-2
 
 
+def _ptq_kl_row(g: pd.DataFrame, a: str, b: str, claim: str, model: str) -> dict | None:
+    """The supporting row of one post-training claim: mean KL to the fp model of ``a`` minus ``b``, paired by fp
+    model, seed-only t interval at :data:`LEVEL`; verdict on ``a`` below ``b``. None without KL values."""
+    if "kl" not in g:
+        return None
+    va, vb = (g[g["w_quant"] == w].set_index("run_id")["kl"].dropna() for w in (a, b))
+    common = sorted(set(va.index) & set(vb.index))
+    if not common:
+        return None
+    t = paired_t([float(va[r] - vb[r]) for r in common])
+    lo, hi = t.interval(LEVEL)
+    ms = [mean_std(v[common].tolist()) for v in (va, vb)]
+    ours = f"KL {fmt_mean_std(*ms[0], t.n, 4)} vs {fmt_mean_std(*ms[1], t.n, 4)} nats"
+    if "nll" in g:
+        nll = [mean_std(g[g["w_quant"] == w].set_index("run_id")["nll"].reindex(common).tolist())[0] for w in (a, b)]
+        ours += f"; test NLL {nll[0]:.3f} vs {nll[1]:.3f} nats"
+    return row(kind=PTQ_SUPPORT, claim=f"{claim}: supporting evidence, KL to the fp model's outputs (not in the Holm "
+                                       "family)", paper="none (the paper reports top-1 only)", model=model,
+               setting="fp model's weights quantized, activations fp; mean KL(p_fp ‖ p_q) over the test images, "
+                       f"nats; {_disp(a)} below {_disp(b)} supports the claim",
+               scales="", ours=ours, difference=t.estimate, ci_low=lo, ci_high=hi, method=METHOD_T, t_low=lo,
+               t_high=hi, p_value=t.pvalue, n=t.n, unit="nats", pairing="by fp model (seed)",
+               verdict=verdict(lo, hi, sign=-1))
+
+
 def ptq_claims(ptq: pd.DataFrame, paper: pd.DataFrame) -> list[dict]:
     """Post-training weight quantization: ls-2 against gf-2, paired by the fp model (one per seed); seed-only t
-    (post-training evaluations keep no per-image predictions). Verdicts unadjusted until :func:`adjust_family`."""
+    (post-training evaluations keep no per-image predictions). Verdicts unadjusted until :func:`adjust_family`.
+    Each row is followed by its supporting KL row (:func:`_ptq_kl_row`) when ``ptq`` has a ``kl`` column."""
     a, b = "ls-2", "gf-2"
     fp = get_scheme(None).name
     pa, pb = (paper_value(paper, "post", fp, w, "V1 Table 1") for w in (a, b))
@@ -84,9 +117,13 @@ def ptq_claims(ptq: pd.DataFrame, paper: pd.DataFrame) -> list[dict]:
         stats = _statistics([float(va[r] - vb[r]) for r in common], None, "no per-image predictions for PTQ")
         n = stats["n"]
         ours = f"{fmt_mean_std(*mean_std(va[common].tolist()), n)} vs {fmt_mean_std(*mean_std(vb[common].tolist()), n)}"
-        rows.append(row(kind="ptq", claim=f"post-training {_disp(a)} weights far above {_disp(b)}", paper=ref,
+        claim = f"post-training {_disp(a)} weights far above {_disp(b)}"
+        rows.append(row(kind="ptq", claim=claim, paper=ref,
                         model=model, setting="fp model's weights quantized, activations fp; test top-1 (%)",
                         scales="", ours=ours, unit="points", pairing="by fp model (seed)", **stats))
+        support = _ptq_kl_row(g, a, b, claim, model)
+        if support is not None:
+            rows.append(support)
     return rows
 
 

@@ -20,7 +20,7 @@ from ..schemes import get_scheme, kernel_name
 from .runs import PROVENANCE
 
 __all__ = ["PAPER_REFERENCES", "mean_std", "t_interval", "by_unit", "paired", "pair_key", "paper_value", "qat_table",
-           "ptq_table", "error_table", "inference_table", "checkpoint_latency", "pareto_table"]
+           "ptq_table", "error_table", "inference_table", "checkpoint_latency", "pareto_table", "PTQ_MEASURES"]
 
 #: Columns of the paper's numbers shown beside ours: (column prefix, source, fallback source, title).
 PAPER_REFERENCES = (
@@ -131,10 +131,18 @@ def qat_table(runs: pd.DataFrame, paper: pd.DataFrame, dataset: str) -> pd.DataF
     return pd.DataFrame(rows)
 
 
+#: The smooth measures of ``lsqbq analyze ptq`` (:mod:`lsqbq.analysis.ptq`) and those after BatchNorm
+#: re-estimation, aggregated by :func:`ptq_table` when the results carry them.
+PTQ_MEASURES = ("kl", "nll", "top1_bn", "kl_bn", "nll_bn")
+
+
 def ptq_table(ptq: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
     """Post-training results (``lsqbq analyze ptq`` rows with their model and seed) -> mean ± std per (model,
     weight scheme) over the fp models of every seed, with the paper's V1 Table 1 post-training top-1; ``n_seeds``
-    and ``seeds`` count the values in the top-1 cell."""
+    and ``seeds`` count the values in the top-1 cell. For every measure of :data:`PTQ_MEASURES` the results have,
+    ``{m}_mean``, ``{m}_std`` and ``n_{m}`` (the values in that cell: runs without it are left out), and
+    ``bn_images``, the calibration sizes of the re-estimation (``;``-joined, distinct)."""
+    measures = [m for m in PTQ_MEASURES if m in ptq]
     rows = []
     for (model, w), g in sorted(ptq[ptq["top1"].notna()].groupby(["model", "w_quant"], sort=False),
                                 key=lambda kv: (kv[0][0], get_scheme(kv[0][1]).sort_key)):
@@ -149,6 +157,11 @@ def ptq_table(ptq: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
                      "top1_mean": t1, "top1_std": s1, "top5_mean": t5, "top5_std": s5,
                      "v1_imagenet_top1": _float(p["top1"]) if p else float("nan"),
                      **{k: ";".join(str(v) for v in g[k]) for k in PROVENANCE if k in g}})
+        for m in measures:
+            rows[-1][f"{m}_mean"], rows[-1][f"{m}_std"] = mean_std(g[m].tolist())
+            rows[-1][f"n_{m}"] = int(g[m].notna().sum())
+        if "bn_images" in g:
+            rows[-1]["bn_images"] = ";".join(dict.fromkeys(str(int(v)) for v in g["bn_images"].dropna()))
     return pd.DataFrame(rows)
 
 

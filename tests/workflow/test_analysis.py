@@ -2,6 +2,7 @@
 the command's outputs (fast unit tests)."""
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -238,23 +239,29 @@ def test_render_only_redraws_markdown_and_figure_from_the_csv(tmp_path):
         A.main(["angles", "--out", str(prefix)])  # computing needs a checkpoint
 
 
-@pytest.fixture
-def lenet_checkpoint(tmp_path, monkeypatch):
-    """A LeNet-5 checkpoint with its metrics.json, and a synthetic test loader in place of the dataset."""
+def _lenet(path, run_id: str, **model) -> Path:
+    """A LeNet-5 checkpoint (``model``: config overrides, e.g. the student's schemes) with its metrics.json."""
     import json
 
-    from lsqbq import data
     from lsqbq.checkpoint import FORMAT, build_model, save_atomic
     from lsqbq.config import from_dict, model_options, to_dict
 
     torch.manual_seed(0)
-    cfg = from_dict({"model": {"name": "lenet5"}, "data": {"name": "fashion-mnist"}})
+    cfg = from_dict({"model": {"name": "lenet5", **model}, "data": {"name": "fashion-mnist"}})
     opts = model_options(cfg, 10, 1)
-    path = tmp_path / "run" / "checkpoint.pt"
     save_atomic({"format": FORMAT, "config": to_dict(cfg), "model_options": opts, "epoch": 1,
                  "model": build_model("lenet5", opts).state_dict()}, path)
-    path.with_name("metrics.json").write_text(json.dumps({"run_id": "r0", "commit": "c", "config_hash": "h",
+    path.with_name("metrics.json").write_text(json.dumps({"run_id": run_id, "commit": "c", "config_hash": "h",
                                                           "data_hash": "d"}))
+    return path
+
+
+@pytest.fixture
+def lenet_checkpoint(tmp_path, monkeypatch):
+    """A LeNet-5 checkpoint with its metrics.json, and a synthetic test loader in place of the dataset."""
+    from lsqbq import data
+
+    path = _lenet(tmp_path / "run" / "checkpoint.pt", "r0")
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randn(8, 1, 28, 28, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(3)]
     monkeypatch.setattr(data, "build_loaders", lambda cfg: (None, batches))
@@ -271,3 +278,95 @@ def test_ptq_and_angles_commands_on_a_checkpoint(lenet_checkpoint, tmp_path):
     assert set(df.layer) == {"bn2"} and (df.images == 16).all() and len(df) == len(A.ANGLE_SCHEMES)
     assert angles.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     assert "| bn2 " in angles.with_suffix(".md").read_text()
+
+
+def test_angles_command_measures_the_students_clamped_quantizer_inputs(lenet_checkpoint, tmp_path):
+    student = _lenet(tmp_path / "student" / "checkpoint.pt", "r1", x_quant="ls-2", w_quant="ls-1", clamp=0.5)
+    prefix = tmp_path / "out" / "angles_fp_fp_s0"
+    assert A.main(["angles", "--checkpoint", str(lenet_checkpoint), "--students", str(student), "--out", str(prefix),
+                   "--images", "12", "--schemes", "ls-1", "gf-2", "ls-2"]) == 0
+    df = pd.read_csv(prefix.with_suffix(".csv"))
+    teacher, stud = df[df.input == "teacher"], df[df.input == "student"]
+    assert set(teacher.input_run) == {"fp/fp"} and set(stud.input_run) == {"ls-2/ls-1"}
+    assert (teacher.run_id == "r0").all() and (stud.run_id == "r1").all() and (df.images == 12).all()
+    # what the student's quantizer sees: the input of its quantized layer, clamped (independent re-computation)
+    from lsqbq.checkpoint import load_model
+    from lsqbq import data
+
+    model = load_model(str(student)).model.eval()
+    (name, layer), = A.quantizable_layers(model)
+    seen = []
+    handle = layer.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].flatten(1).clamp(-0.5, 0.5)))
+    x = torch.cat([b for b, _ in data.build_loaders(None)[1]])[:12]
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    rows = seen[0].double()
+    assert set(stud.layer) == {name} and rows.abs().max() <= 0.5
+    expected = A.measures.row_angles(rows, "ls-2")
+    got = stud[stud.scheme == "ls-2"].iloc[0]
+    assert got.angle_deg == pytest.approx(expected.mean()) and got.angle_std == pytest.approx(expected.std(ddof=1))
+    kurt = ((rows - rows.mean(1, keepdim=True)) ** 4).mean(1) / rows.var(1, unbiased=False) ** 2 - 3
+    assert got.excess_kurtosis == pytest.approx(float(kurt.mean()))
+    md = prefix.with_suffix(".md").read_text()
+    assert "| student ls-2/ls-1 " in md and "| teacher fp/fp " in md
+
+
+def test_tail_measures_against_scipy_and_the_normal():
+    from scipy import stats
+
+    x = A.synthetic_rows("laplace", 8, 4000, seed=3)
+    kurt, near = A.measures.tail_measures(x)
+    xs = x.numpy()
+    assert kurt == pytest.approx(np.mean([stats.kurtosis(r) for r in xs]))  # Fisher, biased: the same estimator
+    assert near == pytest.approx(np.mean([(np.abs(r) < 0.1 * r.std()).mean() for r in xs]))
+    kurt_n, near_n = A.measures.tail_measures(A.synthetic_rows("normal", 8, 20000, seed=4))
+    assert abs(kurt_n) < 0.1 and near_n == pytest.approx(2 * stats.norm.cdf(0.1) - 1, abs=0.005)
+    assert all(math.isnan(v) for v in A.measures.tail_measures(torch.ones(3, 5)))  # constant rows: no tail
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5, 0.9])
+def test_optimal_beats_greedy_at_equal_bits_on_any_rows(p):
+    from lsqbq.analysis.sweep import spike_slab_rows
+
+    x = spike_slab_rows(p, 16, 1500, seed=7)
+    assert float(x.var()) == pytest.approx(1.0, rel=0.1)  # unit variance whatever the spike weight
+    ang = {s: A.measures.row_angles(x, s) for s in ("ls-1", "ls-T", "gf-2", "ls-2", "gf-4")}
+    assert (ang["ls-2"] <= ang["gf-2"] + 1e-9).all() and (ang["ls-T"] <= ang["ls-1"] + 1e-9).all()  # every row
+    if p == 0.0:  # Gaussian rows: 16 greedy levels are closer than 4 optimal ones
+        assert ang["gf-4"].mean() < ang["ls-2"].mean() - 5
+    elif p == 0.9:  # sparse rows: the 4 optimal levels are
+        assert ang["ls-2"].mean() < ang["gf-4"].mean() - 5
+
+
+def test_sweep_command_is_deterministic_and_finds_the_crossing(tmp_path):
+    from lsqbq.analysis.sweep import crossing, spike_slab_kurtosis
+
+    a, b = tmp_path / "a" / "sweep", tmp_path / "b" / "sweep"
+    for prefix in (a, b):
+        assert A.main(["sweep", "--out", str(prefix), "--p", "0", "0.3", "0.6", "0.9", "--rows", "8", "--n", "4000",
+                       "--schemes", "ls-2", "gf-4"]) == 0
+    for suffix in (".csv", ".md", ".png"):
+        assert a.with_suffix(suffix).read_bytes() == b.with_suffix(suffix).read_bytes()
+    df = pd.read_csv(a.with_suffix(".csv"))
+    wide = df.pivot(index="p", columns="scheme", values="angle_deg")
+    assert wide.loc[0.0, "gf-4"] < wide.loc[0.0, "ls-2"] and wide.loc[0.9, "ls-2"] < wide.loc[0.9, "gf-4"]
+    p = crossing(df)
+    i = int(np.argmax((wide["ls-2"] - wide["gf-4"]).to_numpy() < 0))  # the first point where ls-2 is below
+    assert wide.index[i - 1] < p <= wide.index[i]
+    assert f"at spike weight p = {p:.2f}" in a.with_suffix(".md").read_text()
+    tails = df.groupby("p")["excess_kurtosis"].first()
+    for q, k in tails.items():  # the sample's tail follows the density's
+        assert k == pytest.approx(spike_slab_kurtosis(q), abs=0.15 + 0.2 * spike_slab_kurtosis(q))
+    assert crossing(df[df.p <= 0.3]) != crossing(df[df.p <= 0.3])  # never below: NaN
+
+
+def test_sweep_rejects_a_spike_weight_outside_the_unit_interval(tmp_path, capsys):
+    prefix = tmp_path / "sweep"
+    with pytest.raises(SystemExit) as e:
+        A.main(["sweep", "--out", str(prefix), "--p", "0", "1.0"])
+    assert e.value.code == 2 and "--p: every spike weight must be in [0, 1), got 0.0 1.0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        A.main(["sweep", "--out", str(prefix), "--rows", "1"])
+    assert e.value.code == 2 and "--rows and --n must be at least 2" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing written

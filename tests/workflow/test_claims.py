@@ -6,12 +6,16 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
+from lsqbq.analysis.measures import angle_rows
+from lsqbq.analysis.sweep import spike_slab_rows
 from lsqbq.errors import DataError
 from lsqbq.stats import EQUIVALENCE_MARGIN, hierarchical_bootstrap, holm_levels
 from lsqbq.tables import claims as C
 from lsqbq.tables import load_paper
 from lsqbq.tables.predictions import load_predictions
+from lsqbq.tables.render import fmt_percent
 
 T95_2 = 4.302652729911275  # t_{0.975, 2}
 T90_2 = 2.919985580355516  # t_{0.95, 2}
@@ -70,15 +74,22 @@ def test_contradicted_when_the_interval_lies_on_the_other_side():
     assert C.qat_claims(runs, load_paper())[0]["verdict"] == C.CONTRADICTED
 
 
-def test_training_cost_relative_to_gf2():
+def test_training_cost_from_the_step_benchmark_with_wall_time_as_context():
     times = {("ls-2", "ls-1"): [130.0, 132.0, 128.0], ("gf-2", "ls-1"): [100.0, 101.0, 99.0]}
     runs = _runs({("ls-2", "ls-1"): [1.0] * 3, ("gf-2", "ls-1"): [1.0] * 3}, times)
-    bench = pd.DataFrame({"model": ["m", "m"], "x_quant": ["ls-2", "gf-2"], "w_quant": ["ls-1", "ls-1"],
-                          "ms_per_step": [13.0, 10.0]})
+    bench = pd.DataFrame({"model": ["m", "m", "m"], "x_quant": ["ls-2", "gf-2", "fp"],
+                          "w_quant": ["ls-1", "ls-1", "fp"], "ms_per_step": [13.0, 10.0, 8.0], "batch": 128,
+                          "threads": 1})
     row = C.cost_claims(runs, bench)[0]
-    rel = [30.0, 100 * (132 / 101 - 1), 100 * (128 / 99 - 1)]
-    assert row["difference"] == pytest.approx(sum(rel) / 3) and row["verdict"] == C.REPRODUCED
+    assert row["difference"] == pytest.approx(30.0) and row["verdict"] == C.REPRODUCED
     assert "step benchmark 13.0 vs 10.0 ms (+30.0 %)" in row["ours"]
+    wall = np.mean([30.0, 100 * (132 / 101 - 1), 100 * (128 / 99 - 1)])
+    assert f"({fmt_percent(wall / 100)}, 3 seeds)" in row["ours"] and "context: wall time" in row["ours"]
+    # within the benchmark's tolerance: not separated; clearly faster: contradicted
+    near = bench.assign(ms_per_step=[10.0 * (1 + C.BENCH_TOLERANCE / 200), 10.0, 8.0])
+    assert C.cost_claims(runs, near)[0]["verdict"] == C.NOT_SEPARABLE
+    assert C.cost_claims(runs, bench.assign(ms_per_step=[8.0, 10.0, 8.0]))[0]["verdict"] == C.CONTRADICTED
+    assert C.cost_claims(runs, pd.DataFrame()) == []  # wall time alone is no longer a measurement of cost
 
 
 def test_ptq_pairs_by_fp_model():
@@ -116,21 +127,81 @@ def test_lloyd_max_claim_is_contradicted_beyond_the_numerical_tolerance(monkeypa
     assert {r["verdict"] for r in C.lloyd_max_claims(_error_rows())} == {C.REPRODUCED}
 
 
-def test_angle_claim_in_later_layers_and_for_a_single_layer():
+def _measured_angles(p: float, teachers: int = 4, layers: int = 4, source: str = "teacher") -> pd.DataFrame:
+    """Angle rows measured by lsqbq.analysis on spike-and-slab rows (p = 0: Gaussian), one frame per teacher."""
+    frames = []
+    for seed in range(teachers):
+        acts = [spike_slab_rows(p, 24, 512, seed=100 * seed + li) for li in range(layers)]
+        rows = angle_rows([f"l{li}" for li in range(layers)], acts, input=source, input_run="fp/fp")
+        frames.append(pd.DataFrame(rows).assign(model="m", seed=seed))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _claim(rows: list[dict], text: str) -> dict:
+    (found,) = [r for r in rows if r["claim"].startswith(text)]
+    return found
+
+
+@pytest.mark.parametrize("p", [0.0, 0.9])
+def test_angle_claims_optimal_below_greedy_at_equal_bits_on_any_rows(p):
+    df = _measured_angles(p)
+    rows = C.angle_claims(df)
+    assert {r["kind"] for r in rows} == {"angle"} and len(rows) == 5
+    for a, b in C.EQUAL_BITS:
+        r = _claim(rows, f"angle of {a} below {b}")
+        wide = df[df["scheme"].isin((a, b))].pivot_table(index=["seed", "layer_index"], columns="scheme",
+                                                         values="angle_deg")
+        per_teacher = (wide[a] - wide[b]).groupby(level="seed").mean().to_numpy()  # every layer, images averaged
+        half = stats.t.ppf(0.975, 3) * per_teacher.std(ddof=1) / 2
+        assert r["difference"] == pytest.approx(per_teacher.mean())
+        assert (r["ci_low"], r["ci_high"]) == pytest.approx((per_teacher.mean() - half, per_teacher.mean() + half))
+        assert r["verdict"] == C.REPRODUCED and r["n"] == 4 and "every quantized layer (4)" in r["setting"]
+        assert "lower in 4 of 4 layers" in r["ours"]
+    spread = _claim(rows, "spread over images of the angle: ls-T below ls-1")
+    assert spread["claim"].endswith("on the teachers' BN outputs") and spread["unit"] == "degrees"
+    assert spread["difference"] == pytest.approx(
+        (df[df.scheme == "ls-T"]["angle_std"].to_numpy() - df[df.scheme == "ls-1"]["angle_std"].to_numpy()).mean())
+
+
+def test_angle_claim_against_gf4_depends_on_the_distribution():
+    gauss = _claim(C.angle_claims(_measured_angles(0.0)), "angle of ls-2 below gf-4 in later layers")
+    sparse = _claim(C.angle_claims(_measured_angles(0.9)), "angle of ls-2 below gf-4 in later layers")
+    assert gauss["verdict"] == C.CONTRADICTED and sparse["verdict"] == C.REPRODUCED
+    assert "depends on the activations' distribution" in gauss["claim"] and "layers 3-4 of 4" in gauss["setting"]
+    assert "excess kurtosis 0." in gauss["ours"] or "excess kurtosis -0." in gauss["ours"]
+    kurt = float(sparse["ours"].split("excess kurtosis ")[1].split(",")[0])
+    assert kurt > 10  # the sparse rows' heavy tail, reported beside the verdict
+
+
+def test_angle_claims_per_input_and_for_one_teacher():
+    teacher = _measured_angles(0.0, teachers=1, layers=2)
+    student = _measured_angles(0.9, teachers=1, layers=2, source="student").assign(input_run="ls-2/ls-1")
+    rows = C.angle_claims(pd.concat([teacher, student], ignore_index=True))
+    t, s = (_claim([r for r in rows if w in r["setting"]], "angle of ls-2 below gf-4")
+            for w in ("teachers' BN outputs", "ls-2/ls-1 students' activation quantizers (clamped)"))
+    assert "on the ls-2/ls-1 students' quantizer inputs" in s["claim"] and "on the teachers'" in t["claim"]
+    assert t["verdict"] == C.CONTRADICTED and s["verdict"] == C.REPRODUCED and len(rows) == 10
+    # one teacher: the normal approximation over its images, per-layer intervals combined as independent
+    r = _claim([r for r in rows if r is not t and "BN outputs" in r["setting"]], "angle of ls-2 below gf-2")
+    g = teacher.set_index(["layer_index", "scheme"])
+    d = [g.loc[(li, "ls-2"), "angle_deg"] - g.loc[(li, "gf-2"), "angle_deg"] for li in (0, 1)]
+    se = math.sqrt(sum((g.loc[(li, s), "angle_ci95"] / C.Z95) ** 2 for li in (0, 1) for s in ("ls-2", "gf-2"))) / 2
+    assert r["difference"] == pytest.approx(np.mean(d)) and r["ci_high"] == pytest.approx(np.mean(d) + C.Z95 * se)
+    assert r["method"] == "normal approximation over images" and math.isnan(r["t_low"]) and r["n"] == 1
+
+
+def test_angle_claims_read_an_older_csv_without_inputs_or_spread():
     rows = []
     for layer in range(4):
-        for scheme, angle in (("ls-2", 20.0), ("gf-4", 25.0 if layer >= 2 else 10.0)):
+        for scheme, angle in (("ls-2", 20.0), ("gf-4", 25.0 if layer >= 2 else 10.0), ("gf-2", 21.0)):
             rows.append({"model": "deep", "seed": 0, "layer_index": layer, "layer": f"l{layer}", "scheme": scheme,
                          "angle_deg": angle, "angle_ci95": 0.5, "images": 128})
-    rows += [{"model": "one", "seed": 0, "layer_index": 0, "layer": "bn2", "scheme": s, "angle_deg": a,
-              "angle_ci95": 0.5, "images": 128} for s, a in (("ls-2", 21.0), ("gf-4", 17.0))]
-    out = {r["model"]: r for r in C.angle_claims(pd.DataFrame(rows))}
-    deep = out["deep"]
+    out = C.angle_claims(pd.DataFrame(rows))
+    deep = _claim(out, "angle of ls-2 below gf-4")
     assert deep["difference"] == pytest.approx(-5.0) and deep["verdict"] == C.REPRODUCED  # layers 3-4 of 4 only
-    se = math.sqrt(4 * (0.5 / C.Z95) ** 2) / 2
-    assert deep["ci_high"] == pytest.approx(-5.0 + C.Z95 * se)
-    assert "layers 3-4 of 4" in deep["ours"]
-    assert out["one"]["verdict"] == C.CONTRADICTED and "its only layer" in out["one"]["ours"]
+    assert deep["ci_high"] == pytest.approx(-5.0 + C.Z95 * math.sqrt(4 * (0.5 / C.Z95) ** 2) / 2)
+    assert _claim(out, "angle of ls-2 below gf-2")["difference"] == pytest.approx(-1.0)
+    assert len(out) == 2  # no ls-T / ls-1 columns and no spread: those rows are left out
 
 
 # ---------------------------------------------------------------------------------- family, modes, bootstrap

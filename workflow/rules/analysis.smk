@@ -1,6 +1,7 @@
 # Stage 4: analyses of the fp teachers (paper V1 Sec. 3 and 5.1, Table 1 top rows, Fig. 4):
 # quantization error vs Lloyd-Max and the official skip-3 search, post-training weight quantization,
-# and the per-layer angle / relative error of quantized activations.
+# the per-layer angle / relative error of quantized activations (every teacher seed, with the inputs of its
+# students' activation quantizers), and the synthetic Gaussian-to-sparse angle sweep.
 
 
 rule analyze_error:
@@ -49,22 +50,41 @@ rule analyze_ptq:
 
 rule analyze_angles:
     input:
-        checkpoint=teacher_of_seed(SEED0),
+        checkpoint=CHECKPOINT,
+        students=angle_students,
         data=DATA_HASH,
     output:
-        csv=f"{ANALYSIS}/angles.csv",
-        md=f"{ANALYSIS}/angles.md",
-        png=report(f"{ANALYSIS}/angles.png", caption="../report/angles.rst", category="Analyses"),
+        csv=f"{ANALYSIS}/angles_{{x_quant}}_{{w_quant}}_s{{seed}}.csv",
+        md=f"{ANALYSIS}/angles_{{x_quant}}_{{w_quant}}_s{{seed}}.md",
+        png=f"{ANALYSIS}/angles_{{x_quant}}_{{w_quant}}_s{{seed}}.png",
     params:
         prefix=lambda wc, output: output.csv[: -len(".csv")],
         images=config["analysis"]["images"],
+        students=lambda wc, input: quoted(input.students),
     threads: config["threads"]
     log:
-        out("logs/analysis/{dataset}/{model}/angles.log"),
+        out("logs/analysis/{dataset}/{model}/angles_{x_quant}_{w_quant}_s{seed}.log"),
     message:
-        "Per-layer angle and relative error of quantized activations of the {wildcards.model} teacher"
+        "Per-layer angles of the {wildcards.model} teacher (seed {wildcards.seed}) and its students' quantizer inputs"
     conda:
         CONDA_ENV
     shell:
-        "lsqbq analyze angles --checkpoint {input.checkpoint:q} --out {params.prefix:q} --threads {threads} "
-        "--images {params.images:q} > {log:q} 2>&1"
+        "lsqbq analyze angles --checkpoint {input.checkpoint:q} --students {params.students} "
+        "--out {params.prefix:q} --threads {threads} --images {params.images:q} > {log:q} 2>&1"
+
+
+rule analyze_sweep:
+    output:
+        csv=ANGLE_SWEEP,
+        md=ANGLE_SWEEP.replace(".csv", ".md"),
+        png=ANGLE_SWEEP.replace(".csv", ".png"),
+    params:
+        prefix=lambda wc, output: output.csv[: -len(".csv")],
+    log:
+        out("logs/analysis/angle_sweep.log"),
+    message:
+        "Angles of every scheme on synthetic rows from Gaussian to sparse (spike-and-slab)"
+    conda:
+        CONDA_ENV
+    shell:
+        "lsqbq analyze sweep --out {params.prefix:q} > {log:q} 2>&1"

@@ -16,3 +16,24 @@ def error_args():
 def ptq_args():
     a = config["analysis"]
     return f"--test-subset {a['test_subset']}" if a["test_subset"] else ""
+
+
+# The students whose quantizer inputs `analyze_angles` measures beside the teacher's (same seed), when configured.
+ANGLE_STUDENTS = [("ls-2", "ls-1")]
+ANGLE_SWEEP = out("results/analysis/synthetic/angle_sweep.csv")
+
+
+def angle_students(wc):
+    """Input function: the checkpoints of the configured ANGLE_STUDENTS distilled from this teacher (its seed)."""
+    return [
+        CHECKPOINT.format(dataset=wc.dataset, model=wc.model, x_quant=x, w_quant=w, seed=wc.seed)
+        for x, w in ANGLE_STUDENTS
+        if (x, w) in STUDENTS and int(wc.seed) in seeds_of(wc.model, (x, w))
+    ]
+
+
+def quoted(paths):
+    """`paths` shell-quoted, space-separated ("" for none)."""
+    import shlex
+
+    return " ".join(shlex.quote(p) for p in paths)

@@ -13,7 +13,8 @@ def table_inputs(wc):
     if config["analysis"]["enabled"]:
         inputs["ptq"] = runs(f"{ANALYSIS}/ptq_{{x_quant}}_{{w_quant}}_s{{seed}}.csv", schemes=[(FP, FP)])
         inputs["error"] = [f"{ANALYSIS}/error.csv".format(dataset=wc.dataset, model=m) for m in MODELS]
-        inputs["angles"] = [f"{ANALYSIS}/angles.csv".format(dataset=wc.dataset, model=m) for m in MODELS]
+        inputs["angles"] = runs(f"{ANALYSIS}/angles_{{x_quant}}_{{w_quant}}_s{{seed}}.csv", schemes=[(FP, FP)])
+        inputs["angle_sweep"] = ANGLE_SWEEP  # the synthetic reference of the angle rows (not read by the tables)
     if config["evaluate_bitwise"]:
         inputs["bitwise"] = runs(EVAL_BITWISE, schemes=BITWISE_STUDENTS)
     if config["bench"]["models"]:
