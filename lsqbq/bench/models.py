@@ -3,6 +3,7 @@
 Usage::
 
     lsqbq bench models [--quick | --smoke] [--out results/bench] [--checkpoints checkpoints/fashion-mnist] [--seeds 0]
+                       [--float-parts fp32,int8]
 
 Two groups, every ratio timed side by side in one process (median of >= 7 repeats after warm-up; the minimum and
 the load average are recorded too):
@@ -23,7 +24,9 @@ Where the bitwise model is not faster than its teacher, ``models_profile_<name>.
 ``torch.profiler`` table of one bitwise call. Outputs: ``models.csv`` (machine, commit, ISA path and load on every
 row), ``models.md``, ``models_headline.md``, all recorded in one MLflow run of experiment ``lsqbq-bench-models``
 (:mod:`lsqbq.bench.harness`) whose tag ``lsqbq.source_run_ids`` names the training runs of the checkpoints timed.
-``--smoke``: ResNet-18 at 8x8 and batch 1 only, one repeat (a check, not a measurement).
+``--smoke``: ResNet-18 at 8x8 and batch 1 only, one repeat (a check, not a measurement). ``--float-parts
+fp32,int8`` also times the conversions with int8 full-precision parts (``to_bitwise(float_parts="int8")``: rows
+``bitwise ... int8``, column ``float_parts``; headline rows of their own).
 """
 from __future__ import annotations
 
@@ -50,7 +53,8 @@ TARGET_RESNET18 = 7.0  # binary ResNet-18 (ImageNet shape, 1-bit) vs fp32 eager 
 
 
 def bench_networks(threads_list: list[int], backend: str, repeats: int, shapes: dict[str, dict],
-                   out: Path | None = None, min_time: float = 0.2) -> list[dict]:
+                   out: Path | None = None, min_time: float = 0.2, float_parts: tuple[str, ...] = ("fp32",)
+                   ) -> list[dict]:
     """ResNet-18 at each of ``shapes`` (:data:`SHAPES`: ImageNet / CIFAR), batch 1: fp32 eager models against the
     bitwise conversions; with ``out``, a profile of the 1-bit network per shape
     (``models_profile_resnet18_<shape>_<kernel>.txt``)."""
@@ -73,9 +77,11 @@ def bench_networks(threads_list: list[int], backend: str, repeats: int, shapes: 
         for xq, wq in NETWORK_PAIRS:
             label = kernel_name(xq, wq)
             sim = build("resnet18", x_quant=xq, w_quant=wq, **kw).eval()
-            fast = to_bitwise(sim, backend=backend)
-            cands[f"bitwise {label}"] = (lambda fast=fast: fast(x_cl),
-                                         dict(scheme=label, model="bitwise", layout="NHWC", scale_mode="fitted"))
+            for fp in float_parts:
+                fast = to_bitwise(sim, backend=backend, float_parts=fp)
+                cands[f"bitwise {label}" + _fp_suffix(fp)] = (
+                    lambda fast=fast: fast(x_cl),
+                    dict(scheme=label, model="bitwise", layout="NHWC", scale_mode="fitted", float_parts=fp))
             if xq == NETWORK_PAIRS[0][0]:
                 cands[f"simulated {label}"] = (lambda sim=sim: sim(x), dict(scheme=label, model="simulated",
                                                                             layout="NCHW", scale_mode="fitted"))
@@ -93,8 +99,19 @@ def bench_networks(threads_list: list[int], backend: str, repeats: int, shapes: 
             profile_table(fast, out / f"models_profile_resnet18_{shape}_{label}.txt",
                           f"bitwise resnet18 {shape} {label}, batch 1, {threads_list[0]} thread(s): {1e3 * b:.3f} ms "
                           f"vs fp32 channels_last {1e3 * fp:.3f} ms ({fp / b:.2f}x)")
+            if "int8" in float_parts:
+                name = f"bitwise {label}" + _fp_suffix("int8")
+                b8 = timed[(name, threads_list[0])][0]
+                profile_table(cands[name][0], out / f"models_profile_resnet18_{shape}_{label}_int8.txt",
+                              f"bitwise resnet18 {shape} {label}, int8 float parts, batch 1, {threads_list[0]} "
+                              f"thread(s): {1e3 * b8:.3f} ms vs fp32 channels_last {1e3 * fp:.3f} ms ({fp / b8:.2f}x)")
         print(f"  resnet18 {shape} done (load {load():.1f})", flush=True)
     return rows
+
+
+def _fp_suffix(float_parts: str) -> str:
+    """Row-name suffix of a conversion with ``float_parts`` (none for the paper's fp32)."""
+    return "" if float_parts == "fp32" else f" {float_parts}"
 
 
 def find_checkpoints(root: Path, seeds: list[int]) -> list[tuple[str, str, str, int, Path]]:
@@ -134,7 +151,8 @@ def profile_table(fn, path: Path, title: str) -> None:
 
 
 def bench_checkpoints(root: Path, seeds: list[int], threads_list: list[int], batches: list[int], backend: str,
-                      repeats: int, out: Path, min_time: float | None = None) -> list[dict]:
+                      repeats: int, out: Path, min_time: float | None = None,
+                      float_parts: tuple[str, ...] = ("fp32",)) -> list[dict]:
     """Each quantized checkpoint: simulated eager model, fp32 teacher of the same seed, bitwise conversion."""
     from .. import checkpoint as ckpt_io
 
@@ -150,6 +168,7 @@ def bench_checkpoints(root: Path, seeds: list[int], threads_list: list[int], bat
         if mode == "fitted" and all(int(m.x_ema_updates) > 0 for m in sim.modules() if hasattr(m, "x_ema_updates")
                                     and not m.x_scheme.is_fp):
             stored = to_bitwise(sim, scales="stored", backend=backend)
+        others = {fp: to_bitwise(sim, backend=backend, float_parts=fp) for fp in float_parts if fp != "fp32"}
         teacher = ckpt_io.load_model(teacher_path).model.eval() if teacher_path.exists() else None
         shape = _input_shape(sim, loaded.state)
         label = kernel_name(xq, wq)
@@ -159,6 +178,8 @@ def bench_checkpoints(root: Path, seeds: list[int], threads_list: list[int], bat
             x_cl = x.contiguous(memory_format=torch.channels_last)
             cands = {"simulated": lambda: sim(x), "bitwise": lambda: fast(x),
                      "bitwise channels_last": lambda: fast(x_cl)}
+            for fp, other in others.items():
+                cands[f"bitwise channels_last{_fp_suffix(fp)}"] = lambda m=other: m(x_cl)
             if stored is not None:
                 cands["bitwise stored"] = lambda: stored(x)
                 cands["bitwise stored channels_last"] = lambda: stored(x_cl)
@@ -172,7 +193,7 @@ def bench_checkpoints(root: Path, seeds: list[int], threads_list: list[int], bat
                 rows.append({"kind": "checkpoint", "network": name, "model": model_name, "x_quant": xq,
                              "w_quant": wq, "seed": seed, "scheme": label, "impl": impl, "batch": batch, "threads": t,
                              "seconds": med, "seconds_min": mn,
-                             "scale_mode": _mode_of(impl, mode),
+                             "scale_mode": _mode_of(impl, mode), "float_parts": _float_parts_of(impl),
                              "load_start": l0, "load_end": l1, "checkpoint": str(path)})
             # profile the bitwise call where it does not beat the teacher (1 thread)
             t1 = {impl: timed[(impl, threads_list[0])][0] for impl in cands}
@@ -189,6 +210,13 @@ def bench_checkpoints(root: Path, seeds: list[int], threads_list: list[int], bat
     return rows
 
 
+def _float_parts_of(impl: str) -> str:
+    """``int8`` for the rows of int8 float parts, ``fp32`` for the other bitwise rows, empty for eager ones."""
+    if not impl.startswith("bitwise"):
+        return ""
+    return "int8" if impl.endswith(" int8") else "fp32"
+
+
 def _mode_of(impl: str, trained: str) -> str:
     """Activation-scale mode of a timed implementation: ``stored`` rows use the moving averages, the other bitwise
     rows the mode the model evaluates with, eager rows none."""
@@ -202,12 +230,18 @@ def _mode_of(impl: str, trained: str) -> str:
 
 def summarise(df: pd.DataFrame) -> dict[str, float]:
     out = {}
+    if "float_parts" not in df:  # tables written before the int8 option: every bitwise row is fp32
+        df = df.assign(float_parts=df.impl.map(_float_parts_of))
+    int8 = df.float_parts.fillna("").eq("int8")
     net = df[(df.kind == "network") & (df.threads == 1)]
     for network, g in net.groupby("network"):
         fp_cl = g[(g.model == "fp32 xnor-topology") & (g.layout == "channels_last")].seconds.min()
         for label in g[g.model == "bitwise"].scheme.unique():
-            b = g[(g.model == "bitwise") & (g.scheme == label)].seconds.min()
-            out[f"{network} {label} vs fp32 channels_last"] = fp_cl / b
+            for fp, suffix in (("fp32", ""), ("int8", " (int8 float parts)")):
+                rows = g[(g.model == "bitwise") & (g.scheme == label) & int8.loc[g.index].eq(fp == "int8")]
+                if len(rows):
+                    out[f"{network} {label}{suffix} vs fp32 channels_last"] = fp_cl / rows.seconds.min()
+    df = df[~int8]
     ck = df[(df.kind == "checkpoint") & (df.threads == 1)]
     for (network, batch), g in ck.groupby(["network", "batch"]):
         fp = g[g.impl.str.startswith("fp32")].seconds.min()  # each side with its faster input layout
@@ -282,6 +316,19 @@ def render(out: Path, df: pd.DataFrame | None = None) -> str:
     return md
 
 
+def _float_parts_list(text: str) -> tuple[str, ...]:
+    import argparse
+
+    from ..kernels.float_parts import FLOAT_PARTS
+
+    values = tuple(dict.fromkeys(v.strip() for v in text.split(",")))
+    bad = [v for v in values if v not in FLOAT_PARTS]
+    if bad or not values:
+        raise argparse.ArgumentTypeError(f"--float-parts takes {', '.join(FLOAT_PARTS)} (comma-separated), "
+                                         f"got {text!r}")
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser("models", __doc__, quick="ImageNet ResNet-18 and batch 1 only, 1 thread", backend=True,
                render_only="models.md and models_headline.md")
@@ -292,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="checkpoint seeds to time, e.g. 0,1,2 (latency does not depend on the seed)")
     p.add_argument("--batches", type=int_list(1), default="1,256", help="checkpoint batch sizes")
     p.add_argument("--no-networks", action="store_true", help="checkpoints only")
+    p.add_argument("--float-parts", type=_float_parts_list, default="fp32",
+                   help="full-precision parts of the conversions to time: fp32 (the paper's), int8, or fp32,int8")
     args = p.parse_args(argv)
     if args.render_only:
         print(render(args.out))
@@ -317,10 +366,10 @@ def main(argv: list[str] | None = None) -> int:
         rows: list[dict] = []
         if not args.no_networks:
             rows += bench_networks(threads_list, run.backend, repeats, shapes, None if args.smoke else args.out,
-                                   0.2 if min_time is None else min_time)
+                                   0.2 if min_time is None else min_time, args.float_parts)
         if args.checkpoints is not None and args.checkpoints.exists():
             rows += bench_checkpoints(args.checkpoints, seeds, threads_list, [1] if single else args.batches,
-                                      run.backend, repeats, args.out, min_time)
+                                      run.backend, repeats, args.out, min_time, args.float_parts)
         elif args.checkpoints is not None:
             print(f"  no checkpoints under {args.checkpoints}: skipped (dvc pull fetches them)", flush=True)
         df = run.table(pd.DataFrame(rows).assign(ms=lambda d: 1e3 * d.seconds))

@@ -4,9 +4,12 @@ Every convertible :class:`~lsqbq.layers.QuantConv2d` / :class:`~lsqbq.layers.Qua
 float32, plain zero-padded convolution of at most 64 taps: :mod:`.convertibility`) becomes a
 :class:`~lsqbq.kernels.bitwise.BitwiseConv2d` / :class:`~lsqbq.kernels.bitwise.BitwiseLinear` (:mod:`.bitwise`:
 packed weight planes, run-time activation encode, XNOR/popcount dot products). With ``fuse=True`` the
-neighbouring BatchNorms, activations and residual adds run inside those ops (:mod:`.fused`), and the model's
-remaining 4-D parameters (full-precision stem, shortcuts) are made channels_last, so the float layers read and
-write the NHWC layout the bitwise ops use, without conversions in between.
+neighbouring BatchNorms, activations and residual adds run inside those ops (:mod:`.fused`), the full-precision
+parts (stem, projection shortcuts) are folded with their BatchNorm, ReLU and max-pool (:mod:`.float_parts`), and
+the model's remaining 4-D parameters are made channels_last, so the float layers read and write the NHWC layout
+the bitwise ops use, without conversions in between. ``float_parts="int8"`` runs the full-precision convs and
+linear layers in int8 instead (:mod:`.float_parts`: quantization, error bound); the default ``"fp32"`` keeps
+them full precision, as in the paper.
 
 Quantized layers that cannot be converted stay simulated (float). The returned model carries a
 :class:`ConversionReport` (``model.bitwise_report``: which layers were converted, which stay simulated and why),
@@ -25,14 +28,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..layers import SCALE_MODES, QuantConv2d, QuantLinear, name_layers
 from ..models.lenet import LeNet5
 from ..models.resnet import RegularBlock, XnorBlock
 from .bitwise import _ACTS, BitwiseConv2d, BitwiseLinear, _fit_code, _reraise, bn_affine  # noqa: F401 (re-exports)
 from .convertibility import convertible, is_quantized, unconvertible_reason
+from .float_parts import FLOAT_PARTS, check_float_parts, fuse_float_parts
 from .fused import FusedRegularBlock, FusedXnorBlock, fuse_lenet, fuse_sequential
 
-__all__ = ["to_bitwise", "ConversionReport", "SimulatedLayersWarning", "BitwiseConv2d", "BitwiseLinear",
+__all__ = ["to_bitwise", "ConversionReport", "FLOAT_PARTS", "SimulatedLayersWarning", "BitwiseConv2d", "BitwiseLinear",
            "FusedXnorBlock", "FusedRegularBlock", "convertible", "unconvertible_reason", "bn_affine", "SCALE_MODES"]
 
 
@@ -47,10 +52,13 @@ class ConversionReport:
     Attributes:
         converted: layers now run by the bitwise kernels (fused blocks list their convolutions).
         simulated: quantized layers that stay simulated, with the reason (:func:`unconvertible_reason`).
+        float_parts: full-precision layers folded or run in int8 (:mod:`.float_parts`), with what they absorbed
+            (``"fp32: conv + BatchNorm2d + ReLU + MaxPool2d"``).
     """
 
     converted: list[str] = field(default_factory=list)
     simulated: dict[str, str] = field(default_factory=dict)
+    float_parts: dict[str, str] = field(default_factory=dict)
 
     def __str__(self) -> str:
         lines = [f"{len(self.converted)} layer(s) bitwise, {len(self.simulated)} simulated"]
@@ -88,7 +96,7 @@ def _convert(module: nn.Module, make_conv, make_linear, fuse: bool, report: Conv
 
 
 def to_bitwise(model: nn.Module, *, backend: str | None = None, scales: str = "auto", inplace: bool = False,
-               fuse: bool = True, return_report: bool = False):
+               fuse: bool = True, float_parts: str = "fp32", return_report: bool = False):
     """Replace every convertible quantized layer of ``model`` by its bitwise inference module.
 
     Works in and out of ``torch.inference_mode()`` (the result then holds inference tensors and is for inference
@@ -99,8 +107,11 @@ def to_bitwise(model: nn.Module, *, backend: str | None = None, scales: str = "a
         backend: kernel back end for the new modules (None: the fastest available at call time).
         scales: activation-scale mode, ``auto`` | ``fitted`` | ``stored`` (see :mod:`.bitwise`).
         inplace: modify ``model`` instead of a deep copy.
-        fuse: fold neighbouring BatchNorms, activations and residual adds into the bitwise ops, and make the
-            remaining 4-D parameters channels_last (module docstring).
+        fuse: fold neighbouring BatchNorms, activations and residual adds into the bitwise ops, fold the
+            full-precision convs with their BatchNorm / ReLU / max-pool, and make the remaining 4-D parameters
+            channels_last (module docstring).
+        float_parts: ``"fp32"`` (default, the paper's full-precision stem, shortcuts and classifier) or ``"int8"``
+            (those layers in int8 on oneDNN, CPU only; needs ``fuse=True``).
         return_report: also return the :class:`ConversionReport`.
     Returns:
         The converted module, in eval mode (bitwise modules are inference-only), with the report attached as
@@ -109,10 +120,14 @@ def to_bitwise(model: nn.Module, *, backend: str | None = None, scales: str = "a
         SimulatedLayersWarning: once, listing the quantized layers that stay simulated and why.
     Raises:
         ValueError: unknown ``scales``, or stored scales requested where a layer recorded none.
+        ConfigError: unknown ``float_parts``, or ``"int8"`` without ``fuse``, off the CPU or without oneDNN.
         InputError: stored scales that are non-finite, non-positive or break the scheme's rule, naming the layer.
     """
     if scales not in SCALE_MODES:
         raise ValueError(f"scales must be one of {SCALE_MODES}, got {scales!r}")
+    check_float_parts(float_parts)
+    if float_parts != "fp32" and not fuse:
+        raise ConfigError(f"float_parts={float_parts!r} needs fuse=True (the int8 layers are the folded ones)")
     model = model if inplace else copy.deepcopy(model)
     model.eval()
     name_layers(model)
@@ -131,6 +146,8 @@ def to_bitwise(model: nn.Module, *, backend: str | None = None, scales: str = "a
         if is_quantized(model):
             report.simulated[""] = unconvertible_reason(model)
         _convert(model, make_conv, make_linear, fuse, report, "")
+        if fuse:
+            report.float_parts = fuse_float_parts(model, float_parts)
         if fuse:  # the bitwise ops write NHWC: run the float layers around them channels_last too (same values)
             model.to(memory_format=torch.channels_last)
         model.eval()

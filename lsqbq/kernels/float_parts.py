@@ -1,0 +1,301 @@
+"""The full-precision parts of a bitwise model (stem, projection shortcuts, classifier), folded at conversion time
+and run in fp32 (the default, as in the paper) or in int8 (``float_parts="int8"``).
+
+Folding, exact in real arithmetic (float rounding only):
+
+* ``conv -> BN``: with the eval-mode affine ``BN(y) = a y + b`` (:func:`~lsqbq.kernels.bitwise.bn_affine`) and
+  ``y = W * x + c``, ``BN(conv(x)) = (a W) * x + (a c + b)``: one convolution with weights ``a_j W_j`` and bias
+  ``a_j c_j + b_j`` per output channel ``j``;
+* ``-> ReLU -> max-pool``: ReLU is monotone, so it commutes with the maximum of a pooling window
+  (``max_i relu(y_i) = relu(max_i y_i)``; every window holds at least one real element); the pool runs first and
+  the ReLU in place on the pooled tensor, a quarter of the values for the 3x3/2 ImageNet stem pool.
+
+Patterns ``[Conv2d, BatchNorm2d?, ReLU?, MaxPool2d?]`` are found in ``nn.Sequential`` containers (the ResNet stems
+and the ``conv 1x1 -> BN`` shortcuts); a lone full-precision ``nn.Conv2d`` elsewhere (LeNet-5's ``conv1``) becomes
+the same module without a BatchNorm. Weights are channels_last, as the bitwise ops read and write NHWC.
+
+int8 (:class:`Int8Conv2d`, :class:`Int8Linear`; every full-precision conv and linear layer, so the classifier too):
+
+* weights: symmetric, per output channel, ``s_j = max_k |w_jk| / 127``, ``q_jk = round(w_jk / s_j)`` in
+  ``[-127, 127]`` (``|q_jk s_j - w_jk| <= s_j / 2``);
+* activations: asymmetric uint8 over the range of the tensor each call receives, ``lo = min(min x, 0)``,
+  ``hi = max(max x, 0)``, ``s_x = (hi - lo) / L``, zero point ``z = round(-lo / s_x)``, ``L = 255`` (127 on CPUs
+  without VNNI, where the u8 x s8 pair sums of ``vpmaddubsw`` would saturate int16). Why the data range and not a
+  calibration pass: :func:`~lsqbq.kernels.to_bitwise` has no data, and a range taken from the input itself never
+  clips, so the error bound below holds for every input; it costs one min/max pass per layer (the stem's
+  150k inputs: about 0.02 ms). At batch > 1 the range is the batch's, so a sample's output depends on the others
+  within the bound;
+* compute: oneDNN's int8 convolution / inner product (the kernels behind ``torch.backends.quantized.engine =
+  "onednn"`` / ``"x86"``; VNNI where the CPU has it) with int32 accumulation, the scales, the bias and a ReLU applied
+  in float32 on the way out (no output quantization). A strided 1x1 convolution (shortcut) reads every s-th pixel
+  only, so that pixel grid is taken first and only it is quantized.
+
+Error bound (int8, per output ``j`` at position ``p``, receptive field ``R(p)``; integer products and sums exact):
+``|y_hat - y| <= (s_j / 2) sum_{k in R(p)} (|x_k| + s_x / 2) + (s_x / 2) sum_k |w_jk|`` plus float32 rounding, from
+``w_hat x_hat - w x = (w_hat - w) x_hat + w (x_hat - x)`` with ``|x_hat - x| <= s_x / 2``. ReLU and max-pool are
+1-Lipschitz per value, so the bound after them is the pooled bound. Weights are the folded ones.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..layers import QuantConv2d, QuantLinear
+from ..models.lenet import LeNet5
+from .bitwise import bn_affine
+
+__all__ = ["FLOAT_PARTS", "FoldedConv2d", "Int8Conv2d", "Int8Linear", "check_float_parts", "fold_conv_bn",
+           "fuse_float_parts", "quantize_uint8", "weight_int8"]
+
+FLOAT_PARTS = ("fp32", "int8")
+
+
+def check_float_parts(value) -> str:
+    """``value`` when it names a known mode (:data:`FLOAT_PARTS`), else a :class:`ConfigError` naming both."""
+    if value not in FLOAT_PARTS:
+        raise ConfigError(f"float_parts must be one of {', '.join(map(repr, FLOAT_PARTS))}, got {value!r}")
+    return value
+
+
+def _plain_conv(m: nn.Module) -> bool:
+    """A full-precision ``nn.Conv2d`` (not a quantized layer) that :class:`FoldedConv2d` can take."""
+    return (isinstance(m, nn.Conv2d) and not isinstance(m, QuantConv2d) and m.padding_mode == "zeros"
+            and not isinstance(m.padding, str) and m.weight.dtype == torch.float32)
+
+
+def _plain_linear(m: nn.Module) -> bool:
+    return isinstance(m, nn.Linear) and not isinstance(m, QuantLinear) and m.weight.dtype == torch.float32
+
+
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[Tensor, Tensor | None]:
+    """``(a W, a c + b)`` (module docstring); ``(W, c)`` without ``bn``. None for the bias when there is none."""
+    with torch.no_grad():
+        w = conv.weight.detach().float().clone()
+        c = None if conv.bias is None else conv.bias.detach().float().clone()
+        if bn is None:
+            return w, c
+        a, b = bn_affine(bn)
+        w = w * a.reshape(-1, 1, 1, 1)
+        return w, b.clone() if c is None else torch.addcmul(b, a, c)
+
+
+class FoldedConv2d(nn.Module):
+    """``relu(maxpool(conv(x)))`` in float32 with a BatchNorm folded into the conv (module docstring); ``pool`` is
+    the ``nn.MaxPool2d`` it replaces (or None) and ``relu`` says whether a ReLU follows.
+
+    Shapes: ``x: (B, C, H, W) -> (B, N, OH, OW)`` (channels_last when ``x`` is)."""
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None, relu: bool = False,
+                 pool: nn.MaxPool2d | None = None):
+        super().__init__()
+        w, b = fold_conv_bn(conv, bn)
+        self.register_buffer("weight", w.contiguous(memory_format=torch.channels_last))
+        self.register_buffer("bias", b)
+        self.stride, self.padding, self.dilation = tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation)
+        self.groups, self.relu = conv.groups, relu
+        self.pool = None if pool is None else dict(kernel_size=pool.kernel_size, stride=pool.stride,
+                                                   padding=pool.padding, dilation=pool.dilation,
+                                                   ceil_mode=pool.ceil_mode)
+        self.folded = bn is not None
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if self.pool is not None:
+            y = F.max_pool2d(y, **self.pool)
+        return y.relu_() if self.relu else y
+
+    def extra_repr(self) -> str:
+        w = self.weight
+        parts = [f"{w.shape[1] * self.groups}, {w.shape[0]}, kernel_size={tuple(w.shape[2:])}",
+                 f"stride={self.stride}", f"padding={self.padding}"]
+        parts += ["bn folded"] * self.folded + ["max-pool"] * (self.pool is not None) + ["relu"] * self.relu
+        return ", ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------- int8
+
+
+def _levels() -> int:
+    """Activation levels: 255 with VNNI (int32 dot products), 127 without (int16 pair sums stay below 2^15)."""
+    vnni = getattr(torch.cpu, "_is_vnni_supported", None)
+    return 255 if vnni is not None and vnni() else 127
+
+
+def quantize_uint8(x: Tensor, levels: int = 255) -> tuple[Tensor, float, int]:
+    """``(q, s_x, z)``: uint8 ``q`` (same shape and memory format as ``x``) with ``x ~= s_x (q - z)`` over the
+    range of ``x`` and 0 (module docstring): ``|s_x (q - z) - x| <= s_x / 2`` for every element."""
+    cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    lo, hi = torch.aminmax(x.permute(0, 2, 3, 1) if cl else x)  # a contiguous view reduces fastest
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    scale = (hi - lo) / levels if hi > lo else 1.0
+    zero = min(max(round(-lo / scale), 0), levels)
+    # floor(x / s + z + 1/2), clamped: round half up; x within [lo, hi] is off by <= s / 2 even where clamped
+    q = torch.mul(x, 1.0 / scale).add_(zero + 0.5).clamp_(0.0, levels).to(torch.uint8)
+    return q, scale, zero
+
+
+def weight_int8(w: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-output-channel symmetric int8 weights ``(q, s)``: ``s_j = max |w_j| / 127``, ``q = round(w / s)``."""
+    flat = w.detach().float().reshape(w.shape[0], -1)
+    s = flat.abs().amax(1).clamp_min(torch.finfo(torch.float32).tiny) / 127
+    q = torch.round(w.detach().float() / s.reshape(-1, *([1] * (w.dim() - 1)))).clamp_(-127, 127).to(torch.int8)
+    return q, s
+
+
+def _onednn_op(name: str):
+    op = getattr(torch.ops.onednn, name, None) if hasattr(torch.ops, "onednn") else None
+    if op is None:
+        raise ConfigError(f"float_parts='int8' needs torch's oneDNN int8 ops (torch.ops.onednn.{name}), which this "
+                          f"torch {torch.__version__} build lacks; use float_parts='fp32'")
+    return op
+
+
+class _Int8Base(nn.Module):
+    """Holds ``q`` (int8) and ``s`` (float32 per channel) as buffers; oneDNN's packed copy is made on first use
+    and never saved (:meth:`__getstate__`), so the module deep-copies, pickles and moves like any other."""
+
+    def _init_weight(self, w: Tensor, bias: Tensor | None, relu: bool) -> None:
+        if w.device.type != "cpu":
+            raise ConfigError(f"float_parts='int8' runs on the CPU only; the model is on {w.device}")
+        q, s = weight_int8(w)
+        self.register_buffer("weight_q", q)
+        self.register_buffer("weight_scale", s)
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        self.register_buffer("_zeros", torch.zeros(q.shape[0], dtype=torch.int32), persistent=False)
+        self.relu, self.levels, self._packed = relu, _levels(), None
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_packed"] = None
+        return state
+
+
+class Int8Conv2d(_Int8Base):
+    """``relu(maxpool(conv(x)))`` (:class:`FoldedConv2d`) with int8 weights and per-call uint8 activations on
+    oneDNN (module docstring: quantization and error bound); float32 in and out."""
+
+    def __init__(self, folded: FoldedConv2d):
+        super().__init__()
+        self._op = _onednn_op("qconv2d_pointwise")
+        _onednn_op("qconv_prepack")
+        self._init_weight(folded.weight, folded.bias, folded.relu)
+        self.stride, self.padding, self.dilation, self.groups = (folded.stride, folded.padding, folded.dilation,
+                                                                folded.groups)
+        self.pool = folded.pool
+        # a strided 1x1 convolution without padding reads one pixel in s: take that grid, convolve with stride 1
+        self.subsample = (tuple(self.weight_q.shape[2:]) == (1, 1) and self.padding == (0, 0)
+                          and self.stride != (1, 1))
+        self._conv_stride = (1, 1) if self.subsample else self.stride
+
+    def _prepack(self, shape) -> Tensor:
+        q = self.weight_q.contiguous(memory_format=torch.channels_last)
+        return torch.ops.onednn.qconv_prepack(q, self.weight_scale, 1.0, 0, list(self._conv_stride),
+                                              list(self.padding), list(self.dilation), self.groups, list(shape))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.float()
+        if self.subsample:
+            x = x[:, :, :: self.stride[0], :: self.stride[1]]
+        x = x.contiguous(memory_format=torch.channels_last)
+        if self._packed is None:
+            self._packed = self._prepack(x.shape)
+        q, scale, zero = quantize_uint8(x, self.levels)
+        y = self._op(q, scale, zero, self._packed, self.weight_scale, self._zeros, self.bias,
+                     list(self._conv_stride), list(self.padding), list(self.dilation), self.groups, 1.0, 0,
+                     torch.float32, "relu" if self.relu else "none", [], "")
+        # ReLU before the pool equals ReLU after it (module docstring)
+        return y if self.pool is None else F.max_pool2d(y, **self.pool)
+
+    def extra_repr(self) -> str:
+        w = self.weight_q
+        return (f"{w.shape[1] * self.groups}, {w.shape[0]}, kernel_size={tuple(w.shape[2:])}, stride={self.stride}, "
+                f"padding={self.padding}, int8" + ", max-pool" * (self.pool is not None) + ", relu" * self.relu)
+
+
+class Int8Linear(_Int8Base):
+    """``nn.Linear`` (optionally followed by a ReLU) with int8 weights and per-call uint8 activations on oneDNN;
+    ``x: (B, ..., F) -> (B, ..., N)`` float32."""
+
+    def __init__(self, linear: nn.Linear, relu: bool = False):
+        super().__init__()
+        self._op = _onednn_op("qlinear_pointwise")
+        _onednn_op("qlinear_prepack")
+        self._init_weight(linear.weight, linear.bias, relu)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = x.float().reshape(-1, self.in_features)
+        if self._packed is None:
+            self._packed = torch.ops.onednn.qlinear_prepack(self.weight_q, None)
+        q, scale, zero = quantize_uint8(rows.contiguous(), self.levels)
+        y = self._op(q, scale, zero, self._packed, self.weight_scale, self._zeros, self.bias, 1.0, 0, torch.float32,
+                     "relu" if self.relu else "none", [], "")
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8" + ", relu" * self.relu
+
+
+# ---------------------------------------------------------------------------------------------- model pass
+
+
+def _folded(conv: nn.Conv2d, bn, relu: bool, pool, float_parts: str) -> nn.Module:
+    folded = FoldedConv2d(conv, bn, relu, pool)
+    return Int8Conv2d(folded) if float_parts == "int8" else folded
+
+
+def _fuse_sequential(seq: nn.Sequential, float_parts: str, prefix: str, done: dict[str, str]) -> None:
+    """``[Conv2d, BN?, ReLU?, MaxPool2d?]`` runs -> one module in the conv's slot; the others are removed."""
+    items = list(seq._modules.items())
+    i = 0
+    while i < len(items):
+        name, m = items[i]
+        if not _plain_conv(m):
+            i += 1
+            continue
+        j, bn, relu, pool = i + 1, None, False, None
+        if j < len(items) and isinstance(items[j][1], nn.BatchNorm2d) and bn_affine(items[j][1]) is not None \
+                and items[j][1].num_features == m.out_channels:
+            bn, j = items[j][1], j + 1
+        if j < len(items) and isinstance(items[j][1], nn.ReLU):
+            relu, j = True, j + 1
+        if j < len(items) and isinstance(items[j][1], nn.MaxPool2d) and not items[j][1].return_indices:
+            pool, j = items[j][1], j + 1
+        seq._modules[name] = _folded(m, bn, relu, pool, float_parts)
+        for gone, _ in items[i + 1: j]:
+            del seq._modules[gone]
+        done[f"{prefix}{name}"] = _describe(seq._modules[name], items[i + 1: j], float_parts)
+        i = j
+
+
+def _describe(module: nn.Module, absorbed, float_parts: str) -> str:
+    kinds = ["conv"] + [type(m).__name__ for _, m in absorbed]
+    return f"{float_parts}: " + " + ".join(kinds)
+
+
+def fuse_float_parts(model: nn.Module, float_parts: str = "fp32") -> dict[str, str]:
+    """Fold the full-precision convs of ``model`` (in place) with their BatchNorm / ReLU / max-pool, and with
+    ``float_parts="int8"`` run them and the full-precision linear layers in int8. Returns ``{layer: what}``."""
+    check_float_parts(float_parts)
+    done: dict[str, str] = {}
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        if isinstance(module, nn.Sequential):
+            _fuse_sequential(module, float_parts, prefix, done)
+        # LeNet-5 applies its ReLU right after conv1 and fc1 (a second ReLU on the output changes nothing)
+        relu_after = {"conv1", "fc1"} if isinstance(module, LeNet5) and isinstance(module.relu, nn.ReLU) else set()
+        for name, child in list(module.named_children()):
+            path = f"{prefix}{name}"
+            if _plain_conv(child):  # not in a Sequential run: a lone conv (LeNet-5's conv1 is followed by a ReLU)
+                setattr(module, name, _folded(child, None, name in relu_after, None, float_parts))
+                done[path] = f"{float_parts}: conv" + " + ReLU" * (name in relu_after)
+            elif float_parts == "int8" and _plain_linear(child):
+                setattr(module, name, Int8Linear(child, relu=name in relu_after))
+                done[path] = "int8: linear" + " + ReLU" * (name in relu_after)
+            elif not isinstance(child, (FoldedConv2d, _Int8Base)):
+                visit(child, f"{path}.")
+
+    visit(model, "")
+    return done
