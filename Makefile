@@ -28,7 +28,7 @@ endif
 $(STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
-	$(PY) -m pip install --quiet $(LOCK_ARGS) -e ".[pipeline,dev]"
+	$(PY) -m pip install --quiet $(LOCK_ARGS) -e ".[pipeline,dev,peers]"
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -36,9 +36,9 @@ venv: $(STAMP)
 lock:               # re-resolve every dependency in a scratch venv and write $(LOCK)
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install --quiet --upgrade "pip>=24"
-	.lock-venv/bin/python -m pip install --quiet -e ".[pipeline,dev]"
+	.lock-venv/bin/python -m pip install --quiet -e ".[pipeline,dev,peers]"
 	mkdir -p requirements
-	{ echo "# make lock: exact versions of lsqbq[pipeline,dev] (x86_64 Linux, Python 3.11)"; \
+	{ echo "# make lock: exact versions of lsqbq[pipeline,dev,peers] (x86_64 Linux, Python 3.11)"; \
 	  .lock-venv/bin/python -m pip freeze --exclude-editable --all | grep -v '^\(pip\|setuptools\)=='; } > $(LOCK)
 	rm -rf .lock-venv
 

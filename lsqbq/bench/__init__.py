@@ -1,4 +1,4 @@
-"""Benchmarks (not tests): ``lsqbq bench {quantizers,kernels,models,training} [args]``.
+"""Benchmarks (not tests): ``lsqbq bench {quantizers,kernels,models,training,peers} [args]``.
 
 Every benchmark times the candidates side by side in one process and writes ratios to ``results/bench/``. The
 options they share, the machine and commit on every CSV row, the atomic writes and the one MLflow run per
@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("quantizers", "kernels", "models", "training")
+BENCHMARKS = ("quantizers", "kernels", "models", "training", "peers")
 
 
 USAGE = f"""usage: lsqbq bench {{{','.join(BENCHMARKS)}}} [options]
@@ -18,6 +18,8 @@ USAGE = f"""usage: lsqbq bench {{{','.join(BENCHMARKS)}}} [options]
   kernels      XNOR/popcount GEMM and conv latency against fp32 and int8 (results/bench/kernels.*)
   models       bitwise ResNet-18 and the trained checkpoints against fp32 (results/bench/models.*)
   training     optimiser-step time of the training recipe per activation scheme
+  peers        binary ResNet-18 beside OpenVINO (its BinaryConvolution, fp32, bf16, int8) and ONNX Runtime
+               (fp32, int8) (results/bench/peers.*; engines from `pip install 'lsqbq[peers]'`)
 
 `lsqbq bench <name> --help` lists each benchmark's options. Each invocation is one MLflow run in experiment
 lsqbq-bench-<name>; --smoke runs tiny shapes once (a check, not a measurement)."""

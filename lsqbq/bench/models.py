@@ -52,23 +52,30 @@ DEFAULT_CHECKPOINTS = Path("checkpoints/fashion-mnist")
 TARGET_RESNET18 = 7.0  # binary ResNet-18 (ImageNet shape, 1-bit) vs fp32 eager channels_last, batch 1, 1 thread
 
 
+def resnet18_network(shape: dict, x_quant: str = "fp", w_quant: str = "fp", block: str | None = None) -> nn.Module:
+    """ResNet-18 of :func:`lsqbq.models.build` at one of :data:`SHAPES` (its ``stem`` and ``num_classes``), random
+    initialisation, eval mode: the fp32 teacher (``block="regular"``), the students' topology with fp32 convs
+    (``block="xnor"``) or a quantized student (``x_quant`` / ``w_quant``; fp32 stem, shortcuts and classifier)."""
+    from ..models import build
+
+    return build("resnet18", stem=shape["stem"], num_classes=shape["num_classes"], x_quant=x_quant,
+                 w_quant=w_quant, block=block).eval()
+
+
 def bench_networks(threads_list: list[int], backend: str, repeats: int, shapes: dict[str, dict],
                    out: Path | None = None, min_time: float = 0.2, float_parts: tuple[str, ...] = ("fp32",)
                    ) -> list[dict]:
     """ResNet-18 at each of ``shapes`` (:data:`SHAPES`: ImageNet / CIFAR), batch 1: fp32 eager models against the
     bitwise conversions; with ``out``, a profile of the 1-bit network per shape
     (``models_profile_resnet18_<shape>_<kernel>.txt``)."""
-    from ..models import build
-
     rows = []
     for shape, opt in shapes.items():
         torch.manual_seed(0)
         x = torch.randn(1, 3, opt["size"], opt["size"])
         x_cl = x.contiguous(memory_format=torch.channels_last)
-        kw = dict(stem=opt["stem"], num_classes=opt["num_classes"])
         cands = {}
-        teacher = build("resnet18", **kw).eval()  # regular blocks, as the fp teachers are trained
-        same = build("resnet18", block="xnor", **kw).eval()  # the students' topology with fp32 convs
+        teacher = resnet18_network(opt)  # regular blocks, as the fp teachers are trained
+        same = resnet18_network(opt, block="xnor")  # the students' topology with fp32 convs
         for name, net in (("fp32 teacher", teacher), ("fp32 xnor-topology", same)):
             net_cl = copy.deepcopy(net).to(memory_format=torch.channels_last)
             cands[f"{name} NCHW"] = (lambda net=net: net(x), dict(scheme="fp32", model=name, layout="NCHW"))
@@ -76,7 +83,7 @@ def bench_networks(threads_list: list[int], backend: str, repeats: int, shapes: 
                                               dict(scheme="fp32", model=name, layout="channels_last"))
         for xq, wq in NETWORK_PAIRS:
             label = kernel_name(xq, wq)
-            sim = build("resnet18", x_quant=xq, w_quant=wq, **kw).eval()
+            sim = resnet18_network(opt, xq, wq)
             for fp in float_parts:
                 fast = to_bitwise(sim, backend=backend, float_parts=fp)
                 cands[f"bitwise {label}" + _fp_suffix(fp)] = (

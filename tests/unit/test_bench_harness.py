@@ -15,7 +15,8 @@ from lsqbq import cli, kernels
 from lsqbq.bench import BENCHMARKS, harness
 
 PROJECT = Path(__file__).resolve().parents[2]
-CSV = {"quantizers": "quantizers.csv", "kernels": "kernels.csv", "models": "models.csv", "training": "training.csv"}
+CSV = {"quantizers": "quantizers.csv", "kernels": "kernels.csv", "models": "models.csv", "training": "training.csv",
+       "peers": "peers.csv"}
 EXTRA = {"training": ["--config", str(PROJECT / "config" / "train" / "fmnist_resnet.yaml")]}
 
 
@@ -43,7 +44,8 @@ def _runs_of(benchmark: str, out: Path):
 
 def test_every_benchmark_has_an_experiment_of_its_own():
     assert [harness.experiment_name(b) for b in BENCHMARKS] == [
-        "lsqbq-bench-quantizers", "lsqbq-bench-kernels", "lsqbq-bench-models", "lsqbq-bench-training"]
+        "lsqbq-bench-quantizers", "lsqbq-bench-kernels", "lsqbq-bench-models", "lsqbq-bench-training",
+        "lsqbq-bench-peers"]
 
 
 @pytest.mark.parametrize("benchmark", BENCHMARKS)

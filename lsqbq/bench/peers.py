@@ -1,0 +1,392 @@
+"""The project's binary ResNet-18 beside the CPU engines users already run: ``lsqbq bench peers``.
+
+Usage::
+
+    lsqbq bench peers [--quick | --smoke] [--out results/bench] [--batches 1,16] [--threads 1,2] [--size 224]
+
+Rows (ResNet-18, ImageNet layout, 1000 classes, random weights, every engine fed the same input):
+
+* ``torch fp32``            torchvision ResNet-18, eager, channels_last: the baseline every ratio divides;
+* ``lsqbq binary``          the paper's topology (fp32 stem, shortcuts and classifier, 1-bit ``ls-1`` 3x3 body)
+                            from :func:`lsqbq.bench.models.resnet18_network`, converted by
+                            :func:`~lsqbq.kernels.to_bitwise` (fused);
+* ``openvino binary``       the same network with the same weights as an OpenVINO graph on its ``BinaryConvolution``
+                            op (:mod:`lsqbq.bench.peers_openvino`); its logits must equal ours (``agrees``:
+                            ``|ov - ours| <= 1e-4 |ours| + 1e-4 max|ours|``; ``max_abs_diff`` recorded);
+* ``openvino binary +1 pad`` the same graph without the zero-padding correction (what OpenVINO's own binary models
+                            run; its outputs differ, timing only);
+* ``openvino fp32 / bf16 / int8`` torchvision ResNet-18 from its ONNX export (bf16 only where the CPU plugin reports
+                            BF16; int8 by NNCF post-training quantization, or from the ONNX Runtime QDQ model where
+                            NNCF is missing: column ``method``);
+* ``onnxruntime fp32 / int8`` the same ONNX export, and its static QDQ int8 quantization
+                            (:mod:`lsqbq.bench.peers_onnxruntime`);
+* Larq Compute Engine: skipped (:data:`LCE_SKIPPED`).
+
+Int8 calibration uses a few synthetic batches (the weights are random, so no input is more representative).
+Grid: every batch x thread count, one side-by-side group per (batch, threads): each repeat runs every engine once,
+round-robin, so a load change hits all alike (median and minimum of the repeats). Threads are set per engine:
+``torch.set_num_threads``; OpenVINO ``INFERENCE_NUM_THREADS``, one stream, latency hint, stated inference precision;
+ONNX Runtime ``intra_op_num_threads``, one inter-op thread. Drift check: the torch fp32 baseline of every (batch,
+threads) is also timed before the first and after the last group; a change of more than :data:`DRIFT_LIMIT` marks
+the report "drifted: rerun on a quiet machine". An engine whose package is missing is skipped with the extra that
+installs it (``pip install 'lsqbq[peers]'``). Outputs in ``--out``: ``peers.csv`` (machine, commit, ISA path and
+load on every row) and ``peers.md``, both in one MLflow run of experiment ``lsqbq-bench-peers``
+(:mod:`lsqbq.bench.harness`). ``--quick``: 224x224, batch 1, 1 thread; ``--smoke``: 32x32, batch 1, 1 thread, one
+repeat (a check, not a measurement).
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .harness import BenchRun, int_at_least, int_list, parser, provenance_line, thread_counts
+from .timing import load, time_stats, with_threads
+
+__all__ = ["BASELINE", "COLUMNS", "DRIFT_LIMIT", "EXTRA", "LCE_SKIPPED", "PeerMissing", "build_engines", "main",
+           "require", "to_markdown"]
+
+EXTRA = "pip install 'lsqbq[peers]'"
+BASELINE = "torch fp32"
+DRIFT_LIMIT = 0.10  # |baseline at the end / at the start - 1| above this: the machine's speed changed
+AGREE_RTOL = 1e-4
+CALIBRATION_BATCHES = 4
+LCE_SKIPPED = ("larq-compute-engine: its models are built by its converter, which needs tensorflow 2.16 and "
+               "tf-keras; tensorflow 2.16 needs numpy < 2, which would change the project's locked numpy")
+COLUMNS = ("engine", "runtime", "precision", "method", "network", "size", "batch", "threads", "seconds",
+           "seconds_min", "ms", "ratio_vs_torch_fp32", "reference", "max_abs_diff", "agrees", "drift",
+           "load_start", "load_end")
+
+
+class PeerMissing(ImportError):
+    """A peer engine's package is not installed; the message names it and the extra that installs it."""
+
+
+def require(module: str):
+    """Import ``module`` or raise :class:`PeerMissing` naming it and :data:`EXTRA`."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise PeerMissing(f"{module} is not installed ({EXTRA}): {exc}") from None
+
+
+@dataclass
+class Engine:
+    """One row family: ``make(batch, threads) -> (call, output)`` gives a timed call on the batch's input and the
+    logits it computes; ``reference``: the engine whose logits it is compared with (``check``: must agree)."""
+
+    name: str
+    runtime: str
+    precision: str
+    network: str
+    make: Callable[[int, int], tuple[Callable[[], object], Callable[[], np.ndarray]]]
+    method: str = ""
+    reference: str = ""
+    check: bool = False
+
+
+@dataclass
+class Setup:
+    """What the engines run on: the inputs per batch, the two torch networks and a scratch directory."""
+
+    size: int
+    inputs: dict[int, torch.Tensor]
+    float_net: nn.Module
+    binary_sim: nn.Module
+    binary_fast: nn.Module
+    workdir: Path
+    skipped: list[dict] = field(default_factory=list)
+
+    def skip(self, engine: str, reason: str) -> None:
+        self.skipped.append({"engine": engine, "reason": reason})
+        print(f"  {engine}: skipped ({reason})", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ networks
+
+
+def trained_like_batchnorm(model: nn.Module, seed: int = 1) -> nn.Module:
+    """Give every BatchNorm of ``model`` running statistics and affine parameters like a trained network's
+    (means ``N(0, 0.5^2)``, variances and scales in ``[0.5, 1.5)``, shifts ``N(0, 0.2^2)``), in place.
+
+    Why: freshly built, ``BN(x) = x / sqrt(1 + eps)``, so the first stage's binary layers see only non-negative
+    inputs (all signs ``+1``); the equality check between engines would then test little. Latency is unchanged.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(0.5 * torch.randn(n, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+                m.weight.copy_(0.5 + torch.rand(n, generator=g))
+                m.bias.copy_(0.2 * torch.randn(n, generator=g))
+    return model
+
+
+def make_setup(size: int, batches: list[int], backend: str, workdir: Path) -> Setup:
+    """Inputs (seed 0) and the networks: torchvision ResNet-18 and the project's binary ResNet-18."""
+    import torchvision
+
+    from ..kernels import to_bitwise
+    from .models import SHAPES, resnet18_network
+
+    torch.manual_seed(0)
+    inputs = {b: torch.randn(b, 3, size, size) for b in batches}
+    float_net = torchvision.models.resnet18(weights=None).eval()
+    sim = trained_like_batchnorm(resnet18_network(SHAPES["imagenet"], "ls-1", "ls-1"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast = to_bitwise(sim, backend=backend)
+    return Setup(size, inputs, float_net, sim, fast, workdir)
+
+
+def _torch_engine(name: str, precision: str, network: str, net: nn.Module, s: Setup, reference: str = "") -> Engine:
+    net_cl = copy.deepcopy(net).to(memory_format=torch.channels_last)
+
+    def make(batch: int, threads: int):
+        x = s.inputs[batch].contiguous(memory_format=torch.channels_last)
+
+        def output():
+            torch.set_num_threads(threads)
+            with torch.inference_mode():
+                return net_cl(x).float().numpy()
+        return with_threads(threads, lambda: net_cl(x)), output
+    return Engine(name, "torch" if name == BASELINE else "lsqbq", precision, network, make, reference=reference)
+
+
+# ---------------------------------------------------------------------------------------------- engines
+
+FLOAT_NET = "torchvision resnet18"
+BINARY_NET = "lsqbq binary resnet18 (ls-1/ls-1)"
+
+
+def _openvino_engines(s: Setup, onnx_fp32: Path | None, onnx_qdq: Path | None, calibration) -> list[Engine]:
+    ov = require("openvino")
+    from . import peers_openvino as pov
+
+    def ov_engine(name, precision, network, model_for_batch, hint="f32", method="", reference="", check=False):
+        def make(batch: int, threads: int):
+            compiled = pov.compile_model(model_for_batch(batch), batch, threads, hint)
+            return pov.infer_fn(compiled, s.inputs[batch].numpy())
+        return Engine(name, "openvino", precision, network, make, method, reference, check)
+
+    engines = [
+        ov_engine("openvino binary", "1-bit", BINARY_NET,
+                  lambda b: pov.binary_resnet_model(s.binary_sim, b, s.size), method="BinaryConvolution",
+                  reference="lsqbq binary", check=True),
+        ov_engine("openvino binary +1 pad", "1-bit", BINARY_NET,
+                  lambda b: pov.binary_resnet_model(s.binary_sim, b, s.size, pad_correction=False),
+                  method="BinaryConvolution, +1 padding (outputs differ)"),
+    ]
+    if onnx_fp32 is None:
+        s.skip("openvino fp32/bf16/int8", "no ONNX export of the float network (see the onnx rows)")
+        return engines
+    fp32 = pov.onnx_model(onnx_fp32)
+    engines.append(ov_engine("openvino fp32", "fp32", FLOAT_NET, lambda b: fp32, reference=BASELINE))
+    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        engines.append(ov_engine("openvino bf16", "bf16", FLOAT_NET, lambda b: fp32, hint="bf16",
+                                 reference=BASELINE))
+    else:
+        s.skip("openvino bf16", "the CPU has no bf16 instructions (OpenVINO reports no BF16 capability)")
+    int8, method = None, ""
+    try:
+        int8, method = pov.nncf_int8(fp32, calibration), "NNCF post-training quantization"
+    except ImportError as exc:
+        if onnx_qdq is not None:
+            int8, method = pov.onnx_model(onnx_qdq), "QDQ ONNX model of onnxruntime.quantization"
+            print(f"  openvino int8: nncf missing ({exc}); running the QDQ ONNX model instead", flush=True)
+        else:
+            s.skip("openvino int8", f"nncf is not installed and there is no QDQ model ({EXTRA})")
+    if int8 is not None:
+        engines.append(ov_engine("openvino int8", "int8", FLOAT_NET, lambda b: int8, method=method,
+                                 reference=BASELINE))
+    return engines
+
+
+def _onnxruntime_engines(s: Setup, onnx_fp32: Path, onnx_qdq: Path | None) -> list[Engine]:
+    from . import peers_onnxruntime as port
+
+    def ort_engine(name, precision, path, method=""):
+        sessions: dict[int, object] = {}
+
+        def make(batch: int, threads: int):
+            if threads not in sessions:
+                sessions[threads] = port.session(path, threads)
+            return port.infer_fn(sessions[threads], s.inputs[batch].numpy())
+        return Engine(name, "onnxruntime", precision, FLOAT_NET, make, method, reference=BASELINE)
+
+    engines = [ort_engine("onnxruntime fp32", "fp32", onnx_fp32)]
+    if onnx_qdq is not None:
+        engines.append(ort_engine("onnxruntime int8", "int8", onnx_qdq,
+                                  "static QDQ (quantize_static: per-channel int8 weights, uint8 activations)"))
+    return engines
+
+
+def build_engines(s: Setup) -> list[Engine]:
+    """Every engine that can run here, baseline first; the others are recorded in ``s.skipped`` with the reason."""
+    engines = [_torch_engine(BASELINE, "fp32", FLOAT_NET + " (eager, channels_last)", s.float_net, s),
+               _torch_engine("lsqbq binary", "1-bit", BINARY_NET, s.binary_fast, s)]
+    rng = np.random.default_rng(0)
+    calibration = [rng.standard_normal((1, 3, s.size, s.size)).astype(np.float32)
+                   for _ in range(CALIBRATION_BATCHES)]
+    onnx_fp32 = onnx_qdq = None
+    try:
+        require("onnx")
+        require("onnxruntime")
+        from . import peers_onnxruntime as port
+
+        onnx_fp32 = port.export_onnx(s.float_net, s.inputs[min(s.inputs)], s.workdir / "resnet18.onnx")
+        onnx_qdq = port.qdq_int8(onnx_fp32, s.workdir / "resnet18_qdq.onnx", calibration)
+    except PeerMissing as exc:
+        s.skip("onnxruntime fp32/int8", str(exc))
+    ort_engines = _onnxruntime_engines(s, onnx_fp32, onnx_qdq) if onnx_fp32 is not None else []
+    try:
+        engines += _openvino_engines(s, onnx_fp32, onnx_qdq, calibration)
+    except PeerMissing as exc:
+        s.skip("openvino binary/fp32/bf16/int8", str(exc))
+    s.skip("larq compute engine", LCE_SKIPPED)
+    return engines + ort_engines
+
+
+# ------------------------------------------------------------------------------------------------ timing
+
+
+def _agrees(y: np.ndarray, ref: np.ndarray) -> bool:
+    return bool(np.allclose(y, ref, rtol=AGREE_RTOL, atol=AGREE_RTOL * float(np.abs(ref).max())))
+
+
+def run_grid(engines: list[Engine], batches: list[int], threads_list: list[int], repeats: int,
+             min_time: float, size: int) -> tuple[list[dict], dict[tuple[int, int], tuple[float, float]]]:
+    """Time every engine at every (batch, threads), one round-robin group each; returns the rows and the drift
+    probe ``{(batch, threads): (baseline seconds before, after)}``."""
+    groups = {}
+    for batch in batches:
+        for t in threads_list:
+            calls, outputs = {}, {}
+            for e in engines:
+                calls[e.name], outputs[e.name] = e.make(batch, t)
+            groups[(batch, t)] = (calls, outputs)
+    before = {key: _baseline(calls, repeats, min_time) for key, (calls, _) in groups.items()}
+    rows = []
+    for (batch, t), (calls, outputs) in groups.items():
+        l0 = load()
+        with torch.inference_mode():
+            timed = time_stats(calls, repeats, min_time)
+        l1 = load()
+        logits = {name: out() for name, out in outputs.items()}
+        base = timed[BASELINE][0]
+        for e in engines:
+            med, mn = timed[e.name]
+            ref = logits.get(e.reference)
+            diff = float(np.abs(logits[e.name] - ref).max()) if ref is not None else float("nan")
+            rows.append({"engine": e.name, "runtime": e.runtime, "precision": e.precision, "method": e.method,
+                         "network": e.network, "size": size, "batch": batch, "threads": t, "seconds": med,
+                         "seconds_min": mn, "ms": 1e3 * med, "ratio_vs_torch_fp32": base / med,
+                         "reference": e.reference, "max_abs_diff": diff,
+                         "agrees": _agrees(logits[e.name], ref) if e.check and ref is not None else None,
+                         "load_start": l0, "load_end": l1})
+        print(f"  batch {batch}, {t} thread(s) done (load {load():.1f})", flush=True)
+    after = {key: _baseline(calls, repeats, min_time) for key, (calls, _) in groups.items()}
+    return rows, {key: (before[key], after[key]) for key in groups}
+
+
+def _baseline(calls: dict, repeats: int, min_time: float) -> float:
+    with torch.inference_mode():
+        return time_stats({BASELINE: calls[BASELINE]}, repeats, min_time)[BASELINE][0]
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def drift_verdict(df: pd.DataFrame) -> str:
+    worst = float(df["drift"].abs().max()) if len(df) else float("nan")
+    if worst > DRIFT_LIMIT:
+        return (f"**drifted: rerun on a quiet machine** (the torch fp32 baseline changed by up to {worst:.0%} "
+                f"between the start and the end of the run; limit {DRIFT_LIMIT:.0%})")
+    return f"no drift: the torch fp32 baseline changed by at most {worst:.1%} between the start and the end"
+
+
+def to_markdown(df: pd.DataFrame, skipped: list[dict]) -> str:
+    r = df.iloc[0]
+    table = df[["engine", "precision", "method", "batch", "threads", "ms", "ratio_vs_torch_fp32", "max_abs_diff",
+                "agrees"]].copy()
+    table["ms"] = table["ms"].map(lambda v: f"{v:.3f}")
+    table["ratio_vs_torch_fp32"] = table["ratio_vs_torch_fp32"].map(lambda v: f"{v:.2f}x")
+    table["max_abs_diff"] = table["max_abs_diff"].map(lambda v: "" if v != v else f"{v:.2g}")
+    table["agrees"] = table["agrees"].map(lambda v: "" if v is None or v != v else ("yes" if v else "NO"))
+    table = table.rename(columns={"ratio_vs_torch_fp32": "vs torch fp32"})
+    parts = [
+        "# ResNet-18 on CPU engines: lsqbq's binary network beside its peers\n\n"
+        f"Machine: {r['cpu']}, {r['cores']} cores; flags: {r['flags']}; torch {r['torch']}; input "
+        f"{r['size']}x{r['size']}. Median of repeats, engines timed round-robin in each (batch, threads) group; "
+        "`vs torch fp32` = torch fp32 time / row time of the same batch and threads (above 1: faster). Binary rows "
+        "run the paper's topology (fp32 stem, shortcuts and classifier); float rows torchvision ResNet-18. "
+        "`max_abs_diff`: logits against the binary network's lsqbq run (binary rows) or torch fp32 (float rows); "
+        f"`agrees`: within rtol {AGREE_RTOL:g} of lsqbq's logits. Int8 calibration: {CALIBRATION_BATCHES} "
+        "synthetic batches.",
+        *filter(None, [provenance_line(df)]),
+        drift_verdict(df) + ".",
+        table.to_markdown(index=False)]
+    if skipped:
+        parts += ["## Skipped", "\n".join(f"- {s['engine']}: {s['reason']}" for s in skipped)]
+    return "\n\n".join(parts) + "\n"
+
+
+def metric_name(text: str) -> str:
+    """``text`` with the characters MLflow refuses in metric names replaced by ``_``."""
+    return re.sub(r"[^0-9A-Za-z_\-. /]", "_", text)
+
+
+def summarise(df: pd.DataFrame) -> dict[str, float]:
+    out = {metric_name(f"{r.engine} batch{r.batch} threads{r.threads} vs torch fp32"): float(r.ratio_vs_torch_fp32)
+           for r in df.itertuples() if r.engine != BASELINE}
+    out["max_drift"] = float(df["drift"].abs().max())
+    ov = df[df.engine == "openvino binary"]
+    if len(ov):
+        out["openvino_binary_max_abs_diff"] = float(ov.max_abs_diff.max())
+        out["openvino_binary_agrees"] = float(ov.agrees.astype(bool).all())
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser("peers", __doc__, quick="224x224, batch 1, 1 thread", backend=True)
+    p.add_argument("--batches", type=int_list(1), default=None, help="batch sizes (default 1,16)")
+    p.add_argument("--size", type=int_at_least(32), default=None, help="input height and width (default 224)")
+    args = p.parse_args(argv)
+    repeats = 1 if args.smoke else max(7, args.repeats)
+    min_time = 0.0 if args.smoke else 0.05
+    size = args.size or (32 if args.smoke else 224)
+    batches = args.batches or ([1] if args.quick or args.smoke else [1, 16])
+    with BenchRun("peers", args.out, backend=args.backend, options=vars(args)) as run:
+        threads_list = args.threads or ([1] if args.quick or args.smoke else [1, 2])
+        threads_list = thread_counts(threads_list, True)
+        with tempfile.TemporaryDirectory(prefix="lsqbq-peers-") as tmp:
+            setup = make_setup(size, batches, run.backend, Path(tmp))
+            engines = build_engines(setup)
+            rows, probe = run_grid(engines, batches, threads_list, repeats, min_time, size)
+        df = pd.DataFrame(rows)
+        df["drift"] = [probe[(b, t)][1] / probe[(b, t)][0] - 1 for b, t in zip(df.batch, df.threads)]
+        df = run.table(df[list(COLUMNS)])
+        run.write_csv("peers.csv", df, float_format="%.6g")
+        md = to_markdown(df, setup.skipped)
+        run.write_text("peers.md", md)
+        run.record(summarise(df), params={"repeats": repeats, "threads_timed": threads_list, "size": size,
+                                          "batches_timed": batches,
+                                          "skipped": "; ".join(s["engine"] for s in setup.skipped)})
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

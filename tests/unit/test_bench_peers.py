@@ -1,0 +1,134 @@
+"""``lsqbq bench peers`` on a tiny shape: the CSV holds every engine with a positive time and ratio, OpenVINO's
+BinaryConvolution graph of the binary ResNet-18 gives lsqbq's logits (where openvino is installed), a missing peer
+is skipped with the extra that installs it named, and the run is recorded in a temporary MLflow store."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from mlflow.tracking import MlflowClient
+
+from lsqbq.bench import harness, peers
+from lsqbq.errors import ConfigError
+
+SIZE = 32
+
+
+def _importable(name: str) -> bool:
+    try:
+        __import__(name)
+        return True
+    except ImportError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One ``--smoke`` run (32x32, batch 1, 1 thread, one repeat) into a temporary output and MLflow store."""
+    root = tmp_path_factory.mktemp("peers")
+    uri = f"sqlite:///{root}/mlflow.db"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("LSQBQ_TRACKING", raising=False)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        assert peers.main(["--smoke", "--out", str(root / "out")]) == 0
+    df = pd.read_csv(root / "out" / "peers.csv", dtype={"git_commit": str})
+    return root / "out", df, uri
+
+
+def test_every_row_has_the_columns_a_positive_time_and_ratio(smoke):
+    out, df, _ = smoke
+    assert set(peers.COLUMNS) | set(harness.PROVENANCE) <= set(df.columns)
+    assert {"torch fp32", "lsqbq binary"} <= set(df.engine)
+    assert (df.seconds > 0).all() and (df.ratio_vs_torch_fp32 > 0).all()
+    base = df[df.engine == peers.BASELINE]
+    assert len(base) == 1 and base.ratio_vs_torch_fp32.iloc[0] == pytest.approx(1.0)
+    # the ratio is the baseline's time over the row's, of the same batch and threads
+    np.testing.assert_allclose(df.ratio_vs_torch_fp32, base.seconds.iloc[0] / df.seconds, rtol=1e-5)
+    assert (df["size"] == SIZE).all() and (df.batch == 1).all() and (df.threads == 1).all()
+    assert df.git_commit.notna().all() and df.drift.notna().all()
+    md = (out / "peers.md").read_text()
+    assert "| engine" in md and "larq" in md  # the table, and LCE among the skipped with its reason
+
+
+@pytest.mark.skipif(not _importable("openvino"), reason="openvino not installed (pip install 'lsqbq[peers]')")
+def test_openvino_binary_row_agrees_with_lsqbq(smoke):
+    _, df, _ = smoke
+    row = df[df.engine == "openvino binary"].iloc[0]
+    assert bool(row.agrees) and row.reference == "lsqbq binary"
+    assert 0 <= row.max_abs_diff < 1e-3
+    assert {"openvino fp32", "openvino int8"} <= set(df.engine)
+
+
+def test_the_run_is_recorded_with_both_files(smoke):
+    out, _, uri = smoke
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name("lsqbq-bench-peers")
+    runs = c.search_runs([exp.experiment_id], filter_string=f"params.out = '{out}'")
+    assert len(runs) == 1 and runs[0].info.run_name == "bench_peers" and runs[0].info.status == "FINISHED"
+    assert {a.path for a in c.list_artifacts(runs[0].info.run_id)} == {"peers.csv", "peers.md"}
+    assert "max_drift" in runs[0].data.metrics
+
+
+def test_a_missing_peer_is_skipped_naming_the_extra(tmp_path, monkeypatch, capsys):
+    for module in ("openvino", "onnxruntime", "onnx", "nncf"):
+        monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError, as when not installed
+    monkeypatch.setenv("LSQBQ_TRACKING", "0")
+    assert peers.main(["--smoke", "--out", str(tmp_path)]) == 0
+    df = pd.read_csv(tmp_path / "peers.csv")
+    assert set(df.engine) == {"torch fp32", "lsqbq binary"}
+    md = (tmp_path / "peers.md").read_text()
+    assert "openvino binary/fp32/bf16/int8: openvino is not installed (pip install 'lsqbq[peers]')" in md
+    assert "onnxruntime fp32/int8: " in md and peers.EXTRA in md
+
+
+def test_plus_one_padding_minus_the_border_excess_is_zero_padding():
+    """The correction the OpenVINO graph subtracts, against zero-padded convolution by brute force."""
+    from lsqbq.bench.peers_openvino import _pad_excess
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 7, 6).sign()
+    c = torch.randn(5, 8, 3, 3).sign()
+    for stride in (1, 2):
+        conv = torch.nn.Conv2d(8, 5, 3, stride=stride, padding=1)
+        plus = F.conv2d(F.pad(x, (1, 1, 1, 1), value=1.0), c, stride=stride)
+        zero = F.conv2d(x, c, stride=stride, padding=1)
+        assert torch.equal(plus - torch.from_numpy(_pad_excess(c, (7, 6), conv)), zero)
+
+
+@pytest.mark.parametrize("bn", ["fresh", "trained-like"])
+def test_openvino_graph_equals_to_bitwise_at_batch_2(bn):
+    """Fresh BatchNorms give exact zeros in the first binary inputs (sign(0) = +1 must hold there too)."""
+    pytest.importorskip("openvino")
+    from lsqbq.bench import peers_openvino as pov
+    from lsqbq.bench.models import SHAPES, resnet18_network
+    from lsqbq.kernels import to_bitwise
+
+    sim = resnet18_network(SHAPES["imagenet"], "ls-1", "ls-1")
+    if bn == "trained-like":
+        peers.trained_like_batchnorm(sim)
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.inference_mode():
+        ours = to_bitwise(sim)(x).numpy()
+    call, output = pov.infer_fn(pov.compile_model(pov.binary_resnet_model(sim, 2, SIZE), 2, 1), x.numpy())
+    call()
+    np.testing.assert_allclose(output(), ours, rtol=1e-4, atol=1e-4 * np.abs(ours).max())
+
+
+def test_only_the_papers_binary_topology_is_built():
+    pytest.importorskip("openvino")
+    from lsqbq.bench import peers_openvino as pov
+    from lsqbq.bench.models import SHAPES, resnet18_network
+
+    with pytest.raises(ConfigError, match="ls-2/ls-1"):
+        pov.binary_resnet_model(resnet18_network(SHAPES["imagenet"], "ls-2", "ls-1"), 1, SIZE)
+    with pytest.raises(ConfigError, match="xnor-block"):
+        pov.binary_resnet_model(resnet18_network(SHAPES["imagenet"]), 1, SIZE)
+
+
+def test_drift_beyond_the_limit_says_rerun():
+    assert "drifted: rerun on a quiet machine" in peers.drift_verdict(pd.DataFrame({"drift": [0.02, -0.15]}))
+    assert "no drift" in peers.drift_verdict(pd.DataFrame({"drift": [0.02, -0.05]}))
