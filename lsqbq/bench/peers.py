@@ -10,6 +10,8 @@ Rows (ResNet-18, ImageNet layout, 1000 classes, random weights, every engine fed
 * ``lsqbq binary``          the paper's topology (fp32 stem, shortcuts and classifier, 1-bit ``ls-1`` 3x3 body)
                             from :func:`lsqbq.bench.models.resnet18_network`, converted by
                             :func:`~lsqbq.kernels.to_bitwise` (fused);
+* ``lsqbq binary, int8 float parts`` the same conversion with ``float_parts="int8"`` (stem, shortcuts and
+                            classifier in oneDNN int8; an option, not the paper's topology);
 * ``openvino binary``       the same network with the same weights as an OpenVINO graph on its ``BinaryConvolution``
                             op (:mod:`lsqbq.bench.peers_openvino`); its logits must equal ours (``agrees``:
                             ``|ov - ours| <= 1e-4 |ours| + 1e-4 max|ours|``; ``max_abs_diff`` recorded);
@@ -50,6 +52,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .harness import BenchRun, int_at_least, int_list, parser, provenance_line, thread_counts
 from .timing import load, time_stats, with_threads
 
@@ -105,6 +108,7 @@ class Setup:
     binary_sim: nn.Module
     binary_fast: nn.Module
     workdir: Path
+    binary_int8: nn.Module | None = None  # the same conversion with int8 full-precision parts (None: unavailable)
     skipped: list[dict] = field(default_factory=list)
 
     def skip(self, engine: str, reason: str) -> None:
@@ -148,7 +152,11 @@ def make_setup(size: int, batches: list[int], backend: str, workdir: Path) -> Se
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fast = to_bitwise(sim, backend=backend)
-    return Setup(size, inputs, float_net, sim, fast, workdir)
+        try:
+            int8 = to_bitwise(sim, backend=backend, float_parts="int8")
+        except ConfigError:  # no oneDNN int8 ops in this torch build
+            int8 = None
+    return Setup(size, inputs, float_net, sim, fast, workdir, binary_int8=int8)
 
 
 def _torch_engine(name: str, precision: str, network: str, net: nn.Module, s: Setup, reference: str = "") -> Engine:
@@ -237,6 +245,10 @@ def build_engines(s: Setup) -> list[Engine]:
     """Every engine that can run here, baseline first; the others are recorded in ``s.skipped`` with the reason."""
     engines = [_torch_engine(BASELINE, "fp32", FLOAT_NET + " (eager, channels_last)", s.float_net, s),
                _torch_engine("lsqbq binary", "1-bit", BINARY_NET, s.binary_fast, s)]
+    if s.binary_int8 is not None:
+        engines.append(_torch_engine("lsqbq binary, int8 float parts", "1-bit + int8", BINARY_NET, s.binary_int8, s))
+    else:
+        s.skip("lsqbq binary, int8 float parts", "this torch build has no oneDNN int8 ops")
     rng = np.random.default_rng(0)
     calibration = [rng.standard_normal((1, 3, s.size, s.size)).astype(np.float32)
                    for _ in range(CALIBRATION_BATCHES)]

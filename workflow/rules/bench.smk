@@ -100,3 +100,26 @@ rule bench_models:
         "LSQBQ_THREADS={threads} OMP_NUM_THREADS={threads} MLFLOW_TRACKING_URI={params.mlflow:q} "
         "lsqbq bench models --out {params.dir:q} --checkpoints {params.root:q} --seeds {params.seed:q} {params.quick} "
         "> {log:q} 2>&1"
+
+
+# The same binary ResNet-18 through lsqbq and the engines users already run (OpenVINO's binary convolution, OpenVINO
+# and ONNX Runtime fp32 / bf16 / int8), alone; a peer that is not installed is a skipped row (`lsqbq[peers]`).
+rule bench_peers:
+    output:
+        csv=out("results/bench/peers.csv"),
+        md=report(out("results/bench/peers.md"), caption="../report/kernels.rst", category="Kernel latency"),
+    params:
+        dir=lambda wc, output: str(Path(output.csv).parent),
+        mlflow=MLFLOW_URI,
+        quick="--quick" if config["bench"]["quick"] else "",
+    threads: all_cores()
+    log:
+        out("logs/bench/peers.log"),
+    benchmark:
+        out("benchmarks/bench/peers.tsv")
+    message:
+        "Benchmark lsqbq beside OpenVINO and ONNX Runtime (alone, {threads} threads)"
+    conda:
+        CONDA_ENV
+    shell:
+        "MLFLOW_TRACKING_URI={params.mlflow:q} lsqbq bench peers --out {params.dir:q} {params.quick} > {log:q} 2>&1"

@@ -257,6 +257,8 @@ def final_targets():
         targets.append(out("results/bench/training.csv"))
     if config["bench"]["models"]:
         targets.append(out("results/bench/models.csv"))
+    if config["bench"]["peers"]:
+        targets.append(out("results/bench/peers.csv"))
     if config["evaluate_bitwise"]:
         targets += runs(EVAL_BITWISE, schemes=BITWISE_STUDENTS)
     if config["evaluate"]:
