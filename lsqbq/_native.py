@@ -37,7 +37,7 @@ import torch
 from .errors import ConfigError
 
 __all__ = ["BACKEND_ENV", "BACKEND_CHOICES", "SOURCES", "active", "build_error", "cache_dir", "disabled", "enabled",
-           "load", "requested_backend"]
+           "load", "requested_backend", "switch_state"]
 
 BACKEND_ENV = "LSQBQ_BACKEND"
 BACKEND_CHOICES = ("auto", "reference", "portable", "generic", "avx512")
@@ -201,6 +201,15 @@ def active() -> bool:
     every call, so ``LSQBQ_BACKEND=reference`` takes effect at once), the library is loaded (or loads now) and the
     calling thread is not inside :func:`disabled`."""
     return not getattr(_thread, "off", 0) and enabled() and load()
+
+
+def switch_state() -> tuple:
+    """Everything the back-end choice reads besides a call's arguments: the switch, the earlier releases' names of
+    it, and whether the calling thread is inside :func:`disabled`. Equal states choose the same back end, so
+    callers may cache a choice per state (a few dictionary reads instead of the full resolution)."""
+    get = os.environ.get
+    return (get(BACKEND_ENV), get("LSQBQ_NATIVE"), get(_LEGACY_KERNELS), get(_CPP_POPCNT_ENV),
+            getattr(_thread, "off", 0))
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .. import _native
 from ..errors import InputError
 from ..layers import (SCALE_MODES, QuantConv2d, QuantLinear, check_input, layer_label, stored_scales_problem,
                       tensor_version)
@@ -35,6 +36,7 @@ from .reference import fma32
 __all__ = ["BitwiseConv2d", "BitwiseLinear", "bn_affine"]
 
 _ACTS = {"none": 0, "relu": 1, "prelu": 2}
+_NO_PLANS: dict = {}
 # Run-time fits the fused encode performs itself, by the registry's fit function (other fits run in Python).
 _FUSED_FITS = {"fit_ls1": ops.FIT_GREEDY, "fit_greedy": ops.FIT_GREEDY, "fit_ls2": ops.FIT_LS2,
                "fit_ternary": ops.FIT_TERNARY}
@@ -156,14 +158,38 @@ def _compiled_isa(backend: str | None, device) -> int | None:
     return None if name == "reference" else ops._ISA[name]
 
 
+# Resolving the back end costs several environment reads and checks (5-10 us), so a layer resolves again only when
+# :func:`lsqbq._native.switch_state` changed; the choice still follows the switch on every call.
+_resolved: dict[tuple, tuple] = {}
+
+
+def _layer_op(backend: str | None, device: torch.device) -> tuple[int | None, object]:
+    """``(isa, op)`` for a :class:`BitwiseConv2d` call: the ``isa`` argument (None for ``reference``) and the overload
+    ``lsqbq::bitwise_conv2d.default`` (None for ``reference``), cached per back end, device type and switch state."""
+    key = (backend, device.type, *_native.switch_state())
+    hit = _resolved.get(key)
+    if hit is None:
+        isa = _compiled_isa(backend, device)  # raises ConfigError for a bad switch: nothing is cached then
+        hit = (isa, None if isa is None else torch.ops.lsqbq.bitwise_conv2d.default)
+        if len(_resolved) >= 64:
+            _resolved.clear()
+        _resolved[key] = hit
+    return hit
+
+
 def _reraise(fn, *args, **kwargs):
     """Call a kernel; its report of a non-finite input (NaN or Inf gives no scale) becomes an :class:`InputError`."""
     try:
         return fn(*args, **kwargs)
     except (ValueError, RuntimeError) as exc:
-        if "not finite" in str(exc):
-            raise InputError(str(exc).split("\n")[0].removeprefix("lsqbq: ")) from None
+        _raise_input_error(exc)
         raise
+
+
+def _raise_input_error(exc: Exception) -> None:
+    """Raise a kernel's report of a non-finite input as an :class:`InputError`; return for any other error."""
+    if "not finite" in str(exc):
+        raise InputError(str(exc).split("\n")[0].removeprefix("lsqbq: ")) from None
 
 
 class BitwiseConv2d(_BitwiseBase):
@@ -186,6 +212,7 @@ class BitwiseConv2d(_BitwiseBase):
         self.slope: Tensor | None = None
         self.residual: str | None = None  # None, "before" (added before the activation) or "after"
         self._args = None  # cached op arguments (see _op_args)
+        self._plans: dict[torch.Size, tuple] = {}  # per input shape: output size, residual shape (see _plan)
 
     # ------------------------------------------------------------------------------------- fusion
     def fuse_output_bn(self, bn: nn.BatchNorm2d) -> bool:
@@ -251,32 +278,54 @@ class BitwiseConv2d(_BitwiseBase):
                  list(self.padding), list(self.dilation))
         return before, after
 
-    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+    def _plan(self, x: Tensor) -> tuple:
+        """``(OH, OW, residual shape)`` for inputs of ``x``'s shape, after checking that shape (:class:`InputError`
+        naming the layer); cached by shape, as it depends only on the shape and the layer's geometry."""
         self._check(x, ("B", "C", "H", "W"), self.in_channels, "input channels", 1)
         oh, ow = self.output_size(x.shape[-2:])
         if oh < 1 or ow < 1:
             raise InputError(f"{self._label()}: input {tuple(x.shape[-2:])} is smaller than the kernel "
                              f"{tuple(self.packed.kernel)} with padding {self.padding} and dilation {self.dilation}")
-        if (residual is None) != (self.residual is None):
-            raise InputError(f"{self._label()}: a residual is {'expected' if self.residual else 'not fused'} here")
-        if residual is not None and tuple(residual.shape) != (x.shape[0], self.out_channels, oh, ow):
-            raise InputError(f"{self._label()}: residual must be {(x.shape[0], self.out_channels, oh, ow)}, "
-                             f"got {tuple(residual.shape)}")
+        plans = self.__dict__.setdefault("_plans", {})  # (a module pickled before the cache existed has none)
+        if len(plans) >= 64:  # many input sizes: start over rather than grow
+            plans.clear()
+        plan = plans[x.shape] = (oh, ow, torch.Size((x.shape[0], self.out_channels, oh, ow)))
+        return plan
+
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        # per call only what can change: the input's type and dtype (its shape picks a checked plan), the residual
+        # against that plan, the back end (re-resolved when its switches change); the op's other arguments are cached
+        if not (isinstance(x, Tensor) and x.is_floating_point()):
+            self._check(x, ("B", "C", "H", "W"), self.in_channels, "input channels", 1)
+        plan = self.__dict__.get("_plans", _NO_PLANS).get(x.shape)
+        oh, ow, res_shape = plan if plan is not None else self._plan(x)
+        if residual is None:
+            if self.residual is not None:
+                raise InputError(f"{self._label()}: a residual is expected here")
+        else:
+            if self.residual is None:
+                raise InputError(f"{self._label()}: a residual is not fused here")
+            if residual.shape != res_shape:
+                raise InputError(f"{self._label()}: residual must be {tuple(res_shape)}, got {tuple(residual.shape)}")
+            if residual.dtype != torch.float32:
+                residual = residual.float()
         if x.shape[0] == 0:
             return x.new_zeros(0, self.out_channels, oh, ow, dtype=torch.float32)
-        if residual is not None:
-            residual = residual.float()
-        isa = _compiled_isa(self.backend, x.device)
+        isa, op = _layer_op(self.backend, x.device)
+        scales = None if self.fit != ops.FIT_GIVEN else self._given_scales(x)
         if isa is not None:  # the C++ op directly, with the cached arguments
-            before, after = self._op_args()
-            y = _reraise(torch.ops.lsqbq.bitwise_conv2d, x.float(), *before, self._given_scales(x), residual, *after,
-                         isa)
-            return y.permute(0, 3, 1, 2)
+            before, after = self._args if self._args is not None else self._op_args()
+            try:
+                y = op(x if x.dtype == torch.float32 else x.float(), *before, scales, residual, *after, isa)
+            except (ValueError, RuntimeError) as exc:
+                _raise_input_error(exc)
+                raise
+            return y.permute(0, 3, 1, 2)  # (B, N, OH, OW) view of NHWC memory
         y = _reraise(ops.bitwise_conv2d, x, self.packed, self.bias, self.stride, self.padding, self.dilation,
-                     planes=self.planes, fit=self.fit, scales=self._given_scales(x), clamp=self.clamp,
+                     planes=self.planes, fit=self.fit, scales=scales, clamp=self.clamp,
                      mask=self.mask, prologue=self.prologue, residual=residual, act=_ACTS[self.act],
                      slope=self.slope, residual_first=self.residual == "before", backend=self.backend)
-        return y.permute(0, 3, 1, 2)  # (B, N, OH, OW) view of NHWC memory
+        return y.permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:
         fused = self._fusion_repr()

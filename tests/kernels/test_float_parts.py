@@ -12,7 +12,8 @@ from torch import nn
 
 from lsqbq.errors import ConfigError
 from lsqbq.kernels import to_bitwise
-from lsqbq.kernels.float_parts import FoldedConv2d, Int8Conv2d, Int8Linear, quantize_uint8, weight_int8
+from lsqbq.kernels.float_parts import (FoldedConv2d, Int8Conv2d, Int8Linear, max_pool2d, quantize_uint8,
+                                      weight_int8)
 from lsqbq.models import build
 
 
@@ -55,6 +56,33 @@ def test_folded_conv_equals_the_eager_sequence(conv_bias, tail):
         ref = eager(x)
         for xx in (x, x.contiguous(memory_format=torch.channels_last)):
             torch.testing.assert_close(folded(xx), ref, rtol=1e-4, atol=1e-5)
+
+
+POOLS = [(k, s, p) for k in (1, 2, 3, 4, 5) for s in (1, 2, 3) for p in range(k // 2 + 1)]
+
+
+@pytest.mark.parametrize("k,s,p", POOLS)
+def test_separable_max_pool_equals_torch(k, s, p):
+    """``max_pool2d`` (rows then columns) gives torch's pool, element for element (``torch.equal``: values; NaN and
+    -inf where torch has them), on odd and even sizes, NCHW and channels_last, the layout kept; what it does not
+    take (``2 p >= k``, ceil_mode, dilation, inputs needing a gradient) goes to torch."""
+    gen = torch.Generator().manual_seed(100 * k + 10 * s + p)
+    for h, w in ((7, 8), (9, 9), (max(k, 2), k + 1)):
+        x = torch.randn(2, 5, h, w, generator=gen)
+        x[0, 1, 0, 0], x[1, 2, h - 1, w - 1] = float("nan"), float("-inf")
+        for xx in (x, x.contiguous(memory_format=torch.channels_last)):
+            want = torch.max_pool2d(xx, k, s, p)
+            got = max_pool2d(xx, k, s, p)
+            assert got.shape == want.shape
+            assert torch.equal(got.nan_to_num(0.5), want.nan_to_num(0.5))
+            assert torch.equal(got.isnan(), want.isnan())
+            assert got.is_contiguous(memory_format=torch.channels_last) == \
+                want.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(1, 2, 9, 9, generator=gen)
+    assert torch.equal(max_pool2d(x, k, s, p, ceil_mode=True), torch.max_pool2d(x, k, s, p, ceil_mode=True))
+    xg = x.clone().requires_grad_()
+    max_pool2d(xg, k, s, p).sum().backward()  # a gradient is taken by torch's pool (the passes write in place)
+    assert xg.grad is not None
 
 
 RESNETS = {

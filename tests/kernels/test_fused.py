@@ -299,3 +299,34 @@ def test_fused_layer_checks_its_residual():
         blk.conv1(x)
     with pytest.raises(InputError, match="residual must be"):
         blk.conv1(x, torch.randn(1, 16, 7, 7))
+
+
+def test_layers_follow_a_change_of_input_size_and_back_end(monkeypatch):
+    """The per-shape plans (output size, residual shape) and the resolved back end are caches: a model called with
+    sizes in turn (28, 36, 28, another batch) equals the simulated model at each; a cached shape still checks its
+    residual and a wrong channel count; setting ``LSQBQ_BACKEND`` between calls takes effect at the next call."""
+    gen = torch.Generator().manual_seed(11)
+    torch.manual_seed(0)
+    net = _randomise(build("resnet_small", stem_stride=2, in_chans=1, num_classes=10, x_quant="ls-1",
+                           w_quant="ls-1"), gen)
+    fast = to_bitwise(net)
+    with torch.inference_mode():
+        for shape in ((2, 1, 28, 28), (2, 1, 36, 36), (2, 1, 28, 28), (5, 1, 36, 30), (1, 1, 28, 28)):
+            x = torch.randn(*shape, generator=gen)
+            _assert_same_predictions(fast(x), net(x))
+        conv = fast.stages[0][0].conv1
+        x = torch.randn(1, 16, 14, 14, generator=gen)
+        conv(x, torch.randn(1, 16, 14, 14))  # cached now
+        with pytest.raises(InputError, match=r"residual must be \(1, 16, 14, 14\), got \(1, 16, 7, 7\)"):
+            conv(x, torch.randn(1, 16, 7, 7))
+        with pytest.raises(InputError, match="residual is expected"):
+            conv(x)
+        with pytest.raises(InputError, match="expected 16 input channels, got 8"):
+            conv(torch.randn(1, 8, 14, 14))
+        x = torch.randn(3, 1, 28, 28, generator=gen)
+        before = fast(x)
+        monkeypatch.setenv("LSQBQ_BACKEND", "reference")
+        _assert_same_predictions(fast(x), before)
+        monkeypatch.setenv("LSQBQ_BACKEND", "nonsense")
+        with pytest.raises(ValueError, match="LSQBQ_BACKEND='nonsense'"):
+            fast(x)
