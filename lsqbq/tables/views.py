@@ -316,7 +316,10 @@ def claims_doc(claims: pd.DataFrame, qat: pd.DataFrame, paper_gaps: list[float],
                             f"±{EQUIVALENCE_MARGIN:g} points)")
     teachers = claims.loc[claims["kind"] == "angle", "n"]
     images = claims.loc[claims["kind"] == "angle", "images"]
-    can = f"**What this profile can and cannot show.** {dataset} with {models}, {_plural(n, 'seed')}. "
+    counts = sorted({int(k) for k in qat["n_seeds"]}) if len(qat) else []
+    seeds = (_plural(n, "seed") if len(counts) <= 1 else
+             f"{counts[0]} to {counts[-1]} seeds per row ({counts[-1]} for the runs the claims compare)")
+    can = f"**What this profile can and cannot show.** {dataset} with {models}, {seeds}. "
     if (claims["kind"] == "lloyd_max").any():
         can += "The Lloyd-Max comparison is exact. "
     if len(teachers):
@@ -333,11 +336,14 @@ def claims_doc(claims: pd.DataFrame, qat: pd.DataFrame, paper_gaps: list[float],
         gaps = [fmt_value(g, 1) for g in paper_gaps]
         gap_text = (f" The paper's gaps between adjacent schemes of the QAT ordering are {', '.join(gaps[:-1])} "
                     f"and {gaps[-1]} points (V1, ImageNet).") if len(gaps) > 1 else ""
-        shrink = _interval_shrink(n, 10)
-        can += (f"The accuracy claims rest on {_plural(n, 'seed')}: the 95 % interval of a paired difference is "
-                f"{' and '.join(accuracy)}.{gap_text} With the same spread, 10 seeds would narrow the intervals "
-                f"to {fmt_value(100 * shrink, 0)} % of their width; a harder dataset (the cifar10, cifar100 and "
-                "imagenet profiles) widens the gaps themselves. ")
+        fewest = counts[0] if counts else n
+        more = max(10, counts[-1] if counts else n)
+        shrink = _interval_shrink(fewest, more) if fewest < more else float("nan")
+        narrow = (f" With the same spread, {more} seeds would narrow a {fewest}-seed interval to "
+                  f"{fmt_value(100 * shrink, 0)} % of its width;" if not math.isnan(shrink) else "")
+        can += (f"The accuracy claims rest on {seeds}: the median 95 % interval of a paired difference is "
+                f"{' and '.join(accuracy)}.{gap_text}{narrow} {'a' if narrow else 'A'} harder dataset (the cifar10, "
+                "cifar100 and imagenet profiles) widens the gaps themselves. ")
     room = _room(qat)
     if not math.isnan(room):
         can += (f"Every quantized model is within {fmt_value(room, 1)} points of its fp teacher, which leaves "

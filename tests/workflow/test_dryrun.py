@@ -43,12 +43,15 @@ def _expected(cfg):
     if cfg.get("evaluate", True):  # one job per checkpoint; the bitwise students' job also runs them bitwise
         exp["evaluate"] = runs - bitwise
         exp["record_evaluations"] = 1
-    if cfg.get("analysis", {}).get("enabled", True):  # PTQ per teacher seed; error and angles on the first seed's
-        exp |= {"analyze_ptq": teachers, "analyze_error": len(models), "analyze_angles": len(models)}
+    if cfg.get("analysis", {}).get("enabled", True):  # PTQ and angles per teacher seed, error on the first seed's
+        exp |= {"analyze_ptq": teachers, "analyze_error": len(models), "analyze_angles": teachers,
+                "analyze_sweep": 1}
     if cfg.get("bench", {}).get("kernels", True):
         exp["bench_kernels"] = 1
     if cfg.get("bench", {}).get("models", True):
         exp["bench_models"] = 1
+    if cfg.get("bench", {}).get("peers", False):
+        exp["bench_peers"] = 1
     if bitwise:
         exp["evaluate_with_bitwise"] = bitwise
     return exp
