@@ -1,19 +1,20 @@
 """The native op library ``torch.ops.lsqbq``: the C++ quantizers and XNOR/popcount kernels, built on first use.
 
 Every source of the one C++ source folder ``csrc/`` (the quantizers ``quant.cpp``; the XNOR engine split by
-idea: ``isa``, ``pool``, ``job`` / ``driver``, ``tile_portable`` / ``tile_avx512`` / ``tile_avx2``, ``encode*``,
-``fit``, and ``ops_xnor.cpp``, its torch ops) is compiled with ``torch.utils.cpp_extension`` into one library,
-once per source/header/flags/torch version, in a cache directory: ``LSQBQ_BUILD_DIR``, else
+idea: ``isa``, ``pool``, ``job`` / ``driver``, ``tile_portable`` / ``tile_avx512`` / ``tile_avx2`` / ``tile_neon``,
+``encode*``, ``fit``, and ``ops_xnor.cpp``, its torch ops) is compiled with ``torch.utils.cpp_extension`` into one
+library, once per source/header/flags/torch version, in a cache directory: ``LSQBQ_BUILD_DIR``, else
 ``TORCH_EXTENSIONS_DIR/lsqbq``, else ``$XDG_CACHE_HOME/lsqbq`` (``~/.cache/lsqbq``), one sub-directory per torch
 version. No ``-march`` flag is used: the AVX-512 and AVX2 kernels carry function target attributes and are chosen at
-run time, so one build runs on any x86-64 CPU. The Python side of the ops (portable kernels, autograd, fake
-kernels) and the calls themselves live in :mod:`lsqbq._ops`.
+run time, so one build runs on any x86-64 CPU; on aarch64 the same sources build the NEON kernels instead (the x86
+files compile to stubs there, the NEON files to stubs on x86-64). The Python side of the ops (portable kernels,
+autograd, fake kernels) and the calls themselves live in :mod:`lsqbq._ops`.
 
 The switch, one environment variable ``LSQBQ_BACKEND`` (:func:`requested_backend`):
 
 =============  ====================================================================================================
 ``auto``       (default) build and load the library; the kernels take the fastest back end this CPU has
-               (``avx512``, else ``avx2``, else ``portable``)
+               (``avx512``, else ``avx2``, else ``portable`` on x86-64; ``neon`` on aarch64)
 ``reference``  the pure-torch path: the library is neither built nor loaded, the quantizers run their torch code
                and the kernels the ``reference`` back end (same results, slower)
 ``portable``   the C++ kernels' portable path (scalar popcount: the POPCNT instruction where the CPU has it)
@@ -22,6 +23,8 @@ The switch, one environment variable ``LSQBQ_BACKEND`` (:func:`requested_backend
 ``avx512``     the AVX-512 VPOPCNTDQ micro-kernels (an error naming the switch where the CPU lacks them)
 ``avx2``       the AVX2 micro-kernels (nibble-lookup popcount on 256-bit registers; CPUs with AVX2, FMA and
                POPCNT, an error naming the switch elsewhere), the same results as ``portable`` bit for bit
+``neon``       the aarch64 NEON micro-kernels (``vcntq_u8`` byte popcount, pairwise widening adds; every aarch64
+               CPU has them, an error naming the switch elsewhere), the same results as ``portable`` bit for bit
 =============  ====================================================================================================
 
 A ``backend=`` argument of a kernel call wins over the switch. A failed build falls back to the pure-torch path
@@ -45,7 +48,7 @@ __all__ = ["BACKEND_ENV", "BACKEND_CHOICES", "HEADERS", "SOURCES", "active", "bu
            "enabled", "load", "requested_backend"]
 
 BACKEND_ENV = "LSQBQ_BACKEND"
-BACKEND_CHOICES = ("auto", "reference", "portable", "generic", "avx512", "avx2")
+BACKEND_CHOICES = ("auto", "reference", "portable", "generic", "avx512", "avx2", "neon")
 _LEGACY_KERNELS = "LSQBQ_KERNELS"  # an earlier release's name of the switch (read when LSQBQ_BACKEND is unset)
 # the C++ portable kernels read this variable (once, on their first call) to force their generic build
 _CPP_POPCNT_ENV = "LSQBQ_POPCNT"

@@ -33,12 +33,14 @@ inline void tile(const Job& J, const Rows& rw, int r0, int64_t isa, int64_t m0, 
                  int64_t ig, bool first, int pa, bool mask) {
   if (isa == kAvx512) return tile_avx512(J, rw, r0, m0, rows, p, j, ig, first, pa, mask);
   if (isa == kAvx2) return tile_avx2(J, rw, r0, m0, rows, p, j, ig, first, pa, mask);
+  if (isa == kNeon) return tile_neon(J, rw, r0, m0, rows, p, j, ig, first, pa, mask);
   tile_portable(J, rw, r0, m0, rows, p, j, ig, first, pa, mask);
 }
 
 inline void finish(const Job& J, int64_t isa, int64_t m0, int rows, int64_t p) {
   if (isa == kAvx512) return finish_avx512(J, m0, rows, p);
   if (isa == kAvx2) return finish_avx2(J, m0, rows, p);
+  if (isa == kNeon) return finish_neon(J, m0, rows, p);
   finish_portable(J, m0, rows, p);
 }
 
@@ -158,6 +160,7 @@ Job make_job(const uint64_t* a, int64_t pa, const uint64_t* w, int64_t pw, int64
 int64_t popcount_peak(int64_t iters, int64_t isa) {
   if (isa == kAvx512) return peak_avx512(iters);
   if (isa == kAvx2) return peak_avx2(iters);
+  if (isa == kNeon) return peak_neon(iters);
   return peak_portable(iters);
 }
 

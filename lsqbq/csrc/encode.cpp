@@ -17,6 +17,7 @@ void enc_row_isa(const Enc& E, int64_t b, int64_t h, const float* v, int first, 
                  int64_t isa) {
   if (isa == kAvx512) return enc_row_avx512(E, b, h, v, first, last, lanes);
   if (isa == kAvx2) return enc_row_avx2(E, b, h, v, first, last, lanes);
+  if (isa == kNeon) return enc_row_neon(E, b, h, v, first, last, lanes);
   enc_row_portable(E, b, h, v, first, last, lanes);
 }
 }  // namespace

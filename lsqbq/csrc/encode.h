@@ -7,7 +7,7 @@
 //   r_1 = y, bit_i = NOT (r_i >= 0), approx_i = approx_{i-1} + (bit_i ? -v_i : v_i), r_{i+1} = y - approx_i.
 // A greedy fit (ls-1 = gf-1, gf-k) needs v_i = mean |r_i| over the sample: pass i adds |r_i| (float) in float64
 // to lane (c mod 16) in pixel order and channel order, so the AVX-512 path (two 8-lane double accumulators), the
-// AVX2 path (four 4-lane ones) and the portable path add the same numbers in the same order and give the same
+// AVX2 path (four 4-lane ones), the NEON path (eight 2-lane ones) and the portable path add the same numbers in the same order and give the same
 // scales bit for bit. Lanes are summed in lane order per image row, rows in order per sample: a fixed order,
 // whatever the thread count.
 #pragma once
@@ -52,16 +52,18 @@ inline void store_words(const uint64_t* words, int first, int last, bool mask, i
 enum Fit : int64_t { kGiven = 0, kGreedy = 1, kLs2 = 2, kTernary = 3 };
 
 // One image row (b, h) on each path: writes planes first..last of its W pixels from the scales v (v[0..last-1]
-// are read); with lanes, adds |r_last| to lanes[c mod 16] (lanes hold 0 on entry). All three give the same bits
+// are read); with lanes, adds |r_last| to lanes[c mod 16] (lanes hold 0 on entry). All paths give the same bits
 // and lane sums.
 void enc_row_portable(const Enc& E, int64_t b, int64_t h, const float* v, int first, int last, double* lanes);
 void enc_row_avx512(const Enc& E, int64_t b, int64_t h, const float* v, int first, int last, double* lanes);
 void enc_row_avx2(const Enc& E, int64_t b, int64_t h, const float* v, int first, int last, double* lanes);
+void enc_row_neon(const Enc& E, int64_t b, int64_t h, const float* v, int first, int last, double* lanes);
 
 // y = clamp(fma(x, a, b)) of one image row into out (W * C floats), for the exact fits that sort y.
 void prologue_row_portable(const Enc& E, int64_t b, int64_t h, float* out);
 void prologue_row_avx512(const Enc& E, int64_t b, int64_t h, float* out);
 void prologue_row_avx2(const Enc& E, int64_t b, int64_t h, float* out);
+void prologue_row_neon(const Enc& E, int64_t b, int64_t h, float* out);
 
 // Given scales: one pass. sc: (B, planes) with row stride sstride (0: one row for every sample).
 void encode_given(const Enc& E, int64_t planes, const float* sc, int64_t sstride, int64_t isa);

@@ -29,7 +29,8 @@ namespace {
 // interleaved over four copies, two in the portable path, so that runs of values in one bucket, such as the zeros
 // after a ReLU, do not wait on each other's stores); the gather of the surviving buckets' values, pre-filtered by
 // the key interval that holds them (vectorised). The vector versions of the three passes are in fit_avx512.cpp and
-// fit_avx2.cpp (fit.h); every path gives the same integers, so the same fit.
+// fit_avx2.cpp (fit.h); the NEON path runs the portable passes (only its prologue row is vectorised); every path
+// gives the same integers, so the same fit.
 
 // Keys (bit patterns of |y|, ordered like the magnitudes) of a float row: min and max.
 void key_range_portable(const float* y, int64_t n, uint32_t& kmin, uint32_t& kmax) {
@@ -334,6 +335,7 @@ struct FastFit {
 void prologue_row(const Enc& E, int64_t b, int64_t h, float* out, int64_t isa) {
   if (isa == kAvx512) return prologue_row_avx512(E, b, h, out);
   if (isa == kAvx2) return prologue_row_avx2(E, b, h, out);
+  if (isa == kNeon) return prologue_row_neon(E, b, h, out);
   prologue_row_portable(E, b, h, out);
 }
 

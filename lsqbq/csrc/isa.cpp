@@ -27,6 +27,8 @@ bool avx2_supported() {
 #endif
 }
 
+bool neon_supported() { return LSQBQ_ARM != 0; }
+
 // The portable kernels come in two builds: generic x86-64 (software popcount, a libgcc call per word) and, chosen
 // at run time on every CPU with the POPCNT instruction (x86-64-v2 and later), the same code compiled for it.
 // LSQBQ_POPCNT=0 forces the generic build (so tests cover it on any CPU).
@@ -42,8 +44,11 @@ bool popcnt_supported() {
 #endif
 }
 
+bool isa_known(int64_t isa) { return isa == kPortable || isa == kAvx512 || isa == kAvx2 || isa == kNeon; }
+
 bool isa_supported(int64_t isa) {
-  return isa == kPortable || (isa == kAvx512 && avx512_supported()) || (isa == kAvx2 && avx2_supported());
+  return isa == kPortable || (isa == kAvx512 && avx512_supported()) || (isa == kAvx2 && avx2_supported()) ||
+         (isa == kNeon && neon_supported());
 }
 
 const char* isa_name(int64_t isa) {
@@ -51,6 +56,7 @@ const char* isa_name(int64_t isa) {
     case kPortable: return "portable";
     case kAvx512: return "AVX-512 VPOPCNTDQ";
     case kAvx2: return "AVX2 (with FMA and POPCNT)";
+    case kNeon: return "NEON (aarch64)";
     default: return "unknown";
   }
 }

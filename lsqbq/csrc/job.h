@@ -123,6 +123,8 @@ void tile_avx512(const Job& J, const Rows& rw, int r0, int64_t m0, int rows, int
                  bool first, int pa, bool mask);
 void tile_avx2(const Job& J, const Rows& rw, int r0, int64_t m0, int rows, int64_t p, int64_t j, int64_t ig,
                bool first, int pa, bool mask);
+void tile_neon(const Job& J, const Rows& rw, int r0, int64_t m0, int rows, int64_t p, int64_t j, int64_t ig,
+               bool first, int pa, bool mask);
 
 // Fused tail of the float epilogue on one finished tile (rows x 32 channels, still in cache):
 //   y = out (+ res if res_first);  y = act(y) (ReLU: NaN stays NaN as torch.relu; PReLU: y > 0 ? y : a_n y);
@@ -130,12 +132,14 @@ void tile_avx2(const Job& J, const Rows& rw, int r0, int64_t m0, int rows, int64
 void finish_portable(const Job& J, int64_t m0, int rows, int64_t p);
 void finish_avx512(const Job& J, int64_t m0, int rows, int64_t p);
 void finish_avx2(const Job& J, int64_t m0, int rows, int64_t p);
+void finish_neon(const Job& J, int64_t m0, int rows, int64_t p);
 
 // Register-only throughput of the binary inner loop (XOR, popcount, add), for the "fraction of peak" of the
 // benchmark: the number of binary multiply-accumulates performed (bits).
 int64_t peak_portable(int64_t iters);
 int64_t peak_avx512(int64_t iters);
 int64_t peak_avx2(int64_t iters);
+int64_t peak_neon(int64_t iters);
 int64_t popcount_peak(int64_t iters, int64_t isa);
 
 }  // namespace lsqbq

@@ -31,7 +31,7 @@ namespace lsqbq {
 namespace {
 
 void check_isa(int64_t isa) {
-  TORCH_CHECK(isa == kPortable || isa == kAvx512 || isa == kAvx2, "lsqbq: unknown kernel isa ", isa);
+  TORCH_CHECK(isa_known(isa), "lsqbq: unknown kernel isa ", isa);
   TORCH_CHECK(isa_supported(isa), "lsqbq: ", isa_name(isa), " kernels requested but this CPU lacks them");
 }
 
