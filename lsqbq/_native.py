@@ -1,22 +1,30 @@
 """The native op library ``torch.ops.lsqbq``: the C++ quantizers and XNOR/popcount kernels, built on first use.
 
-Both sources (``csrc/quant.cpp``, ``csrc/xnor.cpp``: one C++ source folder) are compiled together with
-``torch.utils.cpp_extension`` into one library, once per source/flags/torch version, in a cache directory:
-``LSQBQ_BUILD_DIR``, else ``TORCH_EXTENSIONS_DIR/lsqbq``, else ``$XDG_CACHE_HOME/lsqbq`` (``~/.cache/lsqbq``),
-one sub-directory per torch version. No ``-march`` flag is used: the AVX-512 kernels carry function target
-attributes and are chosen at run time, so one build runs on any x86-64 CPU. The Python side of the ops
-(portable kernels, autograd, fake kernels) and the calls themselves live in :mod:`lsqbq._ops`.
+Every source of the one C++ source folder ``csrc/`` (the quantizers ``quant.cpp``; the XNOR engine split by
+idea: ``isa``, ``pool``, ``job`` / ``driver``, ``tile_portable`` / ``tile_avx512`` / ``tile_avx2`` / ``tile_neon``,
+``encode*``, ``fit``, and ``ops_xnor.cpp``, its torch ops) is compiled with ``torch.utils.cpp_extension`` into one
+library, once per source/header/flags/torch version, in a cache directory: ``LSQBQ_BUILD_DIR``, else
+``TORCH_EXTENSIONS_DIR/lsqbq``, else ``$XDG_CACHE_HOME/lsqbq`` (``~/.cache/lsqbq``), one sub-directory per torch
+version. No ``-march`` flag is used: the AVX-512 and AVX2 kernels carry function target attributes and are chosen at
+run time, so one build runs on any x86-64 CPU; on aarch64 the same sources build the NEON kernels instead (the x86
+files compile to stubs there, the NEON files to stubs on x86-64). The Python side of the ops (portable kernels,
+autograd, fake kernels) and the calls themselves live in :mod:`lsqbq._ops`.
 
 The switch, one environment variable ``LSQBQ_BACKEND`` (:func:`requested_backend`):
 
 =============  ====================================================================================================
 ``auto``       (default) build and load the library; the kernels take the fastest back end this CPU has
+               (``avx512``, else ``avx2``, else ``portable`` on x86-64; ``neon`` on aarch64)
 ``reference``  the pure-torch path: the library is neither built nor loaded, the quantizers run their torch code
                and the kernels the ``reference`` back end (same results, slower)
 ``portable``   the C++ kernels' portable path (scalar popcount: the POPCNT instruction where the CPU has it)
 ``generic``    the portable path in its generic x86-64 build (software popcount), as CPUs without POPCNT run it
                (the C++ code reads this choice once, at the first kernel call of the process)
 ``avx512``     the AVX-512 VPOPCNTDQ micro-kernels (an error naming the switch where the CPU lacks them)
+``avx2``       the AVX2 micro-kernels (nibble-lookup popcount on 256-bit registers; CPUs with AVX2, FMA and
+               POPCNT, an error naming the switch elsewhere), the same results as ``portable`` bit for bit
+``neon``       the aarch64 NEON micro-kernels (``vcntq_u8`` byte popcount, pairwise widening adds; every aarch64
+               CPU has them, an error naming the switch elsewhere), the same results as ``portable`` bit for bit
 =============  ====================================================================================================
 
 A ``backend=`` argument of a kernel call wins over the switch. A failed build falls back to the pure-torch path
@@ -36,17 +44,18 @@ import torch
 
 from .errors import ConfigError
 
-__all__ = ["BACKEND_ENV", "BACKEND_CHOICES", "SOURCES", "active", "build_error", "cache_dir", "disabled", "enabled",
-           "load", "requested_backend", "switch_state"]
+__all__ = ["BACKEND_ENV", "BACKEND_CHOICES", "HEADERS", "SOURCES", "active", "build_error", "cache_dir", "disabled",
+           "enabled", "load", "requested_backend", "switch_state"]
 
 BACKEND_ENV = "LSQBQ_BACKEND"
-BACKEND_CHOICES = ("auto", "reference", "portable", "generic", "avx512")
+BACKEND_CHOICES = ("auto", "reference", "portable", "generic", "avx512", "avx2", "neon")
 _LEGACY_KERNELS = "LSQBQ_KERNELS"  # an earlier release's name of the switch (read when LSQBQ_BACKEND is unset)
 # the C++ portable kernels read this variable (once, on their first call) to force their generic build
 _CPP_POPCNT_ENV = "LSQBQ_POPCNT"
 
 _ROOT = Path(__file__).parent
 SOURCES = sorted(_ROOT.glob("csrc/*.cpp"))  # one library of all
+HEADERS = sorted(_ROOT.glob("csrc/*.h"))  # included by the sources: part of the build key, copied beside them
 _NAME = "lsqbq_native"
 # -ffp-contract=off keeps every float operation as written (no fused multiply-add), so the C++ quantizers round
 # exactly like the torch code; -fno-trapping-math only lets compares vectorise.
@@ -167,14 +176,15 @@ def _build_and_register() -> bool:
 def _build_tree(cflags: list[str]) -> tuple[Path, list[Path]]:
     """The build directory for these sources and flags, and the copies of the sources inside it.
 
-    Content-addressed: ``cache_dir()/lsqbq_native-<sha256 of the sources' names and bytes and the flags>``, with
-    the sources copied into it, so every checkout of the same code (clones, worktrees, cluster jobs) shares one
-    build; torch's extension loader keys its rebuilds on source paths, and would recompile per checkout.
+    Content-addressed: ``cache_dir()/lsqbq_native-<sha256 of the sources' and headers' names and bytes and the
+    flags>``, with the sources and headers copied into it, so every checkout of the same code (clones, worktrees,
+    cluster jobs) shares one build and a changed header gets a new one; torch's extension loader keys its rebuilds
+    on source paths, and would recompile per checkout. Returns the build directory and the copied sources.
     """
     import hashlib
 
     digest = hashlib.sha256(" ".join(cflags).encode())
-    blobs = [(s.name, s.read_bytes()) for s in SOURCES]
+    blobs = [(s.name, s.read_bytes()) for s in [*SOURCES, *HEADERS]]
     for name, data in blobs:
         digest.update(name.encode() + b"\0" + len(data).to_bytes(8, "little") + data)
     build = cache_dir() / f"{_NAME}-{digest.hexdigest()[:16]}"
@@ -187,7 +197,8 @@ def _build_tree(cflags: list[str]) -> tuple[Path, list[Path]]:
             tmp = dst.with_name(f".{name}.{os.getpid()}.tmp")
             tmp.write_bytes(data)
             os.replace(tmp, dst)  # atomic: a concurrent build sees the old or the new file, never half of one
-        copies.append(dst)
+        if dst.suffix == ".cpp":
+            copies.append(dst)
     return build, copies
 
 

@@ -1,5 +1,5 @@
 // Fused CPU implementations of the foldable least-squares quantizers (float32, one row per task), and the
-// definition of the op namespace torch.ops.lsqbq (the kernels of csrc/xnor.cpp add to it).
+// definition of the op namespace torch.ops.lsqbq (the XNOR kernels of csrc/ops_xnor.cpp add to it).
 //
 // They compute exactly what the pure-torch functions in lsqbq/quantizers.py and lsqbq/ste.py compute, with the
 // same floating-point operations in the same order (built with -ffp-contract=off; -fno-trapping-math only lets

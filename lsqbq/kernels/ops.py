@@ -4,14 +4,18 @@ Back ends (one API, chosen per call):
     ``reference``  pure torch (:mod:`lsqbq.kernels.reference`), always present, used on non-CPU devices;
     ``portable``   compiled C++ (``torch.ops.lsqbq.*``, see :mod:`lsqbq._native`), scalar popcount (the POPCNT
                    instruction where the CPU has it, chosen at run time), any CPU;
-    ``avx512``     the same library, AVX-512 VPOPCNTDQ micro-kernels (chosen at run time when the CPU has them).
+    ``avx2``       the same library, AVX2 micro-kernels (nibble-lookup popcount on 256-bit registers) for CPUs
+                   with AVX2, FMA and POPCNT but no AVX-512; the same results as ``portable`` bit for bit;
+    ``avx512``     the same library, AVX-512 VPOPCNTDQ micro-kernels (chosen at run time when the CPU has them);
+    ``neon``       the same library built on aarch64, NEON micro-kernels (``vcntq_u8`` byte popcount, pairwise
+                   widening adds); the same results as ``portable`` bit for bit.
 ``backend=`` on every function picks one; ``None`` or ``auto`` (default) takes the one the switch
 ``LSQBQ_BACKEND`` names (:func:`lsqbq._native.requested_backend`; e.g. ``LSQBQ_BACKEND=portable`` runs the
 portable C++ path on an AVX-512 machine, so CI covers it on any CPU), and the fastest available when it says
-``auto`` (its default). Without the C++ library (``LSQBQ_BACKEND=reference``, a failed build, or inside
-:func:`lsqbq._native.disabled`) only ``reference`` is available, so ``auto`` means ``reference``. Every error about
-a back end names the switch. :func:`isa_path` names the instruction path a back end runs (recorded by the
-benchmarks).
+``auto`` (its default): ``avx512``, else ``avx2``, else ``portable`` on x86-64; ``neon`` on aarch64. Without the
+C++ library (``LSQBQ_BACKEND=reference``, a failed build, or inside :func:`lsqbq._native.disabled`) only
+``reference`` is available, so ``auto`` means ``reference``. Every error about a back end names the switch.
+:func:`isa_path` names the instruction path a back end runs (recorded by the benchmarks).
 
 Layouts (bit = 1 <=> -1, bit ``c mod 64`` of word ``c // 64``, tail bits 0):
     activations  ``(P_a, B, H + 2 ph, W + 2 pw, Cw)`` int64, NHWC packed along channels, zero words at the
@@ -59,24 +63,23 @@ __all__ = [
     "popcount_peak",
 ]
 
-BACKENDS = ("reference", "portable", "avx512")
-_ISA = {"portable": 0, "avx512": 1}
+BACKENDS = ("reference", "portable", "neon", "avx2", "avx512")  # slowest to fastest (x86 and aarch64 exclusive)
+_ISA = {"portable": 0, "avx512": 1, "avx2": 2, "neon": 3}  # the ``isa`` argument of the C++ ops (lsqbq/csrc/isa.h)
 NB = 32  # output channels per weight panel (fixed by the C++ micro-kernel)
 
 
 def available_backends() -> list[str]:
-    """Back ends usable here and now (``reference`` always; the C++ ones when the native library is active)."""
+    """Back ends usable here and now, slowest to fastest (``reference`` always; the C++ ones when the native
+    library is active and the CPU has their instructions)."""
     out = ["reference"]
     if _ops.active():
-        out.append("portable")
-        if _avx512_supported():
-            out.append("avx512")
+        out += [b for b in BACKENDS[1:] if _isa_supported(b)]
     return out
 
 
 @functools.lru_cache(maxsize=None)
-def _avx512_supported() -> bool:
-    return bool(torch.ops.lsqbq.isa_supported(_ISA["avx512"]))
+def _isa_supported(name: str) -> bool:
+    return bool(torch.ops.lsqbq.isa_supported(_ISA[name]))
 
 
 def resolve_backend(backend: str | None = None, device: torch.device | str = "cpu") -> str:
@@ -119,16 +122,22 @@ def _why_not(name: str) -> str:
     if not _ops.active():
         err = _native.build_error()
         return "the C++ library is not loaded" + (f": {type(err).__name__}" if err is not None else "")
-    return "this CPU lacks AVX-512 VPOPCNTDQ" if name == "avx512" else "this CPU lacks it"
+    return {"avx512": "this CPU lacks AVX-512 VPOPCNTDQ",
+            "avx2": "this CPU lacks AVX2 (with FMA and POPCNT)",
+            "neon": f"NEON kernels exist only on aarch64, this CPU is {platform.machine() or 'unknown'}"}.get(
+        name, "this CPU lacks it")
 
 
 def isa_path(backend: str | None = None, device: torch.device | str = "cpu") -> str:
     """The instruction path a call with ``backend`` runs: ``reference`` (pure torch), ``avx512-vpopcntdq``,
-    ``portable-popcnt`` (x86-64 with the POPCNT instruction), ``portable-generic`` (software popcount: x86-64
-    CPUs without POPCNT, or ``LSQBQ_BACKEND=generic``) or ``portable-<arch>`` on other architectures."""
+    ``avx2``, ``neon``, ``portable-popcnt`` (x86-64 with the POPCNT instruction), ``portable-generic`` (software
+    popcount: x86-64 CPUs without POPCNT, or ``LSQBQ_BACKEND=generic``) or ``portable-<arch>`` on other
+    architectures."""
     name = resolve_backend(backend, device)
     if name == "avx512":
         return "avx512-vpopcntdq"
+    if name in ("avx2", "neon"):
+        return name
     if name == "portable":
         arch = platform.machine().lower()
         if arch not in ("x86_64", "amd64"):
@@ -372,5 +381,5 @@ def popcount_peak(iters: int, *, backend: str | None = None) -> int:
     b = resolve_backend(backend)
     if b == "reference":
         raise ConfigError(f"the popcount peak needs a compiled back end; set {_native.BACKEND_ENV}=auto (or portable, "
-                          "avx512) and make sure the C++ library builds")
+                          "neon, avx2, avx512) and make sure the C++ library builds")
     return int(torch.ops.lsqbq.popcount_peak(int(iters), _ISA[b]))

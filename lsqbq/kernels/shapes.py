@@ -1,5 +1,5 @@
 """Shape rules of the XNOR/popcount ops, stated once: the pure-torch back end checks them here, the C++ ops
-enforce the same rules with ``TORCH_CHECK`` (``lsqbq/csrc/xnor.cpp``: ``check_words``, ``make_job``,
+enforce the same rules with ``TORCH_CHECK`` (``lsqbq/csrc/ops_xnor.cpp``: ``check_words``, ``checked_job``,
 ``conv_geometry``, ``encode_impl``, ``bitwise_conv2d_cpu``), so every back end refuses the same inputs.
 
 Rules (``Cw = ceil(C / 64)`` words per pixel, ``T = KH * KW`` taps):

@@ -10,7 +10,7 @@ from lsqbq.errors import InputError
 from lsqbq.kernels import available_backends, encode, ops, pack_weight, shapes, xnor_conv2d
 from lsqbq.kernels import reference as ref
 
-BACKENDS = ["reference", "portable", "avx512"]
+BACKENDS = ["reference", "portable", "avx2", "avx512"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -80,7 +80,7 @@ def test_every_back_end_refuses_the_same_inputs(any_backend, case):
         assert isinstance(e.value, InputError) and sizes in str(e.value), str(e.value)
 
 
-@pytest.mark.parametrize("backend", ["reference", "portable", "avx512"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_every_back_end_raises_the_same_error_class(backend):
     if backend not in available_backends():
         pytest.skip(f"kernel backend {backend!r} not available on this machine")

@@ -219,3 +219,23 @@ def test_build_directory_is_keyed_on_source_content_not_path(tmp_path, monkeypat
     assert _native._build_tree(["-O0"])[0] != build_a
     copies[0].write_bytes(copies[0].read_bytes() + b"\n// changed\n")
     assert _native._build_tree(["-O3"])[0] != build_a
+
+
+def test_build_directory_is_keyed_on_the_headers_too(tmp_path, monkeypatch):
+    """The sources include headers of the same folder: a changed header gets its own build, and the headers are
+    copied beside the sources (which alone are compiled)."""
+    monkeypatch.setenv("LSQBQ_BUILD_DIR", str(tmp_path / "cache"))
+    assert _native.HEADERS and all(h.suffix == ".h" for h in _native.HEADERS)
+    build, sources = _native._build_tree(["-O3"])
+    assert [p.name for p in sources] == [s.name for s in _native.SOURCES]
+    assert all((build / "src" / h.name).read_bytes() == h.read_bytes() for h in _native.HEADERS)
+    copies = []
+    for h in _native.HEADERS:
+        dst = tmp_path / "headers" / h.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(h.read_bytes())
+        copies.append(dst)
+    monkeypatch.setattr(_native, "HEADERS", copies)
+    assert _native._build_tree(["-O3"])[0] == build  # same bytes, another path: the same build
+    copies[0].write_bytes(copies[0].read_bytes() + b"\n// changed\n")
+    assert _native._build_tree(["-O3"])[0] != build

@@ -1,0 +1,385 @@
+// The torch ops of the XNOR engine (the only file of the engine that includes torch headers): argument checks,
+// output tensors, and the registration of the ops in the namespace torch.ops.lsqbq, which the quantizers
+// (quant.cpp) define; all C++ sources are compiled into one library. The work itself is in the core files, on raw
+// pointers and shapes: job.h / driver.cpp (binary convolution and GEMM), tile_portable.cpp, tile_avx512.cpp,
+// tile_avx2.cpp (micro-kernels), encode.h / encode*.cpp (activation encode), fit*.cpp (exact ls-2 / ls-T fits),
+// pool.h (threads), isa.h (instruction-set paths, chosen per call by the `isa` argument: 0 portable, 1 AVX-512
+// VPOPCNTDQ, 2 AVX2).
+//
+// Layer op (bitwise_conv2d): one call per layer does the fused activation encode (optional BatchNorm prologue,
+// clamp, per-sample scales -- given, greedy mean|r| in float64 lanes fused with the encode passes, or the exact
+// ls-2 / ls-T fit without a full sort -- sign planes and padding), the convolution on the packed NHWC words (no
+// im2col copy: each output row reads its taps in place) and the float epilogue (scales, bias, BatchNorm folded by
+// the caller, ReLU / PReLU, residual add before or after the activation), writing NHWC float output.
+#include <ATen/core/Tensor.h>
+#include <ATen/Functions.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <tuple>
+
+#include "encode.h"
+#include "isa.h"
+#include "job.h"
+
+namespace lsqbq {
+namespace {
+
+void check_isa(int64_t isa) {
+  TORCH_CHECK(isa_known(isa), "lsqbq: unknown kernel isa ", isa);
+  TORCH_CHECK(isa_supported(isa), "lsqbq: ", isa_name(isa), " kernels requested but this CPU lacks them");
+}
+
+// Threads the engine may use: torch's count (torch.set_num_threads), one inside a torch parallel region.
+int64_t torch_threads() { return at::in_parallel_region() ? 1 : at::get_num_threads(); }
+
+void check_words(const at::Tensor& t, const char* name, int64_t dim) {
+  TORCH_CHECK(t.scalar_type() == at::kLong, "lsqbq: ", name, " must be int64 packed words, got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == dim, "lsqbq: ", name, " must be ", dim, "-D, got ", t.sizes());
+  TORCH_CHECK(t.is_contiguous() && t.device().is_cpu(), "lsqbq: ", name, " must be a contiguous CPU tensor");
+}
+
+// The job of words a against panels w on geometry g, after checking every shape (core: make_job in driver.cpp).
+Job checked_job(const at::Tensor& a, const at::Tensor& w, const at::Tensor& wtap, const Geometry& g, bool mask) {
+  check_words(a, "a", 5);
+  check_words(w, "w", 4);
+  const int64_t Cw = (g.C + 63) / 64;
+  const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw;
+  TORCH_CHECK(a.size(1) == g.B && a.size(2) == Hp && a.size(3) == Wp && a.size(4) == Cw,
+              "lsqbq: activation words ", a.sizes(), " do not match the geometry (B, H + 2 ph, W + 2 pw, Cw) = (", g.B,
+              ", ", Hp, ", ", Wp, ", ", Cw, ")");
+  TORCH_CHECK(!mask || a.size(0) == 2, "lsqbq: ternary mask encoding needs 2 planes (sign, mask), got ", a.size(0));
+  TORCH_CHECK(g.OH > 0 && g.OW > 0, "lsqbq: empty output");
+  const int64_t T = g.KH * g.KW;
+  TORCH_CHECK(T <= 64, "lsqbq: kernels with more than 64 taps are not supported");
+  TORCH_CHECK(w.size(2) == T * Cw && w.size(3) == NB, "lsqbq: weight panels ", w.sizes(), " expected (P_w, NP, ",
+              T * Cw, ", ", NB, ")");
+  const int32_t* taps = nullptr;
+  if ((g.ph > 0 || g.pw > 0) && !mask) {
+    TORCH_CHECK(wtap.defined() && wtap.scalar_type() == at::kInt && wtap.is_contiguous() &&
+                    wtap.numel() == w.size(0) * T * w.size(1) * NB,
+                "lsqbq: padded sign-plane convolution needs tap sums (P_w, T, NP * 32) int32");
+    taps = wtap.data_ptr<int32_t>();
+  }
+  Job J = make_job(reinterpret_cast<const uint64_t*>(a.data_ptr<int64_t>()), a.size(0),
+                   reinterpret_cast<const uint64_t*>(w.data_ptr<int64_t>()), w.size(0), w.size(1), taps, g, mask);
+  J.threads = torch_threads();
+  return J;
+}
+
+Geometry conv_geometry(const at::Tensor& a, int64_t C, at::IntArrayRef hw, at::IntArrayRef kernel,
+                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  TORCH_CHECK(hw.size() == 2 && kernel.size() == 2 && stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
+              "lsqbq: hw, kernel, stride, padding, dilation must have 2 entries");
+  TORCH_CHECK(stride[0] > 0 && stride[1] > 0 && dilation[0] > 0 && dilation[1] > 0 && padding[0] >= 0 &&
+                  padding[1] >= 0,
+              "lsqbq: bad conv geometry");
+  return lsqbq::conv_geometry(a.size(1), C, hw[0], hw[1], kernel[0], kernel[1], stride[0], stride[1], padding[0],
+                              padding[1], dilation[0], dilation[1]);
+}
+
+at::Tensor run_int(Job& J, int64_t N, int64_t isa) {
+  TORCH_CHECK(N > 0 && N <= J.NP * NB, "lsqbq: n_out ", N, " does not fit ", J.NP, " weight panels");
+  J.N = N;
+  auto out = at::empty({J.pa_logical(), J.pw, J.M, N}, at::TensorOptions().dtype(at::kInt));
+  J.out_i = out.data_ptr<int32_t>();
+  run(J, isa);
+  return out;
+}
+
+at::Tensor run_scaled(Job& J, int64_t N, const at::Tensor& sa, const at::Tensor& sw,
+                      const std::optional<at::Tensor>& bias, int64_t B, int64_t isa) {
+  TORCH_CHECK(N > 0 && N <= J.NP * NB, "lsqbq: n_out ", N, " does not fit ", J.NP, " weight panels");
+  J.N = N;
+  TORCH_CHECK(sa.scalar_type() == at::kFloat && sa.is_contiguous() && sa.dim() == 2 && sa.size(0) == B &&
+                  sa.size(1) == J.pa_logical(),
+              "lsqbq: activation scales must be float32 (B, P_a) = (", B, ", ", J.pa_logical(), "), got ", sa.sizes());
+  TORCH_CHECK(sw.scalar_type() == at::kFloat && sw.is_contiguous() && sw.numel() == J.pw * J.NP * NB,
+              "lsqbq: weight scales must be float32 (P_w, NP * 32)");
+  J.sa = sa.data_ptr<float>();
+  J.swt = sw.data_ptr<float>();
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == N, "lsqbq: bad bias");
+    J.bias = bias->data_ptr<float>();
+  }
+  auto out = at::empty({J.M, N}, at::TensorOptions().dtype(at::kFloat));
+  J.out_f = out.data_ptr<float>();
+  run(J, isa);
+  return out;
+}
+
+// ------------------------------------------------------------------------------------------------ ops
+
+at::Tensor xnor_gemm_cpu(const at::Tensor& a, const at::Tensor& w, int64_t n_out, int64_t k, bool mask, int64_t isa) {
+  check_isa(isa);
+  check_words(a, "a", 3);
+  auto a5 = a.view({a.size(0), a.size(1), 1, 1, a.size(2)});
+  Job J = checked_job(a5, w, at::Tensor(), lsqbq::gemm_geometry(a5.size(1), k), mask);
+  return run_int(J, n_out, isa);
+}
+
+at::Tensor xnor_gemm_scaled_cpu(const at::Tensor& a, const at::Tensor& w, const at::Tensor& sa, const at::Tensor& sw,
+                                const std::optional<at::Tensor>& bias, int64_t n_out, int64_t k, bool mask,
+                                int64_t isa) {
+  check_isa(isa);
+  check_words(a, "a", 3);
+  auto a5 = a.view({a.size(0), a.size(1), 1, 1, a.size(2)});
+  Job J = checked_job(a5, w, at::Tensor(), lsqbq::gemm_geometry(a5.size(1), k), mask);
+  return run_scaled(J, n_out, sa, sw, bias, a.size(1), isa);
+}
+
+at::Tensor xnor_conv2d_cpu(const at::Tensor& a, const at::Tensor& w, const at::Tensor& wtap, int64_t n_out,
+                           int64_t c_in, at::IntArrayRef hw, at::IntArrayRef kernel, at::IntArrayRef stride,
+                           at::IntArrayRef padding, at::IntArrayRef dilation, bool mask, int64_t isa) {
+  check_isa(isa);
+  check_words(a, "a", 5);
+  const Geometry g = conv_geometry(a, c_in, hw, kernel, stride, padding, dilation);
+  Job J = checked_job(a, w, wtap, g, mask);
+  auto out = run_int(J, n_out, isa);
+  return out.view({out.size(0), out.size(1), g.B, g.OH, g.OW, n_out});
+}
+
+at::Tensor xnor_conv2d_scaled_cpu(const at::Tensor& a, const at::Tensor& w, const at::Tensor& wtap,
+                                  const at::Tensor& sa, const at::Tensor& sw, const std::optional<at::Tensor>& bias,
+                                  int64_t n_out, int64_t c_in, at::IntArrayRef hw, at::IntArrayRef kernel,
+                                  at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, bool mask,
+                                  int64_t isa) {
+  check_isa(isa);
+  check_words(a, "a", 5);
+  const Geometry g = conv_geometry(a, c_in, hw, kernel, stride, padding, dilation);
+  Job J = checked_job(a, w, wtap, g, mask);
+  auto out = run_scaled(J, n_out, sa, sw, bias, g.B, isa);
+  return out.view({g.B, g.OH, g.OW, n_out});
+}
+
+// pack_signs: (..., K) float -> (..., ceil(K / 64)) int64, bit = NOT (x >= 0).
+at::Tensor pack_signs_cpu(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() >= 1 && x.is_floating_point(), "lsqbq: pack_signs needs a floating tensor");
+  auto xf = x.to(at::kFloat).contiguous();
+  const int64_t K = x.size(-1);
+  const int64_t R = K ? xf.numel() / K : 0;
+  const int64_t Kw = (K + 63) / 64;
+  auto sizes = x.sizes().vec();
+  sizes.back() = Kw;
+  auto out = at::zeros(sizes, at::TensorOptions().dtype(at::kLong));
+  const float* src = xf.data_ptr<float>();
+  uint64_t* dst = reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>());
+  at::parallel_for(0, R, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r)
+      for (int64_t c = 0; c < K; ++c)
+        if (!(src[r * K + c] >= 0.f)) dst[r * Kw + c / 64] |= uint64_t(1) << (c % 64);
+  });
+  return out;
+}
+
+const float* opt_vector(const std::optional<at::Tensor>& t, int64_t n, const char* what, at::Tensor& keep) {
+  if (!t.has_value() || !t->defined()) return nullptr;
+  keep = t->to(at::kFloat).contiguous();
+  TORCH_CHECK(keep.numel() == n, "lsqbq: ", what, " must hold ", n, " values, got ", keep.numel());
+  return keep.data_ptr<float>();
+}
+
+// Fused activation encode. x: (B, C, H, W) float32 in any memory format (channels_last is read in place) or
+// (B, n). Prologue (in_scale, in_shift: (C)) and clamp, then the scales: given (fit 0: x_scales (B | 1, planes)),
+// fitted greedily in the encode passes (fit 1), or fitted exactly on the NHWC activation (fit 2 ls-2, fit 3
+// ternary; sorting makes the order irrelevant, so they equal the fit of the NCHW rows bit for bit). Returns
+// (words (planes, B, H + 2 ph, W + 2 pw, Cw) or (planes, B, Cw), scales (B, planes) float32).
+std::tuple<at::Tensor, at::Tensor> encode_impl(const at::Tensor& x, const std::optional<at::Tensor>& in_scale,
+                                               const std::optional<at::Tensor>& in_shift,
+                                               const std::optional<at::Tensor>& x_scales, double clamp,
+                                               int64_t planes, int64_t fit, bool mask, int64_t pad_h, int64_t pad_w,
+                                               int64_t isa) {
+  check_isa(isa);
+  TORCH_CHECK(x.dim() == 4 || x.dim() == 2, "lsqbq: activations must be (B, C, H, W) or (B, n), got ", x.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "lsqbq: activations must be float32, got ", x.scalar_type());
+  TORCH_CHECK(planes >= 1 && planes <= 8, "lsqbq: 1..8 activation planes are supported, got ", planes);
+  TORCH_CHECK(!mask || planes == 2, "lsqbq: the ternary mask encoding uses 2 scales (v, v)");
+  TORCH_CHECK(fit >= kGiven && fit <= kTernary, "lsqbq: unknown fit mode ", fit);
+  TORCH_CHECK(fit != kGreedy || !mask, "lsqbq: the greedy fit has no ternary encoding");
+  TORCH_CHECK(fit < kLs2 || planes == 2, "lsqbq: the exact fits have 2 scales");
+  TORCH_CHECK(pad_h >= 0 && pad_w >= 0, "lsqbq: negative padding");
+  const bool two_d = x.dim() == 2;
+  if (two_d) TORCH_CHECK(pad_h == 0 && pad_w == 0, "lsqbq: no padding for 2-D input");
+  const at::Tensor x4 =
+      two_d ? x.contiguous().view({x.size(0), x.size(1), 1, 1}) : x.contiguous(at::MemoryFormat::ChannelsLast);
+  Enc E;
+  E.B = x4.size(0); E.C = x4.size(1); E.H = x4.size(2); E.W = x4.size(3);
+  TORCH_CHECK(E.B > 0 && E.C > 0 && E.H > 0 && E.W > 0, "lsqbq: empty activations ", x.sizes());
+  E.Cw = (E.C + 63) / 64;
+  E.x = x4.data_ptr<float>();
+  at::Tensor keep_a, keep_b;
+  E.in_a = opt_vector(in_scale, E.C, "in_scale", keep_a);
+  E.in_b = opt_vector(in_shift, E.C, "in_shift", keep_b);
+  TORCH_CHECK((E.in_a == nullptr) == (E.in_b == nullptr), "lsqbq: in_scale and in_shift go together");
+  E.do_clamp = clamp > 0;
+  E.cv = static_cast<float>(clamp);
+  E.mask = mask;
+  E.ph = pad_h; E.pw = pad_w;
+  E.Hp = E.H + 2 * pad_h; E.Wp = E.W + 2 * pad_w;
+  auto words = at::zeros({planes, E.B, E.Hp, E.Wp, E.Cw}, at::TensorOptions().dtype(at::kLong));
+  E.dst = reinterpret_cast<uint64_t*>(words.data_ptr<int64_t>());
+  E.plane_stride = E.B * E.Hp * E.Wp * E.Cw;
+  E.threads = torch_threads();
+  at::Tensor v;
+  if (fit == kGiven) {
+    TORCH_CHECK(x_scales.has_value() && x_scales->defined(), "lsqbq: given-scale encode needs x_scales");
+    at::Tensor s = x_scales->to(at::kFloat);
+    if (s.dim() == 1) s = s.view({1, s.size(0)});
+    TORCH_CHECK(s.dim() == 2 && s.size(1) == planes && (s.size(0) == E.B || s.size(0) == 1),
+                "lsqbq: scales must be (", E.B, ", ", planes, ") or (1, ", planes, "), got ", x_scales->sizes());
+    v = at::empty({E.B, planes}, at::TensorOptions().dtype(at::kFloat));  // never an alias of the input
+    v.copy_(s.expand({E.B, planes}));
+    encode_given(E, planes, v.data_ptr<float>(), planes, isa);
+  } else if (fit == kGreedy) {
+    v = at::empty({E.B, planes}, at::TensorOptions().dtype(at::kFloat));
+    encode_greedy(E, planes, v.data_ptr<float>(), isa);
+  } else {
+    TORCH_CHECK(E.C * E.H * E.W < (int64_t(1) << 29),
+                "lsqbq: rows of 2^29 or more values are not supported by the exact fits");
+    v = at::empty({E.B, 2}, at::TensorOptions().dtype(at::kFloat));
+    exact_fit(E, fit == kTernary, isa, v.data_ptr<float>());  // the encode below applies the prologue and clamp
+    encode_given(E, planes, v.data_ptr<float>(), planes, isa);
+  }
+  if (fit != kGiven) {
+    const float* pv = v.data_ptr<float>();
+    for (int64_t b = 0; b < E.B; ++b)
+      for (int64_t i = 0; i < planes; ++i)
+        TORCH_CHECK_VALUE(std::isfinite(pv[b * planes + i]), "lsqbq: the activation scales of sample ", b,
+                          " are not finite: the input holds NaN or Inf");
+  }
+  if (two_d) words = words.view({planes, E.B, E.Cw});
+  return {words, v};
+}
+
+at::Tensor pack_activations_cpu(const at::Tensor& x, const at::Tensor& scales, double clamp, int64_t planes, bool mask,
+                                int64_t pad_h, int64_t pad_w, int64_t isa) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "lsqbq: pack_activations expects float32 activations");
+  return std::get<0>(encode_impl(x, std::nullopt, std::nullopt, scales, clamp, planes, kGiven, mask, pad_h, pad_w, isa));
+}
+
+std::tuple<at::Tensor, at::Tensor> encode_fused_cpu(const at::Tensor& x, const std::optional<at::Tensor>& in_scale,
+                                                    const std::optional<at::Tensor>& in_shift,
+                                                    const std::optional<at::Tensor>& x_scales, double clamp,
+                                                    int64_t planes, int64_t fit, bool mask, int64_t pad_h,
+                                                    int64_t pad_w, int64_t isa) {
+  return encode_impl(x, in_scale, in_shift, x_scales, clamp, planes, fit, mask, pad_h, pad_w, isa);
+}
+
+// The whole bitwise convolution layer in one call: fused encode (prologue, clamp, scales, planes, padding), binary
+// convolution, and the float epilogue
+//   y = bias + sum_ij sa_i sw_j d_ij;  (+ residual if residual_first);  act;  (+ residual otherwise)
+// with act 0 none, 1 ReLU, 2 PReLU (slope (N) or (1)). x: (B, C, H, W) float32 (channels_last read in place);
+// residual: (B, N, OH, OW) float32. Returns (B, OH, OW, N) float32 (NHWC memory). Ternary activations use the
+// logical plane t = x_q / (2v): sa = 2 v.
+at::Tensor bitwise_conv2d_cpu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& wtap, const at::Tensor& sw,
+                              const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& in_scale,
+                              const std::optional<at::Tensor>& in_shift, const std::optional<at::Tensor>& x_scales,
+                              const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& slope,
+                              double clamp, int64_t planes, int64_t fit, bool mask, int64_t act, bool residual_first,
+                              int64_t n_out, int64_t c_in, at::IntArrayRef kernel, at::IntArrayRef stride,
+                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t isa) {
+  TORCH_CHECK(x.dim() == 4, "lsqbq: bitwise_conv2d expects (B, C, H, W), got ", x.sizes());
+  TORCH_CHECK(x.size(1) == c_in, "lsqbq: bitwise_conv2d expects ", c_in, " input channels, got ", x.size(1));
+  TORCH_CHECK(act >= 0 && act <= 2, "lsqbq: unknown activation code ", act);
+  TORCH_CHECK(padding.size() == 2, "lsqbq: padding must have 2 entries");
+  auto [a, v] = encode_impl(x, in_scale, in_shift, x_scales, clamp, planes, fit, mask, padding[0], padding[1], isa);
+  const int64_t hw[2] = {x.size(2), x.size(3)};
+  const Geometry g = conv_geometry(a, c_in, hw, kernel, stride, padding, dilation);
+  Job J = checked_job(a, w, wtap, g, mask);
+  at::Tensor sa = v;
+  if (mask) {  // ternary: one logical plane t = x_q / (2 v)
+    sa = at::empty({g.B, 1}, v.options());
+    for (int64_t b = 0; b < g.B; ++b) sa.data_ptr<float>()[b] = 2.0f * v.data_ptr<float>()[b * 2];
+  }
+  at::Tensor res;
+  if (residual.has_value() && residual->defined()) {
+    TORCH_CHECK(residual->scalar_type() == at::kFloat && residual->dim() == 4 && residual->size(0) == g.B &&
+                    residual->size(1) == n_out && residual->size(2) == g.OH && residual->size(3) == g.OW,
+                "lsqbq: residual must be float32 (", g.B, ", ", n_out, ", ", g.OH, ", ", g.OW, "), got ",
+                residual->sizes(), " ", residual->scalar_type());
+    res = residual->contiguous(at::MemoryFormat::ChannelsLast);
+    J.res = res.data_ptr<float>();
+  }
+  at::Tensor keep_slope;
+  if (act == 2) {
+    TORCH_CHECK(slope.has_value() && slope->defined(), "lsqbq: PReLU needs slopes");
+    keep_slope = slope->to(at::kFloat).contiguous();
+    TORCH_CHECK(keep_slope.numel() == n_out || keep_slope.numel() == 1, "lsqbq: PReLU slopes must be (", n_out,
+                ") or (1), got ", keep_slope.numel());
+    J.slope = keep_slope.data_ptr<float>();
+    J.slope_step = keep_slope.numel() == 1 ? 0 : 1;
+  }
+  J.act = static_cast<int>(act);
+  J.res_first = residual_first;
+  auto out = run_scaled(J, n_out, sa, sw, bias, g.B, isa);
+  return out.view({g.B, g.OH, g.OW, n_out});
+}
+
+
+int64_t popcount_peak_cpu(int64_t iters, int64_t isa) {
+  check_isa(isa);
+  return popcount_peak(iters, isa);
+}
+
+bool isa_supported_cpu(int64_t isa) { return isa_supported(isa); }
+
+}  // namespace
+}  // namespace lsqbq
+
+using namespace lsqbq;
+
+TORCH_LIBRARY_FRAGMENT(lsqbq, m) {
+  m.def("pack_signs(Tensor x) -> Tensor");
+  m.def("pack_activations(Tensor x, Tensor scales, float clamp, int planes, bool mask, int pad_h, int pad_w, int isa) -> Tensor");
+  m.def("xnor_gemm(Tensor a, Tensor w, int n_out, int k, bool mask, int isa) -> Tensor");
+  m.def("xnor_gemm_scaled(Tensor a, Tensor w, Tensor sa, Tensor sw, Tensor? bias, int n_out, int k, bool mask, "
+        "int isa) -> Tensor");
+  m.def("xnor_conv2d(Tensor a, Tensor w, Tensor wtap, int n_out, int c_in, int[] hw, int[] kernel, int[] stride, "
+        "int[] padding, int[] dilation, bool mask, int isa) -> Tensor");
+  m.def("xnor_conv2d_scaled(Tensor a, Tensor w, Tensor wtap, Tensor sa, Tensor sw, Tensor? bias, int n_out, "
+        "int c_in, int[] hw, int[] kernel, int[] stride, int[] padding, int[] dilation, bool mask, int isa) -> Tensor");
+  m.def("encode_fused(Tensor x, Tensor? in_scale, Tensor? in_shift, Tensor? x_scales, float clamp, int planes, "
+        "int fit, bool mask, int pad_h, int pad_w, int isa) -> (Tensor, Tensor)");
+  m.def("bitwise_conv2d(Tensor x, Tensor w, Tensor wtap, Tensor sw, Tensor? bias, Tensor? in_scale, Tensor? in_shift, "
+        "Tensor? x_scales, Tensor? residual, Tensor? slope, float clamp, int planes, int fit, bool mask, int act, "
+        "bool residual_first, int n_out, int c_in, int[] kernel, int[] stride, int[] padding, int[] dilation, "
+        "int isa) -> Tensor");
+  m.def("popcount_peak(int iters, int isa) -> int");
+  m.def("isa_supported(int isa) -> bool");
+}
+
+// No tensor arguments, hence no device to dispatch on: one kernel for every dispatch key.
+TORCH_LIBRARY_IMPL(lsqbq, CompositeExplicitAutograd, m) {
+  m.impl("popcount_peak", &popcount_peak_cpu);
+  m.impl("isa_supported", &isa_supported_cpu);
+}
+
+// Autograd key of the kernel ops: their outputs (sign words, integer dot products, inference outputs) have no
+// gradient, so the kernel runs below autograd and its outputs carry no grad_fn, as if marked non-differentiable.
+// In C++ rather than a Python autograd formula, which cost about 14 us per call (most of a small layer at batch 1).
+void below_autograd(const c10::OperatorHandle& op, c10::DispatchKeySet ks, torch::jit::Stack* stack) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  op.redispatchBoxed(ks & c10::after_ADInplaceOrView_keyset, stack);
+}
+
+TORCH_LIBRARY_IMPL(lsqbq, Autograd, m) {
+  for (const char* name : {"pack_signs", "pack_activations", "encode_fused", "bitwise_conv2d", "xnor_gemm",
+                           "xnor_gemm_scaled", "xnor_conv2d", "xnor_conv2d_scaled"})
+    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&below_autograd>());
+}
+
+TORCH_LIBRARY_IMPL(lsqbq, CPU, m) {
+  m.impl("pack_signs", &pack_signs_cpu);
+  m.impl("pack_activations", &pack_activations_cpu);
+  m.impl("encode_fused", &encode_fused_cpu);
+  m.impl("bitwise_conv2d", &bitwise_conv2d_cpu);
+  m.impl("xnor_gemm", &xnor_gemm_cpu);
+  m.impl("xnor_gemm_scaled", &xnor_gemm_scaled_cpu);
+  m.impl("xnor_conv2d", &xnor_conv2d_cpu);
+  m.impl("xnor_conv2d_scaled", &xnor_conv2d_scaled_cpu);
+}
