@@ -104,7 +104,7 @@ def parser(name: str, doc: str | None, *, threads: str = "list", threads_default
                         "(the numbers mean nothing)")
     if backend:
         p.add_argument("--backend", default=None,
-                       help="kernel back end: auto, reference, portable, avx2 or avx512 (default: the switch "
+                       help="kernel back end: auto, reference, portable, neon, avx2 or avx512 (default: the switch "
                             "LSQBQ_BACKEND, else the fastest available)")
     if render_only:
         p.add_argument("--render-only", action="store_true",
@@ -204,7 +204,7 @@ class BenchRun:
 
     @property
     def backend(self) -> str:
-        """The kernel back end the run times (``reference``, ``portable``, ``avx2`` or ``avx512``)."""
+        """The kernel back end the run times (``reference``, ``portable``, ``neon``, ``avx2`` or ``avx512``)."""
         return self.machine["kernels"]
 
     @property

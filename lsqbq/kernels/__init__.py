@@ -5,7 +5,7 @@ k_a * k_w binary ones, each ``K - 2 popcount(a XOR c)`` on sign bits packed 64 t
 
 * :mod:`~lsqbq.kernels.reference`  pure-torch kernels (exact; the test oracle; used on GPU),
 * :mod:`~lsqbq.kernels.ops`        typed wrappers over the C++ ops ``torch.ops.lsqbq.*`` and the back-end choice
-                                   (``backend=`` auto | reference | portable | avx2 | avx512; switch ``LSQBQ_BACKEND``),
+                                   (``backend=`` auto | reference | portable | neon | avx2 | avx512; switch ``LSQBQ_BACKEND``),
 * :mod:`~lsqbq.kernels.shapes`     the shape rules of the ops, stated once (the C++ ops enforce the same),
 * :mod:`~lsqbq.kernels.convert`    ``to_bitwise(model)``: quantized layers -> bitwise inference modules
                                    (:mod:`~lsqbq.kernels.bitwise`), with the neighbouring BatchNorm / ReLU / PReLU /

@@ -10,7 +10,7 @@ from lsqbq.errors import InputError
 from lsqbq.kernels import available_backends, encode, ops, pack_weight, shapes, xnor_conv2d
 from lsqbq.kernels import reference as ref
 
-BACKENDS = ["reference", "portable", "avx2", "avx512"]
+BACKENDS = list(ops.BACKENDS)  # every back end the kernels know (the unavailable ones skip)
 
 
 @pytest.fixture(params=BACKENDS)
