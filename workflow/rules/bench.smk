@@ -98,7 +98,8 @@ rule bench_models:
         CONDA_ENV
     shell:
         "LSQBQ_THREADS={threads} OMP_NUM_THREADS={threads} MLFLOW_TRACKING_URI={params.mlflow:q} "
-        "lsqbq bench models --out {params.dir:q} --checkpoints {params.root:q} --seeds {params.seed:q} {params.quick} "
+        "lsqbq bench models --out {params.dir:q} --checkpoints {params.root:q} --seeds {params.seed:q} --float-parts fp32,int8 "
+        "{params.quick} "
         "> {log:q} 2>&1"
 
 
