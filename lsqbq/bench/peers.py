@@ -355,6 +355,17 @@ def to_markdown(df: pd.DataFrame, skipped: list[dict]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def headline(df: pd.DataFrame) -> str:
+    """One row per engine, one column per (batch, threads): median ms and the ratio to torch fp32 of the same group
+    (``results/bench/peers_headline.md``, the README's kernel table)."""
+    cell = df.assign(group=[f"batch {b}, {t} thread{'s' * (t > 1)}" for b, t in zip(df.batch, df.threads)],
+                     text=[f"{ms:.2f} ms ({r:.2f}x)" for ms, r in zip(df.ms, df.ratio_vs_torch_fp32)])
+    table = cell.pivot_table(index=["engine", "precision"], columns="group", values="text", aggfunc="first",
+                             sort=False)
+    table = table[sorted(table.columns, key=lambda g: (int(g.split()[1].rstrip(",")), g))].reset_index()
+    return table.fillna("").to_markdown(index=False) + "\n"
+
+
 def metric_name(text: str) -> str:
     """``text`` with the characters MLflow refuses in metric names replaced by ``_``."""
     return re.sub(r"[^0-9A-Za-z_\-. /]", "_", text)
@@ -393,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         run.write_csv("peers.csv", df, float_format="%.6g")
         md = to_markdown(df, setup.skipped)
         run.write_text("peers.md", md)
+        run.write_text("peers_headline.md", headline(df))
         run.record(summarise(df), params={"repeats": repeats, "threads_timed": threads_list, "size": size,
                                           "batches_timed": batches,
                                           "skipped": "; ".join(s["engine"] for s in setup.skipped)})

@@ -52,6 +52,11 @@ def test_every_row_has_the_columns_a_positive_time_and_ratio(smoke):
     assert df.git_commit.notna().all() and df.drift.notna().all()
     md = (out / "peers.md").read_text()
     assert "| engine" in md and "larq" in md  # the table, and LCE among the skipped with its reason
+    head = (out / "peers_headline.md").read_text().splitlines()
+    assert "batch 1, 1 thread" in head[0] and len(head) == 2 + len(df)  # one row per engine of the one group
+    lsqbq_row = next(line for line in head if line.startswith("| lsqbq binary "))
+    r = df[df.engine == "lsqbq binary"].iloc[0]
+    assert f"{r.ms:.2f} ms ({r.ratio_vs_torch_fp32:.2f}x)" in lsqbq_row
 
 
 @pytest.mark.skipif(not _importable("openvino"), reason="openvino not installed (pip install 'lsqbq[peers]')")
@@ -69,7 +74,7 @@ def test_the_run_is_recorded_with_both_files(smoke):
     exp = c.get_experiment_by_name("lsqbq-bench-peers")
     runs = c.search_runs([exp.experiment_id], filter_string=f"params.out = '{out}'")
     assert len(runs) == 1 and runs[0].info.run_name == "bench_peers" and runs[0].info.status == "FINISHED"
-    assert {a.path for a in c.list_artifacts(runs[0].info.run_id)} == {"peers.csv", "peers.md"}
+    assert {a.path for a in c.list_artifacts(runs[0].info.run_id)} == {"peers.csv", "peers.md", "peers_headline.md"}
     assert "max_drift" in runs[0].data.metrics
 
 

@@ -109,6 +109,7 @@ rule bench_peers:
     output:
         csv=out("results/bench/peers.csv"),
         md=report(out("results/bench/peers.md"), caption="../report/kernels.rst", category="Kernel latency"),
+        headline=out("results/bench/peers_headline.md"),
     params:
         dir=lambda wc, output: str(Path(output.csv).parent),
         mlflow=MLFLOW_URI,
