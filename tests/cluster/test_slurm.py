@@ -4,7 +4,8 @@ project's own profile; its tables are compared with the session's shared local r
 (``shared_test_profile_run``, also read by the end-to-end tests).
 Checked: every job ran as a SLURM job (``sacct``) charged to the default account without the executor guessing one,
 the tables' numbers equal the local run's, and a training job cancelled with ``scancel`` is resubmitted by the next
-``snakemake`` call and resumes from its partial checkpoint. The commands are those of docs/reproduce.md's cluster section.
+``snakemake`` call and resumes from its partial checkpoint. The commands are those of docs/reproduce.md's cluster section
+(run through ``_frequent_status_checks.py``, which only shortens the executor's pause between status checks).
 
 One test function: its steps share a cluster and a run (pytest-xdist could split separate tests over workers).
 """
@@ -17,6 +18,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -24,7 +26,7 @@ import torch
 import yaml
 
 from workflow._repo import (REPO, TEST_PROFILE, copy_repo, dvc, env_for, job_counts,  # tests/workflow/_repo.py
-                            shared_test_profile_run, snakemake)
+                            run, shared_test_profile_run, snakemake)
 
 pytestmark = pytest.mark.slow
 
@@ -32,6 +34,8 @@ SCRIPT = str(REPO / "scripts" / "slurm_local.sh")
 TEST = ["--configfile", "config/test.yaml"]  # the cancelled training job's copy: outputs under .test/
 # The project's SLURM profile as shipped; the first status check comes after 2 s instead of 40 (jobs take seconds).
 ON_SLURM = ["--profile", "workflow/profiles/slurm", "--slurm-init-seconds-before-status-checks", "2"]
+# `python -m snakemake` whose SLURM executor checks its jobs every 2 s instead of backing off (the jobs take seconds)
+SNAKEMAKE = [sys.executable, str(Path(__file__).with_name("_frequent_status_checks.py"))]
 TABLES = "results/tables/fashion-mnist"  # both runs use output_root=. (TEST_PROFILE)
 TABLES_COMPARED = ("qat.csv", "qat_runs.csv", "ptq.csv", "error.csv", "angles.csv")
 RUN = "fashion-mnist/resnet_small/fp_fp/s0"
@@ -99,7 +103,7 @@ def test_workflow_on_slurm(cluster, tmp_path, tmp_path_factory):
     # (SLURM jobs spend much of their time waiting for status checks, so the two overlap well), then the session's
     # shared local run of the same profile as the reference (made by whichever test asked first).
     with open(tmp_path / "slurm.log", "w") as slurm_log:
-        main = subprocess.Popen([sys.executable, "-m", "snakemake", *ON_SLURM, *TEST_PROFILE], cwd=slurm,
+        main = subprocess.Popen([*SNAKEMAKE, *ON_SLURM, *TEST_PROFILE], cwd=slurm,
                                 env=env_for(slurm, cluster=True), stdout=slurm_log, stderr=subprocess.STDOUT)
         try:
             t1 = time.time()
@@ -144,7 +148,7 @@ def _cancel_then_resume(repo, tmp_path) -> tuple[list[str], int]:
     resume = [target, *ON_SLURM, "--configfile", "resume.yaml"]
     ckpt_dir = repo / ".test" / "checkpoints" / RUN
     first_log = open(tmp_path / "cancelled.log", "w")
-    first = subprocess.Popen([sys.executable, "-m", "snakemake", *resume, "--retries", "0"], cwd=repo,
+    first = subprocess.Popen([*SNAKEMAKE, *resume, "--retries", "0"], cwd=repo,
                              env=env_for(repo, cluster=True), stdout=first_log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 900
@@ -167,7 +171,7 @@ def _cancel_then_resume(repo, tmp_path) -> tuple[list[str], int]:
     done_epochs = int(torch.load(partial[0], weights_only=True)["epoch"])
     assert 1 <= done_epochs < EPOCHS
 
-    second = snakemake(resume, repo, timeout=900, cluster=True)
+    second = run([*SNAKEMAKE, *resume], repo, timeout=900, cluster=True)
     log = (repo / ".test" / "logs" / "train" / f"{RUN}.log").read_text()
     ran = [e for e in range(1, EPOCHS + 1) if f"epoch {e}/{EPOCHS}:" in log]
     assert ran == list(range(done_epochs + 1, EPOCHS + 1)), log[-2000:]  # resumed, not restarted

@@ -85,12 +85,19 @@ def test_tracked_training_makes_no_network_attempt(tmp_path, fmnist_root):  # no
     assert not log.exists() or not log.read_text(), log.read_text()
 
 
+# Started in N processes at once; each waits at a barrier (a file per started process in READY) until all N have
+# started, then opens the store: they reach it within a poll interval (5 ms) of each other.
 RACE = """
-import sys, time
+import os, sys, time
 import lsqbq.tracking as T
-while time.time() < float(sys.argv[2]):
+store, ready, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+open(os.path.join(ready, str(os.getpid())), "w").close()
+give_up = time.time() + 240
+while len(os.listdir(ready)) < n:
+    if time.time() > give_up:
+        sys.exit(f"only {len(os.listdir(ready))} of {n} processes started")
     time.sleep(0.005)
-run = T.start_run("race", "r", uri="sqlite:///" + sys.argv[1])
+run = T.start_run("race", "r", uri="sqlite:///" + store)
 run.log_metrics({"m": 1.0}, step=1)
 run.end()
 """
@@ -100,12 +107,10 @@ run.end()
 def test_simultaneous_first_use_of_a_fresh_store(tmp_path):
     """Four processes open one fresh store at the same instant (the sharpest form of the race: without the lock on
     ``<db>.lock`` at most one of them survived and the store could be left half-migrated)."""
-    import time
-
-    store = tmp_path / "mlflow.db"
+    store, ready = tmp_path / "mlflow.db", tmp_path / "ready"
+    ready.mkdir()
     env, log = _env(tmp_path)
-    start = time.time() + 15          # after every process has imported mlflow
-    procs = [subprocess.Popen([sys.executable, "-c", RACE, str(store), str(start)], env=env, cwd=tmp_path,
+    procs = [subprocess.Popen([sys.executable, "-c", RACE, str(store), str(ready), "4"], env=env, cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(4)]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, "\n".join(o[-2000:] for o in outputs)

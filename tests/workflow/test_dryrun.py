@@ -1,6 +1,8 @@
 """Every profile builds its full DAG without data; bad configs fail naming the key; lint is clean.
 
-Run in a throw-away copy of the project without outputs, so every job of a profile is scheduled.
+Run in a throw-away copy of the project without outputs, so every job of a profile is scheduled. A dry run writes
+nothing, so the tests that read the same profile's plan share one call (``dry_run``): each Snakemake call costs
+seconds (it parses the workflow, which imports torch).
 """
 import re
 
@@ -15,6 +17,20 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     return copy_repo(tmp_path_factory.mktemp("dryrun") / "repo")
+
+
+@pytest.fixture(scope="module")
+def dry_run(repo):
+    """``dry_run(*args)``: the output of ``snakemake -n -p --cores 2 --nolock ARGS`` in the module's copy, made once
+    per distinct ``args`` and shared by the tests that read it."""
+    outputs: dict[tuple[str, ...], str] = {}
+
+    def plan(*args: str) -> str:
+        if args not in outputs:
+            outputs[args] = snakemake(["-n", "-p", "--cores", "2", "--nolock", *args], repo).stdout
+        return outputs[args]
+
+    return plan
 
 
 def _profile(name):
@@ -73,59 +89,49 @@ def test_row_seeds_give_a_row_its_own_seeds_and_its_teacher_every_student_seed(r
     assert trained
 
 
-@pytest.mark.parametrize("name, extra", [
-    ("default", []),
-    ("test", []),
-    ("cifar10", []),
-    ("cifar100", []),
-    ("imagenet", ["--config", "data_root=/nonexistent/imagenet"]),
-    ("imagefolder", ["--config", "data_root=/nonexistent/my-images", "dataset_tag=flowers", "image_size=64"]),
-    ("imagefolder-cpu", ["--config", "data_root=/nonexistent/my-images"]),
-])
-def test_profile_dry_run_builds_full_dag(repo, name, extra):
-    args = ["-n", "--cores", "2", "--nolock"]
-    if name != "default":
-        args += ["--configfile", f"config/{name}.yaml"]
-    out = snakemake(args + extra, repo).stdout
-    counts = job_counts(out)
-    expected = _expected(_profile(name))
-    assert {k: counts.get(k) for k in expected} == expected
-    if name == "imagefolder":
-        assert "results/tables/flowers/qat.md" in out and "/nonexistent/my-images" in out
-        assert "data.image_size=64" in snakemake(args + extra + ["-p"], repo).stdout
-
-
+# Each profile's arguments: its config file, and a data root for the profiles that read data from outside the
+# repository (the dry run needs no data); imagefolder also with a dataset tag and image size of its own.
 PROFILE_ARGS = {
     "default": [],
     "test": ["--configfile", "config/test.yaml"],
     "cifar10": ["--configfile", "config/cifar10.yaml"],
     "cifar100": ["--configfile", "config/cifar100.yaml"],
     "imagenet": ["--configfile", "config/imagenet.yaml", "--config", "data_root=/nonexistent/imagenet"],
-    "imagefolder": ["--configfile", "config/imagefolder.yaml", "--config", "data_root=/nonexistent/x"],
-    "imagefolder-cpu": ["--configfile", "config/imagefolder-cpu.yaml", "--config", "data_root=/nonexistent/x"],
+    "imagefolder": ["--configfile", "config/imagefolder.yaml",
+                    "--config", "data_root=/nonexistent/my-images", "dataset_tag=flowers", "image_size=64"],
+    "imagefolder-cpu": ["--configfile", "config/imagefolder-cpu.yaml", "--config", "data_root=/nonexistent/my-images"],
 }
 
 
-@pytest.mark.parametrize("name", sorted(PROFILE_ARGS))
-def test_every_training_job_trains_the_model_its_path_names(repo, name):
-    """The model in a checkpoint's path is the model its job trains, whatever the recipe says (or a null one)."""
-    import re
+@pytest.mark.parametrize("name", list(PROFILE_ARGS))
+def test_profile_dry_run_builds_full_dag(dry_run, name):
+    out = dry_run(*PROFILE_ARGS[name])
+    counts = job_counts(out)
+    expected = _expected(_profile(name))
+    assert {k: counts.get(k) for k in expected} == expected
+    if name == "imagefolder":
+        assert "results/tables/flowers/qat.md" in out and "/nonexistent/my-images" in out
+        assert "data.image_size=64" in out
 
-    out = snakemake(["-n", "-p", "--cores", "2", "--nolock", *PROFILE_ARGS[name]], repo).stdout
+
+@pytest.mark.parametrize("name", sorted(PROFILE_ARGS))
+def test_every_training_job_trains_the_model_its_path_names(dry_run, name):
+    """The model in a checkpoint's path is the model its job trains, whatever the recipe says (or a null one)."""
+    out = dry_run(*PROFILE_ARGS[name])
     jobs = re.findall(r"--set model\.name=(\S+) .*?--out \S*?checkpoints/[^/]+/([^/]+)/", out)
     trains = job_counts(out).get("train", 0)
     assert trains > 0 and len(jobs) == trains, (len(jobs), trains)
     assert all(named.strip("'") == in_path for named, in_path in jobs), jobs
 
 
-def test_profile_by_name_equals_configfile(repo):
-    by_file = job_counts(snakemake(["-n", "--nolock", "--configfile", "config/cifar100.yaml"], repo).stdout)
-    by_name = job_counts(snakemake(["-n", "--nolock", "--config", "profile=cifar100"], repo).stdout)
+def test_profile_by_name_equals_configfile(dry_run):
+    by_file = job_counts(dry_run("--configfile", "config/cifar100.yaml"))
+    by_name = job_counts(dry_run("--config", "profile=cifar100"))
     assert by_name == by_file and by_name["train"] == 27
 
 
-def test_imagenet_uses_torchrun_and_the_official_recipe(repo):
-    out = snakemake(["-n", "-p", "--nolock", "--configfile", "config/imagenet.yaml"], repo).stdout
+def test_imagenet_uses_torchrun_and_the_official_recipe(dry_run):
+    out = dry_run(*PROFILE_ARGS["imagenet"])
     ls2 = next(line for line in out.splitlines() if "model.x_quant=ls-2" in line and "torchrun" in line)
     for key in ("--nproc-per-node=8", "epochs=240", "optim.lr=2.0e-4", "schedule.name=linear", "model.clamp=3.0",
                 "model.nonlinearity=relu", "kd.temperature=1.0", "kd.teacher=checkpoints/imagenet/resnet18/fp_fp/s0"):
@@ -180,7 +186,7 @@ def test_default_workflow_profile_is_applied(repo):
     (["--config", "dataset_tag=mine"], "sqlite:///mlruns-profiles/default-mine/mlflow.db"),
     (["--config", "data_root=/nonexistent/other"], "sqlite:///mlruns-profiles/default-fashion-mnist/mlflow.db"),
 ])
-def test_only_the_default_profile_logs_into_the_published_store(repo, args, store):
-    out = snakemake(["-n", "-p", "--cores", "2", "--nolock", "--forcerun", "train", *args], repo).stdout
+def test_only_the_default_profile_logs_into_the_published_store(dry_run, args, store):
+    out = dry_run("--forcerun", "train", *args)
     uris = set(re.findall(r"tracking\.uri=(\S+)", out))
     assert uris == {store}, uris

@@ -19,10 +19,17 @@ def _checkpoints_recorded() -> bool:
     return bool(stages.get("checkpoints", {}).get("outs")) and (REPO / "results" / "train").is_dir()
 
 
-@pytest.mark.skipif(not _checkpoints_recorded(), reason="default-profile checkpoints not yet in dvc.lock")
-def test_default_profile_pull_then_no_training(tmp_path):
-    clone = copy_repo(tmp_path / "clone", skip=tuple(s for s in SKIP if s != "results/"))
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory):
+    """A fresh clone (committed results included) after `dvc pull`; both tests only read it (a dry run, the MLflow
+    store, `dvc status`), so they share one."""
+    clone = copy_repo(tmp_path_factory.mktemp("fresh") / "clone", skip=tuple(s for s in SKIP if s != "results/"))
     dvc(["pull"], clone)
+    return clone
+
+
+@pytest.mark.skipif(not _checkpoints_recorded(), reason="default-profile checkpoints not yet in dvc.lock")
+def test_default_profile_pull_then_no_training(clone):
     assert list((clone / "checkpoints").rglob("checkpoint.pt"))
     out = snakemake(["-n", "--cores", "2"], clone).stdout
     counts = job_counts(out)
@@ -30,7 +37,7 @@ def test_default_profile_pull_then_no_training(tmp_path):
 
 
 @pytest.mark.skipif(not _checkpoints_recorded(), reason="default-profile checkpoints not yet in dvc.lock")
-def test_pulled_store_serves_every_published_run_and_its_artifacts(tmp_path, monkeypatch):
+def test_pulled_store_serves_every_published_run_and_its_artifacts(clone, tmp_path, monkeypatch):
     """After `dvc pull` in a fresh clone: every run id the committed tables name is in the pulled MLflow store,
     a training run's checkpoint downloads through MlflowClient with the bytes DVC restored (the artifact location
     is the checkpoint directory, so it is stored once), evaluation runs are nested under their training run, and
@@ -39,8 +46,6 @@ def test_pulled_store_serves_every_published_run_and_its_artifacts(tmp_path, mon
 
     from mlflow.tracking import MlflowClient
 
-    clone = copy_repo(tmp_path / "clone", skip=tuple(s for s in SKIP if s != "results/"))
-    dvc(["pull"], clone)
     monkeypatch.chdir(clone)
     client = MlflowClient(tracking_uri="sqlite:///mlflow.db")
     with open(clone / "results" / "tables" / "fashion-mnist" / "qat_runs.csv") as f:
