@@ -326,7 +326,25 @@ def drift_verdict(df: pd.DataFrame) -> str:
     if worst > DRIFT_LIMIT:
         return (f"**drifted: rerun on a quiet machine** (the torch fp32 baseline changed by up to {worst:.0%} "
                 f"between the start and the end of the run; limit {DRIFT_LIMIT:.0%})")
+    slower = thread_interference(df)
+    if slower:
+        return (f"**threads interfered: rerun on two idle cores** (torch fp32 took {slower:.1f}x longer with more "
+                "threads than with one at the same batch: another process or an engine's spinning pool held a core)")
     return f"no drift: the torch fp32 baseline changed by at most {worst:.1%} between the start and the end"
+
+
+def thread_interference(df: pd.DataFrame, limit: float = 1.2) -> float:
+    """The largest ratio of the torch fp32 baseline's time with more threads to its time with one thread at the same
+    batch, when above ``limit`` (more threads never make oneDNN's ResNet-18 slower on idle cores); else 0."""
+    if not {"engine", "batch", "threads", "seconds"} <= set(df.columns):
+        return 0.0
+    base = df[df.engine == BASELINE]
+    worst = 0.0
+    for _, g in base.groupby("batch"):
+        one, more = g.loc[g.threads == 1, "seconds"], g.loc[g.threads > 1, "seconds"]
+        if len(one) and len(more):
+            worst = max(worst, float(more.max() / one.iloc[0]))
+    return worst if worst > limit else 0.0
 
 
 def to_markdown(df: pd.DataFrame, skipped: list[dict]) -> str:

@@ -137,3 +137,9 @@ def test_only_the_papers_binary_topology_is_built():
 def test_drift_beyond_the_limit_says_rerun():
     assert "drifted: rerun on a quiet machine" in peers.drift_verdict(pd.DataFrame({"drift": [0.02, -0.15]}))
     assert "no drift" in peers.drift_verdict(pd.DataFrame({"drift": [0.02, -0.05]}))
+    base = dict(engine=[peers.BASELINE] * 4 + ["lsqbq binary"], batch=[1, 1, 16, 16, 1], drift=[0.0] * 5)
+    ok = pd.DataFrame(base | dict(threads=[1, 2, 1, 2, 2], seconds=[0.023, 0.014, 0.29, 0.16, 0.5]))
+    assert "no drift" in peers.drift_verdict(ok)  # another engine slower with 2 threads is its own matter
+    bad = pd.DataFrame(base | dict(threads=[1, 2, 1, 2, 1], seconds=[0.023, 0.208, 0.29, 0.16, 0.004]))
+    assert "threads interfered: rerun on two idle cores" in peers.drift_verdict(bad) and "9.0x" in \
+        peers.drift_verdict(bad)
