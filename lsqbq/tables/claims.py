@@ -165,7 +165,7 @@ def angle_claims(angles: pd.DataFrame) -> list[dict]:
         checks = [(a, b, "angle_deg", layers, "angle") for a, b in EQUAL_BITS]
         if "angle_std" in g:
             checks += [(a, b, "angle_std", layers, "spread") for a, b in EQUAL_BITS]
-        checks.append((*VS_GF4, "angle_deg", later, "gf-4"))
+        checks.append((*VS_GF4, "angle_deg", later, "more levels"))
         for a, b, value, sel, what in checks:
             r = _angle_difference(g, a, b, value, sel)
             if not r:
@@ -174,7 +174,7 @@ def angle_claims(angles: pd.DataFrame) -> list[dict]:
                     f"every quantized layer ({len(layers)})" if sel == layers else
                     f"layers {sel[0] + 1}-{sel[-1] + 1} of {len(layers)}")
             on = ANGLE_ON.get(source, f"on {source}").format(run=run)
-            if what == "gf-4":
+            if what == "more levels":
                 claim = (f"angle of {_disp(a)} below {_disp(b)} in later layers, {on} (depends on the "
                          "activations' distribution: holds on sparse rows, not on Gaussian ones)")
                 paper = f"{ANGLE_PAPER}: {_disp(a)} beats {_disp(b)} in later layers"
@@ -187,7 +187,7 @@ def angle_claims(angles: pd.DataFrame) -> list[dict]:
             measure = "SD" if what == "spread" else "mean"
             ours = (f"{measure} {fmt_value(r['a'])}° vs {fmt_value(r['b'])}°; lower in {r['lower']} of "
                     f"{r['layers']} layers, interval below 0 in {r['resolved']}")
-            if what == "gf-4":
+            if what == "more levels":
                 ours += _tails(g, sel)
             rows.append(row(
                 kind="angle", claim=claim, paper=paper, model=model,

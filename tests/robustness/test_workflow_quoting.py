@@ -15,9 +15,9 @@ from workflow._repo import no_slurm_bin  # tests/workflow/_repo.py
 from ._helpers import REPO, guarded_env
 
 # shell fields left unquoted on purpose: several arguments each built already quoted (launcher, attach, overrides,
-# extra, args), flags (quick), a word from a fixed set (command), numbers (threads), constrained names (dataset)
+# extra, args, students), flags (quick), a word from a fixed set (command), numbers (threads), constrained names (dataset)
 UNQUOTED = {"params.launcher", "params.attach", "params.overrides", "params.extra", "params.quick", "params.args",
-            "params.command", "threads", "wildcards.dataset"}
+            "params.command", "params.students", "threads", "wildcards.dataset"}
 RULE_FILES = sorted((REPO / "workflow" / "rules").glob("*.smk"))
 
 
