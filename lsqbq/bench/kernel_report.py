@@ -155,6 +155,7 @@ def to_markdown(df: pd.DataFrame, info: dict, peak: float, summary: dict[str, fl
             parts += [f"## {kind}: milliseconds (speed-up vs fp32)", _speedup_table(g).to_markdown(index=False)]
     if split:
         t = pd.DataFrame(split)
+        t = t[[c for c in t.columns if c == "layer" or c not in df.columns]]  # machine and commit: once, above
         parts += [f"## Where the {ONE_BIT} layer's time goes (batch 1, 1 thread, fitted scales; ms)",
                   t.to_markdown(index=False, floatfmt=".3f"),
                   "`encode`: clamp, per-sample mean|x| (float64 lanes) and sign planes with the padding, one pass; "

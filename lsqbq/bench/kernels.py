@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         df["int8_kernel"] = df.layer.map(int8_kernels).where(df.scheme == "int8")
         df = run.table(df)
         run.write_csv("kernels.csv", df, float_format="%.6g")
-        run.write_csv("kernels_split.csv", pd.DataFrame(split), float_format="%.6g")
+        run.write_csv("kernels_split.csv", run.table(split), float_format="%.6g")
         md = render(pd.read_csv(run.path("kernels.csv")), args.out, split, int8_kernels)
         for name in REPORT_FILES:
             run.keep(run.path(name))

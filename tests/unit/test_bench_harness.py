@@ -60,6 +60,8 @@ def test_smoke_run_writes_provenance_on_every_row_and_one_run(tmp_path, benchmar
         assert cli.main(args) == 0
     df = pd.read_csv(out / CSV[benchmark], dtype={"git_commit": str})
     commit, dirty = _head()
+    for extra in sorted(out.glob("*.csv")):  # every CSV a benchmark writes says which code it timed
+        assert "git_commit" in pd.read_csv(extra, nrows=0).columns, extra.name
     assert len(df) > 0
     assert (df["git_commit"] == commit).all() and (df["git_dirty"] == dirty).all()
     assert (df["isa"] == kernels.isa_path()).all() and (df["kernels"] == kernels.resolve_backend()).all()
