@@ -14,6 +14,8 @@ import os
 import sys
 import traceback
 
+from .allocator import keep_large_buffers
+
 __all__ = ["COMMANDS", "main", "run_command", "debug_enabled"]
 
 # command -> (module, one-line summary)
@@ -142,6 +144,7 @@ def _describe(e: BaseException) -> tuple[int, str] | None:
 def run_command(command: str, func, argv: list[str] | None = None) -> int:
     """Run ``func(argv)`` (a command's ``main``) and turn errors into one line on stderr and an exit code."""
     quiet_cuda_home_warning()
+    keep_large_buffers()
     try:
         return int(func(argv) or 0)
     except SystemExit:
