@@ -15,20 +15,14 @@ whole workflow records each result once.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
 
 from .errors import DataError
+from .tracking.deferred import DIGEST_TAG, file_digest as _digest, recorded_digests
 
-__all__ = ["record_files", "main"]
-
-DIGEST_TAG = "lsqbq.result_sha256"
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+__all__ = ["DIGEST_TAG", "record_files", "main"]
 
 
 def _load(path: Path) -> dict:
@@ -41,24 +35,6 @@ def _load(path: Path) -> dict:
     return result
 
 
-def _recorded_digests(uri: str | None) -> set[str]:
-    """Digests of every result already recorded in the store (any experiment)."""
-    from . import tracking
-
-    c = tracking.client(tracking.init_store(uri))
-    seen: set[str] = set()
-    for exp in c.search_experiments():
-        token = None
-        while True:
-            page = c.search_runs([exp.experiment_id], filter_string=f"tags.`{DIGEST_TAG}` != ''",
-                                 max_results=1000, page_token=token)
-            seen.update(r.data.tags[DIGEST_TAG] for r in page if DIGEST_TAG in r.data.tags)
-            token = page.token
-            if not token:
-                break
-    return seen
-
-
 def record_files(metrics: list[str | Path], scales: str = "both", uri: str | None = None) -> tuple[int, int]:
     """Record each evaluation ``metrics.json`` (and the ``bitwise.json`` beside it) not yet in the store.
 
@@ -69,7 +45,7 @@ def record_files(metrics: list[str | Path], scales: str = "both", uri: str | Non
 
     if not tracking.tracking_enabled():
         return 0, 0
-    seen = _recorded_digests(uri)
+    seen = recorded_digests(uri)
     recorded = skipped = 0
     for m in map(Path, metrics):
         result = _load(m)

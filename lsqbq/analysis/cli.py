@@ -243,7 +243,7 @@ def _record(args, rows: list[dict]) -> None:
 
     prefix = Path(args.out)
     params = {k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in vars(args).items()
-              if k not in ("render_only",)}
+              if k not in ("render_only", "run_record")}
     metrics: dict = {"rows": len(rows)}
     if args.command == "ptq":
         for r in rows:
@@ -251,12 +251,16 @@ def _record(args, rows: list[dict]) -> None:
                             if r[k] == r[k]})  # NaN (no re-estimation) left out
     label = tracking._checkpoint_label(args.checkpoint) if args.checkpoint and not getattr(
         args, "synthetic_only", False) else "synthetic"
-    run_id = tracking.record_run(
-        "lsqbq-analysis", f"analyze {args.command} {label}", params=params, metrics=metrics,
+    run = dict(
+        experiment="lsqbq-analysis", name=f"analyze {args.command} {label}", params=params, metrics=metrics,
         artifacts=[prefix.with_suffix(s) for s in (".csv", ".md", ".png")[:3 if args.command in FIGURES else 2]],
         tags={"lsqbq.kind": f"analyze {args.command}", "checkpoint": args.checkpoint,
               "data_hash": rows[0].get("data_hash") if rows and rows[0].get("data_hash") else None},
         source_run_ids=_SOURCES)
+    if args.run_record:  # recorded later by `python -m lsqbq.tracking record`, with the other jobs' runs
+        tracking.write_run_record(args.run_record, **run)
+        return
+    run_id = tracking.record_run(run.pop("experiment"), run.pop("name"), **run)
     if run_id:
         print(f"MLflow run {run_id} (analyze {args.command} {label})", file=sys.stderr)
 
@@ -274,6 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--threads", type=int, default=None, help="torch CPU threads")
         sp.add_argument("--test-subset", type=int, default=None, help="evaluate on this many test images")
         sp.add_argument("--images", type=int, default=128, help="images whose activations are analysed")
+        run_record(sp)
+
+    def run_record(sp):
+        sp.add_argument("--run-record", default=None, metavar="FILE.json",
+                        help="write the MLflow run to FILE.json instead of recording it (record it, with others, "
+                             "by `python -m lsqbq.tracking record FILE.json ...`)")
 
     e = sub.add_parser("error", help="quantization error vs Lloyd-Max and the official search")
     common(e)
@@ -305,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--rows", type=int, default=32, help="rows per spike weight")
     w.add_argument("--n", type=int, default=2048, help="values per row")
     w.add_argument("--seed", type=int, default=0, help="seed of the first sample (+1 per spike weight)")
+    run_record(w)
     w.set_defaults(checkpoint=None, synthetic_only=True)
     return p
 

@@ -58,8 +58,6 @@ def _read_angles(csvs: Sequence[str | Path]) -> pd.DataFrame:
     """The angle CSVs, one row per (model, input, layer, scheme): with several teachers (seeds) the mean over
     teachers of each teacher's mean angle and the t half-width across teachers, else the interval over images.
     ``model`` is the panel row's label (model and input)."""
-    from scipy.stats import t
-
     frames = []
     for f in csvs:
         df = read_csv(f)
@@ -76,8 +74,11 @@ def _read_angles(csvs: Sequence[str | Path]) -> pd.DataFrame:
     out = g.agg(angle_deg=("angle_deg", "mean"), sd=("angle_deg", "std"), teachers=("seed", "nunique"),
                 angle_ci95=("angle_ci95", "first"), images=("images", "first")).reset_index()
     many = out["teachers"] > 1
-    half = out["sd"] / out["teachers"].clip(lower=1) ** 0.5 * t.ppf(0.975, (out["teachers"] - 1).clip(lower=1))
-    out.loc[many, "angle_ci95"] = half[many]
+    if many.any():  # scipy.stats takes a second to import: only where a t quantile is needed
+        from scipy.stats import t
+
+        half = out["sd"] / out["teachers"].clip(lower=1) ** 0.5 * t.ppf(0.975, (out["teachers"] - 1).clip(lower=1))
+        out.loc[many, "angle_ci95"] = half[many]
     label = (out["input"] + " " + out["input_run"]).str.strip()
     several = out.groupby("model")["input"].transform("nunique") > 1
     out["model"] = [(f"{m}, {lab}" if m else lab) if sev else m

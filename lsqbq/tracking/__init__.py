@@ -27,7 +27,9 @@ One idea per module (each name below is importable from ``lsqbq.tracking``, load
   checkpoint (:func:`interrupted_run`);
 * :mod:`~lsqbq.tracking.artifacts`: a training run's artifacts served from its checkpoint directory
   (:func:`attach_artifacts`);
-* :mod:`~lsqbq.tracking.cli`: ``python -m lsqbq.tracking {init,stale,relocate,attach}``.
+* :mod:`~lsqbq.tracking.deferred`: runs written to a file by the job that computed them and recorded later, many
+  in one process (:func:`write_run_record`, :func:`record_run_records`);
+* :mod:`~lsqbq.tracking.cli`: ``python -m lsqbq.tracking {init,stale,relocate,attach,record}``.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ _EXPORTS = {
     "stale": ("RunningRun", "running_runs", "stale_runs", "close_stale_runs", "process_tags"),
     "artifacts": ("attach_artifacts",),
     "run_file": ("RUN_FILE", "write_run_file", "read_run_file", "interrupted_run"),
+    "deferred": ("DIGEST_TAG", "write_run_record", "record_run_records"),
     "cli": ("main",),
 }
 _ALIASES = {"_local_path": ("runs", "local_path"), "_checkpoint_label": ("records", "checkpoint_label"),

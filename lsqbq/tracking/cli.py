@@ -4,6 +4,7 @@
     python -m lsqbq.tracking stale [--uri URI] [--close]    # list (and end) runs whose process died
     python -m lsqbq.tracking relocate [--uri URI]           # make a SQLite store's artifact locations relative
     python -m lsqbq.tracking attach --metrics DIR/metrics.json [--dir DIR] [--uri URI]
+    python -m lsqbq.tracking record [--uri URI] [--done FILE] RECORD.json ...   # runs written by --run-record
 """
 from __future__ import annotations
 
@@ -41,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--uri", default=None, help=_URI_HELP)
     a.add_argument("--force", action="store_true", help="delete the logged copies even where the directory's "
                                                         "files are missing or differ")
+    d = sub.add_parser("record", help="record the run records written by jobs (lsqbq analyze --run-record) that "
+                                      "are not in the store yet")
+    d.add_argument("records", nargs="+", help="run record files (JSON)")
+    d.add_argument("--uri", default=None, help=_URI_HELP)
+    d.add_argument("--done", default=None, metavar="FILE",
+                   help="write a one-line summary here once every record is in the store (the workflow's marker)")
     return parser
 
 
@@ -58,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
 
         n_exp, n_runs = relocate(args.uri)
         print(f"relocated {n_exp} experiments and {n_runs} runs to relative artifact locations")
+    elif args.command == "record":
+        _record(args.records, args.uri, args.done)
     else:
         from .artifacts import attach_artifacts
 
@@ -70,6 +79,18 @@ def main(argv: list[str] | None = None) -> int:
         location = attach_artifacts(run_id, directory, args.uri, force=args.force)
         print(f"run {run_id}: artifacts served from {location}")
     return 0
+
+
+def _record(records: list[str], uri: str | None, done: str | None) -> None:
+    from ..atomic import write_text_atomic
+    from .deferred import record_run_records
+
+    recorded, skipped = record_run_records(records, uri)
+    line = f"{recorded} run(s) recorded, {skipped} already in the store"
+    print(line)
+    if done:
+        Path(done).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(done, line + "\n")
 
 
 def _stale(uri: str | None, experiment: str | None, close: bool) -> None:

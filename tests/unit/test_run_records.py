@@ -2,6 +2,7 @@
 and training artifacts attached to their checkpoint directory (tracking.attach_artifacts)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from pathlib import Path
@@ -230,6 +231,51 @@ def test_analyze_ptq_records_a_run_with_its_files(trained, tmp_path, monkeypatch
     assert sorted(a.path for a in c.list_artifacts(r.info.run_id)) == ["ptq.csv", "ptq.md"]
     got = Path(c.download_artifacts(r.info.run_id, "ptq.csv", str(tmp_path / "dl")))
     assert got.read_bytes() == prefix.with_suffix(".csv").read_bytes()
+
+
+def test_an_analysis_run_record_becomes_the_same_run_once(trained, tmp_path, monkeypatch):
+    """--run-record writes the run instead of recording it; `python -m lsqbq.tracking record` records it as the
+    analysis itself would have (parent, metrics, artifacts, the computing process's tags), and only once."""
+    from lsqbq.analysis.cli import main as analyze_main
+    from lsqbq.tracking.cli import main as tracking_main
+
+    uri, ckpt, train_id = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    c = MlflowClient(uri)
+    exp = c.get_run(train_id).info.experiment_id
+    before = {r.info.run_id for r in c.search_runs([exp])}
+    prefix, record = tmp_path / "ptq", tmp_path / "logs" / "ptq.run.json"
+    assert analyze_main(["ptq", "--checkpoint", str(ckpt), "--out", str(prefix), "--schemes", "ls-1",
+                         "--test-subset", "64", "--run-record", str(record)]) == 0
+    assert {r.info.run_id for r in c.search_runs([exp])} == before  # nothing recorded by the analysis
+    written = json.loads(record.read_text())
+    assert written["tags"]["host"] and written["tags"]["git_commit"] and written["source_run_ids"] == [train_id]
+
+    done = tmp_path / "logs" / "recorded.txt"
+    for _ in range(2):  # the second time the record's digest is in the store: skipped
+        assert tracking_main(["record", "--uri", uri, "--done", str(done), str(record)]) == 0
+    assert done.read_text() == "0 run(s) recorded, 1 already in the store\n"
+    (r,) = [r for r in c.search_runs([exp]) if r.info.run_id not in before]
+    assert r.data.tags["mlflow.parentRunId"] == train_id and r.info.run_name.startswith("analyze ptq ")
+    assert r.data.tags["lsqbq.result_sha256"] == hashlib.sha256(record.read_bytes()).hexdigest()
+    assert r.data.tags["threads"] == written["tags"]["threads"] and "run_record" not in r.data.params
+    assert r.data.metrics["rows"] == 1 and r.data.metrics["top1 ls-1"] == written["metrics"]["top1 ls-1"]
+    assert sorted(a.path for a in c.list_artifacts(r.info.run_id)) == ["ptq.csv", "ptq.md"]
+
+
+def test_a_file_that_is_not_a_run_record_is_named_and_nothing_is_recorded(tmp_path):
+    from lsqbq.errors import DataError
+    from lsqbq.tracking.deferred import record_run_records
+
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps({k: [] if k in ("artifacts", "source_run_ids") else {} if k in (
+        "params", "metrics", "tags") else "x" for k in ("experiment", "name", "params", "metrics", "artifacts",
+                                                       "tags", "source_run_ids")}))
+    bad.write_text('{"experiment": "x"}')
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    with pytest.raises(DataError, match=r"bad\.json: not a run record \(missing name, params"):
+        record_run_records([good, bad], uri)
+    assert not (tmp_path / "m.db").exists()
 
 
 def test_bitwise_evaluation_records_a_run_with_its_scale_mode(trained, tmp_path, monkeypatch, capsys):

@@ -11,6 +11,7 @@ rule analyze_error:
     output:
         csv=report(f"{ANALYSIS}/error.csv", caption="../report/error.rst", category="Analyses"),
         md=f"{ANALYSIS}/error.md",
+        record=analysis_record("error"),
     params:
         prefix=lambda wc, output: output.csv[: -len(".csv")],
         extra=error_args(),
@@ -23,7 +24,7 @@ rule analyze_error:
         CONDA_ENV
     shell:
         "lsqbq analyze error --checkpoint {input.checkpoint:q} --out {params.prefix:q} --threads {threads} "
-        "{params.extra} > {log:q} 2>&1"
+        "{params.extra} --run-record {output.record:q} > {log:q} 2>&1"
 
 
 rule analyze_ptq:
@@ -33,6 +34,7 @@ rule analyze_ptq:
     output:
         csv=f"{ANALYSIS}/ptq_{{x_quant}}_{{w_quant}}_s{{seed}}.csv",
         md=f"{ANALYSIS}/ptq_{{x_quant}}_{{w_quant}}_s{{seed}}.md",
+        record=analysis_record("ptq_{x_quant}_{w_quant}_s{seed}"),
     params:
         prefix=lambda wc, output: output.csv[: -len(".csv")],
         extra=ptq_args(),
@@ -45,7 +47,7 @@ rule analyze_ptq:
         CONDA_ENV
     shell:
         "lsqbq analyze ptq --checkpoint {input.checkpoint:q} --out {params.prefix:q} --threads {threads} "
-        "{params.extra} > {log:q} 2>&1"
+        "{params.extra} --run-record {output.record:q} > {log:q} 2>&1"
 
 
 rule analyze_angles:
@@ -57,6 +59,7 @@ rule analyze_angles:
         csv=f"{ANALYSIS}/angles_{{x_quant}}_{{w_quant}}_s{{seed}}.csv",
         md=f"{ANALYSIS}/angles_{{x_quant}}_{{w_quant}}_s{{seed}}.md",
         png=f"{ANALYSIS}/angles_{{x_quant}}_{{w_quant}}_s{{seed}}.png",
+        record=analysis_record("angles_{x_quant}_{w_quant}_s{seed}"),
     params:
         prefix=lambda wc, output: output.csv[: -len(".csv")],
         images=config["analysis"]["images"],
@@ -70,7 +73,8 @@ rule analyze_angles:
         CONDA_ENV
     shell:
         "lsqbq analyze angles --checkpoint {input.checkpoint:q} --students {params.students} "
-        "--out {params.prefix:q} --threads {threads} --images {params.images:q} > {log:q} 2>&1"
+        "--out {params.prefix:q} --threads {threads} --images {params.images:q} --run-record {output.record:q} "
+        "> {log:q} 2>&1"
 
 
 rule analyze_sweep:
@@ -78,6 +82,7 @@ rule analyze_sweep:
         csv=ANGLE_SWEEP,
         md=ANGLE_SWEEP.replace(".csv", ".md"),
         png=ANGLE_SWEEP.replace(".csv", ".png"),
+        record=SWEEP_RECORD,
     params:
         prefix=lambda wc, output: output.csv[: -len(".csv")],
     log:
@@ -87,4 +92,19 @@ rule analyze_sweep:
     conda:
         CONDA_ENV
     shell:
-        "lsqbq analyze sweep --out {params.prefix:q} > {log:q} 2>&1"
+        "lsqbq analyze sweep --out {params.prefix:q} --run-record {output.record:q} > {log:q} 2>&1"
+
+
+rule record_analyses:
+    input:
+        analysis_records,
+    output:
+        done=ANALYSIS_RECORDED,
+    log:
+        out("logs/analysis/{dataset}.mlflow.log"),
+    message:
+        "Record the {wildcards.dataset} analyses as MLflow runs (those not yet in the store)"
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m lsqbq.tracking record --done {output.done:q} {input:q} > {log:q} 2>&1"

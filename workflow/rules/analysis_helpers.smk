@@ -22,6 +22,25 @@ def ptq_args():
 ANGLE_STUDENTS = [("ls-2", "ls-1")]
 ANGLE_SWEEP = out("results/analysis/synthetic/angle_sweep.csv")
 
+# Each analysis job writes its MLflow run to a run record (--run-record) under logs/; record_analyses records
+# them all in one process (python -m lsqbq.tracking record), as record_evaluations does for the evaluations.
+ANALYSIS_RECORD = out("logs/analysis/{dataset}/{model}/{name}.run.json")
+SWEEP_RECORD = out("logs/analysis/angle_sweep.run.json")
+ANALYSIS_RECORDED = out("logs/analysis/{dataset}.mlflow.txt")
+
+
+def analysis_record(name):
+    """The run record of the analysis `name` (a Snakemake pattern: it may hold wildcards) of one model."""
+    return ANALYSIS_RECORD.replace("{name}", name)
+
+
+def analysis_records(wc):
+    """Every analysis run record of the dataset: error per model, ptq and angles per teacher seed, the sweep."""
+    teacher_runs = lambda name: runs(analysis_record(name), schemes=[(FP, FP)])
+    errors = [analysis_record("error").format(dataset=wc.dataset, model=m) for m in MODELS]
+    return errors + teacher_runs("ptq_{x_quant}_{w_quant}_s{seed}") + teacher_runs(
+        "angles_{x_quant}_{w_quant}_s{seed}") + [SWEEP_RECORD]
+
 
 def angle_students(wc):
     """Input function: the checkpoints of the configured ANGLE_STUDENTS distilled from this teacher (its seed)."""

@@ -246,6 +246,7 @@ def final_targets():
             out(f"results/tables/{DATASET}/ptq.md"),
             out(f"results/tables/{DATASET}/error.md"),
             out(f"results/tables/{DATASET}/angles.png"),
+            ANALYSIS_RECORDED.format(dataset=DATASET),
         ]
     if config["bench"]["kernels"]:
         targets.append(KERNELS_CSV)
