@@ -40,6 +40,8 @@ from .sweep import SWEEP_P, crossing, sweep_rows
 __all__ = ["build_parser", "main", "render_outputs"]
 
 PROVENANCE = ("commit", "config_hash", "data_hash", "run_id")
+#: MLflow experiment of an analysis whose checkpoint's training run is not in the store (else it nests under it).
+EXPERIMENT = "lsqbq-analysis"
 FIGURES = ("angles", "sweep")  # the commands that draw PREFIX.png
 _SOURCES: list = []  # MLflow run ids of the checkpoints read by this invocation
 
@@ -252,7 +254,7 @@ def _record(args, rows: list[dict]) -> None:
     label = tracking._checkpoint_label(args.checkpoint) if args.checkpoint and not getattr(
         args, "synthetic_only", False) else "synthetic"
     run = dict(
-        experiment="lsqbq-analysis", name=f"analyze {args.command} {label}", params=params, metrics=metrics,
+        experiment=EXPERIMENT, name=f"analyze {args.command} {label}", params=params, metrics=metrics,
         artifacts=[prefix.with_suffix(s) for s in (".csv", ".md", ".png")[:3 if args.command in FIGURES else 2]],
         tags={"lsqbq.kind": f"analyze {args.command}", "checkpoint": args.checkpoint,
               "data_hash": rows[0].get("data_hash") if rows and rows[0].get("data_hash") else None},

@@ -33,6 +33,7 @@ from ..layers import SCALE_MODES, QuantConv2d, QuantLinear, name_layers
 from ..models.lenet import LeNet5
 from ..models.resnet import RegularBlock, XnorBlock
 from .bitwise import _ACTS, BitwiseConv2d, BitwiseLinear, _fit_code, _reraise, bn_affine  # noqa: F401 (re-exports)
+from .chunks import BatchChunks, check_chunk
 from .convertibility import convertible, is_quantized, unconvertible_reason
 from .float_parts import FLOAT_PARTS, check_float_parts, fuse_float_parts
 from .fused import FusedRegularBlock, FusedXnorBlock, fuse_lenet, fuse_sequential
@@ -96,7 +97,8 @@ def _convert(module: nn.Module, make_conv, make_linear, fuse: bool, report: Conv
 
 
 def to_bitwise(model: nn.Module, *, backend: str | None = None, scales: str = "auto", inplace: bool = False,
-               fuse: bool = True, float_parts: str = "fp32", return_report: bool = False):
+               fuse: bool = True, float_parts: str = "fp32", chunk: int | str | None = "auto",
+               return_report: bool = False):
     """Replace every convertible quantized layer of ``model`` by its bitwise inference module.
 
     Works in and out of ``torch.inference_mode()`` (the result then holds inference tensors and is for inference
@@ -112,6 +114,10 @@ def to_bitwise(model: nn.Module, *, backend: str | None = None, scales: str = "a
             channels_last (module docstring).
         float_parts: ``"fp32"`` (default, the paper's full-precision stem, shortcuts and classifier) or ``"int8"``
             (those layers in int8 on oneDNN, CPU only; needs ``fuse=True``).
+        chunk: images per pass of a large batch through the converted network (:mod:`.chunks`: the activations
+            of a few images stay in cache): ``"auto"`` (as many as fit in ``CHUNK_BYTES`` of input), a number, or
+            None (the whole batch in one pass, layer by layer). Only for a network converted with ``fuse=True``;
+            a lone layer always runs the whole batch.
         return_report: also return the :class:`ConversionReport`.
     Returns:
         The converted module, in eval mode (bitwise modules are inference-only), with the report attached as
@@ -119,13 +125,15 @@ def to_bitwise(model: nn.Module, *, backend: str | None = None, scales: str = "a
     Warns:
         SimulatedLayersWarning: once, listing the quantized layers that stay simulated and why.
     Raises:
-        ValueError: unknown ``scales``, or stored scales requested where a layer recorded none.
+        ValueError: unknown ``scales``, a ``chunk`` that is not ``"auto"``, None or a positive int, or stored scales
+            requested where a layer recorded none.
         ConfigError: unknown ``float_parts``, or ``"int8"`` without ``fuse``, off the CPU or without oneDNN.
         InputError: stored scales that are non-finite, non-positive or break the scheme's rule, naming the layer.
     """
     if scales not in SCALE_MODES:
         raise ValueError(f"scales must be one of {SCALE_MODES}, got {scales!r}")
     check_float_parts(float_parts)
+    check_chunk(chunk)
     if float_parts != "fp32" and not fuse:
         raise ConfigError(f"float_parts={float_parts!r} needs fuse=True (the int8 layers are the folded ones)")
     model = model if inplace else copy.deepcopy(model)
@@ -150,6 +158,8 @@ def to_bitwise(model: nn.Module, *, backend: str | None = None, scales: str = "a
             report.float_parts = fuse_float_parts(model, float_parts)
         if fuse:  # the bitwise ops write NHWC: run the float layers around them channels_last too (same values)
             model.to(memory_format=torch.channels_last)
+            if chunk is not None:
+                model.forward = BatchChunks(model, chunk)
         model.eval()
     if report.simulated:
         listed = "; ".join(f"{(name or type(model).__name__)!r}: {why}" for name, why in report.simulated.items())

@@ -1,0 +1,75 @@
+"""A converted network run over a large batch a few images at a time, so each image's activations stay in cache.
+
+A bitwise network spends little arithmetic per activation (a popcount covers 64 of them), so once a layer's input
+and output no longer fit in the core's L2 cache it waits on memory. Layer by layer over a whole batch they do not:
+the binary ResNet-18 at 224x224 writes 0.8 MB of float activations per image after every block of its first
+stage, 13 MB for a batch of 16. Passing the batch through the whole network ``n`` images at a time keeps them in
+cache: measured on a 2-core Zen 4, 1 thread, batch 16: 83 ms in one pass, 54 ms one image at a time.
+
+:class:`BatchChunks` replaces ``forward`` of the module :func:`~lsqbq.kernels.to_bitwise` returns: ``y =
+cat(forward(x[i:i+n]) for i in 0, n, 2n, ...)``, with ``n`` images per pass (``chunk="auto"``: as many as fit
+in :data:`CHUNK_BYTES` of input, at least one). This assumes what an eval-mode network guarantees: each image's
+output depends on that image alone. Per-image results can still differ in the last bits where a float layer's
+kernel (oneDNN) blocks its sums differently for another batch size; the XNOR/popcount layers compute each output
+in a fixed order whatever the batch.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["CHUNK_BYTES", "BatchChunks", "chunk_images", "check_chunk"]
+
+#: ``chunk="auto"``: the input bytes of one pass (ImageNet 224x224 float32: 1 image; 32x32: 21; 28x28x1: 87).
+CHUNK_BYTES = 256 << 10
+
+
+def check_chunk(chunk) -> int | str | None:
+    """``chunk`` if it is ``"auto"``, None or an int >= 1; else ValueError naming it."""
+    if chunk is None or chunk == "auto" or (isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1):
+        return chunk
+    raise ValueError(f"chunk must be 'auto', None (one pass) or a number of images >= 1, got {chunk!r}")
+
+
+def chunk_images(x: Tensor, chunk: int | str | None) -> int:
+    """Images per pass for input ``x`` of shape ``(B, ...)``: ``B`` for None, ``chunk`` for a number, else as many
+    as fit in :data:`CHUNK_BYTES` (at least 1)."""
+    batch = x.shape[0]
+    if chunk is None:
+        return batch
+    if chunk == "auto":
+        per_image = max(1, math.prod(x.shape[1:]) * x.element_size())
+        return max(1, min(batch, CHUNK_BYTES // per_image))
+    return min(batch, chunk)
+
+
+class BatchChunks:
+    """``module.forward`` run over ``chunk`` images at a time (module docstring); a plain call of the class's
+    ``forward`` when the input is not a batched tensor, other arguments are given, the batch fits one pass, or the
+    network's output is not one tensor per image (then the whole batch is run once more, in one pass).
+
+    A top-level class holding its module (no closure), so the module still deep-copies and pickles."""
+
+    def __init__(self, module: nn.Module, chunk: int | str | None = "auto"):
+        self.module = module
+        self.chunk = check_chunk(chunk)
+
+    def __call__(self, x, *args, **kwargs):
+        forward = type(self.module).forward
+        if args or kwargs or not isinstance(x, Tensor) or x.dim() < 2:
+            return forward(self.module, x, *args, **kwargs)
+        n = chunk_images(x, self.chunk)
+        if n >= x.shape[0]:
+            return forward(self.module, x)
+        outs = []
+        for part in x.split(n):
+            y = forward(self.module, part)
+            if not isinstance(y, Tensor) or y.dim() == 0 or y.shape[0] != part.shape[0]:
+                return forward(self.module, x)
+            outs.append(y)
+        return torch.cat(outs)
+
+    def __repr__(self) -> str:
+        return f"BatchChunks(chunk={self.chunk!r})"

@@ -1,0 +1,92 @@
+"""A converted network over a large batch, a few images per pass (lsqbq.kernels.chunks): the same logits as one
+pass and as the simulated model, each pass seeing the images it should."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from lsqbq.kernels import chunks, to_bitwise
+from lsqbq.kernels.chunks import BatchChunks, chunk_images
+from lsqbq.models import build
+
+
+def _randomise_bns(model: nn.Module, seed: int) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(0.3 * torch.randn(m.num_features, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+    return model
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    torch.manual_seed(1)
+    return _randomise_bns(build("resnet18", width=16, num_classes=10, x_quant="ls-1", w_quant="ls-1"), 2).eval()
+
+
+def _batches_seen(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """The model's output on ``x`` and the batch size of every call of its first layer (the stem)."""
+    seen = []
+    first = next(iter(model.children()))
+    handle = first.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    try:
+        with torch.inference_mode():
+            return model(x), seen
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("chunk, passes", [(2, [2, 2, 1]), (1, [1] * 5), (5, [5]), (None, [5])])
+def test_chunked_passes_give_the_one_pass_logits(resnet, chunk, passes):
+    x = torch.randn(5, 3, 32, 32)
+    with torch.inference_mode():
+        ref = resnet(x)
+        one = to_bitwise(resnet, chunk=None)(x)
+    y, seen = _batches_seen(to_bitwise(resnet, chunk=chunk), x)
+    assert seen == passes
+    torch.testing.assert_close(y, one, rtol=1e-5, atol=1e-4)
+    assert torch.equal(y.argmax(1), one.argmax(1)) and torch.equal(y.argmax(1), ref.argmax(1))
+
+
+def test_auto_takes_as_many_images_as_fit_in_the_byte_budget(resnet, monkeypatch):
+    x = torch.randn(7, 3, 32, 32)  # 12,288 bytes per image
+    assert chunk_images(torch.empty(16, 3, 224, 224), "auto") == 1  # 602,112 bytes per image: one at a time
+    assert chunk_images(torch.empty(256, 1, 28, 28), "auto") == chunks.CHUNK_BYTES // (28 * 28 * 4)
+    assert chunk_images(x, None) == 7 and chunk_images(x, 3) == 3 and chunk_images(x, 99) == 7
+    monkeypatch.setattr(chunks, "CHUNK_BYTES", 3 * 12288)
+    assert _batches_seen(to_bitwise(resnet), x)[1] == [3, 3, 1]
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "all"])
+def test_a_bad_chunk_is_named(resnet, bad):
+    with pytest.raises(ValueError, match=r"chunk must be 'auto', None \(one pass\) or a number of images >= 1, "
+                                         rf"got {bad!r}"):
+        to_bitwise(resnet, chunk=bad)
+
+
+def test_an_output_that_is_not_per_image_runs_the_whole_batch_once():
+    class Total(nn.Module):
+        def forward(self, x):
+            return x.sum()
+
+    calls = []
+    m = Total()
+    m.register_forward_pre_hook(lambda mod, args: calls.append(args[0].shape[0]))  # the call of m itself
+    m.forward = BatchChunks(m, 2)
+    x = torch.arange(10.0).reshape(5, 2)
+    assert m(x) == x.sum()  # the chunks' sums are not concatenated: the whole batch is summed in one pass
+    assert calls == [5]
+
+
+def test_a_deep_copy_runs_its_own_layers(resnet):
+    fast = to_bitwise(resnet, chunk=2)
+    twin = copy.deepcopy(fast)
+    assert twin.forward.module is twin and fast.forward.module is fast
+    x = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(twin(x), fast(x))
