@@ -10,9 +10,11 @@ provenance (:func:`~lsqbq.tracking.provenance.process_run_tags`: commit, version
 is recorded; they must still be where the record names them.
 
 The workflow's jobs import MLflow once in one recording job instead of in each of dozens of seconds-long jobs, and
-the SQLite store is written by one process. Each recorded run carries the tag :data:`DIGEST_TAG`, the SHA-256 of
-the file it recorded; a file whose digest is already in the store is skipped, so rerunning the recording job
-records only what changed.
+the SQLite store is written by one process. Each recorded run carries the tag :data:`DIGEST_TAG`, the digest of
+what it recorded (:func:`record_digest`: its artifacts' bytes, not the record, whose provenance tags change with
+every commit); a record whose digest is already in the store is skipped. So rerunning the workflow from the same
+checkpoints, whose analyses write the same files, records nothing new and leaves the published store unchanged
+(``dvc status`` clean, the next ``dvc pull`` free to run).
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from pathlib import Path
 
 from ..errors import DataError
 
-__all__ = ["DIGEST_TAG", "RECORD_KEYS", "file_digest", "recorded_digests", "write_run_record", "record_run_records"]
+__all__ = ["DIGEST_TAG", "RECORD_KEYS", "file_digest", "record_digest", "recorded_digests", "write_run_record",
+           "record_run_records"]
 
 #: Tag of every run recorded from a file: the SHA-256 of that file's bytes.
 DIGEST_TAG = "lsqbq.result_sha256"
@@ -33,6 +36,15 @@ RECORD_KEYS = ("experiment", "name", "params", "metrics", "artifacts", "tags", "
 def file_digest(path: str | Path) -> str:
     """SHA-256 (hex) of the file's bytes."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def record_digest(path: str | Path, record: dict) -> str:
+    """SHA-256 (hex) of the record's artifacts: of the newline-joined SHA-256 of each artifact file that exists, in
+    the record's order; of the record file itself when none exists."""
+    files = [Path(a) for a in record["artifacts"] if Path(a).is_file()]
+    if not files:
+        return file_digest(path)
+    return hashlib.sha256("\n".join(file_digest(f) for f in files).encode()).hexdigest()
 
 
 def recorded_digests(uri: str | None) -> set[str]:
@@ -98,7 +110,7 @@ def record_run_records(paths, uri: str | None = None) -> tuple[int, int]:
     seen = recorded_digests(uri)
     recorded = skipped = 0
     for path, r in records:
-        digest = file_digest(path)
+        digest = record_digest(path, r)
         if digest in seen:
             skipped += 1
             continue

@@ -257,7 +257,18 @@ def test_an_analysis_run_record_becomes_the_same_run_once(trained, tmp_path, mon
     assert done.read_text() == "0 run(s) recorded, 1 already in the store\n"
     (r,) = [r for r in c.search_runs([exp]) if r.info.run_id not in before]
     assert r.data.tags["mlflow.parentRunId"] == train_id and r.info.run_name.startswith("analyze ptq ")
-    assert r.data.tags["lsqbq.result_sha256"] == hashlib.sha256(record.read_bytes()).hexdigest()
+    files = "\n".join(hashlib.sha256(prefix.with_suffix(s).read_bytes()).hexdigest() for s in (".csv", ".md"))
+    assert r.data.tags["lsqbq.result_sha256"] == hashlib.sha256(files.encode()).hexdigest()
+
+    # the same analysis again (a rerun of the workflow): the files are the same, so no new run, though the record
+    # differs (its tags name the process that wrote it)
+    assert analyze_main(["ptq", "--checkpoint", str(ckpt), "--out", str(prefix), "--schemes", "ls-1",
+                         "--test-subset", "64", "--run-record", str(record)]) == 0
+    written = json.loads(record.read_text())
+    written["tags"]["host"] = "another-host"
+    record.write_text(json.dumps(written))
+    assert tracking_main(["record", "--uri", uri, str(record)]) == 0
+    assert len(c.search_runs([exp])) == len(before) + 1
     assert r.data.tags["threads"] == written["tags"]["threads"] and "run_record" not in r.data.params
     assert r.data.metrics["rows"] == 1 and r.data.metrics["top1 ls-1"] == written["metrics"]["top1 ls-1"]
     assert sorted(a.path for a in c.list_artifacts(r.info.run_id)) == ["ptq.csv", "ptq.md"]
