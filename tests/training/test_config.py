@@ -227,6 +227,15 @@ def test_workflow_schema_datasets_are_the_registry():
     assert schema["properties"]["dataset"]["enum"] == list_datasets()
 
 
+def test_workflow_schema_models_are_the_registry():
+    """The workflow reads its config without importing torch: the model names are an enum of the schema."""
+    from lsqbq.models import list_models
+
+    schema = yaml.safe_load(SCHEMA.read_text())["properties"]
+    assert schema["models"]["items"]["enum"] == list_models()
+    assert schema["row_seeds"]["propertyNames"]["enum"] == list_models()
+
+
 @pytest.mark.parametrize("name", __import__("lsqbq.data", fromlist=["list_datasets"]).list_datasets())
 def test_every_registered_dataset_is_a_valid_data_name(name):
     assert from_dict({"data": {"name": name}}).data.name == name

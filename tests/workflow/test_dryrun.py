@@ -151,7 +151,8 @@ def test_slurm_profile_dry_run(repo):
     (["--configfile", "bad.yaml"], "analysis: Additional properties are not allowed ('imagez' was unexpected)"),
     (["--configfile", "bad_scheme.yaml"], "students.0.x_quant: 'ls-3' does not match"),
     (["--configfile", "bad_row.yaml"], "row_seeds.lenet5.ls-9/ls-2: not a row (x_quant/w_quant with scheme names"),
-    (["--configfile", "bad_row_model.yaml"], "row_seeds.vgg: not a model (known: "),
+    (["--configfile", "bad_row_model.yaml"], "row_seeds: 'vgg' is not one of ['lenet5', 'resnet18', 'resnet_small']"),
+    (["--config", "models=[resnet_smal]"], "models.0: 'resnet_smal' is not one of ['lenet5', 'resnet18',"),
 ])
 def test_bad_config_fails_naming_the_key(repo, args, message):
     (repo / "bad.yaml").write_text("analysis:\n  imagez: 3\n")
