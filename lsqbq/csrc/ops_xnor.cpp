@@ -26,6 +26,7 @@
 #include "encode.h"
 #include "isa.h"
 #include "job.h"
+#include "pool.h"
 
 namespace lsqbq {
 namespace {
@@ -37,6 +38,13 @@ void check_isa(int64_t isa) {
 
 // Threads the engine may use: torch's count (torch.set_num_threads), one inside a torch parallel region.
 int64_t torch_threads() { return at::in_parallel_region() ? 1 : at::get_num_threads(); }
+
+// The engine's parallel loops on torch's own thread pool (pool.h, set_runner): one pool for the whole network.
+void torch_runner(int64_t n, int64_t grain, const RangeFn& fn) {
+  at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) { fn(begin, end); });
+}
+
+[[maybe_unused]] const bool runner_set = (set_runner(&torch_runner), true);
 
 void check_words(const at::Tensor& t, const char* name, int64_t dim) {
   TORCH_CHECK(t.scalar_type() == at::kLong, "lsqbq: ", name, " must be int64 packed words, got ", t.scalar_type());
