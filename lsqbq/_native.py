@@ -59,7 +59,10 @@ HEADERS = sorted(_ROOT.glob("csrc/*.h"))  # included by the sources: part of the
 _NAME = "lsqbq_native"
 # -ffp-contract=off keeps every float operation as written (no fused multiply-add), so the C++ quantizers round
 # exactly like the torch code; -fno-trapping-math only lets compares vectorise.
-_CFLAGS = ("-ffp-contract=off", "-fno-trapping-math")
+# -fopenmp: at::parallel_for (the quantizer ops; the engine's loops, csrc/pool.h set_runner) is an OpenMP region
+# compiled into this library; linked by soname libgomp.so.1, it is the runtime torch already loaded, one pool.
+_CFLAGS = ("-ffp-contract=off", "-fno-trapping-math", "-fopenmp")
+_LDFLAGS = ("-fopenmp",)
 
 _lock = threading.Lock()
 _state: dict = {"loaded": None, "error": None}  # loaded: None (not tried), True, False
@@ -159,6 +162,7 @@ def _build_and_register() -> bool:
             name=_NAME,
             sources=[str(s) for s in sources],
             extra_cflags=cflags,
+            extra_ldflags=list(_LDFLAGS),
             build_directory=str(build),
             is_python_module=False,
             with_cuda=False,
