@@ -10,15 +10,14 @@ this made a LeNet-5 evaluation spend 40 % of its time in the kernel (``sys``) an
 :func:`keep_large_buffers` serves allocations below :data:`MMAP_THRESHOLD` (64 MiB) from the heap
 (``mallopt(M_MMAP_THRESHOLD)``) and keeps up to :data:`TRIM_THRESHOLD` (256 MiB) free at its top
 (``mallopt(M_TRIM_THRESHOLD)``), so freed activations are reused by the next batch; the price is a resident size
-up to that much larger (measured: the LeNet-5 post-training analysis 1.15 GB, its time 12.4 s instead of 17 s). Only where they are allocated
-changes: every result stays bit for bit the same. The ``lsqbq`` command calls it once at start; a library user may
-too. A no-op where the C library is not glibc (``mallopt`` missing) or when ``MALLOC_MMAP_THRESHOLD_`` is
-already set in the environment (the user's own choice wins).
+up to that much larger (measured: the LeNet-5 post-training analysis 1.15 GB, its time 12.4 s instead of 17 s).
+Only where buffers are allocated changes: every result stays bit for bit the same. The ``lsqbq`` command calls it
+once at start; a library user may too. A no-op where the C library is not glibc (``mallopt`` missing) or when
+``MALLOC_MMAP_THRESHOLD_`` is already set in the environment (the user's own choice wins).
 """
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 __all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "keep_large_buffers"]
@@ -37,8 +36,7 @@ def keep_large_buffers(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int
     if "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from .errors import DataError
-from .tracking.deferred import DIGEST_TAG, file_digest as _digest, recorded_digests
+from .tracking.deferred import DIGEST_TAG, file_digest as _digest, recorded_digests, write_marker
 
 __all__ = ["DIGEST_TAG", "record_files", "main"]
 
@@ -92,10 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     line = f"{recorded} evaluation(s) recorded, {skipped} already in the store"
     print(line)
     if args.done:
-        from .checkpoint import write_text_atomic
-
-        Path(args.done).parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(args.done, line + "\n")
+        write_marker(args.done, line)
     return 0
 
 

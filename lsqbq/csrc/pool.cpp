@@ -156,7 +156,8 @@ void set_runner(Runner runner) { host_runner.store(runner, std::memory_order_rel
 
 void pool_run(int64_t n, int64_t grain, int64_t threads, const RangeFn& fn) {
   const Runner runner = host_runner.load(std::memory_order_acquire);
-  if (runner != nullptr && threads > 1 && n > std::max<int64_t>(1, grain)) return runner(n, std::max<int64_t>(1, grain), fn);
+  grain = std::max<int64_t>(1, grain);
+  if (runner != nullptr && threads > 1 && n > grain) return runner(n, grain, fn);
   Pool::get().run(n, grain, threads, fn);
 }
 

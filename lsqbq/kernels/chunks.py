@@ -8,13 +8,13 @@ cache: measured on a 2-core Zen 4, 1 thread, batch 16: 83 ms in one pass, 54 ms 
 
 :class:`BatchChunks` replaces ``forward`` of the module :func:`~lsqbq.kernels.to_bitwise` returns: ``y =
 cat(forward(x[i:i+n]) for i in 0, n, 2n, ...)``, with ``n`` images per pass (``chunk="auto"``: as many as fit
-in :data:`CHUNK_BYTES` of input, at least one). The passes run one after another, each layer's work split over torch's threads as in a single pass. (Running them
-as streams, one Python thread per core with one torch thread each, was measured too: on par for the 224x224
-ResNet-18 and up to 1.7x slower for the 28x28 models, whose many small ops then wait on each other for the
-interpreter lock.) This assumes what an eval-mode network guarantees: each image's output depends on that image
-alone. Per-image results can still differ in the last bits where a float layer's
-kernel (oneDNN) blocks its sums differently for another batch size; the XNOR/popcount layers compute each output
-in a fixed order whatever the batch.
+in :data:`CHUNK_BYTES` of input, at least one). The passes run one after another, each layer's work split over
+torch's threads as in a single pass. (Running them as streams, one Python thread per core with one torch thread
+each, was measured too: on par for the 224x224 ResNet-18 and up to 1.7x slower for the 28x28 models, whose many
+small ops then wait on each other for the interpreter lock.) This assumes what an eval-mode network guarantees:
+each image's output depends on that image alone. Per-image results can still differ in the last bits where a
+float layer's kernel (oneDNN) blocks its sums differently for another batch size; the XNOR/popcount layers
+compute each output in a fixed order whatever the batch.
 """
 from __future__ import annotations
 

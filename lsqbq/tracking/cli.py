@@ -82,15 +82,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _record(records: list[str], uri: str | None, done: str | None) -> None:
-    from ..atomic import write_text_atomic
-    from .deferred import record_run_records
+    from .deferred import record_run_records, write_marker
 
     recorded, skipped = record_run_records(records, uri)
     line = f"{recorded} run(s) recorded, {skipped} already in the store"
     print(line)
     if done:
-        Path(done).parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(done, line + "\n")
+        write_marker(done, line)
 
 
 def _stale(uri: str | None, experiment: str | None, close: bool) -> None:

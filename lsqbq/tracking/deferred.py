@@ -25,9 +25,10 @@ from pathlib import Path
 from ..errors import DataError
 
 __all__ = ["DIGEST_TAG", "RECORD_KEYS", "file_digest", "record_digest", "recorded_digests", "write_run_record",
-           "record_run_records"]
+           "record_run_records", "write_marker"]
 
-#: Tag of every run recorded from a file: the SHA-256 of that file's bytes.
+#: Tag of every run recorded from files: the SHA-256 of what it recorded (an evaluation's result file; a run
+#: record's artifacts, :func:`record_digest`).
 DIGEST_TAG = "lsqbq.result_sha256"
 #: The keys of a run record (those of :func:`~lsqbq.tracking.records.record_run`).
 RECORD_KEYS = ("experiment", "name", "params", "metrics", "artifacts", "tags", "source_run_ids")
@@ -68,16 +69,14 @@ def recorded_digests(uri: str | None) -> set[str]:
 def write_run_record(path: str | Path, experiment: str, name: str, *, params: dict, metrics: dict,
                      artifacts=(), tags: dict | None = None, source_run_ids=()) -> Path:
     """Write the run :func:`~lsqbq.tracking.records.record_run` would record now to ``path`` (atomically), the
-    process's provenance tags included; returns the path. Values are stored as JSON (non-finite metrics as null:
-    ``record_run`` drops them anyway)."""
+    process's provenance tags included; returns the path. Metrics are stored as ``record_run`` logs them (finite
+    floats; anything else as null, which it drops)."""
     from ..atomic import write_text_atomic
     from .provenance import process_run_tags
+    from .records import _finite
 
-    def finite(v):
-        return v if not isinstance(v, float) or v == v and abs(v) != float("inf") else None
-
-    record = {"experiment": experiment, "name": name, "params": {k: v for k, v in params.items()},
-              "metrics": {k: finite(v) for k, v in metrics.items()}, "artifacts": [str(a) for a in artifacts],
+    record = {"experiment": experiment, "name": name, "params": params,
+              "metrics": {k: _finite(v) for k, v in metrics.items()}, "artifacts": [str(a) for a in artifacts],
               "tags": {**process_run_tags(), **{k: v for k, v in (tags or {}).items() if v is not None}},
               "source_run_ids": [s for s in source_run_ids if s]}
     path = Path(path)
@@ -119,3 +118,11 @@ def record_run_records(paths, uri: str | None = None) -> tuple[int, int]:
         seen.add(digest)
         recorded += 1
     return recorded, skipped
+
+
+def write_marker(path: str | Path, line: str) -> Path:
+    """The workflow's marker of a recording job: ``line`` (its summary) written to ``path``, atomically."""
+    from ..atomic import write_text_atomic
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return write_text_atomic(path, line + "\n")
