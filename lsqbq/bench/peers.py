@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import copy
 import importlib
-import re
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -53,17 +52,15 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .harness import BenchRun, int_at_least, int_list, parser, provenance_line, thread_counts
+from .harness import BenchRun, int_at_least, int_list, parser, thread_counts
+from .peers_report import (AGREE_RTOL, BASELINE, CALIBRATION_BATCHES, DRIFT_LIMIT, drift_verdict,  # noqa: F401
+                           headline, summarise, thread_interference, to_markdown)
 from .timing import load, time_stats, with_threads
 
 __all__ = ["BASELINE", "COLUMNS", "DRIFT_LIMIT", "EXTRA", "LCE_SKIPPED", "PeerMissing", "build_engines", "main",
            "require", "to_markdown"]
 
 EXTRA = "pip install 'lsqbq[peers]'"
-BASELINE = "torch fp32"
-DRIFT_LIMIT = 0.10  # |baseline at the end / at the start - 1| above this: the machine's speed changed
-AGREE_RTOL = 1e-4
-CALIBRATION_BATCHES = 4
 LCE_SKIPPED = ("larq-compute-engine: its models are built by its converter, which needs tensorflow 2.16 and "
                "tf-keras; tensorflow 2.16 needs numpy < 2, which would change the project's locked numpy")
 COLUMNS = ("engine", "runtime", "precision", "method", "network", "size", "batch", "threads", "seconds",
@@ -316,88 +313,6 @@ def run_grid(engines: list[Engine], batches: list[int], threads_list: list[int],
 def _baseline(calls: dict, repeats: int, min_time: float) -> float:
     with torch.inference_mode():
         return time_stats({BASELINE: calls[BASELINE]}, repeats, min_time)[BASELINE][0]
-
-
-# ------------------------------------------------------------------------------------------------ report
-
-
-def drift_verdict(df: pd.DataFrame) -> str:
-    worst = float(df["drift"].abs().max()) if len(df) else float("nan")
-    if worst > DRIFT_LIMIT:
-        return (f"**drifted: rerun on a quiet machine** (the torch fp32 baseline changed by up to {worst:.0%} "
-                f"between the start and the end of the run; limit {DRIFT_LIMIT:.0%})")
-    slower = thread_interference(df)
-    if slower:
-        return (f"**threads interfered: rerun on two idle cores** (torch fp32 took {slower:.1f}x longer with more "
-                "threads than with one at the same batch: another process or an engine's spinning pool held a core)")
-    return f"no drift: the torch fp32 baseline changed by at most {worst:.1%} between the start and the end"
-
-
-def thread_interference(df: pd.DataFrame, limit: float = 1.2) -> float:
-    """The largest ratio of the torch fp32 baseline's time with more threads to its time with one thread at the same
-    batch, when above ``limit`` (more threads never make oneDNN's ResNet-18 slower on idle cores); else 0."""
-    if not {"engine", "batch", "threads", "seconds"} <= set(df.columns):
-        return 0.0
-    base = df[df.engine == BASELINE]
-    worst = 0.0
-    for _, g in base.groupby("batch"):
-        one, more = g.loc[g.threads == 1, "seconds"], g.loc[g.threads > 1, "seconds"]
-        if len(one) and len(more):
-            worst = max(worst, float(more.max() / one.iloc[0]))
-    return worst if worst > limit else 0.0
-
-
-def to_markdown(df: pd.DataFrame, skipped: list[dict]) -> str:
-    r = df.iloc[0]
-    table = df[["engine", "precision", "method", "batch", "threads", "ms", "ratio_vs_torch_fp32", "max_abs_diff",
-                "agrees"]].copy()
-    table["ms"] = table["ms"].map(lambda v: f"{v:.3f}")
-    table["ratio_vs_torch_fp32"] = table["ratio_vs_torch_fp32"].map(lambda v: f"{v:.2f}x")
-    table["max_abs_diff"] = table["max_abs_diff"].map(lambda v: "" if v != v else f"{v:.2g}")
-    table["agrees"] = table["agrees"].map(lambda v: "" if v is None or v != v else ("yes" if v else "NO"))
-    table = table.rename(columns={"ratio_vs_torch_fp32": "vs torch fp32"})
-    parts = [
-        "# ResNet-18 on CPU engines: lsqbq's binary network beside its peers\n\n"
-        f"Machine: {r['cpu']}, {r['cores']} cores; flags: {r['flags']}; torch {r['torch']}; input "
-        f"{r['size']}x{r['size']}. Median of repeats, engines timed round-robin in each (batch, threads) group; "
-        "`vs torch fp32` = torch fp32 time / row time of the same batch and threads (above 1: faster). Binary rows "
-        "run the paper's topology (fp32 stem, shortcuts and classifier); float rows torchvision ResNet-18. "
-        "`max_abs_diff`: logits against the binary network's lsqbq run (binary rows) or torch fp32 (float rows); "
-        f"`agrees`: within rtol {AGREE_RTOL:g} of lsqbq's logits. Int8 calibration: {CALIBRATION_BATCHES} "
-        "synthetic batches.",
-        *filter(None, [provenance_line(df)]),
-        drift_verdict(df) + ".",
-        table.to_markdown(index=False)]
-    if skipped:
-        parts += ["## Skipped", "\n".join(f"- {s['engine']}: {s['reason']}" for s in skipped)]
-    return "\n\n".join(parts) + "\n"
-
-
-def headline(df: pd.DataFrame) -> str:
-    """One row per engine, one column per (batch, threads): median ms and the ratio to torch fp32 of the same group
-    (``results/bench/peers_headline.md``, the README's kernel table)."""
-    cell = df.assign(group=[f"batch {b}, {t} thread{'s' * (t > 1)}" for b, t in zip(df.batch, df.threads)],
-                     text=[f"{ms:.2f} ms ({r:.2f}x)" for ms, r in zip(df.ms, df.ratio_vs_torch_fp32)])
-    table = cell.pivot_table(index=["engine", "precision"], columns="group", values="text", aggfunc="first",
-                             sort=False)
-    table = table[sorted(table.columns, key=lambda g: (int(g.split()[1].rstrip(",")), g))].reset_index()
-    return table.fillna("").to_markdown(index=False) + "\n"
-
-
-def metric_name(text: str) -> str:
-    """``text`` with the characters MLflow refuses in metric names replaced by ``_``."""
-    return re.sub(r"[^0-9A-Za-z_\-. /]", "_", text)
-
-
-def summarise(df: pd.DataFrame) -> dict[str, float]:
-    out = {metric_name(f"{r.engine} batch{r.batch} threads{r.threads} vs torch fp32"): float(r.ratio_vs_torch_fp32)
-           for r in df.itertuples() if r.engine != BASELINE}
-    out["max_drift"] = float(df["drift"].abs().max())
-    ov = df[df.engine == "openvino binary"]
-    if len(ov):
-        out["openvino_binary_max_abs_diff"] = float(ov.max_abs_diff.max())
-        out["openvino_binary_agrees"] = float(ov.agrees.astype(bool).all())
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
