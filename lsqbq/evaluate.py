@@ -30,6 +30,7 @@ from . import distributed as D
 from .config import apply_overrides, from_dict, to_dict
 from .errors import CheckpointError, ConfigError
 from .json_output import check_out, emit_json
+from .passes import run_in_passes
 from .predictions import PredictionLog
 
 __all__ = ["main", "evaluate", "evaluate_checkpoint", "evaluate_checkpoint_outputs", "accuracy_counts"]
@@ -181,7 +182,7 @@ def _evaluate_scale_modes(model: nn.Module, loader, device, scales: str, act_sta
         for mode in runs:
             try:
                 with scale_mode(model, mode) if mode != "none" else nullcontext():
-                    out = model(x).float()
+                    out = run_in_passes(model, x).float()
             except ValueError as e:
                 raise CheckpointError(f"{path}: {e}") from None
             if mode in sums:

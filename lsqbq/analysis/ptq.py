@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..errors import InputError
+from ..passes import run_in_passes
 from ..schemes import get_scheme
 from .measures import quantize_weights
 
@@ -125,9 +126,9 @@ def ptq_measures(reference: nn.Module, models: Mapping[str, nn.Module], loader) 
         m.eval()
     sums = {name: torch.zeros(5, dtype=torch.float64) for name in models}  # top1, top5, nll, kl, images
     for x, y in loader:
-        log_ref = F.log_softmax(reference(x).float().double(), dim=1)  # (B, C)
+        log_ref = F.log_softmax(run_in_passes(reference, x).float().double(), dim=1)  # (B, C)
         for name, m in models.items():
-            out = m(x).float()  # (B, C)
+            out = run_in_passes(m, x).float()  # (B, C)
             t1, t5 = accuracy_counts(out, y)
             log_q = F.log_softmax(out.double(), dim=1)
             nll = F.nll_loss(log_q, y, reduction="sum").item()

@@ -7,51 +7,27 @@ stage, 13 MB for a batch of 16. Passing the batch through the whole network ``n`
 cache: measured on a 2-core Zen 4, 1 thread, batch 16: 83 ms in one pass, 54 ms one image at a time.
 
 :class:`BatchChunks` replaces ``forward`` of the module :func:`~lsqbq.kernels.to_bitwise` returns: ``y =
-cat(forward(x[i:i+n]) for i in 0, n, 2n, ...)``, with ``n`` images per pass (``chunk="auto"``: as many as fit
-in :data:`CHUNK_BYTES` of input, at least one). The passes run one after another, each layer's work split over
-torch's threads as in a single pass. (Running them as streams, one Python thread per core with one torch thread
-each, was measured too: on par for the 224x224 ResNet-18 and up to 1.7x slower for the 28x28 models, whose many
-small ops then wait on each other for the interpreter lock.) This assumes what an eval-mode network guarantees:
-each image's output depends on that image alone. Per-image results can still differ in the last bits where a
-float layer's kernel (oneDNN) blocks its sums differently for another batch size; the XNOR/popcount layers
-compute each output in a fixed order whatever the batch.
+cat(forward(x[i:i+n]) for i in 0, n, 2n, ...)`` (:func:`lsqbq.passes.run_in_passes`), with ``n`` images per pass
+(``chunk="auto"``: as many as fit in :data:`lsqbq.passes.CHUNK_BYTES` of input, at least one). The passes run one
+after another, each layer's work split over torch's threads as in a single pass. (Running them as streams, one
+Python thread per core with one torch thread each, was measured too: on par for the 224x224 ResNet-18 and up to 1.7x
+slower for the 28x28 models, whose many small ops then wait on each other for the interpreter lock.) This assumes
+what an eval-mode network guarantees: each image's output depends on that image alone. Per-image results can still
+differ in the last bits where a float layer's kernel (oneDNN) blocks its sums differently for another batch size;
+the XNOR/popcount layers compute each output in a fixed order whatever the batch.
 """
 from __future__ import annotations
 
-import math
-
-import torch
 from torch import Tensor, nn
+
+from ..passes import CHUNK_BYTES, check_chunk, chunk_images, run_in_passes
 
 __all__ = ["CHUNK_BYTES", "BatchChunks", "chunk_images", "check_chunk"]
 
-#: ``chunk="auto"``: the input bytes of one pass (ImageNet 224x224 float32: 1 image; 32x32: 21; 28x28x1: 87).
-CHUNK_BYTES = 256 << 10
-
-
-def check_chunk(chunk) -> int | str | None:
-    """``chunk`` if it is ``"auto"``, None or an int >= 1; else ValueError naming it."""
-    if chunk is None or chunk == "auto" or (isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1):
-        return chunk
-    raise ValueError(f"chunk must be 'auto', None (one pass) or a number of images >= 1, got {chunk!r}")
-
-
-def chunk_images(x: Tensor, chunk: int | str | None) -> int:
-    """Images per pass for input ``x`` of shape ``(B, ...)``: ``B`` for None, ``chunk`` for a number, else as many
-    as fit in :data:`CHUNK_BYTES` (at least 1)."""
-    batch = x.shape[0]
-    if chunk is None:
-        return batch
-    if chunk == "auto":
-        per_image = max(1, math.prod(x.shape[1:]) * x.element_size())
-        return max(1, min(batch, CHUNK_BYTES // per_image))
-    return min(batch, chunk)
-
 
 class BatchChunks:
-    """``module.forward`` run over ``chunk`` images at a time (module docstring); a plain call of the class's
-    ``forward`` when the input is not a batched tensor, other arguments are given, the batch fits one pass, or the
-    network's output is not one tensor per image (then the whole batch is run once more, in one pass).
+    """``module.forward`` run over ``chunk`` images at a time (:func:`lsqbq.passes.run_in_passes`); a plain call
+    of the class's ``forward`` when the input is not a batched tensor or other arguments are given.
 
     A top-level class holding its module (no closure), so the module still deep-copies and pickles."""
 
@@ -63,16 +39,7 @@ class BatchChunks:
         forward = type(self.module).forward
         if args or kwargs or not isinstance(x, Tensor) or x.dim() < 2:
             return forward(self.module, x, *args, **kwargs)
-        n = chunk_images(x, self.chunk)
-        if n >= x.shape[0]:
-            return forward(self.module, x)
-        outs = []
-        for part in x.split(n):
-            y = forward(self.module, part)
-            if not isinstance(y, Tensor) or y.dim() == 0 or y.shape[0] != part.shape[0]:
-                return forward(self.module, x)
-            outs.append(y)
-        return torch.cat(outs)
+        return run_in_passes(lambda part: forward(self.module, part), x, self.chunk)
 
     def __repr__(self) -> str:
         return f"BatchChunks(chunk={self.chunk!r})"

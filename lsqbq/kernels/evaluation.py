@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..json_output import check_out, emit_json
+from ..passes import run_in_passes
 from . import ops
 from .convert import SCALE_MODES, to_bitwise
 
@@ -91,7 +92,7 @@ def evaluate_bitwise(model: nn.Module, loader, scales: str = "auto", backend: st
     mode = comparison.mode
     with scale_mode(model, mode if mode in ("fitted", "stored") else "auto"):
         for x, y in loader:
-            comparison.update(x, y, model(x))
+            comparison.update(x, y, run_in_passes(model, x))
     return comparison.result()
 
 

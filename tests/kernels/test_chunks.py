@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from lsqbq.kernels import chunks, to_bitwise
+from lsqbq import passes
+from lsqbq.kernels import to_bitwise
 from lsqbq.kernels.chunks import BatchChunks, chunk_images
 from lsqbq.models import build
 
@@ -56,9 +57,9 @@ def test_chunked_passes_give_the_one_pass_logits(resnet, chunk, passes):
 def test_auto_takes_as_many_images_as_fit_in_the_byte_budget(resnet, monkeypatch):
     x = torch.randn(7, 3, 32, 32)  # 12,288 bytes per image
     assert chunk_images(torch.empty(16, 3, 224, 224), "auto") == 1  # 602,112 bytes per image: one at a time
-    assert chunk_images(torch.empty(256, 1, 28, 28), "auto") == chunks.CHUNK_BYTES // (28 * 28 * 4)
+    assert chunk_images(torch.empty(256, 1, 28, 28), "auto") == passes.CHUNK_BYTES // (28 * 28 * 4)
     assert chunk_images(x, None) == 7 and chunk_images(x, 3) == 3 and chunk_images(x, 99) == 7
-    monkeypatch.setattr(chunks, "CHUNK_BYTES", 3 * 12288)
+    monkeypatch.setattr(passes, "CHUNK_BYTES", 3 * 12288)
     assert _batches_seen(to_bitwise(resnet), x)[1] == [3, 3, 1]
 
 
@@ -91,3 +92,25 @@ def test_a_deep_copy_runs_its_own_layers(resnet):
     with torch.inference_mode():
         torch.testing.assert_close(twin(x), fast(x))
 
+
+
+def test_run_in_passes_serves_any_network_on_the_cpu(resnet, monkeypatch):
+    """The evaluation's passes (lsqbq.passes): a simulated network in passes of the byte budget gives the logits of
+    one pass, and a batch that fits one pass is a single call."""
+    monkeypatch.setattr(passes, "CHUNK_BYTES", 2 * 12288)
+    x = torch.randn(5, 3, 32, 32)
+    seen = []
+    handle = resnet.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    try:
+        with torch.inference_mode():
+            one = resnet(x)
+            seen.clear()
+            y = passes.run_in_passes(resnet, x)
+            assert seen == [2, 2, 1]
+            seen.clear()
+            passes.run_in_passes(resnet, x[:2])
+            assert seen == [2]
+    finally:
+        handle.remove()
+    torch.testing.assert_close(y, one, rtol=1e-5, atol=1e-4)
+    assert torch.equal(y.argmax(1), one.argmax(1))
