@@ -26,10 +26,24 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["CHUNK_BYTES", "check_chunk", "chunk_images", "run_in_passes"]
+__all__ = ["CHUNK_BYTES", "check_chunk", "chunk_images", "run_in_passes", "run_with_threads"]
 
 #: ``chunk="auto"``: the input bytes of one pass (ImageNet 224x224 float32: 1 image; 32x32: 21; 28x28x1: 83).
 CHUNK_BYTES = 256 << 10
+
+
+def run_with_threads(threads: int, fn: Callable, *args):
+    """``fn(*args)`` with torch's intra-op thread count set to ``threads`` for the call and restored after (also
+    on an error); a plain call when it already is. The count is process-wide in torch: another Python thread
+    running torch ops at that moment sees it too."""
+    before = torch.get_num_threads()
+    if threads == before:
+        return fn(*args)
+    torch.set_num_threads(threads)
+    try:
+        return fn(*args)
+    finally:
+        torch.set_num_threads(before)
 
 
 def check_chunk(chunk) -> int | str | None:

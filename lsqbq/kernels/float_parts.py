@@ -34,6 +34,13 @@ Error bound (int8, per output ``j`` at position ``p``, receptive field ``R(p)``;
 ``|y_hat - y| <= (s_j / 2) sum_{k in R(p)} (|x_k| + s_x / 2) + (s_x / 2) sum_k |w_jk|`` plus float32 rounding, from
 ``w_hat x_hat - w x = (w_hat - w) x_hat + w (x_hat - x)`` with ``|x_hat - x| <= s_x / 2``. ReLU and max-pool are
 1-Lipschitz per value, so the bound after them is the pooled bound. Weights are the folded ones.
+
+Threads per layer (:func:`conv_threads`): a small convolution runs on one thread whatever torch's thread count,
+as oneDNN's second thread costs more than it saves there. Measured on a 2-core Zen 4, channels_last, 2 threads
+against 1: 16x3x3 over 1x28x28 (12.5k outputs, 0.1M MACs) 21.2 against 5.9 us; 20->50 5x5 over 12x12 (3.2k outputs,
+1.6M MACs) 60.7 against 40.7 us; but the CIFAR stem (65k outputs, 1.8M MACs) 1.4x faster on two, a 1x1/2 shortcut
+at 28x28 (100k outputs) 1.24x. Such a layer then computes exactly what it computes with one thread
+(:func:`lsqbq.passes.run_with_threads`).
 """
 from __future__ import annotations
 
@@ -44,10 +51,12 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..layers import QuantConv2d, QuantLinear
 from ..models.lenet import LeNet5
+from ..passes import run_with_threads
 from .bitwise import bn_affine
 
-__all__ = ["FLOAT_PARTS", "FoldedConv2d", "Int8Conv2d", "Int8Linear", "check_float_parts", "fold_conv_bn",
-           "fuse_float_parts", "max_pool2d", "quantize_uint8", "weight_int8"]
+__all__ = ["FLOAT_PARTS", "SERIAL_MACS", "SERIAL_OUTPUTS", "FoldedConv2d", "Int8Conv2d", "Int8Linear",
+           "check_float_parts", "conv_threads", "fold_conv_bn", "fuse_float_parts", "max_pool2d", "quantize_uint8",
+           "weight_int8"]
 
 FLOAT_PARTS = ("fp32", "int8")
 
@@ -79,6 +88,26 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[Tensor, Te
         a, b = bn_affine(bn)
         w = w * a.reshape(-1, 1, 1, 1)
         return w, b.clone() if c is None else torch.addcmul(b, a, c)
+
+
+#: A float convolution with fewer outputs than this and fewer MACs than :data:`SERIAL_MACS` runs on one thread.
+SERIAL_OUTPUTS = 32768
+SERIAL_MACS = 4 << 20
+
+
+def conv_threads(x: Tensor, weight: Tensor, stride, padding, dilation, groups: int) -> int:
+    """Threads for ``conv2d(x, weight, ...)``: 1 when the call has fewer than :data:`SERIAL_OUTPUTS` outputs and
+    fewer than :data:`SERIAL_MACS` multiply-adds (module docstring), else torch's thread count. Output size per
+    dim ``floor((H + 2 p - d (k - 1) - 1) / s) + 1``; MACs ``outputs * C_in / groups * kh * kw``."""
+    threads = torch.get_num_threads()
+    if threads == 1 or x.dim() != 4:
+        return threads
+    outputs = x.shape[0] * weight.shape[0]
+    for i in (0, 1):
+        k, st, p, d = weight.shape[2 + i], _pair(stride)[i], _pair(padding)[i], _pair(dilation)[i]
+        outputs *= max(0, (x.shape[2 + i] + 2 * p - d * (k - 1) - 1) // st + 1)
+    macs = outputs * weight.shape[1] * weight.shape[2] * weight.shape[3]
+    return 1 if outputs < SERIAL_OUTPUTS and macs < SERIAL_MACS else threads
 
 
 SEPARABLE_POOL_MAX = 4 * 2**20  # float32 elements (16 MB): larger inputs are pooled by torch (see max_pool2d)
@@ -149,7 +178,9 @@ class FoldedConv2d(nn.Module):
         self.folded = bn is not None
 
     def forward(self, x: Tensor) -> Tensor:
-        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        threads = conv_threads(x, self.weight, self.stride, self.padding, self.dilation, self.groups)
+        y = run_with_threads(threads, F.conv2d, x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                              self.groups)
         if self.pool is not None:
             y = max_pool2d(y, **self.pool)
         return y.relu_() if self.relu else y
@@ -250,9 +281,10 @@ class Int8Conv2d(_Int8Base):
         if self._packed is None:
             self._packed = self._prepack(x.shape)
         q, scale, zero = quantize_uint8(x, self.levels)
-        y = self._op(q, scale, zero, self._packed, self.weight_scale, self._zeros, self.bias,
-                     list(self._conv_stride), list(self.padding), list(self.dilation), self.groups, 1.0, 0,
-                     torch.float32, "relu" if self.relu else "none", [], "")
+        threads = conv_threads(x, self.weight_q, self._conv_stride, self.padding, self.dilation, self.groups)
+        y = run_with_threads(threads, self._op, q, scale, zero, self._packed, self.weight_scale, self._zeros,
+                              self.bias, list(self._conv_stride), list(self.padding), list(self.dilation),
+                              self.groups, 1.0, 0, torch.float32, "relu" if self.relu else "none", [], "")
         # ReLU before the pool equals ReLU after it (module docstring)
         return y if self.pool is None else max_pool2d(y, **self.pool)
 

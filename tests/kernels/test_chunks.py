@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from lsqbq import passes
-from lsqbq.kernels import to_bitwise
+from lsqbq.kernels import chunks, to_bitwise
 from lsqbq.kernels.chunks import BatchChunks, chunk_images
 from lsqbq.models import build
 
@@ -114,3 +114,22 @@ def test_run_in_passes_serves_any_network_on_the_cpu(resnet, monkeypatch):
         handle.remove()
     torch.testing.assert_close(y, one, rtol=1e-5, atol=1e-4)
     assert torch.equal(y.argmax(1), one.argmax(1))
+
+
+def test_small_passes_run_on_one_thread(resnet):
+    """A pass of under SERIAL_PASS_BYTES of input (here: one 32x32 RGB image, 12,288 bytes) runs with torch's
+    thread count at 1; two images (24,576 bytes) keep the caller's 2; the count is restored after either."""
+    fast = to_bitwise(resnet)
+    threads = []
+    first = next(iter(fast.children()))
+    first.register_forward_pre_hook(lambda m, args: threads.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch.inference_mode():
+            one = fast(torch.randn(1, 3, 32, 32))
+            fast(torch.randn(2, 3, 32, 32))
+        assert threads == [1, 2] and torch.get_num_threads() == 2
+        assert chunks.SERIAL_PASS_BYTES == 16 << 10 and one.shape == (1, 10)
+    finally:
+        torch.set_num_threads(before)

@@ -12,8 +12,9 @@ from torch import nn
 
 from lsqbq.errors import ConfigError
 from lsqbq.kernels import to_bitwise
-from lsqbq.kernels.float_parts import (FoldedConv2d, Int8Conv2d, Int8Linear, max_pool2d, quantize_uint8,
-                                      weight_int8)
+from lsqbq.kernels import float_parts
+from lsqbq.kernels.float_parts import (FoldedConv2d, Int8Conv2d, Int8Linear, conv_threads, max_pool2d,
+                                      quantize_uint8, weight_int8)
 from lsqbq.models import build
 
 
@@ -59,6 +60,54 @@ def test_folded_conv_equals_the_eager_sequence(conv_bias, tail):
 
 
 POOLS = [(k, s, p) for k in (1, 2, 3, 4, 5) for s in (1, 2, 3) for p in range(k // 2 + 1)]
+
+
+@pytest.mark.parametrize("x_shape, conv, serial", [
+    ((1, 1, 28, 28), dict(in_channels=1, out_channels=16, kernel_size=3, padding=1), True),  # 12,544 out, 0.1M MACs
+    ((1, 20, 12, 12), dict(in_channels=20, out_channels=50, kernel_size=5), True),  # 3,200 out, 1.6M MACs
+    ((1, 3, 32, 32), dict(in_channels=3, out_channels=64, kernel_size=3, padding=1), False),  # 65,536 out
+    ((1, 256, 14, 14), dict(in_channels=256, out_channels=512, kernel_size=1, stride=2), False),  # 25,088; 6.4M MACs
+    ((4, 3, 32, 32), dict(in_channels=3, out_channels=8, kernel_size=3, stride=2, padding=1, groups=1), True),
+])
+@pytest.mark.parametrize("int8", [False, True])
+def test_small_float_convs_run_on_one_thread(monkeypatch, x_shape, conv, serial, int8):
+    """A folded conv's thread count while it runs: 1 below both thresholds (outputs and MACs counted by hand in
+    the cases), torch's count above either; the count is restored after the call, also when it fails."""
+    if int8 and not hasattr(torch.ops, "onednn"):
+        pytest.skip("no oneDNN int8 ops in this torch build")
+    torch.manual_seed(0)
+    layer = FoldedConv2d(nn.Conv2d(**conv).eval())
+    layer = Int8Conv2d(layer) if int8 else layer
+    seen = []
+    if int8:
+        op = layer._op
+        layer._op = lambda *a: (seen.append(torch.get_num_threads()), op(*a))[1]
+    else:
+        real = F.conv2d
+        monkeypatch.setattr(float_parts.F, "conv2d", lambda *a: (seen.append(torch.get_num_threads()), real(*a))[1])
+    x = torch.randn(*x_shape).contiguous(memory_format=torch.channels_last)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert (conv_threads(x, layer.weight_q if int8 else layer.weight, layer.stride if not int8
+                             else layer._conv_stride, layer.padding, layer.dilation, layer.groups) == 1) == (
+            serial and not (int8 and layer.subsample))
+        with torch.inference_mode():
+            y = layer(x)
+        assert seen == [1 if serial else 2] and torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        with torch.inference_mode():
+            one = layer(x)
+        if serial:  # one thread either way: the same computation
+            assert torch.equal(y, one)
+        else:
+            torch.testing.assert_close(y, one, rtol=1e-5, atol=1e-5)
+        torch.set_num_threads(2)
+        with pytest.raises(RuntimeError), torch.inference_mode():
+            layer(torch.randn(x_shape[0], x_shape[1] + 1, *x_shape[2:]))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("k,s,p", POOLS)
