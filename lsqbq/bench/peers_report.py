@@ -9,7 +9,7 @@ import pandas as pd
 from .harness import provenance_line
 
 __all__ = ["BASELINE", "DRIFT_LIMIT", "AGREE_RTOL", "CALIBRATION_BATCHES", "drift_verdict", "thread_interference",
-           "to_markdown", "headline", "metric_name", "summarise"]
+           "to_markdown", "headline", "verdict", "metric_name", "summarise"]
 
 BASELINE = "torch fp32"  # the engine every ratio divides
 DRIFT_LIMIT = 0.10  # |baseline at the end / at the start - 1| above this: the machine's speed changed
@@ -77,7 +77,25 @@ def headline(df: pd.DataFrame) -> str:
     table = cell.pivot_table(index=["engine", "precision"], columns="group", values="text", aggfunc="first",
                              sort=False)
     table = table[sorted(table.columns, key=lambda g: (int(g.split()[1].rstrip(",")), g))].reset_index()
-    return table.fillna("").to_markdown(index=False) + "\n"
+    return table.fillna("").to_markdown(index=False) + "\n" + verdict(df)
+
+
+def verdict(df: pd.DataFrame) -> str:
+    """One line per lsqbq engine: in each (batch, threads) group, the fastest other engine's median time over
+    lsqbq's (above 1x: lsqbq is faster) and which engine that is; empty when there is no other engine."""
+    lines = []
+    others = df[~df.engine.str.startswith("lsqbq") & (df.engine != BASELINE)]
+    for engine in [e for e in df.engine.unique() if e.startswith("lsqbq")]:
+        parts = []
+        for (b, t), group in df[df.engine == engine].groupby(["batch", "threads"], sort=True):
+            rivals = others[(others.batch == b) & (others.threads == t)]
+            if len(rivals):
+                best = rivals.loc[rivals.seconds.idxmin()]
+                parts.append(f"batch {b}, {t} thread{'s' * (t > 1)}: {best.seconds / group.seconds.iloc[0]:.2f}x "
+                             f"({best.engine})")
+        if parts:
+            lines.append(f"- {engine} against the fastest other engine (its time over ours): " + "; ".join(parts))
+    return ("\n" + "\n".join(lines) + "\n") if lines else ""
 
 
 def metric_name(text: str) -> str:

@@ -63,10 +63,18 @@ def test_every_row_has_the_columns_a_positive_time_and_ratio(smoke):
     md = (out / "peers.md").read_text()
     assert "| engine" in md and "larq" in md  # the table, and LCE among the skipped with its reason
     head = (out / "peers_headline.md").read_text().splitlines()
-    assert "batch 1, 1 thread" in head[0] and len(head) == 2 + len(df)  # one row per engine of the one group
+    rows = [line for line in head if line.startswith("|")]
+    assert "batch 1, 1 thread" in head[0] and len(rows) == 2 + len(df)  # one row per engine of the one group
     lsqbq_row = next(line for line in head if line.startswith("| lsqbq binary "))
     r = df[df.engine == "lsqbq binary"].iloc[0]
     assert f"{r.ms:.2f} ms ({r.ratio_vs_torch_fp32:.2f}x)" in lsqbq_row
+    rivals = df[~df.engine.str.startswith("lsqbq") & (df.engine != peers.BASELINE)]
+    verdicts = [line for line in head if line.startswith("- lsqbq binary against")]
+    if len(rivals):  # the fastest other engine's time over lsqbq's, named
+        best = rivals.loc[rivals.seconds.idxmin()]
+        assert f"batch 1, 1 thread: {best.seconds / r.seconds:.2f}x ({best.engine})" in verdicts[0]
+    else:
+        assert not verdicts
 
 
 @pytest.mark.skipif(not _importable("openvino"), reason="openvino not installed (pip install 'lsqbq[peers]')")
