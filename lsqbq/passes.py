@@ -21,6 +21,7 @@ networks at 2 threads, whose small layers need large passes to keep two threads 
 from __future__ import annotations
 
 import math
+import threading
 from typing import Callable
 
 import torch
@@ -34,10 +35,10 @@ CHUNK_BYTES = 256 << 10
 
 def run_with_threads(threads: int, fn: Callable, *args):
     """``fn(*args)`` with torch's intra-op thread count set to ``threads`` for the call and restored after (also
-    on an error); a plain call when it already is. The count is process-wide in torch: another Python thread
-    running torch ops at that moment sees it too."""
+    on an error); a plain call when it already is, or when the caller is not the main thread: the count is
+    process-wide in torch, and two threads setting and restoring it at once could leave it changed."""
     before = torch.get_num_threads()
-    if threads == before:
+    if threads == before or threading.current_thread() is not threading.main_thread():
         return fn(*args)
     torch.set_num_threads(threads)
     try:

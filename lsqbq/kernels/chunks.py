@@ -16,11 +16,11 @@ what an eval-mode network guarantees: each image's output depends on that image 
 differ in the last bits where a float layer's kernel (oneDNN) blocks its sums differently for another batch size;
 the XNOR/popcount layers compute each output in a fixed order whatever the batch.
 
-A pass of a few small images (under :data:`SERIAL_PASS_BYTES` of input) runs on one thread: its layers are too
-small to split, the XNOR/popcount ones stay on one thread by their own work thresholds anyway, but torch's ops
-between them (pooling, the classifier) would still wake the others. Measured on a 2-core Zen 4, batch 1, 2 threads
-against 1: LeNet-5 0.128 against 0.122 ms, the 28x28 ResNet 0.149 against 0.143 ms (single runs; the difference is
-within a few percent).
+A pass of a few small images (under :data:`SERIAL_PASS_BYTES` of input) runs on one thread when called from the main
+thread (:func:`lsqbq.passes.run_with_threads`): its layers are too small to split, the XNOR/popcount ones stay on
+one thread by their own work thresholds anyway, but torch's ops between them (pooling, the classifier) would still
+wake the others. Measured on a 2-core Zen 4, batch 1, 2 threads against 1: LeNet-5 0.128 against 0.122 ms, the 28x28
+ResNet 0.149 against 0.143 ms (single runs; the difference is within a few percent).
 """
 from __future__ import annotations
 

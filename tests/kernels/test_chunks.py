@@ -133,3 +133,27 @@ def test_small_passes_run_on_one_thread(resnet):
         assert chunks.SERIAL_PASS_BYTES == 16 << 10 and one.shape == (1, 10)
     finally:
         torch.set_num_threads(before)
+
+
+def test_threads_are_left_alone_off_the_main_thread(resnet):
+    """torch's thread count is process-wide: a converted network called from another thread (a server's worker)
+    runs its small passes without setting it, so concurrent callers cannot leave it changed."""
+    import threading
+
+    fast = to_bitwise(resnet)
+    threads = []
+    next(iter(fast.children())).register_forward_pre_hook(lambda m, args: threads.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+
+        def call():
+            with torch.inference_mode():
+                fast(torch.randn(1, 3, 32, 32))
+
+        worker = threading.Thread(target=call)
+        worker.start()
+        worker.join()
+        assert threads == [2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
