@@ -69,10 +69,15 @@ def to_markdown(df: pd.DataFrame, skipped: list[dict]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def _group(batch: int, threads: int) -> str:
+    """A (batch, threads) group's name in the headline: its column, and its place in the verdict."""
+    return f"batch {batch}, {threads} thread{'s' * (threads > 1)}"
+
+
 def headline(df: pd.DataFrame) -> str:
     """One row per engine, one column per (batch, threads): median ms and the ratio to torch fp32 of the same group
     (``results/bench/peers_headline.md``, the README's kernel table)."""
-    cell = df.assign(group=[f"batch {b}, {t} thread{'s' * (t > 1)}" for b, t in zip(df.batch, df.threads)],
+    cell = df.assign(group=[_group(b, t) for b, t in zip(df.batch, df.threads)],
                      text=[f"{ms:.2f} ms ({r:.2f}x)" for ms, r in zip(df.ms, df.ratio_vs_torch_fp32)])
     table = cell.pivot_table(index=["engine", "precision"], columns="group", values="text", aggfunc="first",
                              sort=False)
@@ -91,8 +96,7 @@ def verdict(df: pd.DataFrame) -> str:
             rivals = others[(others.batch == b) & (others.threads == t)]
             if len(rivals):
                 best = rivals.loc[rivals.seconds.idxmin()]
-                parts.append(f"batch {b}, {t} thread{'s' * (t > 1)}: {best.seconds / group.seconds.iloc[0]:.2f}x "
-                             f"({best.engine})")
+                parts.append(f"{_group(b, t)}: {best.seconds / group.seconds.iloc[0]:.2f}x ({best.engine})")
         if parts:
             lines.append(f"- {engine} against the fastest other engine (its time over ours): " + "; ".join(parts))
     return ("\n" + "\n".join(lines) + "\n") if lines else ""
