@@ -10,7 +10,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CORES  ?= all
-PYTEST_ARGS ?= -n 2 --dist loadscope
+PYTEST_ARGS ?= -n 2 --dist loadscope --no-loadscope-reorder
 
 # MLflow 3 phones home unless told not to; nothing here may touch the network at run time.
 export MLFLOW_DISABLE_TELEMETRY ?= true

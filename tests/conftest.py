@@ -15,3 +15,17 @@ import torch  # noqa: E402
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+# The modules that run the test profile's whole workflow (minutes each; the cluster test waits for the end-to-end
+# module's shared run as its reference) go first, then the other slow ones: under pytest-xdist they overlap with
+# the quick tests instead of starting last and ending the session alone.
+FIRST = ("tests/workflow/test_end_to_end.py", "tests/cluster/test_slurm.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        path = item.nodeid.split("::")[0]
+        return (FIRST.index(path) if path in FIRST else len(FIRST)) + (0 if item.get_closest_marker("slow") else 1)
+
+    items.sort(key=rank)  # stable: each module keeps its own order

@@ -11,7 +11,7 @@ rule bench_kernels:
     params:
         dir=lambda wc, output: str(Path(output.csv).parent),
         mlflow=MLFLOW_URI,
-        quick="--quick" if config["bench"]["quick"] else "",
+        size=bench_size(),
         extra=" ".join(config["bench"]["args"]),
     threads: all_cores()
     log:
@@ -24,7 +24,7 @@ rule bench_kernels:
         CONDA_ENV
     shell:
         "LSQBQ_THREADS={threads} OMP_NUM_THREADS={threads} MLFLOW_TRACKING_URI={params.mlflow:q} "
-        "lsqbq bench kernels --out {params.dir:q} {params.quick} {params.extra} > {log:q} 2>&1"
+        "lsqbq bench kernels --out {params.dir:q} {params.size} {params.extra} > {log:q} 2>&1"
 
 
 # Quantizer cost (fit + encode vs torch.sort; QuantConv2d training step per scheme vs gf-2), alone.
@@ -34,7 +34,7 @@ rule bench_quantizers:
         md=report(out("results/bench/quantizers.md"), caption="../report/kernels.rst", category="Quantizer cost"),
     params:
         dir=lambda wc, output: str(Path(output.csv).parent),
-        quick="--quick" if config["bench"]["quick"] else "",
+        size=bench_size(),
     threads: all_cores()
     log:
         out("logs/bench/quantizers.log"),
@@ -45,7 +45,7 @@ rule bench_quantizers:
     conda:
         CONDA_ENV
     shell:
-        "LSQBQ_THREADS={threads} lsqbq bench quantizers --out {params.dir:q} --threads {threads} {params.quick} "
+        "LSQBQ_THREADS={threads} lsqbq bench quantizers --out {params.dir:q} --threads {threads} {params.size} "
         "> {log:q} 2>&1"
 
 
@@ -56,7 +56,7 @@ rule bench_training:
     params:
         dir=lambda wc, output: str(Path(output.csv).parent),
         recipe=config["recipes"][MODELS[0]]["student"],
-        quick="--quick" if config["bench"]["quick"] else "",
+        size=bench_size(),
     threads: all_cores()
     log:
         out("logs/bench/training.log"),
@@ -67,7 +67,7 @@ rule bench_training:
     conda:
         CONDA_ENV
     shell:
-        "lsqbq bench training --config {params.recipe:q} --out {params.dir:q} {params.quick} > {log:q} 2>&1"
+        "lsqbq bench training --config {params.recipe:q} --out {params.dir:q} {params.size} > {log:q} 2>&1"
 
 
 # Whole-model latency: ResNet-18 (ImageNet and CIFAR shape) and the first seed's quantized checkpoints (simulated,
@@ -86,7 +86,7 @@ rule bench_models:
         root=lambda wc, input: str(Path(input.checkpoints[0]).parents[3]),  # checkpoints/<dataset>
         seed=SEEDS[0],
         mlflow=MLFLOW_URI,
-        quick="--quick" if config["bench"]["quick"] else "",
+        size=bench_size(),
     threads: all_cores()
     log:
         out("logs/bench/models.log"),
@@ -99,7 +99,7 @@ rule bench_models:
     shell:
         "LSQBQ_THREADS={threads} OMP_NUM_THREADS={threads} MLFLOW_TRACKING_URI={params.mlflow:q} "
         "lsqbq bench models --out {params.dir:q} --checkpoints {params.root:q} --seeds {params.seed:q} --float-parts fp32,int8 "
-        "{params.quick} "
+        "{params.size} "
         "> {log:q} 2>&1"
 
 
@@ -113,7 +113,7 @@ rule bench_peers:
     params:
         dir=lambda wc, output: str(Path(output.csv).parent),
         mlflow=MLFLOW_URI,
-        quick="--quick" if config["bench"]["quick"] else "",
+        size=bench_size(),
     threads: all_cores()
     log:
         out("logs/bench/peers.log"),
@@ -124,4 +124,4 @@ rule bench_peers:
     conda:
         CONDA_ENV
     shell:
-        "MLFLOW_TRACKING_URI={params.mlflow:q} lsqbq bench peers --out {params.dir:q} {params.quick} > {log:q} 2>&1"
+        "MLFLOW_TRACKING_URI={params.mlflow:q} lsqbq bench peers --out {params.dir:q} {params.size} > {log:q} 2>&1"

@@ -229,6 +229,11 @@ def all_cores():
         return 1
 
 
+def bench_size():
+    """The size option of every `lsqbq bench` job: `--smoke` (tiny shapes, one repeat), `--quick`, or none."""
+    return "--smoke" if config["bench"]["smoke"] else "--quick" if config["bench"]["quick"] else ""
+
+
 def final_targets():
     targets = [
         out(f"results/tables/{DATASET}/qat.md"),
