@@ -158,16 +158,17 @@ def _build_and_register() -> bool:
         debug = os.environ.get("DEBUG", "0") == "1"
         cflags = (["-O0", "-g"] if debug else ["-O3"]) + list(_CFLAGS)
         build, sources = _build_tree(cflags)
-        cpp_extension.load(
-            name=_NAME,
-            sources=[str(s) for s in sources],
-            extra_cflags=cflags,
-            extra_ldflags=list(_LDFLAGS),
-            build_directory=str(build),
-            is_python_module=False,
-            with_cuda=False,
-            verbose=os.environ.get("LSQBQ_BUILD_VERBOSE", "0") == "1",
-        )
+        with _own_ninja_first():
+            cpp_extension.load(
+                name=_NAME,
+                sources=[str(s) for s in sources],
+                extra_cflags=cflags,
+                extra_ldflags=list(_LDFLAGS),
+                build_directory=str(build),
+                is_python_module=False,
+                with_cuda=False,
+                verbose=os.environ.get("LSQBQ_BUILD_VERBOSE", "0") == "1",
+            )
     except Exception as exc:  # noqa: BLE001 - any build or load failure means "use the pure-torch code"
         _state["error"] = exc
         warnings.warn(f"lsqbq: could not build the C++ library {_NAME} ({type(exc).__name__}: {exc}); "
@@ -175,6 +176,34 @@ def _build_and_register() -> bool:
                       RuntimeWarning, stacklevel=4)
         return False
     return True
+
+
+@contextlib.contextmanager
+def _own_ninja_first():
+    """PATH with the directory of this Python environment's ``ninja`` (the ``ninja`` package, a dependency) first,
+    for the build; restored after.
+
+    torch's loader runs whichever ``ninja`` PATH finds, and ninja versions do not share their logs: a process run
+    from an activated environment (a workflow job) and one run without it (``.venv/bin/lsqbq`` from a plain shell,
+    with a system ninja on PATH) would each find the other's build log foreign and recompile every source (13 s
+    on 2 cores, measured), one after the other. Pinned to the package's binary, every process of the environment
+    agrees. Without the package, PATH is left as it is."""
+    try:
+        import ninja
+
+        own = ninja.BIN_DIR
+    except (ImportError, AttributeError):
+        own = None
+    before = os.environ.get("PATH")
+    if own and Path(own, "ninja").is_file():
+        os.environ["PATH"] = os.pathsep.join([own, before]) if before else own
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PATH", None)
+        else:
+            os.environ["PATH"] = before
 
 
 def _build_tree(cflags: list[str]) -> tuple[Path, list[Path]]:

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -239,3 +240,25 @@ def test_build_directory_is_keyed_on_the_headers_too(tmp_path, monkeypatch):
     assert _native._build_tree(["-O3"])[0] == build  # same bytes, another path: the same build
     copies[0].write_bytes(copies[0].read_bytes() + b"\n// changed\n")
     assert _native._build_tree(["-O3"])[0] != build
+
+
+def test_the_build_runs_the_environments_own_ninja(tmp_path, monkeypatch):
+    """Another ninja first on PATH (a system one, whose build log the package's version reads as foreign and
+    rebuilds everything over) is not the one the build runs; PATH is restored afterwards."""
+    ninja = pytest.importorskip("ninja")
+    import shutil
+
+    from torch.utils import cpp_extension
+
+    other = tmp_path / "bin"
+    other.mkdir()
+    (other / "ninja").write_text("#!/bin/sh\nexit 1\n")
+    (other / "ninja").chmod(0o755)
+    path = f"{other}{os.pathsep}{os.environ.get('PATH', '')}"
+    monkeypatch.setenv("PATH", path)
+    monkeypatch.setenv("LSQBQ_BUILD_DIR", str(tmp_path / "cache"))
+    seen = []
+    monkeypatch.setattr(cpp_extension, "load", lambda **kw: seen.append(shutil.which("ninja")))
+    assert _native._build_and_register()
+    assert len(seen) == 1 and Path(seen[0]).parent == Path(ninja.BIN_DIR)
+    assert os.environ["PATH"] == path
