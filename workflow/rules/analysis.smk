@@ -39,6 +39,9 @@ rule analyze_ptq:
         prefix=lambda wc, output: output.csv[: -len(".csv")],
         extra=ptq_args(),
     threads: config["threads"]
+    # the longest jobs after training (15 passes over the test set): started first, so that the workflow does not
+    # end on one of them with the other cores idle
+    priority: 1
     log:
         out("logs/analysis/{dataset}/{model}/ptq_{x_quant}_{w_quant}_s{seed}.log"),
     message:
