@@ -15,8 +15,9 @@ from workflow._repo import no_slurm_bin  # tests/workflow/_repo.py
 from ._helpers import REPO, guarded_env
 
 # shell fields left unquoted on purpose: several arguments each built already quoted (launcher, attach, overrides,
-# extra, args, students), flags (quick), a word from a fixed set (command), numbers (threads), constrained names (dataset)
-UNQUOTED = {"params.launcher", "params.attach", "params.overrides", "params.extra", "params.quick", "params.args",
+# extra, args, students), a flag or nothing (size: --smoke, --quick or ""), a word from a fixed set (command),
+# numbers (threads), constrained names (dataset)
+UNQUOTED = {"params.launcher", "params.attach", "params.overrides", "params.extra", "params.size", "params.args",
             "params.command", "params.students", "threads", "wildcards.dataset"}
 RULE_FILES = sorted((REPO / "workflow" / "rules").glob("*.smk"))
 
