@@ -1,11 +1,14 @@
 """Shared test settings: deterministic CPU runs, MLflow telemetry off, runs the code records by default (an
-evaluation, an analysis) go to a throw-away store, never to the project's."""
+evaluation, an analysis) go to a throw-away store of each test process, never to the project's."""
 import os
 import tempfile
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
-os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tempfile.mkdtemp(prefix='lsqbq-tests-')}/mlflow.db")
+# One store per test process (each pytest-xdist worker its own, whatever the environment held): tests that read it
+# with MLflow's own client would otherwise create a fresh store's tables beside another worker's locked first use,
+# and two schema migrations of one SQLite file race ("duplicate column name").
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='lsqbq-tests-')}/mlflow.db"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
