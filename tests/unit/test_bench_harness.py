@@ -135,3 +135,19 @@ def test_switch_chooses_the_back_end_a_benchmark_times(monkeypatch, tmp_path):
     assert set(df.loc[df["impl"].str.startswith("binary"), "impl"]) == {"binary portable"}
     runs = _runs_of("kernels", out)[1]
     assert len(runs) == 1 and runs[0].data.params["kernels"] == "portable"
+
+
+@pytest.mark.parametrize("backend, verdict", [("avx512", "no (29% of it)"), ("avx2", "yes"), ("portable", "")])
+def test_headlines_judge_a_run_by_the_targets_of_its_back_end(backend, verdict):
+    """The same measured ratio against the AVX-512 target (17x), the AVX2 one (4x) and none (portable): each
+    table says met or not by the targets of the kernels that ran, in both the kernel and the model headline."""
+    from lsqbq.bench import kernel_report, models
+
+    key = f"conv_{kernel_report.ONE_BIT}_vs_fp32"
+    table = kernel_report.headline_markdown({key: 5.0}, backend)
+    row = next(line for line in table.splitlines() if line.startswith(f"| {kernel_report.LABELS[key]} "))
+    assert [c.strip() for c in row.strip("|").split("|")][-1] == verdict
+    network = f"resnet18 imagenet 224x224 {kernel_report.ONE_BIT} vs fp32 channels_last"
+    row = models.headline_markdown({network: 3.5}, backend).splitlines()[2]
+    assert [c.strip() for c in row.strip("|").split("|")][-1] == {"avx512": "no (50% of it)", "avx2": "yes",
+                                                                 "portable": ""}[backend]
