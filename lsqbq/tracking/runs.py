@@ -118,22 +118,22 @@ class Run:
 
     def fail(self, error: BaseException) -> None:
         """End the run FAILED (KILLED for an interrupt) with the error as tag ``error``; never raises, so the
-        original exception is the one the caller sees. When the store cannot be written (a full disk), the
-        failure is noted for the next stale-run sweep, which ends the run with it."""
+        original exception is the one the caller sees. When the store cannot take the tag or the status (a full
+        disk: an update in place may still fit where a new tag does not), the run is left RUNNING and the failure
+        is noted for the next stale-run sweep, which ends the run with both."""
         interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
         status, message = ("KILLED" if interrupted else "FAILED"), one_line(error)[:5000]
         try:
             self.set_tags({ERROR_TAG: message})
-        except Exception:  # noqa: BLE001
-            pass
-        try:
-            self.end(status)
+            self.end(status)  # only once the error is in: a run ended without it would keep it from the sweep
+            return
         except Exception as e:  # noqa: BLE001
-            note = leave_note(self.run_id, status, message)
-            later = ("the next `python -m lsqbq.tracking stale --close` ends it " + status if note
-                     else "`python -m lsqbq.tracking stale --close` ends it KILLED")
-            print(f"warning: could not mark MLflow run {self.run_id} as {status.lower()} ({one_line(e)}); {later}",
-                  file=sys.stderr)
+            why = e
+        note = leave_note(self.run_id, status, message)
+        later = ("the next `python -m lsqbq.tracking stale --close` ends it " + status if note
+                 else "`python -m lsqbq.tracking stale --close` ends it KILLED")
+        print(f"warning: could not mark MLflow run {self.run_id} as {status.lower()} ({one_line(why)}); {later}",
+              file=sys.stderr)
 
 
 class NullRun(Run):

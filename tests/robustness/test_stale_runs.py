@@ -232,3 +232,23 @@ def test_a_failure_the_process_could_not_record_ends_failed_at_the_sweep(tmp_pat
     assert [r.run_id for r in tracking.close_stale_runs(uri)] == [run_id]
     assert _runs(tmp_path / "mlflow.db") == {run_id: ("FAILED", "OSError: disk full at X")}
     assert not (stale.notes_dir() / f"{run_id}.json").exists()
+
+
+def test_a_failure_whose_error_tag_did_not_fit_stays_for_the_sweep(tmp_path):
+    """A full disk may still take the status update in place but not the new error tag: the run is then not ended
+    without its error, but left to the sweep with a note, which ends it FAILED with the error."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env, _ = guarded_env(tmp_path)
+    script = ORPHAN.replace("os._exit(0)", "def full(tags):\n"
+                                           "    raise OSError(28, 'No space left on device')\n"
+                                           "run.set_tags = full\n"
+                                           "run.fail(ValueError('disk full at Y'))\n"
+                                           "os._exit(1)")
+    p = subprocess.run([sys.executable, "-c", script, uri], env=env, capture_output=True, text=True, timeout=300,
+                       check=False)
+    run_id = p.stdout.split()[-1]
+    assert _runs(tmp_path / "mlflow.db") == {run_id: ("RUNNING", None)}, p.stderr
+    assert "ends it FAILED" in p.stderr and (stale.notes_dir() / f"{run_id}.json").is_file()
+    assert [r.run_id for r in tracking.close_stale_runs(uri)] == [run_id]
+    (status, error), = _runs(tmp_path / "mlflow.db").values()
+    assert status == "FAILED" and "disk full at Y" in error

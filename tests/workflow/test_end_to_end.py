@@ -25,7 +25,7 @@ from ._repo import copy_repo, dvc, env_for, git, job_counts, run, shared_test_pr
 pytestmark = pytest.mark.slow
 
 TABLES = "results/tables/fashion-mnist"
-EPOCHS = 6  # of the interrupted run
+EPOCHS = 30  # of the interrupted run: long enough (about 0.2 s an epoch) to be killed before its end
 
 
 @pytest.fixture(scope="module")
