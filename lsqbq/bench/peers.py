@@ -32,7 +32,9 @@ ONNX Runtime ``intra_op_num_threads``, one inter-op thread. Drift check: the tor
 threads) is also timed before the first and after the last group; a change of more than :data:`DRIFT_LIMIT` marks
 the report "drifted: rerun on a quiet machine". An engine whose package is missing is skipped with the extra that
 installs it (``pip install 'lsqbq[peers]'``). Outputs in ``--out``: ``peers.csv`` (machine, commit, ISA path and
-load on every row) and ``peers.md``, both in one MLflow run of experiment ``lsqbq-bench-peers``
+load on every row), ``peers.md``, ``peers_headline.md`` and ``peers_profile.md`` (where one inference of the binary
+network goes in lsqbq and in OpenVINO, part by part, at the first batch and thread count:
+:mod:`lsqbq.bench.peers_profile`), all in one MLflow run of experiment ``lsqbq-bench-peers``
 (:mod:`lsqbq.bench.harness`). ``--quick``: 224x224, batch 1, 1 thread; ``--smoke``: 32x32, batch 1, 1 thread, one
 repeat (a check, not a measurement).
 """
@@ -52,9 +54,10 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .harness import BenchRun, int_at_least, int_list, parser, thread_counts
+from .harness import BenchRun, int_at_least, int_list, parser, provenance_line, thread_counts
 from .peers_report import (AGREE_RTOL, BASELINE, CALIBRATION_BATCHES, DRIFT_LIMIT, drift_verdict,  # noqa: F401
                            headline, summarise, thread_interference, to_markdown)
+from .peers_profile import profile_binary
 from .timing import load, time_stats, with_threads
 
 __all__ = ["BASELINE", "COLUMNS", "DRIFT_LIMIT", "EXTRA", "LCE_SKIPPED", "PeerMissing", "build_engines", "main",
@@ -338,6 +341,11 @@ def main(argv: list[str] | None = None) -> int:
         md = to_markdown(df, setup.skipped)
         run.write_text("peers.md", md)
         run.write_text("peers_headline.md", headline(df))
+        # where the time goes, lsqbq's binary network beside OpenVINO's, at the first batch and thread count
+        run.write_text("peers_profile.md", profile_binary(
+            setup.binary_fast, setup.binary_sim, setup.inputs[batches[0]], threads_list[0],
+            calls=1 if args.smoke else 20, note=f"Machine: {df.cpu.iloc[0]}, {df.cores.iloc[0]} cores; flags: "
+            f"{df['flags'].iloc[0]}. " + provenance_line(df)))
         run.record(summarise(df), params={"repeats": repeats, "threads_timed": threads_list, "size": size,
                                           "batches_timed": batches,
                                           "skipped": "; ".join(s["engine"] for s in setup.skipped)})

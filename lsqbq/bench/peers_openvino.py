@@ -201,10 +201,10 @@ def nncf_int8(ov_model, calibration: list[np.ndarray]):
     return nncf.quantize(ov_model, nncf.Dataset(calibration), subset_size=len(calibration))
 
 
-def compile_model(ov_model, batch: int, threads: int, precision: str = "f32"):
+def compile_model(ov_model, batch: int, threads: int, precision: str = "f32", perf_count: bool = False):
     """``ov_model`` reshaped to ``batch`` and compiled for the CPU with ``threads`` inference threads, one stream,
     latency hint and inference precision ``precision`` (``f32`` or ``bf16``; OpenVINO's default on CPUs with
-    bf16 would be bf16, so it is always stated)."""
+    bf16 would be bf16, so it is always stated); ``perf_count``: with per-node timing (``PERF_COUNT``)."""
     import openvino as ov
 
     model = ov_model.clone()
@@ -212,7 +212,7 @@ def compile_model(ov_model, batch: int, threads: int, precision: str = "f32"):
     if dims[0].is_dynamic or dims[0].get_length() != batch:
         model.reshape([batch, *[d.get_length() for d in dims[1:]]])
     config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
-              "INFERENCE_PRECISION_HINT": precision}
+              "INFERENCE_PRECISION_HINT": precision, "PERF_COUNT": perf_count}
     return ov.Core().compile_model(model, "CPU", config)
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from mlflow.tracking import MlflowClient
 
-from lsqbq.bench import harness, peers
+from lsqbq.bench import harness, peers, peers_profile
 
 SIZE = 32
 
@@ -92,7 +92,8 @@ def test_the_run_is_recorded_with_both_files(smoke):
     exp = c.get_experiment_by_name("lsqbq-bench-peers")
     runs = c.search_runs([exp.experiment_id], filter_string=f"params.out = '{out}'")
     assert len(runs) == 1 and runs[0].info.run_name == "bench_peers" and runs[0].info.status == "FINISHED"
-    assert {a.path for a in c.list_artifacts(runs[0].info.run_id)} == {"peers.csv", "peers.md", "peers_headline.md"}
+    assert {a.path for a in c.list_artifacts(runs[0].info.run_id)} == {"peers.csv", "peers.md", "peers_headline.md",
+                                                                          "peers_profile.md"}
     assert "max_drift" in runs[0].data.metrics
 
 
@@ -106,6 +107,58 @@ def test_a_missing_peer_is_skipped_naming_the_extra(tmp_path, monkeypatch, capsy
     md = (tmp_path / "peers.md").read_text()
     assert "openvino binary/fp32/bf16/int8: openvino is not installed (pip install 'lsqbq[peers]')" in md
     assert "onnxruntime fp32/int8: " in md and peers.EXTRA in md
+    profile = (tmp_path / "peers_profile.md").read_text()  # lsqbq's side alone, and why
+    assert "openvino is not installed" in profile and "| binary layers " in profile
+
+
+def _profile_table(md: str) -> pd.DataFrame:
+    """The by-part table of ``peers_profile.md``."""
+    from io import StringIO
+
+    lines = [line for line in md.split("\n\n")[3].splitlines() if not line.startswith("|:")]
+    return pd.read_csv(StringIO("\n".join(lines)), sep="|", skipinitialspace=True).iloc[:, 1:-1] \
+        .rename(columns=str.strip).set_index("part")
+
+
+def test_the_profile_splits_one_inference_of_each_engine_by_part(smoke):
+    out, df, _ = smoke
+    md = (out / "peers_profile.md").read_text()
+    table = _profile_table(md)
+    table.index = table.index.str.strip()
+    assert list(table.index) == [*peers_profile.PARTS, peers_profile.OUTSIDE, "total (wall)"]
+    ours = table["lsqbq ms"].astype(float)
+    assert ours["binary layers"] > 0 and ours["fp32 convolutions"] > 0
+    # the parts and the time outside the ops add up to the wall time
+    assert ours.iloc[:-1].sum() == pytest.approx(ours["total (wall)"], abs=0.01)
+    assert "| lsqbq::bitwise_conv2d " in md and str(df.git_commit.iloc[0])[:12] in md
+    if _importable("openvino"):
+        theirs = table["openvino ms"].astype(float)
+        assert theirs["binary layers"] > 0 and "BinaryConvolution (" in md
+
+
+def test_ops_fall_in_the_part_of_the_network_they_compute():
+    assert peers_profile.torch_part("lsqbq::bitwise_conv2d") == "binary layers"
+    assert peers_profile.torch_part("aten::mkldnn_convolution") == "fp32 convolutions"
+    assert peers_profile.torch_part("aten::empty") == "other"
+    # OpenVINO's ReduceMean is the per-sample ls-1 fit (B, 1, 1, 1) or the global average pool (B, C)
+    assert peers_profile.openvino_part("ReduceMean", 4) == "binary layers"
+    assert peers_profile.openvino_part("ReduceMean", 2) == "global average pool"
+    assert peers_profile.openvino_part("BinaryConvolution") == "binary layers"
+    assert peers_profile.openvino_part("Reorder") == "other"
+
+
+def test_torch_op_times_count_each_op_once_per_inference():
+    """16 binary convolutions and 4 float ones (stem, three shortcuts) per inference of the binary ResNet-18."""
+    from lsqbq.bench.models import SHAPES, resnet18_network
+    from lsqbq.kernels import to_bitwise
+
+    fast = to_bitwise(resnet18_network(SHAPES["imagenet"], "ls-1", "ls-1"))
+    x = torch.randn(1, 3, SIZE, SIZE)
+    with torch.inference_mode():
+        ops = peers_profile.torch_op_times(lambda: fast(x), calls=3, warmup=1).set_index("op")
+    assert ops.loc["lsqbq::bitwise_conv2d", "calls"] == 16
+    assert ops.loc["aten::_convolution", "calls"] == 4
+    assert (ops.ms > 0).all() and set(ops.part) <= set(peers_profile.PARTS)
 
 
 def test_plus_one_padding_minus_the_border_excess_is_zero_padding():

@@ -110,6 +110,7 @@ rule bench_peers:
         csv=out("results/bench/peers.csv"),
         md=report(out("results/bench/peers.md"), caption="../report/kernels.rst", category="Kernel latency"),
         headline=out("results/bench/peers_headline.md"),
+        profile=out("results/bench/peers_profile.md"),
     params:
         dir=lambda wc, output: str(Path(output.csv).parent),
         mlflow=MLFLOW_URI,
