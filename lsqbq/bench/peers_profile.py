@@ -7,8 +7,11 @@ size and thread count of the run. Per inference, averaged over ``calls`` inferen
 * lsqbq: ``torch.profiler``'s self CPU time of every op of the :func:`~lsqbq.kernels.to_bitwise` model;
 * OpenVINO: the CPU plugin's real time of every executed node (``PERF_COUNT``, a compilation of its own: counting
   may slow the timed one), the node's type and output shape read from the compiled runtime model;
-* wall: the median of timed inferences without a profiler; ``outside the ops`` = wall - the sum of the ops: Python
-  and dispatch between torch ops, or the runtime's own work between OpenVINO nodes.
+* ``outside the ops``: the wall time of the profiled inferences minus the sum of their ops: Python and dispatch
+  between torch ops (and the profiler's own cost), or the runtime's work between OpenVINO nodes; the parts and it
+  add up to ``total, profiled``. OpenVINO counts each node in whole microseconds, so its figure is uncertain by
+  about 1 us per executed node (about 0.1 ms for this network) and may come out slightly negative. ``total, not profiled``: the median wall time of as many inferences without
+  counters (the ``peers.md`` rows time the same calls in a round-robin of all engines).
 
 Each op falls in one part of the network (:func:`torch_part`, :func:`openvino_part`):
 
@@ -38,11 +41,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["OUTSIDE", "PARTS", "openvino_op_times", "openvino_part", "profile_markdown", "torch_op_times",
+__all__ = ["OUTSIDE", "PARTS", "PROFILED", "UNPROFILED", "openvino_op_times", "openvino_part", "profile_markdown", "torch_op_times",
            "torch_part"]
 
 PARTS = ("binary layers", "fp32 convolutions", "max-pool", "global average pool", "classifier", "other")
 OUTSIDE = "outside the ops"
+PROFILED = "total, profiled"
+UNPROFILED = "total, not profiled"
 
 _TORCH = {
     "lsqbq::bitwise_conv2d": "binary layers",
@@ -86,23 +91,25 @@ def wall_ms(call: Callable[[], object], calls: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def torch_op_times(call: Callable[[], object], calls: int = 20, warmup: int = 5) -> pd.DataFrame:
-    """``op, part, ms, calls`` per inference (self CPU time of each torch op, averaged over ``calls`` calls of
-    ``call``), slowest first."""
+def torch_op_times(call: Callable[[], object], calls: int = 20, warmup: int = 5) -> tuple[pd.DataFrame, float]:
+    """``(ops, ms)``: ``op, part, ms, calls`` per inference (self CPU time of each torch op, averaged over ``calls``
+    calls of ``call``), slowest first, and the wall time per call of those profiled calls."""
     for _ in range(warmup):
         call()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
         for _ in range(calls):
             call()
+        wall = (time.perf_counter() - start) / calls
     rows = [{"op": e.key, "part": torch_part(e.key), "ms": e.self_cpu_time_total / 1e3 / calls,
              "calls": e.count // calls} for e in prof.key_averages() if e.self_cpu_time_total > 0]
-    return pd.DataFrame(rows, columns=["op", "part", "ms", "calls"]).sort_values("ms", ascending=False,
-                                                                                 ignore_index=True)
+    return _sorted(rows), 1e3 * wall
 
 
-def openvino_op_times(compiled, x: np.ndarray, calls: int = 20, warmup: int = 5) -> pd.DataFrame:
-    """``op`` (node type / kernel), ``part``, ``ms``, ``calls`` per inference of an OpenVINO model compiled with
-    ``PERF_COUNT``: every executed node's real time, averaged over ``calls`` inferences on ``x``, slowest first."""
+def openvino_op_times(compiled, x: np.ndarray, calls: int = 20, warmup: int = 5) -> tuple[pd.DataFrame, float]:
+    """``(ops, ms)``: ``op`` (node type / kernel), ``part``, ``ms``, ``calls`` per inference of an OpenVINO model
+    compiled with ``PERF_COUNT`` (every executed node's real time, averaged over ``calls`` inferences on ``x``),
+    slowest first, and the wall time per inference of those inferences."""
     import openvino as ov
 
     ranks = {n.get_friendly_name(): len(n.get_output_partial_shape(0)) if n.get_output_size() else None
@@ -112,8 +119,11 @@ def openvino_op_times(compiled, x: np.ndarray, calls: int = 20, warmup: int = 5)
     for _ in range(warmup):
         req.infer()
     total: dict[tuple[str, str], list[float]] = {}
+    wall = 0.0
     for _ in range(calls):
+        start = time.perf_counter()
         req.infer()
+        wall += time.perf_counter() - start
         for p in req.get_profiling_info():
             if p.status != p.Status.EXECUTED:
                 continue
@@ -122,24 +132,27 @@ def openvino_op_times(compiled, x: np.ndarray, calls: int = 20, warmup: int = 5)
             entry[0] += p.real_time.total_seconds() * 1e3
             entry[1] += 1
     rows = [{"op": op, "part": part, "ms": ms / calls, "calls": n // calls} for (op, part), (ms, n) in total.items()]
+    return _sorted(rows), 1e3 * wall / calls
+
+
+def _sorted(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["op", "part", "ms", "calls"]).sort_values("ms", ascending=False,
                                                                                  ignore_index=True)
 
 
-def _by_part(ops: pd.DataFrame | None, wall: float | None) -> dict[str, float]:
-    if ops is None or wall is None:
-        return {}
+def _by_part(ops: pd.DataFrame, profiled: float, unprofiled: float) -> dict[str, float]:
     parts = ops.groupby("part")["ms"].sum().to_dict()
     out = {p: float(parts.get(p, 0.0)) for p in PARTS}
-    out[OUTSIDE] = wall - sum(out.values())
-    out["total (wall)"] = wall
+    out[OUTSIDE] = profiled - sum(out.values())
+    out[PROFILED], out[UNPROFILED] = profiled, unprofiled
     return out
 
 
-def profile_markdown(title: str, lsqbq: tuple[pd.DataFrame, float], openvino: tuple[pd.DataFrame, float] | None,
-                     missing: str = "", top: int = 12) -> str:
+def profile_markdown(title: str, lsqbq: tuple[pd.DataFrame, float, float],
+                     openvino: tuple[pd.DataFrame, float, float] | None, missing: str = "", top: int = 12) -> str:
     """The report: ms per inference by part for both engines (and their ratio), then each engine's slowest ops.
-    ``openvino`` None: its column stays empty and ``missing`` says why."""
+    Each engine: ``(ops, profiled ms, unprofiled ms)``; ``openvino`` None: its column stays empty and ``missing``
+    says why."""
     ours, theirs = _by_part(*lsqbq), _by_part(*openvino) if openvino is not None else {}
     table = pd.DataFrame({"part": list(ours)})
     table["lsqbq ms"] = [f"{ours[p]:.3f}" for p in ours]
@@ -147,8 +160,9 @@ def profile_markdown(title: str, lsqbq: tuple[pd.DataFrame, float], openvino: tu
     table["openvino / lsqbq"] = [f"{theirs[p] / ours[p]:.2f}x" if p in theirs and ours[p] > 1e-3 else ""
                                  for p in ours]
     parts = [f"# {title}", "Per inference, ms; `openvino / lsqbq` above 1x: lsqbq spends less there. Parts: "
-             "lsqbq/bench/peers_profile.py. `outside the ops`: wall time minus the ops' sum (Python and dispatch in "
-             "lsqbq, the runtime between nodes in OpenVINO).", table.to_markdown(index=False)]
+             "lsqbq/bench/peers_profile.py. `outside the ops`: the profiled inferences' wall time minus their ops "
+             "(Python, dispatch and the profiler in lsqbq, the runtime between nodes in OpenVINO); "
+             f"`{UNPROFILED}`: the median of as many inferences without counters.", table.to_markdown(index=False)]
     for name, ops in (("lsqbq", lsqbq[0]), ("openvino", openvino[0] if openvino else None)):
         if ops is None:
             parts.append(f"## openvino\n\n{missing or 'not run'}")
@@ -171,8 +185,8 @@ def profile_binary(fast: torch.nn.Module, sim: torch.nn.Module, x: torch.Tensor,
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            ops = torch_op_times(lambda: fast(x_cl), calls)
-            ours = (ops, wall_ms(lambda: fast(x_cl), calls))
+            ops, profiled = torch_op_times(lambda: fast(x_cl), calls)
+            ours = (ops, profiled, wall_ms(lambda: fast(x_cl), calls))
     finally:
         torch.set_num_threads(before)
     theirs, missing = None, ""
@@ -182,11 +196,11 @@ def profile_binary(fast: torch.nn.Module, sim: torch.nn.Module, x: torch.Tensor,
 
         batch, size = x.shape[0], x.shape[-1]
         compiled = pov.compile_model(pov.binary_resnet_model(sim, batch, size), batch, threads, perf_count=True)
-        ops = openvino_op_times(compiled, x.numpy(), calls)
+        ops, profiled = openvino_op_times(compiled, x.numpy(), calls)
         call, _ = pov.infer_fn(pov.compile_model(pov.binary_resnet_model(sim, batch, size), batch, threads),
                                x.numpy())
         call()
-        theirs = (ops, wall_ms(call, calls))
+        theirs = (ops, profiled, wall_ms(call, calls))
     except PeerMissing as exc:
         missing = str(exc)
     title = (f"Where one inference goes: binary ResNet-18 in lsqbq and in OpenVINO (batch {x.shape[0]}, "
