@@ -157,8 +157,8 @@ def profile_markdown(title: str, lsqbq: tuple[pd.DataFrame, float, float],
     table = pd.DataFrame({"part": list(ours)})
     table["lsqbq ms"] = [f"{ours[p]:.3f}" for p in ours]
     table["openvino ms"] = [f"{theirs[p]:.3f}" if p in theirs else "" for p in ours]
-    table["openvino / lsqbq"] = [f"{theirs[p] / ours[p]:.2f}x" if p in theirs and ours[p] > 1e-3 else ""
-                                 for p in ours]
+    table["openvino / lsqbq"] = [f"{theirs[p] / ours[p]:.2f}x" if p in theirs and ours[p] > 1e-3 and theirs[p] > 0
+                                 else "" for p in ours]  # no ratio of a rounding error
     parts = [f"# {title}", "Per inference, ms; `openvino / lsqbq` above 1x: lsqbq spends less there. Parts: "
              "lsqbq/bench/peers_profile.py. `outside the ops`: the profiled inferences' wall time minus their ops "
              "(Python, dispatch and the profiler in lsqbq, the runtime between nodes in OpenVINO); "
