@@ -342,10 +342,15 @@ def main(argv: list[str] | None = None) -> int:
         run.write_text("peers.md", md)
         run.write_text("peers_headline.md", headline(df))
         # where the time goes, lsqbq's binary network beside OpenVINO's, at the first batch and thread count
+        try:
+            require("openvino")
+            missing = ""
+        except PeerMissing as exc:
+            missing = str(exc)
         run.write_text("peers_profile.md", profile_binary(
             setup.binary_fast, setup.binary_sim, setup.inputs[batches[0]], threads_list[0],
             calls=1 if args.smoke else 20, note=f"Machine: {df.cpu.iloc[0]}, {df.cores.iloc[0]} cores; flags: "
-            f"{df['flags'].iloc[0]}. " + provenance_line(df)))
+            f"{df['flags'].iloc[0]}. " + provenance_line(df), openvino_missing=missing))
         run.record(summarise(df), params={"repeats": repeats, "threads_timed": threads_list, "size": size,
                                           "batches_timed": batches,
                                           "skipped": "; ".join(s["engine"] for s in setup.skipped)})

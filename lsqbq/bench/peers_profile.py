@@ -173,13 +173,11 @@ def profile_markdown(title: str, lsqbq: tuple[pd.DataFrame, float, float],
 
 
 def profile_binary(fast: torch.nn.Module, sim: torch.nn.Module, x: torch.Tensor, threads: int, calls: int = 20,
-                   note: str = "") -> str:
+                   note: str = "", openvino_missing: str = "") -> str:
     """:func:`profile_markdown` of the :func:`~lsqbq.kernels.to_bitwise` model ``fast`` and of OpenVINO's binary
     graph of ``sim`` (:func:`lsqbq.bench.peers_openvino.binary_resnet_model`, same weights) on input ``x`` (NCHW;
     lsqbq gets it channels_last, as in the timed rows) with ``threads`` threads; ``note``: a line under the title
-    (machine, commit). Without openvino the report says so."""
-    from .peers import PeerMissing, require
-
+    (machine, commit). ``openvino_missing``: why OpenVINO cannot run (the report says it; lsqbq's side only)."""
     x_cl = x.contiguous(memory_format=torch.channels_last)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -189,9 +187,8 @@ def profile_binary(fast: torch.nn.Module, sim: torch.nn.Module, x: torch.Tensor,
             ours = (ops, profiled, wall_ms(lambda: fast(x_cl), calls))
     finally:
         torch.set_num_threads(before)
-    theirs, missing = None, ""
-    try:
-        require("openvino")
+    theirs = None
+    if not openvino_missing:
         from . import peers_openvino as pov
 
         batch, size = x.shape[0], x.shape[-1]
@@ -201,9 +198,7 @@ def profile_binary(fast: torch.nn.Module, sim: torch.nn.Module, x: torch.Tensor,
                                x.numpy())
         call()
         theirs = (ops, profiled, wall_ms(call, calls))
-    except PeerMissing as exc:
-        missing = str(exc)
     title = (f"Where one inference goes: binary ResNet-18 in lsqbq and in OpenVINO (batch {x.shape[0]}, "
              f"{threads} thread{'s' * (threads > 1)}, {x.shape[-2]}x{x.shape[-1]})")
-    text = profile_markdown(title, ours, theirs, missing)
+    text = profile_markdown(title, ours, theirs, openvino_missing)
     return text.replace("\n\n", f"\n\n{note}\n\n", 1) if note else text
