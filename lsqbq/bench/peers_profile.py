@@ -10,8 +10,9 @@ size and thread count of the run. Per inference, averaged over ``calls`` inferen
 * ``outside the ops``: the wall time of the profiled inferences minus the sum of their ops: Python and dispatch
   between torch ops (and the profiler's own cost), or the runtime's work between OpenVINO nodes; the parts and it
   add up to ``total, profiled``. OpenVINO counts each node in whole microseconds, so its figure is uncertain by
-  about 1 us per executed node (about 0.1 ms for this network) and may come out slightly negative. ``total, not profiled``: the median wall time of as many inferences without
-  counters (the ``peers.md`` rows time the same calls in a round-robin of all engines).
+  about 1 us per executed node (about 0.1 ms for this network) and may come out slightly negative.
+  ``total, not profiled``: the median wall time of as many inferences without counters (the ``peers.md`` rows
+  time the same calls in a round-robin of all engines).
 
 Each op falls in one part of the network (:func:`torch_part`, :func:`openvino_part`):
 
@@ -19,9 +20,9 @@ Each op falls in one part of the network (:func:`torch_part`, :func:`openvino_pa
 part                        lsqbq ops                                    OpenVINO nodes
 ==========================  ===========================================  ==============================================
 binary layers               ``lsqbq::bitwise_conv2d`` (encode with the   ``BinaryConvolution``, its ``FakeQuantize``
-                            fit, BN, scales, residual and ReLU fused)    (signs), the per-sample ``ReduceMean`` (fit) and
-                                                                         the element-wise nodes (BN, scales, residual,
-                                                                         ReLU; ``Subgraph`` / ``Eltwise``)
+                            fit, BN, scales, residual and ReLU fused)    (signs), the per-sample ``ReduceMean`` (the
+                                                                         fit) and the element-wise nodes (BN, scales,
+                                                                         residual, ReLU; ``Subgraph`` / ``Eltwise``)
 fp32 convolutions           ``aten::mkldnn_convolution`` (or             ``Convolution`` (stem with its BN and ReLU,
                             ``_slow_conv2d_forward``) and its wrappers   shortcuts)
                             (stem with BN folded, shortcuts)
@@ -41,8 +42,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["OUTSIDE", "PARTS", "PROFILED", "UNPROFILED", "openvino_op_times", "openvino_part", "profile_markdown", "torch_op_times",
-           "torch_part"]
+__all__ = ["OUTSIDE", "PARTS", "PROFILED", "UNPROFILED", "openvino_op_times", "openvino_part", "profile_binary",
+           "profile_markdown", "torch_op_times", "torch_part", "wall_ms"]
 
 PARTS = ("binary layers", "fp32 convolutions", "max-pool", "global average pool", "classifier", "other")
 OUTSIDE = "outside the ops"
@@ -191,11 +192,10 @@ def profile_binary(fast: torch.nn.Module, sim: torch.nn.Module, x: torch.Tensor,
     if not openvino_missing:
         from . import peers_openvino as pov
 
-        batch, size = x.shape[0], x.shape[-1]
-        compiled = pov.compile_model(pov.binary_resnet_model(sim, batch, size), batch, threads, perf_count=True)
-        ops, profiled = openvino_op_times(compiled, x.numpy(), calls)
-        call, _ = pov.infer_fn(pov.compile_model(pov.binary_resnet_model(sim, batch, size), batch, threads),
-                               x.numpy())
+        batch = x.shape[0]
+        graph = pov.binary_resnet_model(sim, batch, x.shape[-1])
+        ops, profiled = openvino_op_times(pov.compile_model(graph, batch, threads, perf_count=True), x.numpy(), calls)
+        call, _ = pov.infer_fn(pov.compile_model(graph, batch, threads), x.numpy())  # compile_model clones the graph
         call()
         theirs = (ops, profiled, wall_ms(call, calls))
     title = (f"Where one inference goes: binary ResNet-18 in lsqbq and in OpenVINO (batch {x.shape[0]}, "
