@@ -34,7 +34,6 @@ other                       every other op (allocation, views)           every o
 """
 from __future__ import annotations
 
-import statistics
 import time
 from typing import Callable
 
@@ -42,8 +41,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..passes import run_with_threads
+from .peers_report import _group
+from .timing import median_time
+
 __all__ = ["OUTSIDE", "PARTS", "PROFILED", "UNPROFILED", "openvino_op_times", "openvino_part", "profile_binary",
-           "profile_markdown", "torch_op_times", "torch_part", "wall_ms"]
+           "profile_markdown", "torch_op_times", "torch_part"]
 
 PARTS = ("binary layers", "fp32 convolutions", "max-pool", "global average pool", "classifier", "other")
 OUTSIDE = "outside the ops"
@@ -80,16 +83,6 @@ def openvino_part(node_type: str, output_rank: int | None = None) -> str:
     if node_type == "ReduceMean":
         return "global average pool" if output_rank == 2 else "binary layers"
     return _OPENVINO.get(node_type, "other")
-
-
-def wall_ms(call: Callable[[], object], calls: int) -> float:
-    """Median wall time of ``calls`` timed calls, in ms."""
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 def torch_op_times(call: Callable[[], object], calls: int = 20, warmup: int = 5) -> tuple[pd.DataFrame, float]:
@@ -180,14 +173,13 @@ def profile_binary(fast: torch.nn.Module, sim: torch.nn.Module, x: torch.Tensor,
     lsqbq gets it channels_last, as in the timed rows) with ``threads`` threads; ``note``: a line under the title
     (machine, commit). ``openvino_missing``: why OpenVINO cannot run (the report says it; lsqbq's side only)."""
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+
+    def lsqbq_side():
         with torch.inference_mode():
             ops, profiled = torch_op_times(lambda: fast(x_cl), calls)
-            ours = (ops, profiled, wall_ms(lambda: fast(x_cl), calls))
-    finally:
-        torch.set_num_threads(before)
+            return ops, profiled, 1e3 * median_time(lambda: fast(x_cl), calls)
+
+    ours = run_with_threads(threads, lsqbq_side)
     theirs = None
     if not openvino_missing:
         from . import peers_openvino as pov
@@ -197,8 +189,8 @@ def profile_binary(fast: torch.nn.Module, sim: torch.nn.Module, x: torch.Tensor,
         ops, profiled = openvino_op_times(pov.compile_model(graph, batch, threads, perf_count=True), x.numpy(), calls)
         call, _ = pov.infer_fn(pov.compile_model(graph, batch, threads), x.numpy())  # compile_model clones the graph
         call()
-        theirs = (ops, profiled, wall_ms(call, calls))
-    title = (f"Where one inference goes: binary ResNet-18 in lsqbq and in OpenVINO (batch {x.shape[0]}, "
-             f"{threads} thread{'s' * (threads > 1)}, {x.shape[-2]}x{x.shape[-1]})")
+        theirs = (ops, profiled, 1e3 * median_time(call, calls))
+    title = (f"Where one inference goes: binary ResNet-18 in lsqbq and in OpenVINO ({_group(x.shape[0], threads)}, "
+             f"{x.shape[-2]}x{x.shape[-1]})")
     text = profile_markdown(title, ours, theirs, openvino_missing)
     return text.replace("\n\n", f"\n\n{note}\n\n", 1) if note else text
