@@ -30,3 +30,20 @@ def test_bitwise_agrees_with_the_simulated_model_in_either_scale_mode(x_quant, t
     assert out["top1_agreement"] == 100.0 and out["top1"] == out["simulated_top1"]
     assert out["max_logit_rel_diff"] < 1e-3
     assert [m.act_stats for m in model.modules() if hasattr(m, "act_stats")][0] == trained  # restored
+
+
+def test_int8_float_parts_are_measured_against_the_simulated_model():
+    """``float_parts="int8"``: the stem and classifier run in int8, so the logits move (within the int8 error) where
+    the fp32 conversion stays at float rounding."""
+    from lsqbq.errors import ConfigError
+
+    model = _trained("ls-1", "off")
+    g = torch.Generator().manual_seed(1)
+    loader = [(torch.randn(8, 1, 28, 28, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(3)]
+    fp32 = evaluate_bitwise(model, loader, scales="fitted")
+    try:
+        int8 = evaluate_bitwise(model, loader, scales="fitted", float_parts="int8")
+    except ConfigError as exc:  # a torch build without oneDNN's int8 ops
+        pytest.skip(str(exc))
+    assert int8["n"] == 24 and int8["simulated_top1"] == fp32["simulated_top1"]
+    assert fp32["max_logit_rel_diff"] < int8["max_logit_rel_diff"] < 0.2
