@@ -177,6 +177,10 @@ def _fake_kernels() -> dict:
         oh, ow = conv_out(hw, kernel, stride, padding, dilation)
         return a.new_empty((a.shape[1], oh, ow, n_out), dtype=torch.float32)
 
+    def max_pool2d_nhwc(x, kernel, stride, padding, relu, isa):
+        oh, ow = conv_out(x.shape[2:], kernel, stride, padding, (1, 1))
+        return x.new_empty((x.shape[0], x.shape[1], oh, ow)).contiguous(memory_format=torch.channels_last)
+
     # No tensor arguments: the answers recorded from the C++ functions when the library loaded.
     def popcount_peak(iters, isa):
         if isa not in _macs_per_iter:
@@ -190,7 +194,7 @@ def _fake_kernels() -> dict:
             "pack_signs": pack_signs, "pack_activations": pack_activations, "encode_fused": encode_fused,
             "bitwise_conv2d": bitwise_conv2d, "xnor_gemm": xnor_gemm,
             "xnor_gemm_scaled": xnor_gemm_scaled, "xnor_conv2d": xnor_conv2d,
-            "xnor_conv2d_scaled": xnor_conv2d_scaled, "popcount_peak": popcount_peak, "isa_supported": isa_supported}
+            "xnor_conv2d_scaled": xnor_conv2d_scaled, "max_pool2d_nhwc": max_pool2d_nhwc, "popcount_peak": popcount_peak, "isa_supported": isa_supported}
 
 
 _macs_per_iter: dict[int, int] = {}  # supported isa -> binary MACs per iteration of popcount_peak

@@ -58,7 +58,7 @@ _TORCH = {
     "aten::mkldnn_convolution": "fp32 convolutions", "aten::convolution": "fp32 convolutions",
     "aten::_convolution": "fp32 convolutions", "aten::conv2d": "fp32 convolutions",
     "aten::_slow_conv2d_forward": "fp32 convolutions",
-    "aten::maximum": "max-pool", "aten::max_pool2d": "max-pool", "aten::max_pool2d_with_indices": "max-pool",
+    "aten::maximum": "max-pool", "lsqbq::max_pool2d_nhwc": "max-pool", "aten::max_pool2d": "max-pool", "aten::max_pool2d_with_indices": "max-pool",
     "aten::mean": "global average pool", "aten::sum": "global average pool", "aten::div_": "global average pool",
     "aten::adaptive_avg_pool2d": "global average pool",
     "aten::addmm": "classifier", "aten::linear": "classifier", "aten::mm": "classifier",

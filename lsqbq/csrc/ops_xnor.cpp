@@ -3,8 +3,8 @@
 // (quant.cpp) define; all C++ sources are compiled into one library. The work itself is in the core files, on raw
 // pointers and shapes: job.h / driver.cpp (binary convolution and GEMM), tile_portable.cpp, tile_avx512.cpp,
 // tile_avx2.cpp (micro-kernels), encode.h / encode*.cpp (activation encode), fit*.cpp (exact ls-2 / ls-T fits),
-// pool.h (threads), isa.h (instruction-set paths, chosen per call by the `isa` argument: 0 portable, 1 AVX-512
-// VPOPCNTDQ, 2 AVX2).
+// maxpool.h (the stem's max-pool + ReLU), pool.h (threads), isa.h (instruction-set paths, chosen per call by the
+// `isa` argument: 0 portable, 1 AVX-512 VPOPCNTDQ, 2 AVX2, 3 NEON).
 //
 // Layer op (bitwise_conv2d): one call per layer does the fused activation encode (optional BatchNorm prologue,
 // clamp, per-sample scales -- given, greedy mean|r| in float64 lanes fused with the encode passes, or the exact
@@ -26,6 +26,7 @@
 #include "encode.h"
 #include "isa.h"
 #include "job.h"
+#include "maxpool.h"
 #include "pool.h"
 
 namespace lsqbq {
@@ -329,6 +330,30 @@ at::Tensor bitwise_conv2d_cpu(const at::Tensor& x, const at::Tensor& w, const at
 }
 
 
+// Max-pool (+ ReLU) of a channels_last float32 (B, C, H, W) tensor (core: maxpool.cpp); channels_last output.
+at::Tensor max_pool2d_nhwc_cpu(const at::Tensor& x, at::IntArrayRef kernel, at::IntArrayRef stride,
+                               at::IntArrayRef padding, bool relu, int64_t isa) {
+  check_isa(isa);
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 4 && x.device().is_cpu(),
+              "lsqbq: max_pool2d_nhwc needs a float32 (B, C, H, W) CPU tensor, got ", x.sizes(), " ", x.scalar_type());
+  TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast), "lsqbq: max_pool2d_nhwc needs channels_last input");
+  TORCH_CHECK(kernel.size() == 2 && stride.size() == 2 && padding.size() == 2,
+              "lsqbq: max_pool2d_nhwc takes 2 values each of kernel, stride and padding");
+  PoolShape s{x.size(0), x.size(2), x.size(3), x.size(1), kernel[0], kernel[1], stride[0], stride[1],
+              padding[0], padding[1], 0, 0};
+  for (int i = 0; i < 2; ++i)
+    TORCH_CHECK(kernel[i] > 0 && stride[i] > 0 && padding[i] >= 0 && 2 * padding[i] < kernel[i],
+                "lsqbq: max_pool2d_nhwc needs kernel > 0, stride > 0 and 0 <= 2 padding < kernel, got kernel ",
+                kernel, ", stride ", stride, ", padding ", padding);
+  s.OH = (s.H + 2 * s.ph - s.KH) / s.sh + 1;
+  s.OW = (s.W + 2 * s.pw - s.KW) / s.sw + 1;
+  TORCH_CHECK(s.H + 2 * s.ph >= s.KH && s.W + 2 * s.pw >= s.KW && s.B > 0 && s.C > 0,
+              "lsqbq: max_pool2d_nhwc: input ", x.sizes(), " is smaller than the window ", kernel);
+  auto y = at::empty({s.B, s.C, s.OH, s.OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  max_pool_nhwc(x.data_ptr<float>(), y.data_ptr<float>(), s, relu, isa, torch_threads());
+  return y;
+}
+
 int64_t popcount_peak_cpu(int64_t iters, int64_t isa) {
   check_isa(isa);
   return popcount_peak(iters, isa);
@@ -357,6 +382,7 @@ TORCH_LIBRARY_FRAGMENT(lsqbq, m) {
         "Tensor? x_scales, Tensor? residual, Tensor? slope, float clamp, int planes, int fit, bool mask, int act, "
         "bool residual_first, int n_out, int c_in, int[] kernel, int[] stride, int[] padding, int[] dilation, "
         "int isa) -> Tensor");
+  m.def("max_pool2d_nhwc(Tensor x, int[] kernel, int[] stride, int[] padding, bool relu, int isa) -> Tensor");
   m.def("popcount_peak(int iters, int isa) -> int");
   m.def("isa_supported(int isa) -> bool");
 }
@@ -377,7 +403,7 @@ void below_autograd(const c10::OperatorHandle& op, c10::DispatchKeySet ks, torch
 
 TORCH_LIBRARY_IMPL(lsqbq, Autograd, m) {
   for (const char* name : {"pack_signs", "pack_activations", "encode_fused", "bitwise_conv2d", "xnor_gemm",
-                           "xnor_gemm_scaled", "xnor_conv2d", "xnor_conv2d_scaled"})
+                           "xnor_gemm_scaled", "xnor_conv2d", "xnor_conv2d_scaled", "max_pool2d_nhwc"})
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&below_autograd>());
 }
 
@@ -390,4 +416,5 @@ TORCH_LIBRARY_IMPL(lsqbq, CPU, m) {
   m.impl("xnor_gemm_scaled", &xnor_gemm_scaled_cpu);
   m.impl("xnor_conv2d", &xnor_conv2d_cpu);
   m.impl("xnor_conv2d_scaled", &xnor_conv2d_scaled_cpu);
+  m.impl("max_pool2d_nhwc", &max_pool2d_nhwc_cpu);
 }

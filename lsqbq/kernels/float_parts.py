@@ -52,6 +52,7 @@ from ..errors import ConfigError
 from ..layers import QuantConv2d, QuantLinear
 from ..models.lenet import LeNet5
 from ..passes import run_with_threads
+from . import ops
 from .bitwise import bn_affine
 
 __all__ = ["FLOAT_PARTS", "SERIAL_MACS", "SERIAL_OUTPUTS", "FoldedConv2d", "Int8Conv2d", "Int8Linear",
@@ -139,23 +140,39 @@ def _max_along(y: Tensor, dim: int, k: int, s: int, p: int) -> Tensor:
     return out
 
 
-def max_pool2d(y: Tensor, kernel_size, stride, padding, dilation=1, ceil_mode: bool = False) -> Tensor:
-    """``torch.max_pool2d(y, ...)`` (windows clipped to the input: padding adds no value), computed separably: the
-    window maximum along H, then the window maximum of that along W. The maximum is exact, associative and
-    commutative, so every output is the same value torch's pool gives, and NaN propagates as there. Only the sign of
-    a zero may differ (``max(-0.0, 0.0)`` may take either), which changes no later value other than a zero's sign.
+def max_pool2d(y: Tensor, kernel_size, stride, padding, dilation=1, ceil_mode: bool = False,
+               relu: bool = False) -> Tensor:
+    """``torch.max_pool2d(y, ...)``, followed by a ReLU when ``relu`` (windows clipped to the input: padding adds
+    no value). The maximum is exact, associative and commutative, so every output is the same value torch's pool
+    gives, and NaN propagates as there; only the sign of a zero may differ (``max(-0.0, 0.0)`` may take either),
+    which changes no later value other than a zero's sign.
 
-    Why: torch's CPU kernel also writes the int64 argmax of every output; these strided ``maximum`` passes take
-    about 0.17 ms instead of 0.27 ms on the ImageNet stem at batch 1 (1 x 64 x 112 x 112, 3x3/2, padding 1,
-    channels_last; 0.9 ms instead of 1.4 ms at batch 4). They read the input more than once, so once it outgrows the
-    cache (batch 16 of the stem: 51 MB, 8.1 ms instead of 5.9 ms) torch's single pass wins: inputs over
-    :data:`SEPARABLE_POOL_MAX` elements, dilation, ``ceil_mode``, ``2 padding >= kernel`` and inputs that need a
-    gradient (the passes write in place) go to torch's kernel."""
+    * A channels_last float32 CPU input with a compiled back end: the engine's one-pass pool + ReLU
+      (:func:`lsqbq.kernels.ops.max_pool2d_nhwc`, the channels of a pixel in vectors). Why: torch's CPU kernel also
+      writes the int64 argmax of every output, and the ReLU is a second pass.
+    * Else separably: the window maximum along H, then the window maximum of that along W, in strided
+      ``maximum`` passes (about 0.17 ms instead of torch's 0.27 ms on the ImageNet stem at batch 1, 1 x 64 x 112 x
+      112, 3x3/2, padding 1, channels_last). They read the input more than once, so once it outgrows the cache
+      (batch 16 of the stem: 51 MB, 8.1 ms instead of 5.9 ms) torch's single pass wins: inputs over
+      :data:`SEPARABLE_POOL_MAX` elements go to torch.
+
+    Dilation, ``ceil_mode``, ``2 padding >= kernel`` and inputs that need a gradient (the passes write in place)
+    go to torch's kernel."""
     k, s, p, d = _pair(kernel_size), _pair(stride), _pair(padding), _pair(dilation)
-    if (ceil_mode or d != (1, 1) or min(s) < 1 or y.dim() != 4 or y.numel() > SEPARABLE_POOL_MAX or y.requires_grad
+    if (ceil_mode or d != (1, 1) or min(s) < 1 or y.dim() != 4 or y.requires_grad
             or any(2 * p[i] >= k[i] or y.shape[2 + i] + 2 * p[i] < k[i] for i in (0, 1))):
-        return torch.max_pool2d(y, kernel_size, stride, padding, dilation, ceil_mode)
-    return _max_along(_max_along(y, 2, k[0], s[0], p[0]), 3, k[1], s[1], p[1])
+        out = torch.max_pool2d(y, kernel_size, stride, padding, dilation, ceil_mode)
+        return out.relu() if relu else out
+    if (y.dtype == torch.float32 and y.device.type == "cpu" and y.numel() > 0
+            and y.is_contiguous(memory_format=torch.channels_last)):
+        out = ops.max_pool2d_nhwc(y, k, s, p, relu)
+        if out is not None:
+            return out
+    if y.numel() > SEPARABLE_POOL_MAX:
+        out = torch.max_pool2d(y, kernel_size, stride, padding, dilation, ceil_mode)
+    else:
+        out = _max_along(_max_along(y, 2, k[0], s[0], p[0]), 3, k[1], s[1], p[1])
+    return out.relu_() if relu else out
 
 
 class FoldedConv2d(nn.Module):
@@ -182,7 +199,7 @@ class FoldedConv2d(nn.Module):
         y = run_with_threads(threads, F.conv2d, x, self.weight, self.bias, self.stride, self.padding, self.dilation,
                               self.groups)
         if self.pool is not None:
-            y = max_pool2d(y, **self.pool)
+            return max_pool2d(y, **self.pool, relu=self.relu)
         return y.relu_() if self.relu else y
 
     def extra_repr(self) -> str:

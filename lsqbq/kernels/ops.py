@@ -61,6 +61,7 @@ __all__ = [
     "xnor_conv2d",
     "xnor_conv2d_scaled",
     "popcount_peak",
+    "max_pool2d_nhwc",
 ]
 
 BACKENDS = ("reference", "portable", "neon", "avx2", "avx512")  # slowest to fastest (x86 and aarch64 exclusive)
@@ -383,3 +384,16 @@ def popcount_peak(iters: int, *, backend: str | None = None) -> int:
         raise ConfigError(f"the popcount peak needs a compiled back end; set {_native.BACKEND_ENV}=auto (or portable, "
                           "neon, avx2, avx512) and make sure the C++ library builds")
     return int(torch.ops.lsqbq.popcount_peak(int(iters), _ISA[b]))
+
+
+def max_pool2d_nhwc(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+                    relu: bool = False, *, backend: str | None = None) -> Tensor | None:
+    """``relu?(torch.max_pool2d(x, kernel, stride, padding))`` in one pass over a channels_last float32 CPU tensor
+    (``lsqbq/csrc/maxpool.h``): ``y[b, c, i, j] = max`` over the window's pixels inside the image, NaN where the
+    window holds one, exact (only the sign of a zero may differ from torch's). The caller keeps ``2 p < k`` and no
+    ceil mode, so no window is empty. None when ``backend`` resolves to ``reference`` (no compiled library): the
+    caller then pools with torch."""
+    b = resolve_backend(backend, x.device)
+    if b == "reference":
+        return None
+    return torch.ops.lsqbq.max_pool2d_nhwc(x, list(kernel), list(stride), list(padding), bool(relu), _ISA[b])

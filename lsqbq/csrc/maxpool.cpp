@@ -1,0 +1,106 @@
+// Max-pool (+ ReLU) over NHWC float32 (maxpool.h): one output pixel at a time, its channels in vectors; the window's
+// pixels are contiguous channel rows, so every load is a dense run of C floats.
+#include "maxpool.h"
+
+#include <algorithm>
+
+#include "isa.h"
+#include "pool.h"
+
+namespace lsqbq {
+namespace {
+
+// Window bounds of output index o along one dimension: [lo, hi) of input indices inside the image.
+inline void window(int64_t o, int64_t s, int64_t p, int64_t k, int64_t n, int64_t& lo, int64_t& hi) {
+  lo = std::max<int64_t>(0, o * s - p);
+  hi = std::min<int64_t>(n, o * s - p + k);
+}
+
+// Scalar: m stays NaN once it is (v > NaN is false), and takes a NaN v (v != v).
+void pixel_portable(const float* x, float* y, const PoolShape& s, int64_t h0, int64_t h1, int64_t w0, int64_t w1,
+                    int64_t b, bool relu) {
+  const int64_t C = s.C;
+  const float* first = x + ((b * s.H + h0) * s.W + w0) * C;
+  for (int64_t c = 0; c < C; ++c) y[c] = first[c];
+  for (int64_t ih = h0; ih < h1; ++ih)
+    for (int64_t iw = (ih == h0 ? w0 + 1 : w0); iw < w1; ++iw) {
+      const float* v = x + ((b * s.H + ih) * s.W + iw) * C;
+      for (int64_t c = 0; c < C; ++c) y[c] = (v[c] > y[c] || v[c] != v[c]) ? v[c] : y[c];
+    }
+  if (relu)
+    for (int64_t c = 0; c < C; ++c) y[c] = (y[c] > 0.0f || y[c] != y[c]) ? y[c] : 0.0f;
+}
+
+#if LSQBQ_X86
+// max_ps(v, m) returns m when either is NaN (m stays NaN once it is); a NaN v is then blended in.
+LSQBQ_AVX512 void pixel_avx512(const float* x, float* y, const PoolShape& s, int64_t h0, int64_t h1, int64_t w0,
+                               int64_t w1, int64_t b, bool relu) {
+  const int64_t C = s.C;
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t c = 0; c < C; c += 16) {
+    const __mmask16 lm = first_lanes(C - c);
+    const float* first = x + ((b * s.H + h0) * s.W + w0) * C + c;
+    __m512 m = _mm512_maskz_loadu_ps(lm, first);
+    for (int64_t ih = h0; ih < h1; ++ih)
+      for (int64_t iw = (ih == h0 ? w0 + 1 : w0); iw < w1; ++iw) {
+        const __m512 v = _mm512_maskz_loadu_ps(lm, x + ((b * s.H + ih) * s.W + iw) * C + c);
+        m = _mm512_mask_mov_ps(_mm512_max_ps(v, m), _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v);
+      }
+    if (relu) m = _mm512_max_ps(zero, m);  // NaN (second operand) passes through
+    _mm512_mask_storeu_ps(y + c, lm, m);
+  }
+}
+
+LSQBQ_AVX2 void pixel_avx2(const float* x, float* y, const PoolShape& s, int64_t h0, int64_t h1, int64_t w0,
+                           int64_t w1, int64_t b, bool relu) {
+  const int64_t C = s.C, C8 = C - C % 8;
+  const __m256 zero = _mm256_setzero_ps();
+  for (int64_t c = 0; c < C8; c += 8) {
+    __m256 m = _mm256_loadu_ps(x + ((b * s.H + h0) * s.W + w0) * C + c);
+    for (int64_t ih = h0; ih < h1; ++ih)
+      for (int64_t iw = (ih == h0 ? w0 + 1 : w0); iw < w1; ++iw) {
+        const __m256 v = _mm256_loadu_ps(x + ((b * s.H + ih) * s.W + iw) * C + c);
+        m = _mm256_blendv_ps(_mm256_max_ps(v, m), v, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+      }
+    if (relu) m = _mm256_max_ps(zero, m);
+    _mm256_storeu_ps(y + c, m);
+  }
+  for (int64_t c = C8; c < C; ++c) {  // channel tail, as the portable loop
+    float m = x[((b * s.H + h0) * s.W + w0) * C + c];
+    for (int64_t ih = h0; ih < h1; ++ih)
+      for (int64_t iw = (ih == h0 ? w0 + 1 : w0); iw < w1; ++iw) {
+        const float v = x[((b * s.H + ih) * s.W + iw) * C + c];
+        m = (v > m || v != v) ? v : m;
+      }
+    y[c] = (!relu || m > 0.0f || m != m) ? m : 0.0f;
+  }
+}
+#endif
+
+}  // namespace
+
+void max_pool_nhwc(const float* x, float* y, const PoolShape& s, bool relu, int64_t isa, int64_t threads) {
+  const int64_t rows = s.B * s.OH;
+  const int64_t per_row = s.OW * s.KH * s.KW * s.C;  // element comparisons
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(1, per_row));
+  // below ~0.5M comparisons (tens of microseconds) one thread is faster than waking another
+  parallel(rows, grain, rows * per_row, int64_t(1) << 19, threads, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / s.OH, oh = r % s.OH;
+      int64_t h0, h1;
+      window(oh, s.sh, s.ph, s.KH, s.H, h0, h1);
+      for (int64_t ow = 0; ow < s.OW; ++ow) {
+        int64_t w0, w1;
+        window(ow, s.sw, s.pw, s.KW, s.W, w0, w1);
+        float* out = y + (r * s.OW + ow) * s.C;
+#if LSQBQ_X86
+        if (isa == kAvx512) { pixel_avx512(x, out, s, h0, h1, w0, w1, b, relu); continue; }
+        if (isa == kAvx2) { pixel_avx2(x, out, s, h0, h1, w0, w1, b, relu); continue; }
+#endif
+        pixel_portable(x, out, s, h0, h1, w0, w1, b, relu);
+      }
+    }
+  });
+}
+
+}  // namespace lsqbq
