@@ -194,7 +194,8 @@ def _fake_kernels() -> dict:
             "pack_signs": pack_signs, "pack_activations": pack_activations, "encode_fused": encode_fused,
             "bitwise_conv2d": bitwise_conv2d, "xnor_gemm": xnor_gemm,
             "xnor_gemm_scaled": xnor_gemm_scaled, "xnor_conv2d": xnor_conv2d,
-            "xnor_conv2d_scaled": xnor_conv2d_scaled, "max_pool2d_nhwc": max_pool2d_nhwc, "popcount_peak": popcount_peak, "isa_supported": isa_supported}
+            "xnor_conv2d_scaled": xnor_conv2d_scaled, "max_pool2d_nhwc": max_pool2d_nhwc,
+            "popcount_peak": popcount_peak, "isa_supported": isa_supported}
 
 
 _macs_per_iter: dict[int, int] = {}  # supported isa -> binary MACs per iteration of popcount_peak
