@@ -181,6 +181,11 @@ def _fake_kernels() -> dict:
         oh, ow = conv_out(x.shape[2:], kernel, stride, padding, (1, 1))
         return x.new_empty((x.shape[0], x.shape[1], oh, ow)).contiguous(memory_format=torch.channels_last)
 
+    def quantize_uint8(x, step, levels, isa):
+        oh, ow = [-(-x.shape[2 + i] // step[i]) for i in (0, 1)]
+        q = x.new_empty((x.shape[0], x.shape[1], oh, ow), dtype=torch.uint8)
+        return q.contiguous(memory_format=torch.channels_last), x.new_empty(4, dtype=torch.float64)
+
     # No tensor arguments: the answers recorded from the C++ functions when the library loaded.
     def popcount_peak(iters, isa):
         if isa not in _macs_per_iter:
@@ -195,7 +200,7 @@ def _fake_kernels() -> dict:
             "bitwise_conv2d": bitwise_conv2d, "xnor_gemm": xnor_gemm,
             "xnor_gemm_scaled": xnor_gemm_scaled, "xnor_conv2d": xnor_conv2d,
             "xnor_conv2d_scaled": xnor_conv2d_scaled, "max_pool2d_nhwc": max_pool2d_nhwc,
-            "popcount_peak": popcount_peak, "isa_supported": isa_supported}
+            "quantize_uint8": quantize_uint8, "popcount_peak": popcount_peak, "isa_supported": isa_supported}
 
 
 _macs_per_iter: dict[int, int] = {}  # supported isa -> binary MACs per iteration of popcount_peak

@@ -3,8 +3,9 @@
 // (quant.cpp) define; all C++ sources are compiled into one library. The work itself is in the core files, on raw
 // pointers and shapes: job.h / driver.cpp (binary convolution and GEMM), tile_portable.cpp, tile_avx512.cpp,
 // tile_avx2.cpp (micro-kernels), encode.h / encode*.cpp (activation encode), fit*.cpp (exact ls-2 / ls-T fits),
-// maxpool.h (the stem's max-pool + ReLU), pool.h (threads), isa.h (instruction-set paths, chosen per call by the
-// `isa` argument: 0 portable, 1 AVX-512 VPOPCNTDQ, 2 AVX2, 3 NEON).
+// maxpool.h (the stem's max-pool + ReLU), quantize.h (uint8 activations of the int8 float parts), pool.h
+// (threads), isa.h (instruction-set paths, chosen per call by the `isa` argument: 0 portable, 1 AVX-512 VPOPCNTDQ,
+// 2 AVX2, 3 NEON).
 //
 // Layer op (bitwise_conv2d): one call per layer does the fused activation encode (optional BatchNorm prologue,
 // clamp, per-sample scales -- given, greedy mean|r| in float64 lanes fused with the encode passes, or the exact
@@ -28,6 +29,7 @@
 #include "job.h"
 #include "maxpool.h"
 #include "pool.h"
+#include "quantize.h"
 
 namespace lsqbq {
 namespace {
@@ -354,6 +356,48 @@ at::Tensor max_pool2d_nhwc_cpu(const at::Tensor& x, at::IntArrayRef kernel, at::
   return y;
 }
 
+// uint8 activations of a channels_last float32 (B, C, H, W) tensor over the pixel grid of `step` (core:
+// quantize.cpp): q (B, C, ceil(H / sh), ceil(W / sw)) channels_last and float64 [scale, zero, lo, hi] with
+//   lo' = min(lo, 0), hi' = max(hi, 0), scale = (hi' - lo') / levels (1 when hi' == lo'),
+//   zero = clamp(round_half_even(-lo' / scale), 0, levels),
+// as lsqbq/kernels/float_parts.py quantize_uint8 computes them. A range that is not finite (NaN or inf in the grid)
+// returns an empty q and the range, for the caller's error.
+std::tuple<at::Tensor, at::Tensor> quantize_uint8_cpu(const at::Tensor& x, at::IntArrayRef step, int64_t levels,
+                                                      int64_t isa) {
+  check_isa(isa);
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 4 && x.device().is_cpu(),
+              "lsqbq: quantize_uint8 needs a float32 (B, C, H, W) CPU tensor, got ", x.sizes(), " ", x.scalar_type());
+  TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast), "lsqbq: quantize_uint8 needs channels_last input");
+  TORCH_CHECK(step.size() == 2 && step[0] > 0 && step[1] > 0, "lsqbq: quantize_uint8 needs 2 positive steps, got ",
+              step);
+  TORCH_CHECK(levels >= 1 && levels <= 255, "lsqbq: quantize_uint8 levels must be in [1, 255], got ", levels);
+  TORCH_CHECK(x.numel() > 0, "lsqbq: quantize_uint8 of an empty tensor ", x.sizes());
+  Grid g{x.size(0), x.size(2), x.size(3), x.size(1), step[0], step[1], 0, 0};
+  g.OH = (g.H + g.sh - 1) / g.sh;
+  g.OW = (g.W + g.sw - 1) / g.sw;
+  float lo = 0, hi = 0;
+  range_nhwc(x.data_ptr<float>(), g, lo, hi, isa);
+  auto params = at::empty({4}, x.options().dtype(at::kDouble));
+  double* pr = params.data_ptr<double>();
+  pr[2] = lo;
+  pr[3] = hi;
+  if (!std::isfinite(lo) || !std::isfinite(hi)) {
+    pr[0] = pr[1] = std::nan("");
+    return {at::empty({0}, x.options().dtype(at::kByte)), params};
+  }
+  const double lod = std::min<double>(lo, 0.0), hid = std::max<double>(hi, 0.0);
+  const double scale = hid > lod ? (hid - lod) / static_cast<double>(levels) : 1.0;
+  const double zero = std::min<double>(std::max<double>(std::nearbyint(-lod / scale), 0.0),
+                                       static_cast<double>(levels));
+  pr[0] = scale;
+  pr[1] = zero;
+  auto q = at::empty({g.B, g.C, g.OH, g.OW},
+                     x.options().dtype(at::kByte).memory_format(at::MemoryFormat::ChannelsLast));
+  quantize_u8_nhwc(x.data_ptr<float>(), q.data_ptr<uint8_t>(), g, static_cast<float>(1.0 / scale),
+                   static_cast<float>(zero + 0.5), static_cast<float>(levels), isa, torch_threads());
+  return {q, params};
+}
+
 int64_t popcount_peak_cpu(int64_t iters, int64_t isa) {
   check_isa(isa);
   return popcount_peak(iters, isa);
@@ -383,6 +427,7 @@ TORCH_LIBRARY_FRAGMENT(lsqbq, m) {
         "bool residual_first, int n_out, int c_in, int[] kernel, int[] stride, int[] padding, int[] dilation, "
         "int isa) -> Tensor");
   m.def("max_pool2d_nhwc(Tensor x, int[] kernel, int[] stride, int[] padding, bool relu, int isa) -> Tensor");
+  m.def("quantize_uint8(Tensor x, int[] step, int levels, int isa) -> (Tensor, Tensor)");
   m.def("popcount_peak(int iters, int isa) -> int");
   m.def("isa_supported(int isa) -> bool");
 }
@@ -403,7 +448,8 @@ void below_autograd(const c10::OperatorHandle& op, c10::DispatchKeySet ks, torch
 
 TORCH_LIBRARY_IMPL(lsqbq, Autograd, m) {
   for (const char* name : {"pack_signs", "pack_activations", "encode_fused", "bitwise_conv2d", "xnor_gemm",
-                           "xnor_gemm_scaled", "xnor_conv2d", "xnor_conv2d_scaled", "max_pool2d_nhwc"})
+                           "xnor_gemm_scaled", "xnor_conv2d", "xnor_conv2d_scaled", "max_pool2d_nhwc",
+                           "quantize_uint8"})
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&below_autograd>());
 }
 
@@ -417,4 +463,5 @@ TORCH_LIBRARY_IMPL(lsqbq, CPU, m) {
   m.impl("xnor_conv2d", &xnor_conv2d_cpu);
   m.impl("xnor_conv2d_scaled", &xnor_conv2d_scaled_cpu);
   m.impl("max_pool2d_nhwc", &max_pool2d_nhwc_cpu);
+  m.impl("quantize_uint8", &quantize_uint8_cpu);
 }

@@ -44,11 +44,13 @@ at 28x28 (100k outputs) 1.24x. Such a layer then computes exactly what it comput
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..layers import QuantConv2d, QuantLinear
 from ..models.lenet import LeNet5
 from ..passes import run_with_threads
@@ -56,8 +58,8 @@ from . import ops
 from .bitwise import bn_affine
 
 __all__ = ["FLOAT_PARTS", "SERIAL_MACS", "SERIAL_OUTPUTS", "FoldedConv2d", "Int8Conv2d", "Int8Linear",
-           "check_float_parts", "conv_threads", "fold_conv_bn", "fuse_float_parts", "max_pool2d", "quantize_uint8",
-           "weight_int8"]
+           "check_float_parts", "conv_threads", "fold_conv_bn", "fuse_float_parts", "max_pool2d",
+           "quantize_activations", "quantize_uint8", "weight_int8"]
 
 FLOAT_PARTS = ("fp32", "int8")
 
@@ -221,15 +223,43 @@ def _levels() -> int:
 
 def quantize_uint8(x: Tensor, levels: int = 255) -> tuple[Tensor, float, int]:
     """``(q, s_x, z)``: uint8 ``q`` (same shape and memory format as ``x``) with ``x ~= s_x (q - z)`` over the
-    range of ``x`` and 0 (module docstring): ``|s_x (q - z) - x| <= s_x / 2`` for every element."""
+    range of ``x`` and 0 (module docstring): ``|s_x (q - z) - x| <= s_x / 2`` for every element. In torch: the
+    reference of the engine's two-pass op (:func:`quantize_activations`).
+
+    Raises:
+        InputError: NaN or inf in ``x`` (no uint8 grid covers it), with the range found."""
     cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
     lo, hi = torch.aminmax(x.permute(0, 2, 3, 1) if cl else x)  # a contiguous view reduces fastest
+    _check_range(float(lo), float(hi), tuple(x.shape))
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
     scale = (hi - lo) / levels if hi > lo else 1.0
     zero = min(max(round(-lo / scale), 0), levels)
     # floor(x / s + z + 1/2), clamped: round half up; x within [lo, hi] is off by <= s / 2 even where clamped
     q = torch.mul(x, 1.0 / scale).add_(zero + 0.5).clamp_(0.0, levels).to(torch.uint8)
     return q, scale, zero
+
+
+def _check_range(lo: float, hi: float, shape: tuple) -> None:
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise InputError(f"int8 float parts: activations of shape {shape} are not finite (min {lo}, max {hi}); "
+                         "no uint8 grid covers them: check the input, or convert with float_parts='fp32'")
+
+
+def quantize_activations(x: Tensor, step: tuple[int, int] = (1, 1), levels: int = 255) -> tuple[Tensor, float, int]:
+    """:func:`quantize_uint8` of the pixel grid ``x[:, :, ::sh, ::sw]`` as a channels_last uint8 tensor: in the
+    engine's two passes (:func:`lsqbq.kernels.ops.quantize_uint8_nhwc`, the same values) for a channels_last
+    float32 CPU input with a compiled back end, else in torch on the grid's copy."""
+    if x.dim() == 4 and x.dtype == torch.float32 and x.device.type == "cpu" and x.numel() > 0 \
+            and x.is_contiguous(memory_format=torch.channels_last):
+        out = ops.quantize_uint8_nhwc(x, step, levels)
+        if out is not None:
+            q, scale, zero, lo, hi = out
+            if q.numel() == 0:
+                _check_range(lo, hi, tuple(x.shape))
+            return q, scale, zero
+    if step != (1, 1):
+        x = x[:, :, :: step[0], :: step[1]]
+    return quantize_uint8(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x, levels)
 
 
 def weight_int8(w: Tensor) -> tuple[Tensor, Tensor]:
@@ -291,14 +321,11 @@ class Int8Conv2d(_Int8Base):
                                               list(self.padding), list(self.dilation), self.groups, list(shape))
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x.float()
-        if self.subsample:
-            x = x[:, :, :: self.stride[0], :: self.stride[1]]
-        x = x.contiguous(memory_format=torch.channels_last)
+        # a strided 1x1 convolution reads one pixel in s: only that grid is quantized
+        q, scale, zero = quantize_activations(x.float(), self.stride if self.subsample else (1, 1), self.levels)
         if self._packed is None:
-            self._packed = self._prepack(x.shape)
-        q, scale, zero = quantize_uint8(x, self.levels)
-        threads = conv_threads(x, self.weight_q, self._conv_stride, self.padding, self.dilation, self.groups)
+            self._packed = self._prepack(q.shape)
+        threads = conv_threads(q, self.weight_q, self._conv_stride, self.padding, self.dilation, self.groups)
         y = run_with_threads(threads, self._op, q, scale, zero, self._packed, self.weight_scale, self._zeros,
                               self.bias, list(self._conv_stride), list(self.padding), list(self.dilation),
                               self.groups, 1.0, 0, torch.float32, "relu" if self.relu else "none", [], "")
@@ -326,9 +353,9 @@ class Int8Linear(_Int8Base):
         rows = x.float().reshape(-1, self.in_features)
         if self._packed is None:
             self._packed = torch.ops.onednn.qlinear_prepack(self.weight_q, None)
-        q, scale, zero = quantize_uint8(rows.contiguous(), self.levels)
-        y = self._op(q, scale, zero, self._packed, self.weight_scale, self._zeros, self.bias, 1.0, 0, torch.float32,
-                     "relu" if self.relu else "none", [], "")
+        q, scale, zero = quantize_activations(rows.contiguous().view(*rows.shape, 1, 1), levels=self.levels)
+        y = self._op(q.view(rows.shape), scale, zero, self._packed, self.weight_scale, self._zeros, self.bias, 1.0, 0,
+                     torch.float32, "relu" if self.relu else "none", [], "")
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

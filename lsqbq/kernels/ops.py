@@ -62,6 +62,7 @@ __all__ = [
     "xnor_conv2d_scaled",
     "popcount_peak",
     "max_pool2d_nhwc",
+    "quantize_uint8_nhwc",
 ]
 
 BACKENDS = ("reference", "portable", "neon", "avx2", "avx512")  # slowest to fastest (x86 and aarch64 exclusive)
@@ -397,3 +398,18 @@ def max_pool2d_nhwc(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int],
     if b == "reference":
         return None
     return torch.ops.lsqbq.max_pool2d_nhwc(x, list(kernel), list(stride), list(padding), bool(relu), _ISA[b])
+
+
+def quantize_uint8_nhwc(x: Tensor, step: tuple[int, int] = (1, 1), levels: int = 255, *,
+                        backend: str | None = None) -> tuple[Tensor, float, int, float, float] | None:
+    """uint8 activations of a channels_last float32 CPU tensor over the pixel grid ``x[:, :, ::sh, ::sw]`` in two
+    passes (``lsqbq/csrc/quantize.h``): ``(q, s_x, z, lo, hi)`` with ``q`` channels_last uint8 equal element for
+    element to :func:`lsqbq.kernels.float_parts.quantize_uint8` of the grid, ``s_x`` and ``z`` its scale and zero
+    point, ``(lo, hi)`` the grid's range. ``q`` is empty when the range is not finite (NaN or inf in the grid).
+    None when ``backend`` resolves to ``reference``: the caller then quantizes with torch."""
+    b = resolve_backend(backend, x.device)
+    if b == "reference":
+        return None
+    q, params = torch.ops.lsqbq.quantize_uint8(x, list(step), int(levels), _ISA[b])
+    scale, zero, lo, hi = params.tolist()
+    return q, scale, 0 if zero != zero else int(zero), lo, hi
