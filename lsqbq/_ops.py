@@ -181,9 +181,9 @@ def _fake_kernels() -> dict:
         oh, ow = conv_out(x.shape[2:], kernel, stride, padding, (1, 1))
         return x.new_empty((x.shape[0], x.shape[1], oh, ow)).contiguous(memory_format=torch.channels_last)
 
-    def quantize_uint8(x, step, levels, isa):
+    def quantize_uint8(x, step, levels, channels, isa):
         oh, ow = [-(-x.shape[2 + i] // step[i]) for i in (0, 1)]
-        q = x.new_empty((x.shape[0], x.shape[1], oh, ow), dtype=torch.uint8)
+        q = x.new_empty((x.shape[0], channels or x.shape[1], oh, ow), dtype=torch.uint8)
         return q.contiguous(memory_format=torch.channels_last), x.new_empty(4, dtype=torch.float64)
 
     # No tensor arguments: the answers recorded from the C++ functions when the library loaded.

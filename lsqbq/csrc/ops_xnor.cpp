@@ -357,13 +357,14 @@ at::Tensor max_pool2d_nhwc_cpu(const at::Tensor& x, at::IntArrayRef kernel, at::
 }
 
 // uint8 activations of a channels_last float32 (B, C, H, W) tensor over the pixel grid of `step` (core:
-// quantize.cpp): q (B, C, ceil(H / sh), ceil(W / sw)) channels_last and float64 [scale, zero, lo, hi] with
+// quantize.cpp): q (B, C', ceil(H / sh), ceil(W / sw)) channels_last and float64 [scale, zero, lo, hi] with
 //   lo' = min(lo, 0), hi' = max(hi, 0), scale = (hi' - lo') / levels (1 when hi' == lo'),
 //   zero = clamp(round_half_even(-lo' / scale), 0, levels),
-// as lsqbq/kernels/float_parts.py quantize_uint8 computes them. A range that is not finite (NaN or inf in the grid)
+// as lsqbq/kernels/float_parts.py quantize_uint8 computes them; C' = channels (0: C), the channels past C the
+// quantized 0 (zero channels appended to x). A range that is not finite (NaN or inf in the grid)
 // returns an empty q and the range, for the caller's error.
 std::tuple<at::Tensor, at::Tensor> quantize_uint8_cpu(const at::Tensor& x, at::IntArrayRef step, int64_t levels,
-                                                      int64_t isa) {
+                                                      int64_t channels, int64_t isa) {
   check_isa(isa);
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 4 && x.device().is_cpu(),
               "lsqbq: quantize_uint8 needs a float32 (B, C, H, W) CPU tensor, got ", x.sizes(), " ", x.scalar_type());
@@ -372,7 +373,9 @@ std::tuple<at::Tensor, at::Tensor> quantize_uint8_cpu(const at::Tensor& x, at::I
               step);
   TORCH_CHECK(levels >= 1 && levels <= 255, "lsqbq: quantize_uint8 levels must be in [1, 255], got ", levels);
   TORCH_CHECK(x.numel() > 0, "lsqbq: quantize_uint8 of an empty tensor ", x.sizes());
-  Grid g{x.size(0), x.size(2), x.size(3), x.size(1), step[0], step[1], 0, 0};
+  TORCH_CHECK(channels == 0 || channels >= x.size(1), "lsqbq: quantize_uint8 channels must be 0 or at least C = ",
+              x.size(1), ", got ", channels);
+  Grid g{x.size(0), x.size(2), x.size(3), x.size(1), step[0], step[1], 0, 0, channels ? channels : x.size(1)};
   g.OH = (g.H + g.sh - 1) / g.sh;
   g.OW = (g.W + g.sw - 1) / g.sw;
   float lo = 0, hi = 0;
@@ -391,7 +394,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_uint8_cpu(const at::Tensor& x, at::I
                                        static_cast<double>(levels));
   pr[0] = scale;
   pr[1] = zero;
-  auto q = at::empty({g.B, g.C, g.OH, g.OW},
+  auto q = at::empty({g.B, g.CO, g.OH, g.OW},
                      x.options().dtype(at::kByte).memory_format(at::MemoryFormat::ChannelsLast));
   quantize_u8_nhwc(x.data_ptr<float>(), q.data_ptr<uint8_t>(), g, static_cast<float>(1.0 / scale),
                    static_cast<float>(zero + 0.5), static_cast<float>(levels), isa, torch_threads());
@@ -427,7 +430,7 @@ TORCH_LIBRARY_FRAGMENT(lsqbq, m) {
         "bool residual_first, int n_out, int c_in, int[] kernel, int[] stride, int[] padding, int[] dilation, "
         "int isa) -> Tensor");
   m.def("max_pool2d_nhwc(Tensor x, int[] kernel, int[] stride, int[] padding, bool relu, int isa) -> Tensor");
-  m.def("quantize_uint8(Tensor x, int[] step, int levels, int isa) -> (Tensor, Tensor)");
+  m.def("quantize_uint8(Tensor x, int[] step, int levels, int channels, int isa) -> (Tensor, Tensor)");
   m.def("popcount_peak(int iters, int isa) -> int");
   m.def("isa_supported(int isa) -> bool");
 }

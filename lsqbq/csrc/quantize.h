@@ -15,12 +15,13 @@ namespace lsqbq {
 
 struct Grid {
   int64_t B, H, W, C, sh, sw, OH, OW;
+  int64_t CO;  // channels of q, >= C: channels C .. CO - 1 hold the quantized 0 (a zero channel appended to x)
 };
 
 // (lo, hi) over the grid of x (B, H, W, C); NaN in either when the grid holds a NaN.
 void range_nhwc(const float* x, const Grid& g, float& lo, float& hi, int64_t isa);
 
-// q (B, OH, OW, C) from the grid of x; rows (b, i) split over up to `threads` threads.
+// q (B, OH, OW, CO) from the grid of x; rows (b, i) split over up to `threads` threads.
 void quantize_u8_nhwc(const float* x, uint8_t* q, const Grid& g, float inv, float add, float levels, int64_t isa,
                       int64_t threads);
 

@@ -400,16 +400,18 @@ def max_pool2d_nhwc(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int],
     return torch.ops.lsqbq.max_pool2d_nhwc(x, list(kernel), list(stride), list(padding), bool(relu), _ISA[b])
 
 
-def quantize_uint8_nhwc(x: Tensor, step: tuple[int, int] = (1, 1), levels: int = 255, *,
+def quantize_uint8_nhwc(x: Tensor, step: tuple[int, int] = (1, 1), levels: int = 255, channels: int = 0, *,
                         backend: str | None = None) -> tuple[Tensor, float, int, float, float] | None:
     """uint8 activations of a channels_last float32 CPU tensor over the pixel grid ``x[:, :, ::sh, ::sw]`` in two
     passes (``lsqbq/csrc/quantize.h``): ``(q, s_x, z, lo, hi)`` with ``q`` channels_last uint8 equal element for
     element to :func:`lsqbq.kernels.float_parts.quantize_uint8` of the grid, ``s_x`` and ``z`` its scale and zero
-    point, ``(lo, hi)`` the grid's range. ``q`` is empty when the range is not finite (NaN or inf in the grid).
+    point, ``(lo, hi)`` the grid's range. ``channels`` (0: ``x``'s): ``q``'s channel count; those past ``x``'s
+    hold the quantized 0, as if zero channels were appended to ``x`` (they do not change the range, which
+    includes 0). ``q`` is empty when the range is not finite (NaN or inf in the grid).
     None when ``backend`` resolves to ``reference``: the caller then quantizes with torch."""
     b = resolve_backend(backend, x.device)
     if b == "reference":
         return None
-    q, params = torch.ops.lsqbq.quantize_uint8(x, list(step), int(levels), _ISA[b])
+    q, params = torch.ops.lsqbq.quantize_uint8(x, list(step), int(levels), int(channels), _ISA[b])
     scale, zero, lo, hi = params.tolist()
     return q, scale, 0 if zero != zero else int(zero), lo, hi

@@ -4,13 +4,14 @@ rounding; the int8 layers stay within the error bound derived in the module docs
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lsqbq.errors import ConfigError
+from lsqbq.errors import ConfigError, InputError
 from lsqbq.kernels import to_bitwise
 from lsqbq.kernels import float_parts
 from lsqbq.kernels.float_parts import (FoldedConv2d, Int8Conv2d, Int8Linear, conv_threads, max_pool2d,
@@ -103,8 +104,11 @@ def test_small_float_convs_run_on_one_thread(monkeypatch, x_shape, conv, serial,
         else:
             torch.testing.assert_close(y, one, rtol=1e-5, atol=1e-5)
         torch.set_num_threads(2)
-        with pytest.raises(RuntimeError), torch.inference_mode():
-            layer(torch.randn(x_shape[0], x_shape[1] + 1, *x_shape[2:]))
+        wrong = (x_shape[0], x_shape[1] + 1, *x_shape[2:])
+        with pytest.raises(InputError if int8 else RuntimeError,
+                           match=re.escape(f"expected input (B, {x_shape[1]}, H, W), got {wrong}") if int8 else None), \
+                torch.inference_mode():
+            layer(torch.randn(*wrong))
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

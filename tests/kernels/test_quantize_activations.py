@@ -68,3 +68,46 @@ def test_non_finite_activations_refused(bad):
     # a strided grid that misses the bad pixel quantizes normally
     q, _, _ = quantize_activations(x.contiguous(memory_format=torch.channels_last), (3, 3), 255)
     assert q.shape == (1, 8, 2, 2)
+
+
+@pytest.mark.parametrize("c,channels,step", [(3, 4, (1, 1)), (3, 4, (2, 1)), (3, 4, (1, 2)), (2, 5, (1, 1)),
+                                             (1, 4, (2, 2))])
+def test_appended_channels_hold_the_quantized_zero(backend, c, channels, step):
+    """``channels`` past ``x``'s hold the quantized 0, as if zero channels were appended (the RGB stem's 4th
+    channel); row lengths that are not a multiple of the 4-pixel vector step included."""
+    gen = torch.Generator().manual_seed(c * 10 + channels)
+    for h, w in ((7, 11), (224 // 8, 226 // 8), (3, 1)):
+        x = (torch.randn(2, c, h, w, generator=gen) + 0.3).contiguous(memory_format=torch.channels_last)
+        q, scale, zero, _, _ = ops.quantize_uint8_nhwc(x, step, 255, channels, backend=backend)
+        grid = x[:, :, :: step[0], :: step[1]]
+        padded = torch.cat([grid, grid.new_zeros(grid.shape[0], channels - c, *grid.shape[2:])], 1)
+        rq, rscale, rzero = quantize_uint8(padded.contiguous(memory_format=torch.channels_last), 255)
+        assert (scale, zero) == (rscale, rzero) and torch.equal(q, rq)
+        assert (q[:, c:] == zero).all()
+        tq, _, _ = quantize_activations(x.contiguous(), step, 255, channels)  # torch path (NCHW input)
+        assert torch.equal(tq, rq)
+
+
+@pytest.mark.skipif(not hasattr(torch.ops, "onednn"), reason="no oneDNN int8 ops in this torch build")
+def test_rgb_stem_on_four_channels_equals_three():
+    """The int8 RGB stem runs on 4 channels (zero weights, quantized-0 input): exactly the output of oneDNN's int8
+    convolution on the 3 channels, from the same quantized input and weights."""
+    from torch import nn
+
+    from lsqbq.kernels.float_parts import FoldedConv2d, Int8Conv2d, weight_int8
+
+    torch.manual_seed(0)
+    folded = FoldedConv2d(nn.Conv2d(3, 16, 7, 2, 3).eval(), relu=True)
+    layer = Int8Conv2d(folded)
+    assert layer.in_padded == 4 and layer.weight_q.shape[1] == 4
+    x = torch.randn(2, 3, 40, 36).contiguous(memory_format=torch.channels_last)
+    q, scale, zero = quantize_uint8(x, layer.levels)
+    wq, ws = weight_int8(folded.weight)
+    packed = torch.ops.onednn.qconv_prepack(wq.contiguous(memory_format=torch.channels_last), ws, 1.0, 0, [2, 2],
+                                            [3, 3], [1, 1], 1, list(q.shape))
+    want = torch.ops.onednn.qconv2d_pointwise(q, scale, zero, packed, ws, torch.zeros(16, dtype=torch.int32),
+                                              folded.bias, [2, 2], [3, 3], [1, 1], 1, 1.0, 0, torch.float32, "relu",
+                                              [], "")
+    with torch.inference_mode():
+        got = layer(x)
+    assert torch.equal(got, want)
