@@ -84,6 +84,9 @@ def _samples(name: str) -> list[tuple]:
             "xnor_conv2d": [(*conv, 9, 70, *geom, False, isa)],
             "xnor_conv2d_scaled": [(*conv, sa, w.scales, bias, 9, 70, *geom, False, isa),
                                    (*conv, sa, w.scales, None, 9, 70, *geom, False, isa)],
+            "max_pool2d_nhwc": [(xcl, [3, 3], [2, 2], [1, 1], True, isa), (xcl, [2, 1], [1, 1], [0, 0], False, isa)],
+            "quantize_uint8": [(xcl, [1, 1], 255, 0, isa), (xcl[:, :3].contiguous(memory_format=torch.channels_last),
+                                                            [2, 1], 127, 4, isa)],
         }.get(name, [])
     return out
 
