@@ -60,7 +60,21 @@ def test_auto_takes_as_many_images_as_fit_in_the_byte_budget(resnet, monkeypatch
     assert chunk_images(torch.empty(256, 1, 28, 28), "auto") == passes.CHUNK_BYTES // (28 * 28 * 4)
     assert chunk_images(x, None) == 7 and chunk_images(x, 3) == 3 and chunk_images(x, 99) == 7
     monkeypatch.setattr(passes, "CHUNK_BYTES", 3 * 12288)
+    monkeypatch.setattr(chunks, "MIN_PASS_IMAGES", 1)
     assert _batches_seen(to_bitwise(resnet), x)[1] == [3, 3, 1]
+
+
+def test_auto_passes_hold_at_least_the_floor(resnet):
+    """Large images: the byte budget gives 5 images of 64x64x3 (49,152 bytes) per pass, the floor 8; small images
+    keep the budget's larger passes (21 of 32x32x3)."""
+    assert passes.CHUNK_BYTES // (3 * 64 * 64 * 4) == 5 and chunks.MIN_PASS_IMAGES == 8
+    fast = to_bitwise(resnet)
+    x = torch.randn(12, 3, 64, 64)
+    y, seen = _batches_seen(fast, x)
+    assert seen == [8, 4]
+    with torch.inference_mode():
+        torch.testing.assert_close(y, to_bitwise(resnet, chunk=None)(x), rtol=1e-5, atol=1e-4)
+    assert _batches_seen(fast, torch.randn(30, 3, 32, 32))[1] == [21, 9]
 
 
 @pytest.mark.parametrize("bad", [0, -2, 1.5, True, "all"])
