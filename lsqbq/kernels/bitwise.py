@@ -152,29 +152,19 @@ class _BitwiseBase(nn.Module):
         return ", ".join(parts)
 
 
-def _compiled_isa(backend: str | None, device) -> int | None:
-    """The ``isa`` argument of the C++ ops for the back end a call resolves to, None for ``reference``."""
-    name = ops.resolve_backend(backend, device)
-    return None if name == "reference" else ops._ISA[name]
-
-
-# Resolving the back end costs several environment reads and checks (5-10 us), so a layer resolves again only when
-# :func:`lsqbq._native.switch_state` changed; the choice still follows the switch on every call.
-_resolved: dict[tuple, tuple] = {}
-
-
 def _layer_op(backend: str | None, device: torch.device) -> tuple[int | None, object]:
-    """``(isa, op)`` for a :class:`BitwiseConv2d` call: the ``isa`` argument (None for ``reference``) and the overload
-    ``lsqbq::bitwise_conv2d.default`` (None for ``reference``), cached per back end, device type and switch state."""
-    key = (backend, device.type, *_native.switch_state())
-    hit = _resolved.get(key)
-    if hit is None:
-        isa = _compiled_isa(backend, device)  # raises ConfigError for a bad switch: nothing is cached then
-        hit = (isa, None if isa is None else torch.ops.lsqbq.bitwise_conv2d.default)
-        if len(_resolved) >= 64:
-            _resolved.clear()
-        _resolved[key] = hit
-    return hit
+    """``(isa, op)`` for a :class:`BitwiseConv2d` call: the ``isa`` argument (:func:`lsqbq.kernels.ops.cached_isa`,
+    None for ``reference``) and the overload ``lsqbq::bitwise_conv2d.default`` (None for ``reference``)."""
+    isa = ops.cached_isa(backend, device)
+    if isa is None:
+        return None, None
+    op = _LAYER_OP.get("op")
+    if op is None:  # looked up once: the attribute chain costs about 2 us per call
+        op = _LAYER_OP["op"] = torch.ops.lsqbq.bitwise_conv2d.default
+    return isa, op
+
+
+_LAYER_OP: dict[str, object] = {}
 
 
 def _reraise(fn, *args, **kwargs):

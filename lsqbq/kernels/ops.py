@@ -117,6 +117,24 @@ def compiled_isa(backend: str | None, device: torch.device | str = "cpu") -> int
     return _ISA.get(resolve_backend(backend, device))
 
 
+# Resolving the back end costs several environment reads and checks (5-10 us), so a call resolves again only when
+# :func:`lsqbq._native.switch_state` changed; the choice still follows the switch on every call.
+_isa_by_state: dict[tuple, int | None] = {}
+
+
+def cached_isa(backend: str | None, device: torch.device | str = "cpu") -> int | None:
+    """:func:`compiled_isa`, cached per back end, device type and switch state (a few dictionary reads per call
+    instead of the full resolution; the per-layer ops and the float parts' ops call it on every forward)."""
+    key = (backend, device.type if isinstance(device, torch.device) else str(device), *_native.switch_state())
+    if key in _isa_by_state:
+        return _isa_by_state[key]
+    isa = compiled_isa(backend, device)  # raises ConfigError for a bad switch: nothing is cached then
+    if len(_isa_by_state) >= 64:
+        _isa_by_state.clear()
+    _isa_by_state[key] = isa
+    return isa
+
+
 def _why_not(name: str) -> str:
     """Why the compiled back end ``name`` is missing: the switch, a failed build, or the CPU."""
     if _native.requested_backend() == "reference":
@@ -394,10 +412,10 @@ def max_pool2d_nhwc(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int],
     window holds one, exact (only the sign of a zero may differ from torch's). The caller keeps ``2 p < k`` and no
     ceil mode, so no window is empty. None when ``backend`` resolves to ``reference`` (no compiled library): the
     caller then pools with torch."""
-    b = resolve_backend(backend, x.device)
-    if b == "reference":
+    isa = cached_isa(backend, x.device)
+    if isa is None:
         return None
-    return torch.ops.lsqbq.max_pool2d_nhwc(x, list(kernel), list(stride), list(padding), bool(relu), _ISA[b])
+    return torch.ops.lsqbq.max_pool2d_nhwc(x, list(kernel), list(stride), list(padding), bool(relu), isa)
 
 
 def quantize_uint8_nhwc(x: Tensor, step: tuple[int, int] = (1, 1), levels: int = 255, channels: int = 0, *,
@@ -409,9 +427,9 @@ def quantize_uint8_nhwc(x: Tensor, step: tuple[int, int] = (1, 1), levels: int =
     hold the quantized 0, as if zero channels were appended to ``x`` (they do not change the range, which
     includes 0). ``q`` is empty when the range is not finite (NaN or inf in the grid).
     None when ``backend`` resolves to ``reference``: the caller then quantizes with torch."""
-    b = resolve_backend(backend, x.device)
-    if b == "reference":
+    isa = cached_isa(backend, x.device)
+    if isa is None:
         return None
-    q, params = torch.ops.lsqbq.quantize_uint8(x, list(step), int(levels), int(channels), _ISA[b])
+    q, params = torch.ops.lsqbq.quantize_uint8(x, list(step), int(levels), int(channels), isa)
     scale, zero, lo, hi = params.tolist()
     return q, scale, 0 if zero != zero else int(zero), lo, hi
