@@ -16,19 +16,19 @@ inline void window(int64_t o, int64_t s, int64_t p, int64_t k, int64_t n, int64_
   hi = std::min<int64_t>(n, o * s - p + k);
 }
 
-// Scalar: m stays NaN once it is (v > NaN is false), and takes a NaN v (v != v).
+// Scalar, channels c0 .. C - 1: m stays NaN once it is (v > NaN is false), and takes a NaN v (v != v).
 void pixel_portable(const float* x, float* y, const PoolShape& s, int64_t h0, int64_t h1, int64_t w0, int64_t w1,
-                    int64_t b, bool relu) {
+                    int64_t b, bool relu, int64_t c0 = 0) {
   const int64_t C = s.C;
   const float* first = x + ((b * s.H + h0) * s.W + w0) * C;
-  for (int64_t c = 0; c < C; ++c) y[c] = first[c];
+  for (int64_t c = c0; c < C; ++c) y[c] = first[c];
   for (int64_t ih = h0; ih < h1; ++ih)
     for (int64_t iw = (ih == h0 ? w0 + 1 : w0); iw < w1; ++iw) {
       const float* v = x + ((b * s.H + ih) * s.W + iw) * C;
-      for (int64_t c = 0; c < C; ++c) y[c] = (v[c] > y[c] || v[c] != v[c]) ? v[c] : y[c];
+      for (int64_t c = c0; c < C; ++c) y[c] = (v[c] > y[c] || v[c] != v[c]) ? v[c] : y[c];
     }
   if (relu)
-    for (int64_t c = 0; c < C; ++c) y[c] = (y[c] > 0.0f || y[c] != y[c]) ? y[c] : 0.0f;
+    for (int64_t c = c0; c < C; ++c) y[c] = (y[c] > 0.0f || y[c] != y[c]) ? y[c] : 0.0f;
 }
 
 #if LSQBQ_X86
@@ -65,15 +65,7 @@ LSQBQ_AVX2 void pixel_avx2(const float* x, float* y, const PoolShape& s, int64_t
     if (relu) m = _mm256_max_ps(zero, m);
     _mm256_storeu_ps(y + c, m);
   }
-  for (int64_t c = C8; c < C; ++c) {  // channel tail, as the portable loop
-    float m = x[((b * s.H + h0) * s.W + w0) * C + c];
-    for (int64_t ih = h0; ih < h1; ++ih)
-      for (int64_t iw = (ih == h0 ? w0 + 1 : w0); iw < w1; ++iw) {
-        const float v = x[((b * s.H + ih) * s.W + iw) * C + c];
-        m = (v > m || v != v) ? v : m;
-      }
-    y[c] = (!relu || m > 0.0f || m != m) ? m : 0.0f;
-  }
+  if (C8 < C) pixel_portable(x, y, s, h0, h1, w0, w1, b, relu, C8);  // the channel tail
 }
 #endif
 

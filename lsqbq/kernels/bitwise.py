@@ -20,10 +20,11 @@ the expected and the given size, checked before any kernel runs.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
-from .. import _native
 from ..errors import InputError
 from ..layers import (SCALE_MODES, QuantConv2d, QuantLinear, check_input, layer_label, stored_scales_problem,
                       tensor_version)
@@ -156,15 +157,13 @@ def _layer_op(backend: str | None, device: torch.device) -> tuple[int | None, ob
     """``(isa, op)`` for a :class:`BitwiseConv2d` call: the ``isa`` argument (:func:`lsqbq.kernels.ops.cached_isa`,
     None for ``reference``) and the overload ``lsqbq::bitwise_conv2d.default`` (None for ``reference``)."""
     isa = ops.cached_isa(backend, device)
-    if isa is None:
-        return None, None
-    op = _LAYER_OP.get("op")
-    if op is None:  # looked up once: the attribute chain costs about 2 us per call
-        op = _LAYER_OP["op"] = torch.ops.lsqbq.bitwise_conv2d.default
-    return isa, op
+    return (None, None) if isa is None else (isa, _bitwise_conv2d_op())
 
 
-_LAYER_OP: dict[str, object] = {}
+@functools.cache
+def _bitwise_conv2d_op():
+    """``torch.ops.lsqbq.bitwise_conv2d.default``, looked up once (the attribute chain costs about 2 us a call)."""
+    return torch.ops.lsqbq.bitwise_conv2d.default
 
 
 def _reraise(fn, *args, **kwargs):

@@ -8,7 +8,8 @@ writes ``{"top1", "top5", "loss", "n"}`` of the bitwise model plus ``simulated_t
 ``top1_agreement`` (fraction of test images whose top-1 class is the same), ``top1_difference`` (bitwise minus
 simulated, percentage points), ``max_logit_diff`` / ``max_logit_rel_diff``, ``scale_mode``, ``kernels`` (the back end
 that ran), ``float_parts`` (with ``--float-parts int8`` only) and the checkpoint's identity. The equality -- integer
-dot products exact, logits within float tolerance -- is tested layer by layer in ``tests/kernels``; here it is measured on real data.
+dot products exact, logits within float tolerance -- is tested layer by layer in ``tests/kernels``; here it is
+measured on real data.
 
 Each evaluation is recorded as an MLflow run (``bitwise <x>_<w> ...``, tag ``scale_mode``) nested under the
 checkpoint's training run, as ``lsqbq evaluate`` does; ``--no-track`` or ``LSQBQ_TRACKING=0`` skips it.

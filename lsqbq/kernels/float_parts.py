@@ -249,10 +249,13 @@ def quantize_activations(x: Tensor, step: tuple[int, int] = (1, 1), levels: int 
                          channels: int = 0) -> tuple[Tensor, float, int]:
     """:func:`quantize_uint8` of the pixel grid ``x[:, :, ::sh, ::sw]``, with zero channels appended up to
     ``channels`` (0: none), as a channels_last uint8 tensor: in the engine's two passes
-    (:func:`lsqbq.kernels.ops.quantize_uint8_nhwc`, the same values) for a channels_last float32 CPU input with a
-    compiled back end, else in torch on the grid's copy."""
-    if x.dim() == 4 and x.dtype == torch.float32 and x.device.type == "cpu" and x.numel() > 0 \
-            and x.is_contiguous(memory_format=torch.channels_last):
+    (:func:`lsqbq.kernels.ops.quantize_uint8_nhwc`, the same values) for a float32 CPU input with a compiled back
+    end (another layout is first copied to a channels_last grid, as the torch path copies it), else in torch on
+    the grid's copy."""
+    if x.dim() == 4 and x.dtype == torch.float32 and x.device.type == "cpu" and x.numel() > 0:
+        if not x.is_contiguous(memory_format=torch.channels_last):
+            x = (x[:, :, :: step[0], :: step[1]] if step != (1, 1) else x).contiguous(memory_format=torch.channels_last)
+            step = (1, 1)
         out = ops.quantize_uint8_nhwc(x, step, levels, channels)
         if out is not None:
             q, scale, zero, lo, hi = out

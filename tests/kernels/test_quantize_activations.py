@@ -111,3 +111,17 @@ def test_rgb_stem_on_four_channels_equals_three():
     with torch.inference_mode():
         got = layer(x)
     assert torch.equal(got, want)
+
+
+def test_torch_path_and_engine_path_agree():
+    """Without the compiled library (:func:`lsqbq._native.disabled`) the grid is quantized in torch; with it, an
+    NCHW input is copied to a channels_last grid for the engine: the same bytes, scale and zero point either way."""
+    from lsqbq import _native
+
+    x = torch.randn(2, 3, 11, 9, generator=torch.Generator().manual_seed(4))  # NCHW
+    for step, channels in (((1, 1), 0), ((2, 3), 0), ((1, 1), 4), ((2, 2), 4)):
+        q, scale, zero = quantize_activations(x, step, 255, channels)
+        with _native.disabled():
+            tq, tscale, tzero = quantize_activations(x, step, 255, channels)
+        assert (scale, zero) == (tscale, tzero) and torch.equal(q, tq)
+        assert q.is_contiguous(memory_format=torch.channels_last) and q.shape[1] == (channels or 3)
