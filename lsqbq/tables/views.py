@@ -36,6 +36,16 @@ def _seeds(cells: pd.Series) -> str:
     return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))
 
 
+def _seed_groups(table: pd.DataFrame, common: int) -> str:
+    """What the cells of ``table`` (columns ``n_seeds``, ``seeds``) average over: ``"seeds 0, 1, 2 (3 runs per
+    cell)"``, and for cells with another count ``"; cells marked (n=10): seeds 0, ..., 9"``."""
+    same = table["n_seeds"] == common
+    text = f"{_seeds(table.loc[same, 'seeds'])} ({_plural(common, 'run')} per cell)"
+    for n in sorted(set(table.loc[~same, "n_seeds"].astype(int))):
+        text += f"; cells marked (n={n}): {_seeds(table.loc[table['n_seeds'] == n, 'seeds'])}"
+    return text
+
+
 def _common_n(n: pd.Series) -> int:
     return int(statistics.mode(n.tolist())) if len(n) else 0
 
@@ -71,8 +81,8 @@ def qat_doc(qat: pd.DataFrame, dataset: str) -> tuple[str, list]:
         rows.append(row)
     notes = [
         f"Top-1 test accuracy (%) after quantization-aware training, mean ± sample standard deviation over "
-        f"{_seeds(qat['seeds'])} ({_plural(common, 'run')} per cell); each student is distilled from the fp "
-        f"teacher of its model and seed. {BITS_SENTENCE}",
+        f"{_seed_groups(qat, common)}; each student is distilled from the fp teacher of its model and seed. "
+        f"{BITS_SENTENCE}",
         "The last three columns are the paper's ResNet-18 results for the same scheme pair (paper V1: Table 2, "
         "mean ± std over 5 runs, else Table 1; official code: its README, single runs). They are references for "
         "the order of the rows, not targets: a different dataset and a different model.",

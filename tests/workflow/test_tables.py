@@ -309,3 +309,18 @@ def test_a_single_run_gives_tables_without_intervals(tmp_path):
     qat = (tmp_path / "o" / "qat.md").read_text()
     assert "over seed 0 (1 run per cell)" in qat and "| 88.00 " in qat
     assert "No claim of the paper can be tested with these results." in (tmp_path / "o" / "claims.md").read_text()
+
+
+def test_the_qat_caption_names_the_seeds_of_each_cell_count(tmp_path):
+    """Cells over more seeds than the common count are marked (n=k), and the caption says which seeds they use."""
+    files = []
+    for model, x, seeds in (("lenet5", "ls-2", (0, 1)), ("resnet_small", "ls-2", (0, 1)),
+                            ("resnet_small", "ls-1", (0, 1, 2, 3))):
+        for s in seeds:
+            f = tmp_path / f"{model}_{x}_{s}.json"
+            f.write_text(json.dumps(_metrics(model, x, "ls-1", s, 88.0 + s)))
+            files.append(str(f))
+    assert T.main(["--dataset", "fashion-mnist", "--out", str(tmp_path / "o"), "--train", *files]) == 0
+    qat = (tmp_path / "o" / "qat.md").read_text()
+    assert "over seeds 0, 1 (2 runs per cell); cells marked (n=4): seeds 0, 1, 2, 3;" in qat
+    assert "89.50 ± 1.29 (n=4)" in qat
