@@ -115,7 +115,8 @@ def ptq_measures(reference: nn.Module, models: Mapping[str, nn.Module], loader) 
     """``{name: {"top1", "top5", "kl", "nll", "n"}}`` of every model in ``models`` against ``reference`` (the
     trained model) on ``loader`` (module docstring: top-k in %, KL(p_ref || p_model) and NLL in nats per image).
 
-    Every model runs in eval mode (switched to it) on each batch as it is loaded; ``reference`` once per batch.
+    Every model runs in eval mode (switched to it) on each batch as it is loaded; ``reference`` once per batch, and
+    an entry of ``models`` that *is* ``reference`` (the fp row) reuses its logits instead of running again.
 
     Shapes: logits ``(B, C)``, labels ``(B,)``.
     """
@@ -126,9 +127,10 @@ def ptq_measures(reference: nn.Module, models: Mapping[str, nn.Module], loader) 
         m.eval()
     sums = {name: torch.zeros(5, dtype=torch.float64) for name in models}  # top1, top5, nll, kl, images
     for x, y in loader:
-        log_ref = F.log_softmax(run_in_passes(reference, x).float().double(), dim=1)  # (B, C)
+        ref = run_in_passes(reference, x).float()  # (B, C)
+        log_ref = F.log_softmax(ref.double(), dim=1)
         for name, m in models.items():
-            out = run_in_passes(m, x).float()  # (B, C)
+            out = ref if m is reference else run_in_passes(m, x).float()  # (B, C)
             t1, t5 = accuracy_counts(out, y)
             log_q = F.log_softmax(out.double(), dim=1)
             nll = F.nll_loss(log_q, y, reduction="sum").item()
@@ -150,7 +152,8 @@ def ptq_rows(model: nn.Module, schemes: Sequence[str], loader, calibration: Data
     as ``top1_bn``, ``top5_bn``, ``kl_bn``, ``nll_bn`` and the number of calibration images ``bn_images`` (NaN and
     0 otherwise). All models are measured in one pass over ``loader``."""
     fp = get_scheme(None)
-    models = {name: quantize_weights(model, name) for name in schemes}
+    # the fp row's weights are the trained ones: the model itself (its logits are the reference's, computed once)
+    models = {name: model if get_scheme(name).is_fp else quantize_weights(model, name) for name in schemes}
     bn = calibration is not None and bool(batchnorm_layers(model))
     if bn:
         for name in schemes:

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lsqbq.analysis import cli as A
 from lsqbq.analysis.measures import quantize_weights
-from lsqbq.analysis.ptq import (BN_COLUMNS, CALIBRATION_SEED, calibration_loader, ptq_measures, ptq_rows,
+from lsqbq.analysis.ptq import (BN_COLUMNS, CALIBRATION_SEED, MEASURES, calibration_loader, ptq_measures, ptq_rows,
                                 reestimate_bn)
 from lsqbq.errors import InputError
 from lsqbq.evaluate import evaluate
@@ -85,7 +85,12 @@ def test_kl_is_zero_for_fp_positive_otherwise_and_equals_a_direct_computation():
 
 def test_ptq_rows_one_pass_with_and_without_bn_reestimation():
     model, loader = _tiny(), _batches()
+    before_state = {k: v.clone() for k, v in model.state_dict().items()}
     plain = ptq_rows(model, SCHEMES, loader)
+    # the fp row reuses the trained model's own logits: the same measures as running a separate copy, model unchanged
+    copy_fp = ptq_measures(model, {"fp": quantize_weights(model, "fp")}, loader)["fp"]
+    assert {k: plain[0][k] for k in MEASURES} == {k: copy_fp[k] for k in MEASURES}
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before_state.items())
     assert [r["w_quant"] for r in plain] == list(SCHEMES) and [r["k_w"] for r in plain] == ["32", "1", "2"]
     assert all(math.isnan(r[c]) for r in plain for c in BN_COLUMNS if c != "bn_images")
     assert {r["bn_images"] for r in plain} == {0}
