@@ -85,6 +85,7 @@ class _BitwiseBase(nn.Module):
             layer._check_stored_scales()  # finite, positive, the scheme's rule: InputError naming the layer
         self.register_buffer("x_scales_ema", layer.x_scales_ema.detach().clone().float())
         self._ema_checked = tensor_version(self.x_scales_ema)
+        self._ema_values = self.x_scales_ema.clone()  # the checked values, for inference tensors (no version)
         # FIT_GIVEN with no fused fit: the scales are computed in Python (moving averages, or an unfused fit)
         self.fit = ops.FIT_GIVEN if self.use_ema else _fit_code(self.x_scheme)
         self.prologue: tuple[Tensor, Tensor] | None = None  # (a, b): y = fma(x, a, b) per input channel
@@ -113,14 +114,16 @@ class _BitwiseBase(nn.Module):
         """Scales the op gets as input: the moving averages ``(1, k)``, or a fit in Python for schemes the fused
         encode does not fit itself (``(B, k)``, on ``clamp(prologue(x))`` as the simulated layer sees it)."""
         if self.use_ema:
-            version = tensor_version(self.x_scales_ema)
-            if version is None or version != self._ema_checked:  # changed since conversion: check again
-                why = stored_scales_problem(self.x_scheme, self.x_scales_ema)
+            ema = self.x_scales_ema
+            version = tensor_version(ema)
+            # changed since the last check (an inference tensor has no version: compare with the checked values)
+            if version != self._ema_checked or (version is None and not self._same_as_checked(ema)):
+                why = stored_scales_problem(self.x_scheme, ema)
                 if why is not None:
                     raise InputError(f"{self._label()}: stored activation scales (x_scales_ema, "
                                      f"{self.x_scheme.name}) {why}; convert a valid model or use scales='fitted'")
-                self._ema_checked = version
-            return self.x_scales_ema.reshape(1, -1)
+                self._ema_checked, self._ema_values = version, ema.detach().clone()
+            return ema.reshape(1, -1)
         if self.fit != ops.FIT_GIVEN:
             return None
         y = x.float()
@@ -130,6 +133,11 @@ class _BitwiseBase(nn.Module):
         if self.clamp is not None:
             y = y.clamp(-self.clamp, self.clamp)
         return fit(y.reshape(y.shape[0], -1), self.x_scheme).float()
+
+    def _same_as_checked(self, ema: Tensor) -> bool:
+        """``ema`` holds the values last checked (one comparison instead of the checks' dozen small ops)."""
+        checked = self.__dict__.get("_ema_values")  # (a module pickled before it existed has none)
+        return checked is not None and checked.shape == ema.shape and torch.equal(checked, ema)
 
     def _label(self) -> str:
         return layer_label(type(self).__name__, self.packed.c_in, self.packed.n_out, self.layer_name)

@@ -99,6 +99,25 @@ def test_bitwise_stored_scales_changed_after_conversion_are_refused():
         fast(x)
 
 
+def test_bitwise_stored_scales_changed_under_inference_mode_are_refused():
+    """Converted inside ``torch.inference_mode()`` the scales are inference tensors (no version counter): a change
+    is found by comparing with the values last checked, and a change back to valid values runs again."""
+    from lsqbq.kernels import to_bitwise
+
+    x = torch.randn(2, 3, 4, 4)
+    with torch.inference_mode():
+        fast = to_bitwise(_trained(x_quant="ls-T"), backend="reference", scales="stored")
+        assert fast[0].x_scales_ema.is_inference()
+        good = fast[0].x_scales_ema.clone()
+        want = fast(x)
+        fast[0].x_scales_ema.copy_(torch.tensor([0.5, 0.25]))
+        with pytest.raises(InputError, match=r"^BitwiseConv2d\(3->8\) '0': stored activation scales "
+                                             r"\(x_scales_ema, ls-T\) has unequal scales"):
+            fast(x)
+        fast[0].x_scales_ema.copy_(good)
+        assert torch.equal(fast(x), want)
+
+
 def test_an_unused_moving_average_is_checked_when_a_scale_mode_uses_it():
     model = _trained(act_stats="off")
     state = model.state_dict()
