@@ -115,9 +115,10 @@ def to_bitwise(model: nn.Module, *, backend: str | None = None, scales: str = "a
         float_parts: ``"fp32"`` (default, the paper's full-precision stem, shortcuts and classifier) or ``"int8"``
             (those layers in int8 on oneDNN, CPU only; needs ``fuse=True``).
         chunk: images per pass of a large batch through the converted network (:mod:`.chunks`: the activations
-            of a few images stay in cache): ``"auto"`` (as many as fit in ``CHUNK_BYTES`` of input, at least
-            ``MIN_PASS_IMAGES``), a number, or None (the whole batch in one pass, layer by layer). Only for a
-            network converted with ``fuse=True``; a lone layer always runs the whole batch.
+            of a few images stay in cache): ``"auto"`` (even passes of as many images as keep the network's
+            largest activation within ``PASS_ACTIVATION_BYTES``, at least ``MIN_PASS_IMAGES``; measured during
+            the first batch of each input shape), a number, or None (the whole batch in one pass, layer by layer).
+            Only for a network converted with ``fuse=True``; a lone layer always runs the whole batch.
         return_report: also return the :class:`ConversionReport`.
     Returns:
         The converted module, in eval mode (bitwise modules are inference-only), with the report attached as

@@ -61,7 +61,48 @@ def test_auto_takes_as_many_images_as_fit_in_the_byte_budget(resnet, monkeypatch
     assert chunk_images(x, None) == 7 and chunk_images(x, 3) == 3 and chunk_images(x, 99) == 7
     monkeypatch.setattr(passes, "CHUNK_BYTES", 3 * 12288)
     monkeypatch.setattr(chunks, "MIN_PASS_IMAGES", 1)
-    assert _batches_seen(to_bitwise(resnet), x)[1] == [3, 3, 1]
+    monkeypatch.setattr(chunks, "PASS_ACTIVATION_BYTES", 2 * LARGEST_BYTES)
+    # first call: a first pass of the input budget (3 images) measures the largest activation; the other 4 images
+    # go in even passes of at most 2
+    assert _batches_seen(to_bitwise(resnet), x)[1] == [3, 2, 2]
+
+
+#: The test ResNet's largest tensor at 32x32 per image: its input, 3 x 32 x 32 float32 (the 7x7/2 stem with its
+#: max-pool, one leaf module, outputs 16 x 8 x 8; the first stage keeps that size).
+LARGEST_BYTES = 3 * 32 * 32 * 4
+
+
+def test_auto_passes_follow_the_measured_largest_activation(resnet, monkeypatch):
+    """The first batch of a shape measures the largest activation per image in its first pass; later batches are
+    split into even passes of at most PASS_ACTIVATION_BYTES of it, with the same logits as one pass."""
+    fast = to_bitwise(resnet)
+    x = torch.randn(30, 3, 32, 32)
+    y, seen = _batches_seen(fast, x)
+    assert seen == [21, 9]  # 21 images fit the input budget; the other 9 fit one pass of the 4 MiB budget
+    assert fast.forward.activation_bytes == {((3, 32, 32), torch.float32): LARGEST_BYTES}
+    monkeypatch.setattr(chunks, "MIN_PASS_IMAGES", 1)
+    monkeypatch.setattr(chunks, "PASS_ACTIVATION_BYTES", 7 * LARGEST_BYTES)  # at most 7 images: 5 passes of 6
+    y2, seen = _batches_seen(fast, x)
+    assert seen == [6, 6, 6, 6, 6]
+    with torch.inference_mode():
+        one = to_bitwise(resnet, chunk=None)(x)
+    torch.testing.assert_close(y, one, rtol=1e-5, atol=1e-4)
+    assert torch.equal(y2, y)
+
+
+@pytest.mark.parametrize("batch, per_image, images", [
+    (256, 12544, 256),      # the 28x28 ResNet: 334 fit, the whole batch is one pass
+    (1000, 12544, 334),     # 3 passes: 334, 334, 332
+    (256, 46080, 86),       # LeNet-5: 91 fit, 3 even passes of 86, 86, 84
+    (16, 3 << 20, 8),       # 224x224: the floor
+    (5, 10**9, 5),          # never fewer than the floor, never more than the batch
+    (17, 10**9, 6),         # floor 8: 3 passes of 6, 6, 5
+])
+def test_auto_pass_images_evens_out_the_passes(batch, per_image, images):
+    assert chunks.auto_pass_images(batch, per_image) == images
+    sizes = [len(p) for p in torch.arange(batch).split(images)]
+    assert max(sizes) - min(sizes) <= max(1, images - min(sizes))  # no short last pass beyond the rounding
+    assert max(sizes) <= max(chunks.MIN_PASS_IMAGES, chunks.PASS_ACTIVATION_BYTES // per_image)
 
 
 def test_auto_passes_hold_at_least_the_floor(resnet):
@@ -171,3 +212,15 @@ def test_threads_are_left_alone_off_the_main_thread(resnet):
         assert threads == [2] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_largest_activation_is_the_largest_leaf_output_per_image():
+    """A leaf's output larger than the input is what sizes the passes: 64 x 8 x 8 float32 per image here."""
+    m = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                      nn.Linear(64, 5)).eval()
+    m.forward = BatchChunks(m, "auto")
+    x = torch.randn(20, 3, 8, 8)
+    with torch.inference_mode():
+        y = m(x)
+        torch.testing.assert_close(y, type(m).forward(m, x))
+    assert m.forward.activation_bytes == {((3, 8, 8), torch.float32): 64 * 8 * 8 * 4}
