@@ -42,7 +42,8 @@ from .schemes import Scheme, fit, get_scheme
 from .ste import foldable_ste
 
 __all__ = ["QuantConv2d", "QuantLinear", "ACT_STATS_MODES", "SCALE_MODES", "scale_mode", "scheme_change",
-           "name_layers", "layer_label", "check_input", "tensor_version", "stored_scales_problem"]
+           "name_layers", "layer_label", "check_input", "tensor_version", "seen_state", "unchanged",
+           "stored_scales_problem"]
 
 ACT_STATS_MODES = ("off", "eval_only", "train_and_eval")
 SCALE_MODES = ("auto", "fitted", "stored")  # activation scales at inference: as trained, per sample, moving average
@@ -65,6 +66,23 @@ def scheme_change() -> Iterator[None]:
 def tensor_version(t: Tensor) -> int | None:
     """``t._version``, or None for an inference tensor (made under ``torch.inference_mode()``: no version)."""
     return None if t.is_inference() else t._version
+
+
+def seen_state(t: Tensor) -> tuple:
+    """What :func:`unchanged` compares ``t`` against later: its version and storage, and for an inference tensor
+    (no version counter) a copy of its values. For small tensors (the stored activation scales)."""
+    return tensor_version(t), t.data_ptr(), t.detach().clone() if t.is_inference() else None
+
+
+def unchanged(t: Tensor, seen: tuple | None) -> bool:
+    """``t`` holds what :func:`seen_state` recorded in ``seen`` (False for None): the same version and storage, and
+    for an inference tensor the same values (one comparison instead of re-validating it)."""
+    if seen is None:
+        return False
+    version, ptr, values = seen
+    if tensor_version(t) != version or t.data_ptr() != ptr:
+        return False
+    return values is None or (values.shape == t.shape and torch.equal(values, t))
 
 
 def stored_scales_problem(scheme: Scheme, v: Tensor) -> str | None:
@@ -132,7 +150,7 @@ class _Quantized:
         self.register_buffer("x_scales_ema", torch.zeros(self.x_scheme.k))
         self.register_buffer("x_ema_updates", torch.zeros((), dtype=torch.long))
         self._w_cache_key = None
-        self._ema_checked_key = None  # the x_scales_ema version last validated (see _check_stored_scales)
+        self._ema_seen = None  # x_scales_ema as last validated (seen_state; see _check_stored_scales)
         self.layer_name: str | None = None  # qualified name in the model, once known (errors name it)
 
     # ----------------------------------------------------------------------- checks
@@ -144,16 +162,15 @@ class _Quantized:
         return stored_scales_problem(self.x_scheme, v)
 
     def _check_stored_scales(self) -> None:
-        """Validate ``x_scales_ema`` before it is used; cached on the buffer's version (O(k) once per change)."""
+        """Validate ``x_scales_ema`` before it is used; cached until the buffer changes (:func:`unchanged`)."""
         ema = self.x_scales_ema
-        key = (tensor_version(ema), ema.data_ptr())
-        if key[0] is not None and key == self._ema_checked_key:
+        if unchanged(ema, self.__dict__.get("_ema_seen")):
             return
         why = self._stored_scales_problem(ema)
         if why is not None:
             raise InputError(f"{self._label()}: stored activation scales (x_scales_ema, {self.x_scheme.name}) {why}; "
                              "reload a valid checkpoint or evaluate with fitted scales")
-        self._ema_checked_key = key
+        self._ema_seen = seen_state(ema)
 
     # ------------------------------------------------------------------ activations
     def quantize_input(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -248,7 +265,7 @@ class _Quantized:
                 raise CheckpointError(f"{self._label()}: the stored activation scales ({x_key}, {self.x_scheme.name}) "
                                       f"{why}; the checkpoint is damaged or was edited: restore it or retrain")
         self._w_cache_key = None
-        self._ema_checked_key = None
+        self._ema_seen = None
 
     def _quant_repr(self) -> str:
         parts = [f"x_quant={self.x_scheme.name}", f"w_quant={self.w_scheme.name}"]

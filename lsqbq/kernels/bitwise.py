@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError
-from ..layers import (SCALE_MODES, QuantConv2d, QuantLinear, check_input, layer_label, stored_scales_problem,
-                      tensor_version)
+from ..layers import (SCALE_MODES, QuantConv2d, QuantLinear, check_input, layer_label, seen_state,
+                      stored_scales_problem, unchanged)
 from ..quantizers import foldable_bits
 from ..schemes import fit
 from . import ops
@@ -84,8 +84,7 @@ class _BitwiseBase(nn.Module):
         if self.use_ema:
             layer._check_stored_scales()  # finite, positive, the scheme's rule: InputError naming the layer
         self.register_buffer("x_scales_ema", layer.x_scales_ema.detach().clone().float())
-        self._ema_checked = tensor_version(self.x_scales_ema)
-        self._ema_values = self.x_scales_ema.clone()  # the checked values, for inference tensors (no version)
+        self._ema_seen = seen_state(self.x_scales_ema)  # validated above, in the layer
         # FIT_GIVEN with no fused fit: the scales are computed in Python (moving averages, or an unfused fit)
         self.fit = ops.FIT_GIVEN if self.use_ema else _fit_code(self.x_scheme)
         self.prologue: tuple[Tensor, Tensor] | None = None  # (a, b): y = fma(x, a, b) per input channel
@@ -115,14 +114,12 @@ class _BitwiseBase(nn.Module):
         encode does not fit itself (``(B, k)``, on ``clamp(prologue(x))`` as the simulated layer sees it)."""
         if self.use_ema:
             ema = self.x_scales_ema
-            version = tensor_version(ema)
-            # changed since the last check (an inference tensor has no version: compare with the checked values)
-            if version != self._ema_checked or (version is None and not self._same_as_checked(ema)):
+            if not unchanged(ema, self.__dict__.get("_ema_seen")):  # changed since the last check: check again
                 why = stored_scales_problem(self.x_scheme, ema)
                 if why is not None:
                     raise InputError(f"{self._label()}: stored activation scales (x_scales_ema, "
                                      f"{self.x_scheme.name}) {why}; convert a valid model or use scales='fitted'")
-                self._ema_checked, self._ema_values = version, ema.detach().clone()
+                self._ema_seen = seen_state(ema)
             return ema.reshape(1, -1)
         if self.fit != ops.FIT_GIVEN:
             return None
@@ -133,11 +130,6 @@ class _BitwiseBase(nn.Module):
         if self.clamp is not None:
             y = y.clamp(-self.clamp, self.clamp)
         return fit(y.reshape(y.shape[0], -1), self.x_scheme).float()
-
-    def _same_as_checked(self, ema: Tensor) -> bool:
-        """``ema`` holds the values last checked (one comparison instead of the checks' dozen small ops)."""
-        checked = self.__dict__.get("_ema_values")  # (a module pickled before it existed has none)
-        return checked is not None and checked.shape == ema.shape and torch.equal(checked, ema)
 
     def _label(self) -> str:
         return layer_label(type(self).__name__, self.packed.c_in, self.packed.n_out, self.layer_name)

@@ -195,3 +195,35 @@ def test_full_precision_checkpoints_still_load_into_quantized_layers():
     quantized = _model(x_quant="ls-2", w_quant="ls-2")
     quantized.load_state_dict(fp.state_dict())
     assert torch.equal(quantized[0].weight, fp[0].weight) and int(quantized[0].x_ema_updates) == 0
+
+
+def test_unchanged_follows_versions_storage_and_the_values_of_inference_tensors():
+    from lsqbq.layers import seen_state, unchanged
+
+    t = torch.tensor([0.5, 0.25])
+    seen = seen_state(t)
+    assert unchanged(t, seen) and not unchanged(t, None)
+    t.mul_(1.0)  # same values, new version: checked again
+    assert not unchanged(t, seen)
+    assert not unchanged(t.clone(), seen_state(t))  # other storage
+    with torch.inference_mode():
+        u = torch.tensor([0.5, 0.25])
+        seen = seen_state(u)
+        assert unchanged(u, seen)
+        u[1] = 0.125  # no version counter: the values tell
+        assert not unchanged(u, seen)
+
+
+def test_simulated_stored_scales_changed_under_inference_mode_are_refused():
+    """A model built under ``torch.inference_mode()`` holds inference tensors: its stored scales are still checked
+    again after a change."""
+    x = torch.randn(2, 3, 4, 4)
+    with torch.inference_mode():
+        model = _trained(x_quant="ls-T")
+        assert model[0].x_scales_ema.is_inference()
+        with scale_mode(model, "stored"):
+            model(x)
+            model[0].x_scales_ema.copy_(torch.tensor([0.5, 0.25]))
+            with pytest.raises(InputError, match=r"^QuantConv2d\(3->8\): stored activation scales \(x_scales_ema, "
+                                                 r"ls-T\) has unequal scales"):
+                model(x)
