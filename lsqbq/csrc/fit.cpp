@@ -7,6 +7,7 @@
 #include "encode.h"
 #include "fit.h"
 #include "pool.h"
+#include "sorted_fit.h"
 
 namespace lsqbq {
 namespace {
@@ -15,15 +16,19 @@ namespace {
 // The exact ls-2 / ls-T fits of the quantizer library (lsqbq/csrc/quant.cpp, the simulated layers' fit) sort the
 // magnitudes a_(1) <= ... <= a_(n), take float64 prefix sums S_j and scan every split j = 0..n-1 for the first
 // maximiser of  ternary: (S_n - S_j)^2 / (n - j),  ls-2: S_j^2 / j + (S_n - S_j)^2 / (n - j).
-// Fact used here: in ascending order every float64 addition is exact. Adding a_(j) to S_{j-1} <= (j-1) a_(j), the
-// sum's exponent exceeds a_(j)'s by at most log2(j) < 29 bits, and a float32 carries 24, so nothing is rounded
-// (n < 2^29). Hence S_j is the exact sum of the j smallest magnitudes whatever the order of additions, and
-// sums over value buckets are exact too. So: one pass buckets the magnitudes by exponent and up to 6 significand
-// bits (a bucket's values lie within a factor 1 + 2^-m), with exact bucket counts and sums; the exact S_j at
-// every bucket boundary gives exact gains there (a lower bound on the best); an upper bound of the gain inside each
-// bucket (from its value range) discards buckets that cannot hold the maximiser; a large surviving bucket is split
-// once more by the next 6 significand bits and bounded the same way; what survives is sorted and scanned with the
-// scan's own float64 expressions. The result equals the full-sort fit bit for bit.
+// Fact used here: let u = 2^(e_lo - 150) be the unit of the smallest nonzero magnitude's exponent e_lo (denormals:
+// e_lo = 1). Every magnitude of the row is a multiple of u, so every sum of some of them is a multiple of u of at
+// most S_n; when S_n < 2^53 u each such sum is a float64 and is computed exactly, whatever the order of additions.
+// Then S_j is the exact sum of the j smallest magnitudes, and sums over value buckets are exact too. So: one pass
+// buckets the magnitudes by exponent and up to 6 significand bits (a bucket's values lie within a factor
+// 1 + 2^-m), with exact bucket counts and sums; the exact S_j at every bucket boundary gives exact gains there (a
+// lower bound on the best); an upper bound of the gain inside each run of buckets (from its value range) discards
+// the runs, halved until single buckets, that cannot hold the maximiser; a large surviving bucket is split once
+// more by the next 6 significand bits and bounded the same way; what survives is sorted and scanned with the
+// scan's own float64 expressions. The result equals the full-sort fit bit for bit. A row with S_n >= 2^52 u (a
+// magnitude tiny next to the row's sum: under 1 % of the rows of the BatchNorm outputs of a checkpoint) has
+// prefix sums that round where the full-sort scan rounds them, so it takes that scan (sorted_fit.cpp), the
+// quantizer ops' own fit.
 // Cost: O(n) plus sorting the surviving values (typically tens) instead of O(n) radix passes.
 // Three passes over the row: the key range (vectorised); the bucket histogram (one packed 64-bit add per value,
 // interleaved over four copies, two in the portable path, so that runs of values in one bucket, such as the zeros
@@ -66,10 +71,16 @@ struct FastFit {
   std::vector<double> sums;          // per bucket: the exact sum of its values
   std::vector<uint32_t> keys, cand, sub;
   std::vector<int32_t> slot;
+  std::vector<int> keep, sub_keep;   // buckets (sub-buckets) that may hold the best split, ascending
+  std::vector<int64_t> jb;           // per bucket boundary: values below it
+  std::vector<double> pb;            // per bucket boundary: their exact sum
+  std::vector<float> sorted;         // the fallback's sorted magnitudes
+  std::vector<double> inv_table;     // the fallback's 1/j, j = 0 .. n
+  std::vector<int64_t> radix_count;
   std::vector<uint64_t> packed;      // histogram entries: count << kCountShift | sum of significands
   static constexpr int kCountShift = 44;  // rows of n < 2^20 values: sums < 2^44, counts < 2^20
   static constexpr int64_t kChunk = 4096;  // values filtered per gather step
-  static constexpr int64_t kSortMax = 64;  // kept buckets up to this size are sorted whole, larger ones refined
+  static constexpr int64_t kSortMax = 32;  // kept buckets up to this size are sorted whole, larger ones refined
 
   // Buckets cover the row's exponents [e_min, e_max] with 2^m significand slices each (values within 1 + 2^-m),
   // m <= 6 chosen so that there are at most max(64, n / 16) buckets: the per-bucket passes (bounds, sums) stay
@@ -155,6 +166,53 @@ struct FastFit {
       if (bucket_key(b) >> 23) isum[b] += count[b] << 23;  // normal numbers: 2^23 + fraction
   }
 
+  // Appends to out, ascending, the b in [lo, hi) that survive may(b, b + 1), testing may(b, e) on halves first:
+  // a failed run is not split further. may must be a valid bound for every run (true where any member can be).
+  template <class May>
+  static void bisect(int lo, int hi, const May& may, std::vector<int>& out) {
+    int stack[2 * 64];  // [lo, hi) runs, right half pushed first; depth <= log2(2^31)
+    int top = 0;
+    stack[top++] = lo;
+    stack[top++] = hi;
+    while (top) {
+      const int e = stack[--top], b = stack[--top];
+      if (!may(b, e)) continue;
+      if (e - b == 1) {
+        out.push_back(b);
+        continue;
+      }
+      const int mid = b + (e - b) / 2;
+      stack[top++] = mid;
+      stack[top++] = e;
+      stack[top++] = b;
+      stack[top++] = mid;
+    }
+  }
+
+  // The unit u = 2^(e_lo - 150) of the row's smallest nonzero magnitude's exponent e_lo (after histogram; an
+  // exponent-0 bucket holds zeros and denormals, whose unit is that of e_lo = 1); 0 for a row of zeros.
+  double unit() const {
+    int b = 0;
+    while (b < kBuckets && !(count[b] && ((bucket_key(b) >> 23) || isum[b]))) ++b;
+    return b == kBuckets ? 0.0 : ulp_scale(bucket_key(b));
+  }
+
+  // The full-sort fit of a finite row (sorted_fit.cpp): what the fast path equals where its sums are exact.
+  void fit_by_sorting(const float* y, int64_t n, bool ternary, float* out) {
+    keys.resize(n);
+    sub.resize(n);
+    sorted.resize(n);
+    sorted_magnitudes(y, n, keys.data(), sub.data(), radix_count, sorted.data());
+    if (static_cast<int64_t>(inv_table.size()) != n + 1) {
+      inv_table.resize(n + 1);
+      for (int64_t j = 0; j <= n; ++j) inv_table[j] = inv(j);
+    }
+    double v1, v2;
+    scan_split(sorted.data(), n, inv_table.data(), ternary, &v1, &v2);
+    out[0] = static_cast<float>(v1);
+    out[1] = static_cast<float>(v2);
+  }
+
   // (v1, v2) of one row y[0..n) (any order); NaN when the row is not finite.
   void fit(const float* y, int64_t n, bool ternary, int64_t isa, float* out) {
     uint32_t kmin, kmax;
@@ -178,19 +236,29 @@ struct FastFit {
     double total = 0.0;
     for (int b = 0; b < kBuckets; ++b)
       if (count[b]) total += bucket_sum(b);
+    // Every sum of the magnitudes is at most S_n and a multiple of u: exact if S_n < 2^53 u. total is S_n up to a
+    // relative 2^-40 at worst, so total < 2^52 u proves it; otherwise the full sort.
+    if (!(total < 0x1p52 * unit() || total == 0.0)) return fit_by_sorting(y, n, ternary, out);
     auto gain = [&](int64_t j, double low) {
       const double high = total - low;
       const double g = (high * high) * inv(n - j);
       return ternary ? g : (low * low) * inv(j) + g;
     };
+    // jb[b] values lie below bucket b, with the exact sum pb[b] (b = 0 .. kBuckets)
+    jb.resize(kBuckets + 1);
+    pb.resize(kBuckets + 1);
     double best_lb = -1.0, low = 0.0;
     int64_t j0 = 0;
     for (int b = 0; b < kBuckets; ++b) {
+      jb[b] = j0;
+      pb[b] = low;
       if (!count[b]) continue;
       best_lb = std::max(best_lb, gain(j0, low));
       low += bucket_sum(b);
       j0 += count[b];
     }
+    jb[kBuckets] = j0;
+    pb[kBuckets] = low;
     // Keep the buckets whose gain bound reaches best_lb. The splits j = j0 + k, k = 0 .. c - 1, of a bucket with
     // value range [lo, hi], c values and exact sums S_j0 = low, S_end = low + (bucket sum) have
     //   max(low + k lo, S_end - (c - k) hi) <= S_j <= min(low + k hi, S_end - (c - k) lo)
@@ -198,11 +266,7 @@ struct FastFit {
     // s linear in S and t > 0 linear in j, is jointly convex in (j, S), so over this polygon it is largest at a
     // vertex: k = 0, the two ends at k = c - 1, and where the two upper and the two lower lines cross. A bucket of
     // equal values (a clamp, ties) collapses to its exact line and survives only if it can hold the best split.
-    std::vector<int> keep;
-    std::vector<int64_t> start;
-    std::vector<double> base;
-    low = 0.0;
-    j0 = 0;
+    keep.clear();
     // reaches(j, s, t): gain(j, s) (1 + 1e-9) >= t, multiplied out (no divisions; all terms >= 0).
     const double nd = static_cast<double>(n);
     auto reaches = [&](double j, double s, double t) {
@@ -222,18 +286,15 @@ struct FastFit {
       return (ku > 0 && ku < c1 && reaches(jf + ku, s0 + ku * hi, t)) ||
              (kl > 0 && kl < c1 && reaches(jf + kl, s0 + kl * lo, t));
     };
-    for (int b = 0; b < kBuckets; ++b) {
-      if (!count[b]) continue;
-      const bool ub = may_reach(j0, low, count[b], key_value(bucket_key(b)), key_value(bucket_key(b + 1) - 1),
-                                bucket_sum(b), best_lb);
-      if (ub) {
-        keep.push_back(b);
-        start.push_back(j0);
-        base.push_back(low);
-      }
-      low += bucket_sum(b);
-      j0 += count[b];
-    }
+    // The bound holds for any run of consecutive buckets [b, e) (its values lie in [first key of b, last key of
+    // e - 1]), so runs are bisected: a run that cannot reach best_lb is dropped whole, and only the buckets next to
+    // the best splits are bounded one by one. Left halves first: keep comes out ascending.
+    auto run_may_reach = [&](int b, int e) {
+      const int64_t cnt = jb[e] - jb[b];
+      return cnt > 0 && may_reach(jb[b], pb[b], cnt, key_value(bucket_key(b)), key_value(bucket_key(e) - 1),
+                                  pb[e] - pb[b], best_lb);
+    };
+    bisect(0, kBuckets, run_may_reach, keep);
     // gather and sort the surviving buckets' magnitudes, then scan them in split order
     std::vector<int64_t> offset(keep.size() + 1, 0);
     for (size_t i = 0; i < keep.size(); ++i) offset[i + 1] = offset[i] + count[keep[i]];
@@ -276,7 +337,7 @@ struct FastFit {
       uint32_t* ks = keys.data() + offset[i];
       const int64_t len = offset[i + 1] - offset[i];
       if (len <= kSortMax) {
-        scan(ks, len, start[i], base[i]);
+        scan(ks, len, jb[keep[i]], pb[keep[i]]);
         continue;
       }
       // A large bucket: 64 sub-buckets of the next 6 significand bits (one exponent, so exact integer sums),
@@ -291,35 +352,42 @@ struct FastFit {
         sc[sb] += 1;
         ss[sb] += ks[q] & 0x7fffffu;
       }
-      double sub_sum[64], sub_low[64];
-      int64_t sub_j[64];
-      double lw = base[i];
-      int64_t j = start[i];
+      double sub_low[65];
+      int64_t sub_j[65];
+      double lw = pb[keep[i]];
+      int64_t j = jb[keep[i]];
       for (int sb = 0; sb < 64; ++sb) {
-        sub_sum[sb] = static_cast<double>(ss[sb] + sc[sb] * implicit) * scale;
         sub_low[sb] = lw;
         sub_j[sb] = j;
         if (sc[sb]) best_lb = std::max(best_lb, gain(j, lw));
-        lw += sub_sum[sb];
+        lw += static_cast<double>(ss[sb] + sc[sb] * implicit) * scale;
         j += sc[sb];
       }
+      sub_low[64] = lw;
+      sub_j[64] = j;
+      auto sub_may_reach = [&](int b, int e) {
+        const int64_t cnt = sub_j[e] - sub_j[b];
+        const uint32_t k0 = first + (static_cast<uint32_t>(b) << sub_shift);
+        const uint32_t k1 = first + (static_cast<uint32_t>(e) << sub_shift) - 1;
+        return cnt > 0 && may_reach(sub_j[b], sub_low[b], cnt, key_value(k0), key_value(k1), sub_low[e] - sub_low[b],
+                                    best_lb);
+      };
+      sub_keep.clear();
+      bisect(0, 64, sub_may_reach, sub_keep);
       int64_t pos[64];
-      bool kept[64];
+      bool kept[64] = {};
       int64_t total_kept = 0;
-      for (int sb = 0; sb < 64; ++sb) {
-        const uint32_t k0 = first + (static_cast<uint32_t>(sb) << sub_shift);
-        kept[sb] = sc[sb] > 0 && may_reach(sub_j[sb], sub_low[sb], sc[sb], key_value(k0),
-                                          key_value(k0 + (1u << sub_shift) - 1), sub_sum[sb], best_lb);
+      for (int sb : sub_keep) {
+        kept[sb] = true;
         pos[sb] = total_kept;
-        if (kept[sb]) total_kept += sc[sb];
+        total_kept += sc[sb];
       }
       sub.resize(static_cast<size_t>(total_kept));
       for (int64_t q = 0; q < len; ++q) {
         const int sb = static_cast<int>((ks[q] >> sub_shift) & 63);
         if (kept[sb]) sub[pos[sb]++] = ks[q];
       }
-      for (int sb = 0; sb < 64; ++sb)
-        if (kept[sb]) scan(sub.data() + pos[sb] - sc[sb], sc[sb], sub_j[sb], sub_low[sb]);
+      for (int sb : sub_keep) scan(sub.data() + pos[sb] - sc[sb], sc[sb], sub_j[sb], sub_low[sb]);
     }
     const double hi_mean = best_high * inv(n - best);
     if (ternary) {

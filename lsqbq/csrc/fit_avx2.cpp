@@ -77,11 +77,9 @@ LSQBQ_AVX2 int64_t keys_in_vec(const float* y, int64_t n, uint32_t klo, uint32_t
     const __m256i below = _mm256_cmpgt_epi32(span, _mm256_xor_si256(_mm256_sub_epi32(k, vlo), sign));
     const int valid = n - i >= 8 ? 0xff : (1 << (n - i)) - 1;
     const int m = _mm256_movemask_ps(_mm256_castsi256_ps(below)) & valid;
-    if (m) {
-      const __m256i perm = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(table[m].data()));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c), _mm256_permutevar8x32_epi32(k, perm));
-      c += __builtin_popcount(static_cast<unsigned>(m));
-    }
+    const __m256i perm = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(table[m].data()));  // no branch on m
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c), _mm256_permutevar8x32_epi32(k, perm));
+    c += __builtin_popcount(static_cast<unsigned>(m));
   }
   return c;
 }
