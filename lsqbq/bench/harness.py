@@ -7,7 +7,7 @@ Each ``lsqbq bench <name>`` invocation
   measurement), and where kernels are timed ``--backend`` and ``--render-only``;
 * opens one :class:`BenchRun`, which records the machine (:func:`~lsqbq.bench.machine.machine_record`: CPU model,
   flags, cores, torch and its threads, the kernel back end and its ISA path), the git commit and dirty flag, and the
-  load average before the first timing;
+  load average and the CPU tick counters (for the steal share of the run) before the first timing;
 * gives every CSV row those machine columns and :data:`PROVENANCE` (:meth:`BenchRun.table`);
 * writes its CSV, markdown and figures atomically: a reader (or a later table build) sees the previous complete
   file or the new one, never half of one (:meth:`BenchRun.write_csv`, :meth:`~BenchRun.write_text`,
@@ -31,14 +31,14 @@ import pandas as pd
 import torch
 
 from ..atomic import atomic_write, write_text_atomic
-from .machine import load, machine_record
+from .machine import cpu_ticks, load, machine_record, steal_percent
 
 __all__ = ["EXPERIMENT_PREFIX", "PROVENANCE", "BenchRun", "experiment_name", "int_at_least", "int_list", "parser",
            "provenance_line", "thread_counts", "write_csv", "write_figure", "write_text"]
 
 EXPERIMENT_PREFIX = "lsqbq-bench-"
 # columns every benchmark CSV row carries (besides the machine record's)
-PROVENANCE = ("git_commit", "git_dirty", "isa", "load_before", "load_after")
+PROVENANCE = ("git_commit", "git_dirty", "isa", "load_before", "load_after", "steal_pct")
 
 
 def experiment_name(benchmark: str) -> str:
@@ -150,7 +150,13 @@ def provenance_line(df: pd.DataFrame) -> str:
     dirty = " with local changes" if str(r.get("git_dirty")).lower() == "true" else ""
     return (f"Commit `{str(r['git_commit'])[:12]}`{dirty}; kernels `{r.get('kernels', '')}` "
             f"(ISA path `{r.get('isa', '')}`); load average {_fmt(r.get('load_before'))} before, "
-            f"{_fmt(r.get('load_after'))} after the run.")
+            f"{_fmt(r.get('load_after'))} after the run{_steal(r.get('steal_pct'))}.")
+
+
+def _steal(v: Any) -> str:
+    """The provenance line's steal clause for a recorded steal share (empty where none was recorded)."""
+    s = _fmt(v)
+    return "" if s == "n/a" else f"; the host took {float(v):.1f} % of the CPU time (steal) during it"
 
 
 def _fmt(v: Any) -> str:
@@ -195,6 +201,8 @@ class BenchRun:
         self.files: list[Path] = []
         self.load_before = load()
         self.load_after: float | None = None
+        self._ticks_before = cpu_ticks()
+        self.steal_pct: float | None = None
 
     def __enter__(self) -> "BenchRun":
         return self
@@ -216,7 +224,9 @@ class BenchRun:
         """:data:`PROVENANCE` of this run; ``load_after`` is measured on the first call after the timings."""
         if self.load_after is None:
             self.load_after = load()
-        return {**self.code, "isa": self.isa, "load_before": self.load_before, "load_after": self.load_after}
+            self.steal_pct = steal_percent(self._ticks_before, cpu_ticks())
+        return {**self.code, "isa": self.isa, "load_before": self.load_before, "load_after": self.load_after,
+                "steal_pct": self.steal_pct}
 
     def table(self, rows: Iterable[dict] | pd.DataFrame) -> pd.DataFrame:
         """The rows as a frame with the machine record and :data:`PROVENANCE` on every row (a column the rows
@@ -261,7 +271,7 @@ class BenchRun:
                source_run_ids: Iterable[str | None] = ()) -> str | None:
         """Log the one MLflow run of this invocation; returns its id (None: tracking off or the store failed).
 
-        Metrics: ``metrics`` (headline ratios) plus ``load_before`` / ``load_after``; artifacts: every file this
+        Metrics: ``metrics`` (headline ratios) plus ``load_before`` / ``load_after`` / ``steal_pct``; artifacts: every file this
         run wrote; ``source_run_ids``: the training runs whose checkpoints were timed.
         """
         from ..tracking import record_run
@@ -270,7 +280,7 @@ class BenchRun:
         return record_run(
             experiment_name(self.name), f"bench_{self.name}", strict=False,
             params={**self.params(), **(params or {})},
-            metrics={**metrics, "load_before": prov["load_before"], "load_after": prov["load_after"]},
+            metrics={**metrics, **{k: prov[k] for k in ("load_before", "load_after", "steal_pct")}},
             artifacts=list(self.files),
             tags={"lsqbq.kind": f"bench {self.name}", "lsqbq.isa": self.isa, "lsqbq.kernels": self.backend,
                   "quick": self.options.get("quick"), "smoke": self.options.get("smoke")},

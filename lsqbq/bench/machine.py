@@ -4,7 +4,8 @@
 default thread count, CPU capability and int8 engines, the kernel back end and the instruction path it runs
 (:func:`lsqbq.kernels.isa_path`, chosen by ``--backend`` or the switch ``LSQBQ_BACKEND``), and whether the
 quantizers run the C++ library or their torch code. :func:`load` is the 1-minute load average, taken before and
-after each group of timings.
+after each group of timings; :func:`steal_percent` the share of CPU time a virtual machine's host took from it
+(steal) between two :func:`cpu_ticks` readings, over a whole run.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import subprocess
 
 import torch
 
-__all__ = ["FLAGS", "cpu_flags", "cpu_model", "load", "machine_record"]
+__all__ = ["FLAGS", "cpu_flags", "cpu_model", "cpu_ticks", "load", "machine_record", "steal_percent"]
 
 # SIMD flags that decide which kernels can run and how fast the baselines are
 FLAGS = ("avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vpopcntdq", "avx512_bitalg", "avx512_vnni", "avx_vnni",
@@ -67,6 +68,33 @@ def load() -> float:
         return os.getloadavg()[0]
     except OSError:
         return float("nan")
+
+
+def cpu_ticks(stat: str = "/proc/stat") -> tuple[int, int] | None:
+    """``(steal, total)`` CPU time since boot, in clock ticks summed over all CPUs, from the aggregate ``cpu``
+    line of ``stat`` (user nice system idle iowait irq softirq steal ...; guest time is already in user/nice);
+    None where the file or the steal field is missing (not Linux, very old kernels)."""
+    try:
+        with open(stat, encoding="ascii") as f:
+            first = f.readline().split()
+    except OSError:
+        return None
+    if len(first) < 9 or first[0] != "cpu":
+        return None
+    try:
+        ticks = [int(v) for v in first[1:9]]
+    except ValueError:
+        return None
+    return ticks[7], sum(ticks)
+
+
+def steal_percent(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float:
+    """Steal time between two :func:`cpu_ticks` readings as a percentage of all CPU time then (NaN if either is
+    missing or no tick passed). On a virtual machine, a high value means the timings of that stretch lost CPU
+    time to other guests and should be rerun."""
+    if before is None or after is None or after[1] <= before[1]:
+        return float("nan")
+    return 100.0 * max(after[0] - before[0], 0) / (after[1] - before[1])
 
 
 def machine_record(backend: str | None = None) -> dict:

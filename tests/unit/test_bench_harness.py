@@ -3,6 +3,7 @@ commit, the kernels' ISA path and the load, and records exactly one MLflow run h
 written atomically, and a bad back-end choice fails before anything is written, naming the switch."""
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from lsqbq import cli, kernels
-from lsqbq.bench import BENCHMARKS, harness
+from lsqbq.bench import BENCHMARKS, harness, machine
 
 PROJECT = Path(__file__).resolve().parents[2]
 CSV = {"quantizers": "quantizers.csv", "kernels": "kernels.csv", "models": "models.csv", "training": "training.csv",
@@ -65,8 +66,9 @@ def test_smoke_run_writes_provenance_on_every_row_and_one_run(tmp_path, benchmar
     assert len(df) > 0
     assert (df["git_commit"] == commit).all() and (df["git_dirty"] == dirty).all()
     assert (df["isa"] == kernels.isa_path()).all() and (df["kernels"] == kernels.resolve_backend()).all()
-    for col in ("load_before", "load_after"):
+    for col in ("load_before", "load_after", "steal_pct"):
         assert df[col].notna().all() and (df[col] >= 0).all()
+    assert (df["steal_pct"] <= 100).all()
     assert (df["cpu"].astype(str).str.len() > 0).all() and df["torch"].notna().all()
 
     c, runs = _runs_of(benchmark, out)
@@ -75,7 +77,7 @@ def test_smoke_run_writes_provenance_on_every_row_and_one_run(tmp_path, benchmar
     assert run.info.status == "FINISHED" and run.info.run_name == f"bench_{benchmark}"
     assert run.data.params["isa"] == kernels.isa_path() and run.data.params["smoke"] == "true"
     assert run.data.tags["git_commit"] == commit and run.data.tags["lsqbq.isa"] == kernels.isa_path()
-    assert {"load_before", "load_after"} <= set(run.data.metrics)
+    assert {"load_before", "load_after", "steal_pct"} <= set(run.data.metrics)
     artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
     written = {p.name for p in out.iterdir()}
     assert CSV[benchmark] in artifacts and artifacts == written  # every file written is in the run, and only those
@@ -106,6 +108,27 @@ def test_provenance_line_names_commit_isa_and_load():
     assert harness.provenance_line(df) == ("Commit `0123456789ab` with local changes; kernels `portable` "
                                            "(ISA path `portable-popcnt`); load average 0.50 before, n/a after the run.")
     assert harness.provenance_line(df.drop(columns="git_commit")) == ""
+
+
+def test_provenance_line_gives_the_steal_share_where_recorded():
+    df = pd.DataFrame([{"git_commit": "0123456789abcdef", "git_dirty": False, "kernels": "avx512",
+                        "isa": "avx512-vpopcntdq", "load_before": 1.0, "load_after": 1.25, "steal_pct": 12.345}])
+    assert harness.provenance_line(df).endswith("load average 1.00 before, 1.25 after the run; the host took 12.3 % "
+                                                "of the CPU time (steal) during it.")
+
+
+def test_steal_percent_from_proc_stat_lines(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 10 0 0 40 0 0\ncpu0 50 0 25 400 5 0 0 20 0 0\n")
+    before = machine.cpu_ticks(str(stat))
+    assert before == (40, 1000)
+    stat.write_text("cpu  160 0 70 900 10 0 0 100 0 0\n")
+    after = machine.cpu_ticks(str(stat))
+    assert machine.steal_percent(before, after) == pytest.approx(100 * 60 / 240)
+    assert math.isnan(machine.steal_percent(after, before)) and math.isnan(machine.steal_percent(None, after))
+    stat.write_text("cpu  1 2 3 4\n")  # no steal field: nothing is made up
+    assert machine.cpu_ticks(str(stat)) is None
+    assert machine.cpu_ticks(str(tmp_path / "missing")) is None
 
 
 @pytest.mark.parametrize("env,arg,needle", [
