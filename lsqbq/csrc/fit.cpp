@@ -26,9 +26,11 @@ namespace {
 // the runs, halved until single buckets, that cannot hold the maximiser; a large surviving bucket is split once
 // more by the next 6 significand bits and bounded the same way; what survives is sorted and scanned with the
 // scan's own float64 expressions. The result equals the full-sort fit bit for bit. A row with S_n >= 2^52 u (a
-// magnitude tiny next to the row's sum: under 1 % of the rows of the BatchNorm outputs of a checkpoint) has
-// prefix sums that round where the full-sort scan rounds them, so it takes that scan (sorted_fit.cpp), the
-// quantizer ops' own fit.
+// magnitude tiny next to the row's sum: most rows of 10^5 values, under 1 % of the 3,136-value BatchNorm-output
+// rows of a checkpoint) has prefix sums that round, and the bucket boundaries get the full-sort scan's rounded
+// sums instead (rounded_prefix: exact where no rounding can happen, the rounding emulated where it depends on
+// no value, the values added one by one elsewhere); should that fail, the row takes the full-sort scan itself
+// (sorted_fit.cpp, the quantizer ops' own fit).
 // Cost: O(n) plus sorting the surviving values (typically tens) instead of O(n) radix passes.
 // Three passes over the row: the key range (vectorised); the bucket histogram (one packed 64-bit add per value,
 // interleaved over four copies, two in the portable path, so that runs of values in one bucket, such as the zeros
@@ -62,7 +64,6 @@ int64_t keys_in_portable(const float* y, int64_t n, uint32_t klo, uint32_t khi, 
   return c;
 }
 
-
 struct FastFit {
   int kShift = 17;    // bucket = (key >> kShift) - kBase, kShift >= 17: one exponent per bucket
   int64_t kBase = 0;  // first occupied exponent, in bucket units
@@ -77,6 +78,9 @@ struct FastFit {
   std::vector<float> sorted;         // the fallback's sorted magnitudes
   std::vector<double> inv_table;     // the fallback's 1/j, j = 0 .. n
   std::vector<int64_t> radix_count;
+  std::vector<int> marked;           // rows whose sums round: buckets whose sum rounds inside them, ascending
+  std::vector<int32_t> is_marked;    // per bucket: its index in marked, or -1
+  std::vector<uint32_t> mkeys;       // the sorted keys of the buckets that rounded_prefix adds value by value
   std::vector<uint64_t> packed;      // histogram entries: count << kCountShift | sum of significands
   static constexpr int kCountShift = 44;  // rows of n < 2^20 values: sums < 2^44, counts < 2^20
   static constexpr int64_t kChunk = 4096;  // values filtered per gather step
@@ -213,6 +217,147 @@ struct FastFit {
     out[1] = static_cast<float>(v2);
   }
 
+  // The keys of the buckets bs (ascending) into out, bucket i's at out[offset[i] .. offset[i + 1]), element order.
+  // The buckets lie in [klo, khi): a chunk is filtered by that interval (vectorised), then placed by bucket.
+  void gather(const float* y, int64_t n, int64_t isa, const std::vector<int>& bs, std::vector<uint32_t>& out,
+              std::vector<int64_t>& offset) {
+    offset.assign(bs.size() + 1, 0);
+    for (size_t i = 0; i < bs.size(); ++i) offset[i + 1] = offset[i] + count[bs[i]];
+    out.resize(offset.back());
+    if (bs.empty()) return;
+    for (size_t i = 0; i < bs.size(); ++i) slot[bs[i]] = static_cast<int32_t>(i);
+    std::vector<int64_t> fill(offset.begin(), offset.end() - 1);
+    const uint32_t klo = bucket_key(bs.front()), khi = bucket_key(bs.back() + 1);
+    cand.resize(kChunk + 16);
+    for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
+      const int64_t len = std::min(kChunk, n - c0);
+      int64_t got;
+      if (isa == kAvx512) got = keys_in_avx512(y + c0, len, klo, khi, cand.data());
+      else if (isa == kAvx2) got = keys_in_avx2(y + c0, len, klo, khi, cand.data());
+      else got = keys_in_portable(y + c0, len, klo, khi, cand.data());
+      for (int64_t e = 0; e < got; ++e) {
+        const uint32_t k = cand[e];
+        const int32_t sl = slot[static_cast<int64_t>(k >> kShift) - kBase];
+        if (sl >= 0) out[fill[sl]++] = k;
+      }
+    }
+    for (int b : bs) slot[b] = -1;
+  }
+
+  // The value of the last set bit of a positive finite double s (s is a multiple of it).
+  static double last_bit(double s) {
+    uint64_t bits;
+    std::memcpy(&bits, &s, 8);
+    const int64_t e = static_cast<int64_t>(bits >> 52);  // s > 0: sign 0; sums of floats are normal doubles
+    const uint64_t m = (bits & ((uint64_t(1) << 52) - 1)) | (uint64_t(1) << 52);
+    const uint64_t out = static_cast<uint64_t>(e - 52 + __builtin_ctzll(m)) << 52;
+    double v;
+    std::memcpy(&v, &out, 8);
+    return v;
+  }
+  // 2^(exponent of s - 52), s > 0: the unit of s's last significand bit, at most last_bit(s).
+  static double ulp_of(double s) {
+    uint64_t bits;
+    std::memcpy(&bits, &s, 8);
+    const uint64_t out = ((bits >> 52) - 52) << 52;
+    double v;
+    std::memcpy(&v, &out, 8);
+    return v;
+  }
+  // Whether s plus every partial sum of bucket b's values, added in any order, is exact: all are multiples of
+  // u = min(unit(s), the bucket's unit) and at most s + sums[b], so they are when s + sums[b] < 2^53 u (the
+  // computed sum is below the power of two 2^53 u only if the exact one is: rounding is monotonic). unit(s) is
+  // last_bit(s), or ulp_of(s) for a guess that holds for any s of the same binade.
+  bool adds_exactly(double s, int b, bool guess) const {
+    double u = ulp_scale(bucket_key(b));
+    if (s > 0) u = std::min(u, guess ? ulp_of(s) : last_bit(s));
+    return s + sums[b] < 0x1p53 * u;
+  }
+
+  // s plus bucket b's values in ascending order, when that needs no values (returns false otherwise). The values
+  // are multiples of the bucket's unit w; the part L of s below w (s mod w) is the only part that rounds. Each time
+  // the running sum enters a new binade, the sum is rounded to that binade's unit G (round half to even); if
+  // 2 G <= w the rounding (and its tie's parity bit) sees only L, and if no value exceeds s, no addition skips a
+  // binade. Then the binades entered are those between s and s + (bucket sum), whatever the order within the
+  // bucket, and the result is (s - L + bucket sum) + L rounded to each of their units in turn: the scan's own sum.
+  // A sum within 2 w of a power of two is left to the values (the crossing is not certain).
+  bool add_rounded(double& s, int b) const {
+    const double w = ulp_scale(bucket_key(b));
+    if (!(s > 0) || static_cast<double>(key_value(bucket_key(b + 1) - 1)) > s) return false;
+    const double end = s + sums[b];
+    const double p = binade_floor(end);
+    if (end - p <= 2 * w || 2 * p - end <= 2 * w || 2 * ulp_of(end) > w) return false;
+    double low = std::fmod(s, w);
+    const double high = s - low;
+    for (double g = 2 * ulp_of(s); g <= ulp_of(end); g *= 2) {  // the units of the binades entered
+      const double q = std::floor(low / g), r = low - q * g;
+      low = (r > g / 2 || (r == g / 2 && std::fmod(q, 2.0) != 0.0)) ? (q + 1) * g : q * g;
+    }
+    s = (high + sums[b]) + low;
+    return true;
+  }
+  static double binade_floor(double s) {  // the power of two 2^floor(log2 s), s > 0
+    uint64_t bits;
+    std::memcpy(&bits, &s, 8);
+    bits &= ~((uint64_t(1) << 52) - 1);
+    double v;
+    std::memcpy(&v, &bits, 8);
+    return v;
+  }
+
+  // pb[b], jb[b] for a row whose sums may round: pb[b] is the full-sort scan's own float64 prefix sum below
+  // bucket b (its ascending additions, one value at a time). A bucket whose additions are all exact
+  // (adds_exactly) adds its exact sum at once; one whose roundings need no values (add_rounded) adds its rounded
+  // sum; the others (where the running sum is small next to the bucket's values: the first values of a row that
+  // starts with tiny magnitudes) are gathered, sorted and added value by value, as the scan adds them. Which
+  // buckets need values is guessed on a first walk that carries on from the first such bucket with its exact sum;
+  // if the second walk meets another one, it returns false and the caller takes the full sort. Marks the buckets
+  // not added exactly (is_marked >= 0): their sums round inside them.
+  bool rounded_prefix(const float* y, int64_t n, int64_t isa) {
+    marked.clear();
+    is_marked.assign(kBuckets, -1);
+    std::vector<int> need;
+    double s = 0.0;  // the scan's sum up to the first bucket that needs values, then a guess (sums not rounded)
+    for (int b = 0; b < kBuckets; ++b) {
+      if (!count[b]) continue;
+      if (adds_exactly(s, b, !need.empty())) {
+        s += sums[b];
+      } else if (!add_rounded(s, b)) {
+        need.push_back(b);
+        s += sums[b];
+      }
+    }
+    std::vector<int64_t> noff;
+    gather(y, n, isa, need, mkeys, noff);
+    std::vector<int32_t> needed(kBuckets, -1);
+    for (size_t i = 0; i < need.size(); ++i) {
+      needed[need[i]] = static_cast<int32_t>(i);
+      std::sort(mkeys.begin() + noff[i], mkeys.begin() + noff[i + 1]);
+    }
+    s = 0.0;
+    int64_t j = 0;
+    for (int b = 0; b < kBuckets; ++b) {
+      jb[b] = j;
+      pb[b] = s;
+      if (!count[b]) continue;
+      j += count[b];
+      if (adds_exactly(s, b, false)) {
+        s += sums[b];
+        continue;
+      }
+      is_marked[b] = static_cast<int32_t>(marked.size());
+      marked.push_back(b);
+      if (needed[b] >= 0) {
+        for (int64_t q = noff[needed[b]]; q < noff[needed[b] + 1]; ++q) s += static_cast<double>(key_value(mkeys[q]));
+      } else if (!add_rounded(s, b)) {
+        return false;
+      }
+    }
+    jb[kBuckets] = j;
+    pb[kBuckets] = s;
+    return true;
+  }
+
   // (v1, v2) of one row y[0..n) (any order); NaN when the row is not finite.
   void fit(const float* y, int64_t n, bool ternary, int64_t isa, float* out) {
     uint32_t kmin, kmax;
@@ -232,33 +377,39 @@ struct FastFit {
       sums[b] = static_cast<double>(isum[b]) * ulp_scale(bucket_key(b));
     }
     auto bucket_sum = [&](int b) { return sums[b]; };
-    // exact totals and gains at bucket boundaries (the same float64 expressions as the scan)
+    // totals and gains at bucket boundaries (the same float64 expressions as the scan)
     double total = 0.0;
     for (int b = 0; b < kBuckets; ++b)
       if (count[b]) total += bucket_sum(b);
-    // Every sum of the magnitudes is at most S_n and a multiple of u: exact if S_n < 2^53 u. total is S_n up to a
-    // relative 2^-40 at worst, so total < 2^52 u proves it; otherwise the full sort.
-    if (!(total < 0x1p52 * unit() || total == 0.0)) return fit_by_sorting(y, n, ternary, out);
+    // jb[b] values lie below bucket b, with the full-sort scan's prefix sum pb[b] (b = 0 .. kBuckets). Every sum of
+    // the magnitudes is at most S_n and a multiple of u: exact if S_n < 2^53 u. total is S_n up to a relative
+    // 2^-40 at worst, so total < 2^52 u proves it: then pb adds exact bucket sums. Otherwise rounded_prefix.
+    jb.resize(kBuckets + 1);
+    pb.resize(kBuckets + 1);
+    const bool rounds = !(total < 0x1p52 * unit() || total == 0.0);
+    if (rounds) {
+      if (!rounded_prefix(y, n, isa)) return fit_by_sorting(y, n, ternary, out);
+      total = pb[kBuckets];
+    } else {
+      double low = 0.0;
+      int64_t j0 = 0;
+      for (int b = 0; b < kBuckets; ++b) {
+        jb[b] = j0;
+        pb[b] = low;
+        low += bucket_sum(b);
+        j0 += count[b];
+      }
+      jb[kBuckets] = j0;
+      pb[kBuckets] = low;
+    }
     auto gain = [&](int64_t j, double low) {
       const double high = total - low;
       const double g = (high * high) * inv(n - j);
       return ternary ? g : (low * low) * inv(j) + g;
     };
-    // jb[b] values lie below bucket b, with the exact sum pb[b] (b = 0 .. kBuckets)
-    jb.resize(kBuckets + 1);
-    pb.resize(kBuckets + 1);
-    double best_lb = -1.0, low = 0.0;
-    int64_t j0 = 0;
-    for (int b = 0; b < kBuckets; ++b) {
-      jb[b] = j0;
-      pb[b] = low;
-      if (!count[b]) continue;
-      best_lb = std::max(best_lb, gain(j0, low));
-      low += bucket_sum(b);
-      j0 += count[b];
-    }
-    jb[kBuckets] = j0;
-    pb[kBuckets] = low;
+    double best_lb = -1.0;
+    for (int b = 0; b < kBuckets; ++b)
+      if (count[b]) best_lb = std::max(best_lb, gain(jb[b], pb[b]));
     // Keep the buckets whose gain bound reaches best_lb. The splits j = j0 + k, k = 0 .. c - 1, of a bucket with
     // value range [lo, hi], c values and exact sums S_j0 = low, S_end = low + (bucket sum) have
     //   max(low + k lo, S_end - (c - k) hi) <= S_j <= min(low + k hi, S_end - (c - k) lo)
@@ -295,28 +446,9 @@ struct FastFit {
                                   pb[e] - pb[b], best_lb);
     };
     bisect(0, kBuckets, run_may_reach, keep);
-    // gather and sort the surviving buckets' magnitudes, then scan them in split order
-    std::vector<int64_t> offset(keep.size() + 1, 0);
-    for (size_t i = 0; i < keep.size(); ++i) offset[i + 1] = offset[i] + count[keep[i]];
-    keys.resize(offset.back());
-    for (size_t i = 0; i < keep.size(); ++i) slot[keep[i]] = static_cast<int32_t>(i);
-    std::vector<int64_t> fill(offset.begin(), offset.end() - 1);
-    // the kept buckets lie in [klo, khi): filter a chunk by that interval, then place its keys by bucket
-    const uint32_t klo = keep.empty() ? 0 : bucket_key(keep.front());
-    const uint32_t khi = keep.empty() ? 0 : bucket_key(keep.back() + 1);
-    cand.resize(kChunk + 16);
-    for (int64_t c0 = 0; c0 < n && !keep.empty(); c0 += kChunk) {
-      const int64_t len = std::min(kChunk, n - c0);
-      int64_t got;
-      if (isa == kAvx512) got = keys_in_avx512(y + c0, len, klo, khi, cand.data());
-      else if (isa == kAvx2) got = keys_in_avx2(y + c0, len, klo, khi, cand.data());
-      else got = keys_in_portable(y + c0, len, klo, khi, cand.data());
-      for (int64_t e = 0; e < got; ++e) {
-        const uint32_t k = cand[e];
-        const int32_t s = slot[static_cast<int64_t>(k >> kShift) - kBase];
-        if (s >= 0) keys[fill[s]++] = k;
-      }
-    }
+    // gather the surviving buckets' magnitudes, then sort and scan them in split order
+    std::vector<int64_t> offset;
+    gather(y, n, isa, keep, keys, offset);
     double best_gain = -1.0, best_low = 0.0, best_high = 0.0;
     int64_t best = 0;
     // ascending keys ks[0..len), the splits j .. j + len - 1 from the exact S_j = lw: the scan's own expressions
@@ -336,7 +468,7 @@ struct FastFit {
     for (size_t i = 0; i < keep.size(); ++i) {
       uint32_t* ks = keys.data() + offset[i];
       const int64_t len = offset[i + 1] - offset[i];
-      if (len <= kSortMax) {
+      if (len <= kSortMax || (rounds && is_marked[keep[i]] >= 0)) {  // a marked bucket's sums round inside it
         scan(ks, len, jb[keep[i]], pb[keep[i]]);
         continue;
       }

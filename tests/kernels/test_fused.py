@@ -91,16 +91,25 @@ def test_exact_fit_bound_holds_between_the_bucket_ends(backend, seed):
     assert torch.equal(v, fit(x, "ls-2"))
 
 
-@pytest.mark.parametrize("seed", [13, 29])
-def test_exact_fits_of_rows_whose_prefix_sums_round(backend, seed):
-    """Magnitudes over ~50 binades: float64 sums of such a row round, so bucket sums need not equal the full-sort
-    scan's ascending prefix sums. These rows (found by a search) once came out 1 ulp off in ls-T; a row outside the
-    exact span now takes the full-sort scan itself."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(64, 1000, generator=gen) * torch.exp(6 * torch.randn(64, 1000, generator=gen))
+@pytest.mark.parametrize("case", ["wide-13", "wide-29", "long-normal", "long-relu", "long-tiny"])
+def test_exact_fits_of_rows_whose_prefix_sums_round(backend, case):
+    """Rows whose float64 prefix sums round (a magnitude tiny next to the row's sum): bucket sums then differ from
+    the full-sort scan's ascending sums, and the fit takes the scan's rounded sums (emulated where the rounding
+    depends on no value, added value by value elsewhere). The wide rows (magnitudes over ~50 binades, found by a
+    search) once came out 1 ulp off in ls-T; long rows of 150,000 values round in almost every row."""
+    kind, _, seed = case.partition("-")
+    gen = torch.Generator().manual_seed(int(seed) if seed.isdigit() else 11)
+    if kind == "wide":
+        x = torch.randn(64, 1000, generator=gen) * torch.exp(6 * torch.randn(64, 1000, generator=gen))
+    else:
+        x = torch.randn(4, 150_000, generator=gen)
+        if seed == "relu":
+            x = x.clamp(min=0)
+        elif seed == "tiny":  # a few magnitudes near 1e-30 below the bulk
+            x = torch.where(torch.rand(4, 150_000, generator=gen) < 1e-3, x * 1e-30, x)
     for scheme in ("ls-2", "ls-T"):
         planes, code, mask = _fit_args(scheme)
-        _, v = ops.encode_fit(x.reshape(64, 1000, 1, 1), planes, code, mask=mask, backend=backend)
+        _, v = ops.encode_fit(x.reshape(x.shape[0], -1, 1, 1), planes, code, mask=mask, backend=backend)
         assert torch.equal(v, fit(x, scheme))
 
 
