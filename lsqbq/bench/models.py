@@ -12,7 +12,9 @@ the load average are recorded too):
                   CIFAR stem) shape, batch 1, 1 and 2 threads: the fp32 model in eager NCHW and channels_last
                   (the teacher's regular blocks, and the students' xnor topology with fp32 convs), the simulated
                   quantized model (eager), and its :func:`~lsqbq.kernels.to_bitwise` conversion (fused), for the
-                  1-bit and 2x1 kernels (fp32 stem, shortcuts and classifier).
+                  1-bit and 2x1 kernels (fp32 stem, shortcuts and classifier); the 1-bit conversion also frozen
+                  (:func:`~lsqbq.kernels.freeze`, rows ``bitwise frozen``: traced graphs on 1 thread, the model
+                  itself on 2).
 * ``checkpoint``  every quantized default-profile checkpoint found under ``--checkpoints``
                   (``<model>/<x>_<w>/s<seed>/checkpoint.pt``, both schemes quantized): the simulated eager model, its
                   fp32 teacher (``fp_fp`` of the same model and seed) and its bitwise conversion, at batch 1 and
@@ -39,7 +41,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointNotFoundError
-from ..kernels import to_bitwise
+from ..kernels import freeze, to_bitwise
 from ..schemes import get_scheme, kernel_name
 from .harness import BenchRun, int_list, parser, provenance_line, thread_counts, write_text
 from .timing import load, time_threads
@@ -92,6 +94,12 @@ def bench_networks(threads_list: list[int], backend: str, repeats: int, shapes: 
                 cands[f"bitwise {label}" + _fp_suffix(fp)] = (
                     lambda fast=fast: fast(x_cl),
                     dict(scheme=label, model="bitwise", layout="NHWC", scale_mode="fitted", float_parts=fp))
+                if xq == NETWORK_PAIRS[0][0]:  # the same network as traced graphs (one thread; else the model)
+                    frozen = freeze(to_bitwise(sim, backend=backend, float_parts=fp))
+                    cands[f"bitwise frozen {label}" + _fp_suffix(fp)] = (
+                        lambda frozen=frozen: frozen(x_cl),
+                        dict(scheme=label, model="bitwise frozen", layout="NHWC", scale_mode="fitted",
+                             float_parts=fp))
             if xq == NETWORK_PAIRS[0][0]:
                 cands[f"simulated {label}"] = (lambda sim=sim: sim(x), dict(scheme=label, model="simulated",
                                                                             layout="NCHW", scale_mode="fitted"))
@@ -247,10 +255,11 @@ def summarise(df: pd.DataFrame) -> dict[str, float]:
     for network, g in net.groupby("network"):
         fp_cl = g[(g.model == "fp32 xnor-topology") & (g.layout == "channels_last")].seconds.min()
         for label in g[g.model == "bitwise"].scheme.unique():
-            for fp, suffix in (("fp32", ""), ("int8", " (int8 float parts)")):
-                rows = g[(g.model == "bitwise") & (g.scheme == label) & int8.loc[g.index].eq(fp == "int8")]
-                if len(rows):
-                    out[f"{network} {label}{suffix} vs fp32 channels_last"] = fp_cl / rows.seconds.min()
+            for model, how in (("bitwise", ""), ("bitwise frozen", " frozen")):
+                for fp, suffix in (("fp32", ""), ("int8", " (int8 float parts)")):
+                    rows = g[(g.model == model) & (g.scheme == label) & int8.loc[g.index].eq(fp == "int8")]
+                    if len(rows):
+                        out[f"{network} {label}{how}{suffix} vs fp32 channels_last"] = fp_cl / rows.seconds.min()
     df = df[~int8]
     ck = df[(df.kind == "checkpoint") & (df.threads == 1)]
     for (network, batch), g in ck.groupby(["network", "batch"]):
@@ -268,7 +277,8 @@ def headline_markdown(summary: dict[str, float], backend: str) -> str:
     rows = []
     for key, value in summary.items():
         target = None
-        if "resnet18 imagenet" in key and kernel_name("ls-1", "ls-1") + " vs" in key:
+        if "resnet18 imagenet" in key and any(kernel_name("ls-1", "ls-1") + how + " vs" in key
+                                              for how in ("", " frozen")):
             target = targets.get("resnet18")
         elif "batch 256" in key:
             target = targets.get("batch 256")
@@ -288,7 +298,8 @@ def to_markdown(df: pd.DataFrame, info: dict, summary: dict[str, float], profile
         "cores. Bitwise models: `to_bitwise` with fusion (BatchNorm / activation / residual in the binary ops), "
         "fed the same tensor as the eager models; scale mode as listed (`fitted`: per-sample scales at run time, "
         "as the default-profile students evaluate; `stored`, the rows `bitwise stored`: the moving averages recorded "
-        "in training, no per-image fit).",
+        "in training, no per-image fit). `bitwise frozen`: the same conversion through `lsqbq.kernels.freeze` (one traced "
+        "graph per input signature, without the modules' Python; on 2 threads it runs the model itself).",
         *filter(None, [provenance_line(df)]),
         "## Headline (1 thread)", headline_markdown(summary, str(info["kernels"])).rstrip("\n")]
     for kind, title in (("network", "ResNet-18 from models.build, batch 1"),

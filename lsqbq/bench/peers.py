@@ -10,6 +10,8 @@ Rows (ResNet-18, ImageNet layout, 1000 classes, random weights, every engine fed
 * ``lsqbq binary``          the paper's topology (fp32 stem, shortcuts and classifier, 1-bit ``ls-1`` 3x3 body)
                             from :func:`lsqbq.bench.models.resnet18_network`, converted by
                             :func:`~lsqbq.kernels.to_bitwise` (fused);
+* ``lsqbq binary, frozen``  the same conversion through :func:`~lsqbq.kernels.freeze` (one traced graph per input
+                            signature, without the modules' Python; on more than one thread it runs the model itself);
 * ``lsqbq binary, int8 float parts`` the same conversion with ``float_parts="int8"`` (stem, shortcuts and
                             classifier in oneDNN int8; an option, not the paper's topology);
 * ``openvino binary``       the same network with the same weights as an OpenVINO graph on its ``BinaryConvolution``
@@ -109,6 +111,7 @@ class Setup:
     binary_fast: nn.Module
     workdir: Path
     binary_int8: nn.Module | None = None  # the same conversion with int8 full-precision parts (None: unavailable)
+    binary_frozen: nn.Module | None = None  # the fp32-parts conversion as traced graphs (lsqbq.kernels.freeze)
     skipped: list[dict] = field(default_factory=list)
 
     def skip(self, engine: str, reason: str) -> None:
@@ -142,7 +145,7 @@ def make_setup(size: int, batches: list[int], backend: str, workdir: Path) -> Se
     """Inputs (seed 0) and the networks: torchvision ResNet-18 and the project's binary ResNet-18."""
     import torchvision
 
-    from ..kernels import to_bitwise
+    from ..kernels import freeze, to_bitwise
     from .models import SHAPES, resnet18_network
 
     torch.manual_seed(0)
@@ -156,7 +159,8 @@ def make_setup(size: int, batches: list[int], backend: str, workdir: Path) -> Se
             int8 = to_bitwise(sim, backend=backend, float_parts="int8")
         except ConfigError:  # no oneDNN int8 ops in this torch build
             int8 = None
-    return Setup(size, inputs, float_net, sim, fast, workdir, binary_int8=int8)
+    return Setup(size, inputs, float_net, sim, fast, workdir, binary_int8=int8,
+                 binary_frozen=freeze(to_bitwise(sim, backend=backend)))
 
 
 def _torch_engine(name: str, precision: str, network: str, net: nn.Module, s: Setup, reference: str = "") -> Engine:
@@ -244,7 +248,9 @@ def _onnxruntime_engines(s: Setup, onnx_fp32: Path, onnx_qdq: Path | None) -> li
 def build_engines(s: Setup) -> list[Engine]:
     """Every engine that can run here, baseline first; the others are recorded in ``s.skipped`` with the reason."""
     engines = [_torch_engine(BASELINE, "fp32", FLOAT_NET + " (eager, channels_last)", s.float_net, s),
-               _torch_engine("lsqbq binary", "1-bit", BINARY_NET, s.binary_fast, s)]
+               _torch_engine("lsqbq binary", "1-bit", BINARY_NET, s.binary_fast, s),
+               *([_torch_engine("lsqbq binary, frozen", "1-bit", BINARY_NET, s.binary_frozen, s)]
+                 if s.binary_frozen is not None else [])]
     if s.binary_int8 is not None:
         engines.append(_torch_engine("lsqbq binary, int8 float parts", "1-bit + int8", BINARY_NET, s.binary_int8, s))
     else:

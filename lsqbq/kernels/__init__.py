@@ -30,6 +30,7 @@ from .convert import (
     to_bitwise,
     unconvertible_reason,
 )
+from .frozen import Frozen, freeze
 from .ops import (
     BACKENDS,
     PackedWeight,
@@ -54,10 +55,12 @@ __all__ = [
     "BitwiseLinear",
     "ConversionReport",
     "FusedRegularBlock",
+    "Frozen",
     "FusedXnorBlock",
     "PackedWeight",
     "available_backends",
     "bitwise_conv2d",
+    "freeze",
     "convertible",
     "encode",
     "encode_fit",

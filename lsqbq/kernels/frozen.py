@@ -1,0 +1,91 @@
+"""Frozen inference graphs of a converted network: the same ops, replayed without the Python of its modules.
+
+``freeze(model)`` wraps a :func:`~lsqbq.kernels.to_bitwise` network (or any eval-mode module of traceable ops).
+The first call for an input signature -- shape, strides, dtype, device and the kernel back-end switch
+(:func:`lsqbq._native.switch_state`) -- runs ``torch.jit.trace`` on the model with that input and keeps the graph
+(at most :data:`MAX_GRAPHS`; then it starts over); later calls with the same signature run the graph. A graph
+replays the ops that the traced call ran, with that call's pass sizes and kernel arguments, so:
+
+* the model is frozen, as with ``torch.jit.freeze``: after changing it, call :meth:`Frozen.refresh`. A graph holds
+  the converted layers' packed weights, scales and kernel arguments as they were when it was traced (it shares
+  the float layers' parameters, so in-place changes to those do show);
+* it serves inference on one thread: with autograd recording (``torch.is_grad_enabled()`` outside
+  ``inference_mode``), with more than one torch thread (the converted layers choose their thread count per call,
+  :func:`lsqbq.passes.run_with_threads`, which is Python that a graph does not replay, and the float kernels'
+  results depend on it in the last bits) or with an input that is not a tensor, a call runs the model itself;
+* a call whose graph fails (a kernel's report of a non-finite input) runs the model itself, which raises its own
+  error (:class:`~lsqbq.errors.InputError` naming the sample).
+
+Outputs equal the model's bit for bit (the ops and their arguments are the same). The saving is the modules'
+per-call Python (argument checks, plan lookups, back-end resolution): for the binary ResNet-18 at batch 1 on one
+thread, about 0.7 ms of 7 (``results/bench/models.md``, ``results/bench/peers.md``).
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor, nn
+
+from .. import _native
+
+__all__ = ["Frozen", "freeze", "MAX_GRAPHS"]
+
+MAX_GRAPHS = 8  # input signatures kept per frozen model
+
+
+class Frozen(nn.Module):
+    """A network run as one traced graph per input signature (see the module docstring)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        if model.training:
+            raise ValueError("freeze() takes a model in eval mode (call model.eval() first): a traced graph would "
+                             "keep training-mode BatchNorm and dropout")
+        self.model = model
+        self._graphs: dict[tuple, torch.jit.ScriptModule] = {}
+
+    def refresh(self) -> None:
+        """Drop the traced graphs: the next call of each signature traces the model as it is now."""
+        self._graphs.clear()
+
+    def train(self, mode: bool = True) -> "Frozen":
+        if mode:
+            raise ValueError("a frozen model serves inference only; train the model it wraps instead")
+        return super().train(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (not isinstance(x, Tensor) or torch.get_num_threads() != 1
+                or (torch.is_grad_enabled() and not torch.is_inference_mode_enabled())):
+            return self.model(x)
+        key = (tuple(x.shape), x.stride(), x.dtype, x.device, _native.switch_state())
+        graph = self._graphs.get(key)
+        if graph is None:
+            graph = self._trace(x, key)
+        try:
+            return graph(x)
+        except (ValueError, RuntimeError):  # e.g. NaN input: the model raises its own error (or runs, if it can)
+            return self.model(x)
+
+    def _trace(self, x: Tensor, key: tuple) -> torch.jit.ScriptModule:
+        self.model(x)  # the model's own checks and errors first (a bad input is never traced)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarning: the shape-dependent Python is what a graph freezes
+            graph = torch.jit.trace(self.model, (x,), check_trace=False)
+        if len(self._graphs) >= MAX_GRAPHS:
+            self._graphs.clear()
+        self._graphs[key] = graph
+        return graph
+
+    def __getstate__(self):
+        state = super().__getstate__().copy()
+        state["_graphs"] = {}  # graphs are rebuilt on first use (a copy holds the model only)
+        return state
+
+    def extra_repr(self) -> str:
+        return f"graphs={len(self._graphs)}"
+
+
+def freeze(model: nn.Module) -> Frozen:
+    """``model`` (eval mode, e.g. from :func:`~lsqbq.kernels.to_bitwise`) wrapped to run as traced graphs."""
+    return Frozen(model)

@@ -1,0 +1,133 @@
+"""Frozen networks (lsqbq.kernels.freeze): one traced graph per input signature, the converted model's outputs bit
+for bit, the model's errors, and the frozen contract (graphs keep the model as traced until refresh)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from lsqbq.errors import InputError
+from lsqbq.kernels import BitwiseConv2d, Frozen, freeze, to_bitwise
+from lsqbq.models import build
+
+
+def _randomise_bns(model: nn.Module, seed: int) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(0.3 * torch.randn(m.num_features, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+    return model
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def nets():
+    torch.manual_seed(3)
+    resnet = _randomise_bns(build("resnet_small", in_chans=1, num_classes=10, x_quant="ls-2", w_quant="ls-1"), 4)
+    lenet = _randomise_bns(build("lenet5", in_chans=1, num_classes=10, x_quant="ls-1", w_quant="ls-1"), 5)
+    return {"resnet_small": resnet.eval(), "lenet5": lenet.eval()}
+
+
+@pytest.mark.parametrize("name", ["resnet_small", "lenet5"])
+@pytest.mark.parametrize("mode", ["inference_mode", "no_grad"])
+def test_frozen_outputs_equal_the_model_bit_for_bit(nets, name, mode):
+    fast = to_bitwise(nets[name])
+    frozen = freeze(fast)
+    ctx = torch.inference_mode if mode == "inference_mode" else torch.no_grad
+    gen = torch.Generator().manual_seed(0)
+    signatures = set()
+    with ctx():
+        for batch in (1, 5, 1):  # back to a traced signature: no new graph
+            for x in (torch.randn(batch, 1, 28, 28, generator=gen),
+                      torch.randn(batch, 1, 28, 28, generator=gen).contiguous(memory_format=torch.channels_last),
+                      torch.randn(batch, 1, 28, 56, generator=gen)[..., ::2]):  # strided view
+                assert torch.equal(frozen(x), fast(x))
+                assert torch.equal(frozen(x), fast(x))  # the second call runs the graph
+                signatures.add((tuple(x.shape), x.stride()))
+    assert len(frozen._graphs) == len(signatures) == 4
+
+
+def test_one_graph_per_signature_and_grad_mode_or_threads_run_the_model(nets):
+    frozen = freeze(to_bitwise(nets["lenet5"]))
+    x = torch.randn(2, 1, 28, 28)
+    with torch.inference_mode():
+        frozen(x)
+        frozen(x.clone())
+    assert len(frozen._graphs) == 1
+    with torch.inference_mode():
+        frozen(torch.randn(3, 1, 28, 28))
+    assert len(frozen._graphs) == 2
+    y = frozen(x)  # autograd recording: the model itself, nothing traced
+    assert len(frozen._graphs) == 2 and torch.equal(y, frozen.model(x))
+    torch.set_num_threads(2)  # per-layer thread choices: the model itself
+    with torch.inference_mode():
+        y = frozen(torch.randn(4, 1, 28, 28))
+    assert len(frozen._graphs) == 2
+
+
+def test_a_new_backend_switch_gets_its_own_graph(nets, monkeypatch):
+    fast = to_bitwise(nets["lenet5"])
+    frozen = freeze(fast)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.inference_mode():
+        want = frozen(x)
+        monkeypatch.setenv("LSQBQ_BACKEND", "portable")
+        got = frozen(x)
+    assert len(frozen._graphs) == 2
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_nan_input_raises_the_models_input_error(nets):
+    frozen = freeze(to_bitwise(nets["resnet_small"]))
+    x = torch.randn(2, 1, 28, 28)
+    with torch.inference_mode():
+        frozen(x)
+        bad = x.clone()
+        bad[1, 0, 3, 3] = float("nan")
+        with pytest.raises(InputError, match="not finite") as got:
+            frozen(bad)  # a traced signature: the graph's kernel reports it
+        with pytest.raises(InputError) as want:
+            frozen.model(bad)
+    assert str(got.value) == str(want.value)
+
+
+def test_refresh_traces_the_model_as_it_is_now(nets):
+    fast = to_bitwise(copy.deepcopy(nets["lenet5"]))
+    frozen = freeze(fast)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.inference_mode():
+        before = frozen(x)
+    conv = next(m for m in fast.modules() if isinstance(m, BitwiseConv2d) and m.act == "none")
+    assert conv.fuse_activation(nn.PReLU(init=-1.0))  # |y| before the ReLU: a kernel argument the graph holds
+    with torch.inference_mode():
+        changed = fast(x)
+        assert not torch.equal(changed, before)
+        assert torch.equal(frozen(x), before)  # frozen: the graph holds the layer as traced
+        frozen.refresh()
+        assert torch.equal(frozen(x), changed)
+
+
+def test_a_copy_holds_the_model_only_and_training_is_refused(nets):
+    frozen = freeze(to_bitwise(nets["lenet5"]))
+    with torch.inference_mode():
+        frozen(torch.randn(2, 1, 28, 28))
+    for twin in (copy.deepcopy(frozen),):
+        assert isinstance(twin, Frozen) and twin._graphs == {}
+        with torch.inference_mode():
+            x = torch.randn(2, 1, 28, 28)
+            assert torch.equal(twin(x), frozen(x))
+    with pytest.raises(ValueError, match="inference only"):
+        frozen.train()
+    with pytest.raises(ValueError, match="eval mode"):
+        freeze(copy.deepcopy(nets["lenet5"]).train())
