@@ -20,6 +20,15 @@ def _seed():
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test, restored after (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # The modules that run the test profile's whole workflow (minutes each; the cluster test waits for the end-to-end
 # module's shared run as its reference) go first, then the other slow ones: under pytest-xdist they overlap with
 # the quick tests instead of starting last and ending the session alone.

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import pytest
+import torch
+from torch import nn
 
 from lsqbq.kernels import available_backends
 
@@ -14,3 +16,21 @@ def backend(request) -> str:
     if request.param not in available_backends():
         pytest.skip(f"kernel backend {request.param!r} not available on this machine")
     return request.param
+
+
+def randomise_bns(model: nn.Module, seed: int) -> nn.Module:
+    """``model`` with BatchNorm running statistics drawn from ``seed`` (fresh ones are the identity): the converted
+    layers' folded prologues then do real arithmetic."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(0.3 * torch.randn(m.num_features, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+    return model
+
+
+@pytest.fixture(name="randomise_bns", scope="session")
+def randomise_bns_fixture():
+    """:func:`randomise_bns`, for the test modules."""
+    return randomise_bns

@@ -14,20 +14,10 @@ from lsqbq.kernels.chunks import BatchChunks, chunk_images
 from lsqbq.models import build
 
 
-def _randomise_bns(model: nn.Module, seed: int) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(0.3 * torch.randn(m.num_features, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
-    return model
-
-
 @pytest.fixture(scope="module")
-def resnet():
+def resnet(randomise_bns):
     torch.manual_seed(1)
-    return _randomise_bns(build("resnet18", width=16, num_classes=10, x_quant="ls-1", w_quant="ls-1"), 2).eval()
+    return randomise_bns(build("resnet18", width=16, num_classes=10, x_quant="ls-1", w_quant="ls-1"), 2).eval()
 
 
 def _batches_seen(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:

@@ -13,29 +13,14 @@ from lsqbq.kernels import BitwiseConv2d, Frozen, freeze, to_bitwise
 from lsqbq.models import build
 
 
-def _randomise_bns(model: nn.Module, seed: int) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(0.3 * torch.randn(m.num_features, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
-    return model
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # graphs run on one thread (see lsqbq.kernels.frozen)
 
 
 @pytest.fixture(scope="module")
-def nets():
+def nets(randomise_bns):
     torch.manual_seed(3)
-    resnet = _randomise_bns(build("resnet_small", in_chans=1, num_classes=10, x_quant="ls-2", w_quant="ls-1"), 4)
-    lenet = _randomise_bns(build("lenet5", in_chans=1, num_classes=10, x_quant="ls-1", w_quant="ls-1"), 5)
+    resnet = randomise_bns(build("resnet_small", in_chans=1, num_classes=10, x_quant="ls-2", w_quant="ls-1"), 4)
+    lenet = randomise_bns(build("lenet5", in_chans=1, num_classes=10, x_quant="ls-1", w_quant="ls-1"), 5)
     return {"resnet_small": resnet.eval(), "lenet5": lenet.eval()}
 
 

@@ -23,13 +23,7 @@ from lsqbq.layers import QuantLinear
 SCHEMES = ("fp", "gf-1", "ls-2")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one torch thread is fastest and the results do not depend on it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is fastest, results do not depend on it
 
 
 def _tiny(seed: int = 0) -> nn.Module:
