@@ -94,7 +94,7 @@ def bench_networks(threads_list: list[int], backend: str, repeats: int, shapes: 
                 cands[f"bitwise {label}" + _fp_suffix(fp)] = (
                     lambda fast=fast: fast(x_cl),
                     dict(scheme=label, model="bitwise", layout="NHWC", scale_mode="fitted", float_parts=fp))
-                if xq == NETWORK_PAIRS[0][0]:  # the same network as traced graphs (one thread; else the model)
+                if xq == NETWORK_PAIRS[0][0] and fp == "fp32":  # as traced graphs (1 thread; else the model)
                     frozen = freeze(to_bitwise(sim, backend=backend, float_parts=fp))
                     cands[f"bitwise frozen {label}" + _fp_suffix(fp)] = (
                         lambda frozen=frozen: frozen(x_cl),

@@ -14,7 +14,8 @@ replays the ops that the traced call ran, with that call's pass sizes and kernel
   :func:`lsqbq.passes.run_with_threads`, which is Python that a graph does not replay, and the float kernels'
   results depend on it in the last bits) or with an input that is not a tensor, a call runs the model itself;
 * a call whose graph fails (a kernel's report of a non-finite input) runs the model itself, which raises its own
-  error (:class:`~lsqbq.errors.InputError` naming the sample).
+  error (:class:`~lsqbq.errors.InputError` naming the sample); a model that cannot be traced (the int8 float parts'
+  packed weights are not TorchScript values) runs as it is, after one ``RuntimeWarning``.
 
 Outputs equal the model's bit for bit (the ops and their arguments are the same). The saving is the modules'
 per-call Python (argument checks, plan lookups, back-end resolution): for the binary ResNet-18 at batch 1 on one
@@ -43,7 +44,7 @@ class Frozen(nn.Module):
             raise ValueError("freeze() takes a model in eval mode (call model.eval() first): a traced graph would "
                              "keep training-mode BatchNorm and dropout")
         self.model = model
-        self._graphs: dict[tuple, torch.jit.ScriptModule] = {}
+        self._graphs: dict[tuple, nn.Module] = {}  # a traced graph, or the model where tracing failed
 
     def refresh(self) -> None:
         """Drop the traced graphs: the next call of each signature traces the model as it is now."""
@@ -67,11 +68,16 @@ class Frozen(nn.Module):
         except (ValueError, RuntimeError):  # e.g. NaN input: the model raises its own error (or runs, if it can)
             return self.model(x)
 
-    def _trace(self, x: Tensor, key: tuple) -> torch.jit.ScriptModule:
+    def _trace(self, x: Tensor, key: tuple):
         self.model(x)  # the model's own checks and errors first (a bad input is never traced)
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TracerWarning: the shape-dependent Python is what a graph freezes
-            graph = torch.jit.trace(self.model, (x,), check_trace=False)
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TracerWarning: the shape-dependent Python is what a graph freezes
+                graph = torch.jit.trace(self.model, (x,), check_trace=False)
+        except RuntimeError as exc:  # an op TorchScript cannot hold (e.g. int8 float parts' packed weights)
+            warnings.warn(f"freeze: this model cannot be traced ({str(exc).splitlines()[0]}); it runs as it is",
+                          RuntimeWarning, stacklevel=3)
+            graph = self.model
         if len(self._graphs) >= MAX_GRAPHS:
             self._graphs.clear()
         self._graphs[key] = graph

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from lsqbq.errors import InputError
+from lsqbq.errors import ConfigError, InputError
 from lsqbq.kernels import BitwiseConv2d, Frozen, freeze, to_bitwise
 from lsqbq.models import build
 
@@ -116,3 +116,16 @@ def test_a_copy_holds_the_model_only_and_training_is_refused(nets):
         frozen.train()
     with pytest.raises(ValueError, match="eval mode"):
         freeze(copy.deepcopy(nets["lenet5"]).train())
+
+
+def test_a_model_that_cannot_be_traced_runs_as_it_is(nets):
+    try:  # int8 float parts: oneDNN's packed int8 weights are not values a TorchScript graph can hold
+        fast = to_bitwise(nets["resnet_small"], float_parts="int8")
+    except ConfigError:
+        pytest.skip("this torch build has no oneDNN int8 ops")
+    frozen = freeze(fast)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.inference_mode():
+        with pytest.warns(RuntimeWarning, match="cannot be traced"):
+            y = frozen(x)
+        assert torch.equal(y, fast(x)) and torch.equal(frozen(x), fast(x))
