@@ -3,7 +3,11 @@
 Part 1 times ``quantize(x, scheme)`` (fit + encode) on a weight-like ``(512, 4608)`` and an activation-like
 ``(256, 50176)`` tensor next to ``torch.sort`` of the same tensor. Part 2 times the forward + backward of a
 ``QuantConv2d`` training step per activation scheme (ls-1 weights) next to ``gf-2``. All ratios come from the
-same run; each time is the median of repeats after warm-up.
+same run; each time is the median of repeats after warm-up. Part 3 times the fused activation encode with the exact
+``ls-2`` / ``ls-T`` fit per image (:func:`lsqbq.kernels.ops.encode_fit`: the fit, then the planes) next to the same
+encode with given scales and the quantizer library's full-sort fit of the same rows, on channels_last activations
+clamped at 2: 256 images of 16@14x14 (the small ResNet's first stage) and 8 of 64@56x56 (long rows, whose float64
+sums round: the fit then follows the full-sort scan's rounding, lsqbq/csrc/fit.cpp).
 
 Writes ``quantizers.csv`` (machine, commit, ISA path and load on every row) and ``quantizers.md`` to ``--out``,
 and records them in one MLflow run of experiment ``lsqbq-bench-quantizers`` (:mod:`lsqbq.bench.harness`).
@@ -26,7 +30,9 @@ TENSORS = {"weight 512x4608": (512, 4608), "activation 256x50176": (256, 50176)}
 # (name, C_in = C_out, H = W, batch): ResNet-18 3x3 convs at CIFAR (32x32 input) and ImageNet resolution.
 LAYERS = (("cifar stage1 64@32x32 b32", 64, 32, 32), ("imagenet stage3 256@14x14 b32", 256, 14, 32))
 LAYER_SCHEMES = ("fp", "ls-1", "gf-2", "ls-T", "ls-2", "gf-3")
+ENCODE_CASES = {"256x16@14x14": (256, 16, 14, 14), "8x64@56x56": (8, 64, 56, 56)}
 SMOKE_TENSORS = {"smoke 4x64": (4, 64)}
+SMOKE_ENCODE = {"smoke 2x8@4x4": (2, 8, 4, 4)}
 SMOKE_LAYERS = (("smoke 8@8x8 b2", 8, 8, 2),)
 
 
@@ -66,6 +72,29 @@ def time_layers(repeats: int, layers=LAYERS) -> list[dict]:
     return rows
 
 
+def time_encode_fits(repeats: int, cases: dict[str, tuple[int, ...]] = ENCODE_CASES) -> list[dict]:
+    """Part 3 (module docstring): ratios against the encode with given scales (the planes alone)."""
+    from ..kernels import ops
+    from ..schemes import fit
+
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    for name, shape in cases.items():
+        x = torch.randn(*shape, generator=gen).contiguous(memory_format=torch.channels_last)
+        y = x.clamp(-2.0, 2.0).permute(0, 2, 3, 1).reshape(shape[0], -1)  # each image's values, as the encode reads
+        given = torch.ones(shape[0], 2)
+        times = {"encode, given scales": median_time(
+            lambda: ops.encode_fit(x, 2, ops.FIT_GIVEN, scales=given, clamp=2.0), repeats)}
+        for scheme, code, mask in (("ls-2", ops.FIT_LS2, False), ("ls-T", ops.FIT_TERNARY, True)):
+            times[f"encode, {scheme} fit"] = median_time(
+                lambda: ops.encode_fit(x, 2, code, clamp=2.0, mask=mask), repeats)
+            times[f"{scheme} full-sort fit"] = median_time(lambda: fit(y, scheme), repeats)
+        for scheme, t in times.items():
+            rows.append({"part": "encode with the exact fit", "case": name, "scheme": scheme, "ms": 1e3 * t,
+                         "ratio": t / times["encode, given scales"], "reference": "encode, given scales"})
+    return rows
+
+
 def to_markdown(df: pd.DataFrame, info: dict) -> str:
     """Milliseconds and the ratio to each part's reference, one table per part (``DataFrame.to_markdown``)."""
     parts = [f"# Quantizer cost\n\nMachine: {info['cpu']}, {info['threads']} torch threads, torch {info['torch']}.\n"
@@ -97,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     tensors = SMOKE_TENSORS if args.smoke else TENSORS
     layers = SMOKE_LAYERS if args.smoke else LAYERS[:1] if args.quick else LAYERS
     with BenchRun("quantizers", args.out, threads=args.threads, options=vars(args)) as run:
-        rows = time_quantizers(repeats, tensors) + time_layers(repeats, layers)
+        encode = SMOKE_ENCODE if args.smoke else ENCODE_CASES
+        rows = time_quantizers(repeats, tensors) + time_layers(repeats, layers) + time_encode_fits(repeats, encode)
         df = run.table([{**r, "threads": torch.get_num_threads()} for r in rows])
         run.write_csv("quantizers.csv", df, float_format="%.4f")
         md = to_markdown(df, df.iloc[0].to_dict())
