@@ -78,8 +78,7 @@ struct FastFit {
   std::vector<float> sorted;         // the fallback's sorted magnitudes
   std::vector<double> inv_table;     // the fallback's 1/j, j = 0 .. n
   std::vector<int64_t> radix_count;
-  std::vector<int> marked;           // rows whose sums round: buckets whose sum rounds inside them, ascending
-  std::vector<int32_t> is_marked;    // per bucket: its index in marked, or -1
+  std::vector<int32_t> is_marked;    // per bucket: 1 if its sum rounds inside it (rows whose sums round), else -1
   std::vector<uint32_t> mkeys;       // the sorted keys of the buckets that rounded_prefix adds value by value
   std::vector<uint64_t> packed;      // histogram entries: count << kCountShift | sum of significands
   static constexpr int kCountShift = 44;  // rows of n < 2^20 values: sums < 2^44, counts < 2^20
@@ -314,7 +313,6 @@ struct FastFit {
   // if the second walk meets another one, it returns false and the caller takes the full sort. Marks the buckets
   // not added exactly (is_marked >= 0): their sums round inside them.
   bool rounded_prefix(const float* y, int64_t n, int64_t isa) {
-    marked.clear();
     is_marked.assign(kBuckets, -1);
     std::vector<int> need;
     double s = 0.0;  // the scan's sum up to the first bucket that needs values, then a guess (sums not rounded)
@@ -345,8 +343,7 @@ struct FastFit {
         s += sums[b];
         continue;
       }
-      is_marked[b] = static_cast<int32_t>(marked.size());
-      marked.push_back(b);
+      is_marked[b] = 1;
       if (needed[b] >= 0) {
         for (int64_t q = noff[needed[b]]; q < noff[needed[b] + 1]; ++q) s += static_cast<double>(key_value(mkeys[q]));
       } else if (!add_rounded(s, b)) {
