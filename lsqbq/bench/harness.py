@@ -33,7 +33,7 @@ import torch
 from ..atomic import atomic_write, write_text_atomic
 from .machine import cpu_ticks, load, machine_record, steal_percent
 
-__all__ = ["EXPERIMENT_PREFIX", "PROVENANCE", "BenchRun", "experiment_name", "int_at_least", "int_list", "parser",
+__all__ = ["EXPERIMENT_PREFIX", "PROVENANCE", "BenchRun", "experiment_name", "headline_cells", "int_at_least", "int_list", "parser",
            "provenance_line", "thread_counts", "write_csv", "write_figure", "write_text"]
 
 EXPERIMENT_PREFIX = "lsqbq-bench-"
@@ -122,6 +122,24 @@ def thread_counts(requested: list[int] | None, single: bool) -> list[int]:
 
 
 # ------------------------------------------------------------------------------------------------- files
+
+
+def headline_cells(value: float, target: float | None, fraction: bool = False) -> dict[str, str]:
+    """The ``measured``, ``target`` and ``met`` cells of a headline row: ratios as ``12.34x``, fractions as
+    ``85 %``. A miss never reads as the target: its figure gets as many more decimals as it needs to show below
+    it (``9.996x`` under ``10x``, not ``10.00x``), and its share of the target is rounded down (``99%``)."""
+    def fmt(v: float, digits: int) -> str:
+        return f"{100 * v:.{digits}f} %" if fraction else f"{v:.{digits}f}x"
+
+    digits = 0 if fraction else 2
+    missed = target is not None and value < target
+    while missed and digits < 6 and float(fmt(value, digits).rstrip(" x%")) >= (100 * target if fraction else target):
+        digits += 1
+    cells = {"measured": fmt(value, digits), "target": "", "met": ""}
+    if target is not None:
+        cells["target"] = f">= {100 * target:.0f} %" if fraction else f">= {target:g}x"
+        cells["met"] = "yes" if not missed else f"no ({math.floor(100 * value / target)}% of it)"
+    return cells
 
 
 def write_text(path: Path, text: str) -> Path:

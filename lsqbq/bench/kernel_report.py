@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..schemes import kernel_name
-from .harness import provenance_line, write_figure, write_text
+from .harness import headline_cells, provenance_line, write_figure, write_text
 from .kernel_cases import IMAGENET, ONE_BIT, SCHEMES, layer_name
 
 REPORT_FILES = ("kernels.md", "kernels_headline.md", "kernels.png")
@@ -112,13 +112,7 @@ def headline_markdown(summary: dict[str, float], backend: str) -> str:
     rows = []
     for key, value in summary.items():
         target = targets.get(key.removesuffix("_stored"))  # one target for both scale modes
-        frac = "fraction" in key
-        rows.append({
-            "metric": LABELS.get(key, key),
-            "measured": f"{100 * value:.0f} %" if frac else f"{value:.2f}x",
-            "target": "" if target is None else (f">= {100 * target:.0f} %" if frac else f">= {target:g}x"),
-            "met": "" if target is None else ("yes" if value >= target else f"no ({value / target:.0%} of it)"),
-        })
+        rows.append({"metric": LABELS.get(key, key), **headline_cells(value, target, "fraction" in key)})
     return pd.DataFrame(rows).to_markdown(index=False) + "\n"
 
 
@@ -174,13 +168,35 @@ def to_markdown(df: pd.DataFrame, info: dict, peak: float, summary: dict[str, fl
         if len(g):
             parts += [f"## {kind}: milliseconds (speed-up vs fp32)", _speedup_table(g).to_markdown(index=False)]
     if split:
-        t = pd.DataFrame(split)
-        t = t[[c for c in t.columns if c == "layer" or c not in df.columns]]  # machine and commit: once, above
         parts += [f"## Where the {ONE_BIT} layer's time goes (batch 1, 1 thread, fitted scales; ms)",
-                  t.to_markdown(index=False, floatfmt=".3f"),
+                  split_table(split, df, peak).to_markdown(index=False, floatfmt=".3f"),
                   "`encode`: clamp, per-sample mean|x| (float64 lanes) and sign planes with the padding, one pass; "
-                  "`conv`: binary convolution and float epilogue; `other`: module checks, dispatch, allocation."]
+                  "`conv`: binary convolution and float epilogue; `other`: module checks, dispatch, allocation. "
+                  "`peak_ms`: the layer's binary MACs at the measured register-only peak, the least time its "
+                  "XOR + popcount + add loop can take; `conv_of_peak`: that over `conv_ms`; `bound_vs_fp32`: "
+                  "fp32 over `peak_ms + encode_ms`, the speed-up of a layer whose conv ran at the peak with this "
+                  "encode; `measured_vs_fp32`: the layer as timed in the conv table."]
     return "\n\n".join(parts) + "\n"
+
+
+def split_table(split: list[dict], df: pd.DataFrame, peak: float) -> pd.DataFrame:
+    """The time split of the 1-bit layers (``kernels_split.csv``) beside a bound from the measured peak: per layer
+    ``peak_ms = binary MACs / peak`` (MAC/s), ``conv_of_peak = peak_ms / conv_ms``, ``bound_vs_fp32 = fp32 ms /
+    (peak_ms + encode_ms)`` and ``measured_vs_fp32 = fp32 ms / layer ms`` from the batch-1, 1-thread rows of
+    ``df`` (the faster fp32 layout; columns left out where the run has no such row or no peak)."""
+    t = pd.DataFrame(split)
+    t = t[[c for c in t.columns if c == "layer" or c not in df.columns]]  # machine and commit: once, above
+    conv = df[(df.kind == "conv") & (df.batch == 1) & (df.threads == 1)]
+    fp = conv[conv.scheme == "fp32"].groupby("layer").seconds.min()
+    one = conv[(conv.scheme == ONE_BIT) & (conv.scale_mode == "fitted")].set_index("layer")
+    if not len(one) or not len(fp) or not peak > 0 or "binary_macs" not in one or "encode_ms" not in t:
+        return t
+    layers = t.layer
+    fp_ms = 1e3 * layers.map(fp)
+    peak_ms = 1e3 * layers.map(one.binary_macs) / peak
+    return t.assign(peak_ms=peak_ms, conv_of_peak=peak_ms / t.conv_ms, fp32_ms=fp_ms,
+                    bound_vs_fp32=fp_ms / (peak_ms + t.encode_ms),
+                    measured_vs_fp32=fp_ms / (1e3 * layers.map(one.seconds)))
 
 
 def render(df: pd.DataFrame, out: Path, split: list[dict] | None = None,

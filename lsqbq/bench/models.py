@@ -43,7 +43,7 @@ from torch import nn
 from ..errors import CheckpointNotFoundError
 from ..kernels import freeze, to_bitwise
 from ..schemes import get_scheme, kernel_name
-from .harness import BenchRun, int_list, parser, provenance_line, thread_counts, write_text
+from .harness import BenchRun, headline_cells, int_list, parser, provenance_line, thread_counts, write_text
 from .timing import load, time_threads
 
 NETWORK_PAIRS = (("ls-1", "ls-1"), ("gf-2", "ls-1"))
@@ -282,9 +282,7 @@ def headline_markdown(summary: dict[str, float], backend: str) -> str:
             target = targets.get("resnet18")
         elif "batch 256" in key:
             target = targets.get("batch 256")
-        rows.append({"metric": key, "measured": f"{value:.2f}x",
-                     "target": "" if target is None else f">= {target:g}x",
-                     "met": "" if target is None else ("yes" if value >= target else f"no ({value / target:.0%} of it)")})
+        rows.append({"metric": key, **headline_cells(value, target)})
     return pd.DataFrame(rows).to_markdown(index=False) + "\n"
 
 

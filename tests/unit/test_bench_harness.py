@@ -174,3 +174,37 @@ def test_headlines_judge_a_run_by_the_targets_of_its_back_end(backend, verdict):
     row = models.headline_markdown({network: 3.5}, backend).splitlines()[2]
     assert [c.strip() for c in row.strip("|").split("|")][-1] == {"avx512": "no (50% of it)", "avx2": "yes",
                                                                  "portable": ""}[backend]
+
+
+def test_split_table_bounds_each_layer_by_the_measured_peak():
+    """The 1-bit layer's split gains its bound from the peak, recomputed here by hand: a layer of 1.2e8 binary
+    MACs at 1.2e12 MAC/s takes at least 0.1 ms; with 0.05 ms of encode and 3 ms of fp32 that bounds it at 20x."""
+    from lsqbq.bench import kernel_report
+
+    one = kernel_report.ONE_BIT
+    rows = [{"kind": "conv", "layer": "64@56x56", "batch": 1, "threads": 1, "scheme": "fp32", "scale_mode": None,
+             "seconds": s, "binary_macs": None} for s in (3e-3, 4e-3)]  # the faster fp32 layout counts
+    rows += [{"kind": "conv", "layer": "64@56x56", "batch": 1, "threads": 1, "scheme": one, "scale_mode": mode,
+              "seconds": s, "binary_macs": 1.2e8} for mode, s in (("fitted", 2e-4), ("stored", 1e-4))]
+    rows += [{"kind": "conv", "layer": "64@56x56", "batch": 1, "threads": 2, "scheme": "fp32", "scale_mode": None,
+              "seconds": 1e-3, "binary_macs": None}]  # another thread count: not the reference
+    split = [{"layer": "64@56x56", "layer_ms": 0.2, "encode_ms": 0.05, "conv_ms": 0.25, "other_ms": -0.1}]
+    t = kernel_report.split_table(split, pd.DataFrame(rows), 1.2e12).iloc[0]
+    assert math.isclose(t.peak_ms, 0.1) and math.isclose(t.conv_of_peak, 0.4)
+    assert math.isclose(t.fp32_ms, 3.0) and math.isclose(t.bound_vs_fp32, 20.0)
+    assert math.isclose(t.measured_vs_fp32, 15.0)  # the fitted row, not the stored one
+    # no peak measured (a back end without one): the split as it was
+    assert list(kernel_report.split_table(split, pd.DataFrame(rows), float("nan")).columns) == list(split[0])
+
+
+@pytest.mark.parametrize("value, target, fraction, cells", [
+    (9.996, 10.0, False, ("9.996x", ">= 10x", "no (99% of it)")),  # a miss never reads as its target
+    (13.79, 17.0, False, ("13.79x", ">= 17x", "no (81% of it)")),
+    (10.0, 10.0, False, ("10.00x", ">= 10x", "yes")),
+    (0.8496, 0.85, True, ("84.96 %", ">= 85 %", "no (99% of it)")),
+    (0.69, 0.85, True, ("69 %", ">= 85 %", "no (81% of it)")),
+    (2.5, None, False, ("2.50x", "", "")),
+])
+def test_headline_cells_never_round_a_miss_up_to_its_target(value, target, fraction, cells):
+    got = harness.headline_cells(value, target, fraction)
+    assert (got["measured"], got["target"], got["met"]) == cells
