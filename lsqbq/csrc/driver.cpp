@@ -1,6 +1,7 @@
 // The driver of a binary convolution / GEMM: the job's geometry (receptive fields, padded taps) and the split of
 // its output tiles over threads, each tile on the chosen instruction-set path (no torch headers).
 #include <algorithm>
+#include <memory>
 #include <stdexcept>
 
 #include "job.h"
@@ -44,14 +45,71 @@ inline void finish(const Job& J, int64_t isa, int64_t m0, int rows, int64_t p) {
   finish_portable(J, m0, rows, p);
 }
 
+// Group sizes of a kernel row in the packed-tap layout: G, ..., G, KW mod G (if not 0).
+std::vector<int64_t> group_sizes(int64_t G, int64_t KW) {
+  std::vector<int64_t> s(KW / G, G);
+  if (KW % G) s.push_back(KW % G);
+  return s;
+}
+
+// The activation words of J packed for the packed-tap layout, into buf: per plane, one region of (B, Hp, Wp)
+// words for each distinct group size s in `sizes`, word (h, w) = OR_i a(h, w + i dw) << (i C) over i < s with
+// w + i dw < Wp (positions past the row are never part of a receptive field). Rows of planes in parallel.
+void pack_taps(const Job& J, const std::vector<int64_t>& sizes, uint64_t* buf) {
+  const int64_t pixels = J.B * J.Hp * J.Wp, rows = J.pa * J.B * J.Hp, nreg = static_cast<int64_t>(sizes.size());
+  parallel(rows, std::max<int64_t>(1, 4096 / J.Wp), rows * J.Wp * nreg, int64_t(1) << 16, J.threads,
+           [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t i = row / (J.B * J.Hp), rest = row - i * J.B * J.Hp;
+      const uint64_t* src = J.a + i * J.a_plane + rest * J.Wp;
+      for (int64_t q = 0; q < nreg; ++q) {
+        uint64_t* dst = buf + (i * nreg + q) * pixels + rest * J.Wp;
+        const int64_t s = sizes[q];
+        for (int64_t w = 0; w < J.Wp; ++w) {
+          uint64_t word = 0;
+          for (int64_t t = 0; t < s && w + t * J.dw < J.Wp; ++t) word |= src[w + t * J.dw] << (t * J.C);
+          dst[w] = word;
+        }
+      }
+    }
+  });
+}
+
+void run_tiles(const Job& J, int64_t isa);
+
 }  // namespace
+
+// Packed taps: the activation words packed once (pack_taps) into a buffer the tiles read as the job's words, with
+// k word (kh, group g) at the region of its group size, offset kh dh Wp + g G dw.
+void run(const Job& J, int64_t isa) {
+  if (J.group < 2) return run_tiles(J, isa);
+  std::vector<int64_t> per_row = group_sizes(J.group, J.KW), sizes = per_row;
+  std::sort(sizes.begin(), sizes.end());
+  sizes.erase(std::unique(sizes.begin(), sizes.end()), sizes.end());
+  const int64_t pixels = J.B * J.Hp * J.Wp, nreg = static_cast<int64_t>(sizes.size());
+  std::unique_ptr<uint64_t[]> buf(new uint64_t[J.pa * nreg * pixels]);
+  pack_taps(J, sizes, buf.get());
+  Job P = J;
+  P.a = buf.get();
+  P.a_plane = nreg * pixels;
+  P.koff.clear();
+  for (int64_t kh = 0; kh < J.KH; ++kh)
+    for (size_t g = 0; g < per_row.size(); ++g) {
+      const int64_t q = std::find(sizes.begin(), sizes.end(), per_row[g]) - sizes.begin();
+      P.koff.push_back(q * pixels + kh * J.dh * J.Wp + static_cast<int64_t>(g) * J.group * J.dw);
+    }
+  P.KWt = static_cast<int64_t>(P.koff.size());
+  run_tiles(P, isa);
+}
+
+namespace {
 
 // Tiles: (row block, weight panel); per tile all weight planes j and activation plane groups, so a tile owns its
 // output block and the float epilogue can accumulate sum_ij without races. Threads split the tiles (not the
 // batch), so batch 1 uses every thread; the grain keeps at least ~64k word ops per task so that small layers do
 // not pay for waking threads they cannot use. Every output element is computed by one task in a fixed order, so
 // results do not depend on the thread count.
-void run(const Job& J, int64_t isa) {
+void run_tiles(const Job& J, int64_t isa) {
   const int64_t R = (J.mask || J.pa == 1) ? RMAX : RMAX / 2;
   const int64_t ntiles = (J.M + R - 1) / R;
   const int64_t total = ntiles * J.NP;
@@ -87,6 +145,8 @@ void run(const Job& J, int64_t isa) {
   });
 }
 
+}  // namespace
+
 Geometry conv_geometry(int64_t B, int64_t C, int64_t H, int64_t W, int64_t KH, int64_t KW, int64_t sh, int64_t sw,
                        int64_t ph, int64_t pw, int64_t dh, int64_t dw) {
   Geometry g;
@@ -110,8 +170,14 @@ Geometry gemm_geometry(int64_t B, int64_t K) {
 }
 
 Job make_job(const uint64_t* a, int64_t pa, const uint64_t* w, int64_t pw, int64_t NP, const int32_t* wtap,
-             const Geometry& g, bool mask) {
+             const Geometry& g, bool mask, bool packed) {
   Job J;
+  if (packed) {
+    if (tap_group(g.C, g.KW) < 2)
+      throw std::invalid_argument("lsqbq: packed taps need at most 32 input channels and a kernel wider than 1");
+    J.group = tap_group(g.C, g.KW);
+  }
+  J.C = g.C; J.KH = g.KH; J.KW = g.KW; J.dh = g.dh; J.dw = g.dw; J.B = g.B;
   const int64_t Cw = (g.C + 63) / 64;
   const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw;
   J.T = g.KH * g.KW;

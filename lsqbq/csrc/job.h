@@ -16,8 +16,16 @@
 // (sum_c w_c = C - 2 popcount(w_tap)) for every tap that falls into the padding; in the ternary encoding the
 // padding has mask 0 and is exactly zero without correction. Weights are panels of NB = 32 output channels:
 // (P_w, N_pad / 32, T * Cw, 32), k index = tap * Cw + word, so one 512-bit load holds 8 output channels.
+// Packed taps: with C <= 32 input channels a word per tap leaves most of its bits empty, so weights may come with
+// the taps of a kernel row in groups of G = min(64 / C, KW) side by side instead: k word (kh, g) holds tap
+// (kh, g G + i), channel c at bit i C + c (a last group may have fewer taps; the rest of its bits are 0), in
+// KH * ceil(KW / G) k words ((P_w, N_pad / 32, KH * ceil(KW / G), 32); 3 instead of 9 for a 3x3 kernel on 16
+// channels). The driver then packs the activation words alike once per call, word (h, w) of group size s holding
+// the pixels (h, w + i dw), i < s, and the tiles run unchanged on that buffer: every popcount covers the same bits,
+// so the integer results are identical.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -63,6 +71,8 @@ struct Job {
   int64_t pa_logical() const { return mask ? 1 : pa; }
 
   std::vector<int64_t> koff;       // (KWt) word offset of k word (tap t, word c) from a row's base: tap_off[t] + c
+  // Packed taps (header; 0: off): taps per group G; the geometry the driver packs the activation words with.
+  int64_t group = 0, C = 0, KH = 1, KW = 1, dh = 1, dw = 1, B = 1;
   bool hw_popcnt = false;          // the CPU has POPCNT: count mask bits with it
 
   // Rows m0 .. m0 + n - 1 of a tile: word offset of each receptive field (top-left tap) in a plane, taps falling
@@ -109,8 +119,19 @@ Geometry gemm_geometry(int64_t B, int64_t K);
 // The job of activation words a ((P_a, B, Hp, Wp, Cw), pa planes) against weight panels w ((pw, NP, T * Cw, 32))
 // with tap sums wtap ((pw, T, NP * 32), needed for padded sign planes) on geometry g. The caller has checked the
 // shapes; outputs, scales and the epilogue are set on the returned job before run().
+// packed: w is in the packed-tap layout (header; needs tap_group(C, KW) >= 2).
 Job make_job(const uint64_t* a, int64_t pa, const uint64_t* w, int64_t pw, int64_t NP, const int32_t* wtap,
-             const Geometry& g, bool mask);
+             const Geometry& g, bool mask, bool packed = false);
+
+// Taps per group of the packed-tap layout: min(64 / C, KW) for C < 64, else 1 (no packing).
+inline int64_t tap_group(int64_t channels, int64_t kw) {
+  return channels < 64 ? std::min<int64_t>(64 / channels, kw) : 1;
+}
+// k words per row of the packed-tap layout: KH * ceil(KW / G).
+inline int64_t packed_words(int64_t channels, int64_t kh, int64_t kw) {
+  const int64_t G = tap_group(channels, kw);
+  return kh * ((kw + G - 1) / G);
+}
 
 // Every output tile of J on the path isa (out_i: integer dot products; out_f: the scaled float epilogue).
 void run(const Job& J, int64_t isa);

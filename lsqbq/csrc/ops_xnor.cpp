@@ -68,8 +68,13 @@ Job checked_job(const at::Tensor& a, const at::Tensor& w, const at::Tensor& wtap
   TORCH_CHECK(g.OH > 0 && g.OW > 0, "lsqbq: empty output");
   const int64_t T = g.KH * g.KW;
   TORCH_CHECK(T <= 64, "lsqbq: kernels with more than 64 taps are not supported");
-  TORCH_CHECK(w.size(2) == T * Cw && w.size(3) == NB, "lsqbq: weight panels ", w.sizes(), " expected (P_w, NP, ",
-              T * Cw, ", ", NB, ")");
+  // per-tap panels (T * Cw k words), or packed-tap panels (KH * ceil(KW / G) k words, at most 32 channels)
+  const int64_t Kp = packed_words(g.C, g.KH, g.KW);
+  const bool can_pack = tap_group(g.C, g.KW) >= 2 && Kp < T * Cw;
+  const bool packed = can_pack && w.size(2) == Kp;
+  TORCH_CHECK((w.size(2) == T * Cw || packed) && w.size(3) == NB, "lsqbq: weight panels ", w.sizes(),
+              " expected (P_w, NP, ", T * Cw, ", ", NB, ")",
+              can_pack ? " or, with packed taps, (P_w, NP, " + std::to_string(Kp) + ", 32)" : "");
   const int32_t* taps = nullptr;
   if ((g.ph > 0 || g.pw > 0) && !mask) {
     TORCH_CHECK(wtap.defined() && wtap.scalar_type() == at::kInt && wtap.is_contiguous() &&
@@ -78,7 +83,8 @@ Job checked_job(const at::Tensor& a, const at::Tensor& w, const at::Tensor& wtap
     taps = wtap.data_ptr<int32_t>();
   }
   Job J = make_job(reinterpret_cast<const uint64_t*>(a.data_ptr<int64_t>()), a.size(0),
-                   reinterpret_cast<const uint64_t*>(w.data_ptr<int64_t>()), w.size(0), w.size(1), taps, g, mask);
+                   reinterpret_cast<const uint64_t*>(w.data_ptr<int64_t>()), w.size(0), w.size(1), taps, g, mask,
+                   packed);
   J.threads = torch_threads();
   return J;
 }

@@ -93,18 +93,16 @@ inline __attribute__((always_inline)) void tile_portable_body(const Job& J, cons
   for (int r = 0; r < rows; ++r) {
     const uint64_t* row = J.a + rw.base[r0 + r] + (MASK ? 0 : ig * J.a_plane);
     const uint64_t* wk = wp;
-    for (int64_t t = 0; t < J.T; ++t) {
-      const uint64_t* at = row + J.tap_off[t];
-      for (int64_t c = 0; c < J.Cw; ++c, wk += NB) {
-        for (int i = 0; i < PA; ++i) {
-          int64_t* cr = cnt + (r * PA + i) * NB;
-          if (MASK) {
-            const uint64_t s = at[c], mk = at[c + J.a_plane];
-            for (int n = 0; n < NB; ++n) cr[n] += popcount64((s ^ wk[n]) & mk);
-          } else {
-            const uint64_t x = at[c + i * J.a_plane];
-            for (int n = 0; n < NB; ++n) cr[n] += popcount64(x ^ wk[n]);
-          }
+    for (int64_t k = 0; k < J.KWt; ++k, wk += NB) {
+      const uint64_t* at = row + J.koff[k];
+      for (int i = 0; i < PA; ++i) {
+        int64_t* cr = cnt + (r * PA + i) * NB;
+        if (MASK) {
+          const uint64_t s = at[0], mk = at[J.a_plane];
+          for (int n = 0; n < NB; ++n) cr[n] += popcount64((s ^ wk[n]) & mk);
+        } else {
+          const uint64_t x = at[i * J.a_plane];
+          for (int n = 0; n < NB; ++n) cr[n] += popcount64(x ^ wk[n]);
         }
       }
     }

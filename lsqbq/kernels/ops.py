@@ -186,7 +186,10 @@ class PackedWeight:
 
     Attributes:
         rows: ``(P_w, N, T, Cw)`` int64 sign words per output channel and tap (reference layout).
-        panels: ``(P_w, ceil(N/32), T * Cw, 32)`` int64: 32 output channels side by side per k word (C++ layout).
+        panels: ``(P_w, ceil(N/32), Kw, 32)`` int64: 32 output channels side by side per k word (C++ layout):
+            ``Kw = T * Cw``, one or more words per tap, or with at most 32 input channels, where fewer, packed taps
+            (:func:`tap_group`): ``Kw = KH * ceil(KW / G)``, word ``(kh, g)`` holding taps ``(kh, g G + i)`` side by
+            side, channel ``c`` at bit ``i C + c`` (3 words instead of 9 for a 3x3 kernel on 16 channels).
         tapsum: ``(P_w, T, ceil(N/32) * 32)`` int32 ``sum_c c_j[n, c, t] = C - 2 popcount``: what a tap holding
             +1 everywhere adds, subtracted where the tap is padding.
         scales: ``(P_w, ceil(N/32) * 32)`` float32 weight scales (zero past ``n_out``).
@@ -210,6 +213,12 @@ class PackedWeight:
         return self.scales[:, : self.n_out].t()
 
 
+def tap_group(c_in: int, kernel_w: int) -> int:
+    """Taps per k word of the packed-tap layout (:class:`PackedWeight`): ``min(64 // C, KW)`` for ``C < 64``,
+    else 1 (a word or more per tap)."""
+    return min(64 // c_in, kernel_w) if c_in < 64 else 1
+
+
 def pack_weight(planes: Tensor, scales: Tensor | None = None) -> PackedWeight:
     """Pack ±1 weight planes.
 
@@ -227,8 +236,17 @@ def pack_weight(planes: Tensor, scales: Tensor | None = None) -> PackedWeight:
     rows = ref.pack_signs(nhwc)  # (P_w, N, T, Cw)
     cw = rows.shape[-1]
     n_pad = -(-N // NB) * NB
-    flat = torch.nn.functional.pad(rows.reshape(P, N, T * cw), (0, 0, 0, n_pad - N))  # (P_w, Npad, T*Cw)
-    panels = flat.reshape(P, n_pad // NB, NB, T * cw).transpose(2, 3).contiguous()  # (P_w, NP, T*Cw, 32)
+    g = tap_group(C, KW)
+    if g >= 2 and KH * -(-KW // g) < T * cw:  # packed taps: groups of g taps of a kernel row per word (zeros pad the last)
+        groups = -(-KW // g)
+        per_row = planes.permute(0, 1, 3, 4, 2)  # (P_w, N, KH, KW, C)
+        per_row = torch.nn.functional.pad(per_row, (0, 0, 0, groups * g - KW))  # (P_w, N, KH, groups * g, C)
+        flat = ref.pack_signs(per_row.reshape(P, N, KH * groups, g * C)).reshape(P, N, KH * groups)
+    else:
+        flat = rows.reshape(P, N, T * cw)  # (P_w, N, Kw)
+    kw = flat.shape[-1]
+    flat = torch.nn.functional.pad(flat, (0, 0, 0, n_pad - N))  # (P_w, Npad, Kw)
+    panels = flat.reshape(P, n_pad // NB, NB, kw).transpose(2, 3).contiguous()  # (P_w, NP, Kw, 32)
     tapsum = nhwc.sum(-1).round().to(torch.int32)  # (P_w, N, T)
     tapsum = torch.nn.functional.pad(tapsum.transpose(1, 2), (0, n_pad - N)).contiguous()  # (P_w, T, Npad)
     s = torch.ones(N, P) if scales is None else scales.detach().float().reshape(N, P)

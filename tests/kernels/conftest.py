@@ -18,6 +18,15 @@ def backend(request) -> str:
     return request.param
 
 
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request) -> int:
+    """1 and 2 torch threads for the test, the count restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
 def randomise_bns(model: nn.Module, seed: int) -> nn.Module:
     """``model`` with BatchNorm running statistics drawn from ``seed`` (fresh ones are the identity): the converted
     layers' folded prologues then do real arithmetic."""

@@ -39,14 +39,6 @@ def _pm1(*shape, gen) -> torch.Tensor:
     return torch.where(torch.randn(*shape, generator=gen) >= 0, 1.0, -1.0)
 
 
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("k", [1, 63, 64, 65, 577, 64 * 31, 64 * 31 + 1, 5000])
 @pytest.mark.parametrize("mode", MODES, ids=IDS)
 def test_gemm_equals_portable(k, mode, threads):

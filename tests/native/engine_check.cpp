@@ -132,6 +132,21 @@ Weights make_weights(const Shape& s, int pw, Rng& rng) {
   return w;
 }
 
+// The same weights in the packed-tap layout (job.h): k word (kh, g) = OR_i word of tap (kh, g G + i) << (i C), in
+// KH * ceil(k / G) k words (C <= 32, one word per tap before).
+Weights packed_taps(const Weights& w, const Shape& s, int pw) {
+  const int64_t G = tap_group(s.C, s.k), T = s.k * s.k, groups = (s.k + G - 1) / G, Kp = s.k * groups;
+  Weights out = w;
+  out.panels.assign(pw * w.NP * Kp * NB, 0);
+  for (int64_t jp = 0; jp < pw * w.NP; ++jp)
+    for (int64_t kh = 0; kh < s.k; ++kh)
+      for (int64_t kw = 0; kw < s.k; ++kw)
+        for (int64_t l = 0; l < NB; ++l)
+          out.panels[(jp * Kp + kh * groups + kw / G) * NB + l] |= w.panels[(jp * T + kh * s.k + kw) * NB + l]
+                                                                   << ((kw % G) * s.C);
+  return out;
+}
+
 // The encode's input and options: x (B, H, W, C) NHWC, prologue (a, b) per channel, clamp.
 struct Input {
   std::vector<float> x, in_a, in_b;
@@ -191,11 +206,11 @@ struct Epilogue {
 // One job on path isa: integer dot products (ep null) or the scaled float output.
 template <class T>
 std::vector<T> run_job(const Shape& s, const Mode& m, const std::vector<uint64_t>& a, const Weights& w,
-                       const Epilogue* ep, int64_t isa, int64_t threads) {
+                       const Epilogue* ep, int64_t isa, int64_t threads, bool packed = false) {
   const Geometry g = s.geometry();
   const bool padded = !s.gemm && s.p > 0;
   Job J = make_job(a.data(), m.mask ? 2 : m.pa, w.panels.data(), m.pw, w.NP,
-                   padded && !m.mask ? w.tapsum.data() : nullptr, g, m.mask);
+                   padded && !m.mask ? w.tapsum.data() : nullptr, g, m.mask, packed);
   J.threads = threads;
   J.N = s.N;
   std::vector<T> out;
@@ -274,6 +289,14 @@ struct Checker {
     if (!bits_equal(run_job<int32_t>(s, m, a.words, w, nullptr, kPortable, 1),
                     run_job<int32_t>(s, m, a.words, w, nullptr, isa, threads)))
       tally.fail(name + ": integer dot products");
+    const bool pack = !s.gemm && tap_group(s.C, s.k) >= 2;  // and the packed-tap layout of the same weights
+    const Weights wp = pack ? packed_taps(w, s, m.pw) : Weights{};
+    if (pack) {
+      ++tally.checks;
+      if (!bits_equal(run_job<int32_t>(s, m, a.words, w, nullptr, kPortable, 1),
+                      run_job<int32_t>(s, m, a.words, wp, nullptr, isa, threads, true)))
+        tally.fail(name + ": integer dot products, packed taps");
+    }
     std::vector<float> sa(s.B * m.pa), bias(s.N);
     for (auto& x : sa) x = 0.05f + rng.uniform();
     for (auto& x : bias) x = rng.normal();
@@ -281,8 +304,12 @@ struct Checker {
       Epilogue ep;
       ep.sa = sa.data();
       ep.bias = with_bias ? bias.data() : nullptr;
-      floats(run_job<float>(s, m, a.words, w, &ep, kPortable, 1), run_job<float>(s, m, a.words, w, &ep, isa, threads),
+      const std::vector<float> want = run_job<float>(s, m, a.words, w, &ep, kPortable, 1);
+      floats(want, run_job<float>(s, m, a.words, w, &ep, isa, threads),
              name + (with_bias ? ": scaled output with bias" : ": scaled output"));
+      if (pack)
+        floats(want, run_job<float>(s, m, a.words, wp, &ep, isa, threads, true),
+               name + (with_bias ? ": scaled output with bias, packed taps" : ": scaled output, packed taps"));
     }
   }
 
@@ -347,7 +374,8 @@ void check_path(Checker& ck) {
       }
   for (const Mode& m : {kModes[0], kModes[1], kModes[5]})
     ck.job_case(Shape{2, 64 * 4100 + 5, 1, 1, 33, 1, 1, 0, 1, true}, m, seed++);
-  // Convolutions: 3x3 with padding, strides and dilation, 1x1, channel tails 1 / 63 / 65 / 130, batch 1 and 3.
+  // Convolutions: 3x3 with padding, strides and dilation, 1x1, channel tails 1 / 63 / 65 / 130, batch 1 and 3;
+  // packed taps on 1 channel and, as jobs, 16, 20 (5x5: groups of 3 + 2) and 32 (with stride and dilation).
   const Shape convs[] = {
       {1, 64, 9, 8, 32, 3, 1, 1, 1, false},   {1, 1, 5, 5, 7, 3, 1, 1, 1, false},
       {3, 63, 5, 7, 64, 3, 1, 1, 1, false},   {2, 65, 7, 6, 33, 3, 2, 1, 1, false},
@@ -355,11 +383,17 @@ void check_path(Checker& ck) {
       {2, 70, 9, 9, 9, 3, 1, 2, 2, false},    {1, 300, 4, 4, 65, 3, 1, 1, 1, false},
       {3, 130, 4, 5, 130, 3, 1, 1, 1, false},
   };
-  for (const Shape& s : convs)
+  const Shape packed[] = {
+      {2, 16, 7, 6, 16, 3, 1, 1, 1, false}, {1, 20, 9, 9, 16, 5, 1, 0, 1, false}, {1, 32, 8, 7, 33, 3, 2, 2, 2, false},
+  };
+  auto jobs = [&](const Shape& s) {
     for (const Mode& m : kModes) {
       ck.threads = 1 + (seed % 2);
       ck.job_case(s, m, seed++);
     }
+  };
+  for (const Shape& s : convs) jobs(s);
+  for (const Shape& s : packed) jobs(s);
   // The fused layer: every fit with its modes, and the epilogue variants (prologue, clamp, act, residual, slope).
   for (const Shape& s : convs)
     for (int variant = 0; variant < 9; ++variant) {
