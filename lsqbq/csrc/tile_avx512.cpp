@@ -1,5 +1,5 @@
-// AVX-512 VPOPCNTDQ micro-kernels: R rows x 32 output channels per tile, 4 zmm accumulators per row and plane,
-// compiled with function target attributes and called only where the CPU has the instructions (isa.h).
+// AVX-512 VPOPCNTDQ micro-kernels: R rows x 32 (or 16) output channels per tile, 4 (2) zmm accumulators per row
+// and plane, compiled with function target attributes and called only where the CPU has the instructions (isa.h).
 #include <algorithm>
 #include <stdexcept>
 
@@ -9,18 +9,20 @@ namespace lsqbq {
 #if LSQBQ_X86
 namespace {
 
-// R rows x 32 output channels x PA activation planes, weights loaded once per k word and shared by all rows
-// and planes. Accumulators: R * PA * 4 zmm (<= 24), + 4 weight registers + broadcasts.
-template <int R, int PA, bool MASK>
+// R rows x 8 V output channels x PA activation planes, weights loaded once per k word and shared by all rows
+// and planes. Accumulators: R * PA * V zmm (<= 24), + V weight registers + broadcasts. V = 4 covers the panel's
+// 32 channels; V = 2 its first 16, for a panel with at most 16 channels left (the rest are zero weights whose
+// sums no output reads), which halves the work of layers with 16 output channels.
+template <int R, int PA, bool MASK, int V>
 LSQBQ_AVX512 void tile_avx512_r(const Job& J, const Rows& rw, int r0, int64_t m0, int64_t p, int64_t j, int64_t ig,
                                 bool first) {
-  __m512i acc[R][PA][4];
+  __m512i acc[R][PA][V];
 #pragma GCC unroll 32
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 32
     for (int i = 0; i < PA; ++i)
 #pragma GCC unroll 4
-      for (int v = 0; v < 4; ++v) acc[r][i][v] = _mm512_setzero_si512();
+      for (int v = 0; v < V; ++v) acc[r][i][v] = _mm512_setzero_si512();
   const uint64_t* rowp[R];
 #pragma GCC unroll 32
   for (int r = 0; r < R; ++r) rowp[r] = J.a + rw.base[r0 + r] + (MASK ? 0 : ig * J.a_plane);
@@ -30,8 +32,9 @@ LSQBQ_AVX512 void tile_avx512_r(const Job& J, const Rows& rw, int r0, int64_t m0
   for (int64_t k = 0; k < J.KWt; ++k, wk += NB) {
     const int64_t off = koff[k];
     {
-      const __m512i w0 = _mm512_loadu_si512(wk), w1 = _mm512_loadu_si512(wk + 8);
-      const __m512i w2 = _mm512_loadu_si512(wk + 16), w3 = _mm512_loadu_si512(wk + 24);
+      __m512i wv[V];
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) wv[v] = _mm512_loadu_si512(wk + 8 * v);
 #pragma GCC unroll 32
       for (int r = 0; r < R; ++r) {
         const uint64_t* at = rowp[r] + off;
@@ -39,18 +42,17 @@ LSQBQ_AVX512 void tile_avx512_r(const Job& J, const Rows& rw, int r0, int64_t m0
           const __m512i s = _mm512_set1_epi64(static_cast<long long>(at[0]));
           const __m512i mk = _mm512_set1_epi64(static_cast<long long>(at[ap]));
           // (s ^ w) & m: truth table of A ^ B & C with A = 0xF0, B = 0xCC, C = 0xAA is 0x28.
-          acc[r][0][0] = _mm512_add_epi64(acc[r][0][0], _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(s, w0, mk, 0x28)));
-          acc[r][0][1] = _mm512_add_epi64(acc[r][0][1], _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(s, w1, mk, 0x28)));
-          acc[r][0][2] = _mm512_add_epi64(acc[r][0][2], _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(s, w2, mk, 0x28)));
-          acc[r][0][3] = _mm512_add_epi64(acc[r][0][3], _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(s, w3, mk, 0x28)));
+#pragma GCC unroll 4
+          for (int v = 0; v < V; ++v)
+            acc[r][0][v] =
+                _mm512_add_epi64(acc[r][0][v], _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(s, wv[v], mk, 0x28)));
         } else {
 #pragma GCC unroll 4
           for (int i = 0; i < PA; ++i) {
             const __m512i x = _mm512_set1_epi64(static_cast<long long>(at[i * ap]));
-            acc[r][i][0] = _mm512_add_epi64(acc[r][i][0], _mm512_popcnt_epi64(_mm512_xor_si512(x, w0)));
-            acc[r][i][1] = _mm512_add_epi64(acc[r][i][1], _mm512_popcnt_epi64(_mm512_xor_si512(x, w1)));
-            acc[r][i][2] = _mm512_add_epi64(acc[r][i][2], _mm512_popcnt_epi64(_mm512_xor_si512(x, w2)));
-            acc[r][i][3] = _mm512_add_epi64(acc[r][i][3], _mm512_popcnt_epi64(_mm512_xor_si512(x, w3)));
+#pragma GCC unroll 4
+            for (int v = 0; v < V; ++v)
+              acc[r][i][v] = _mm512_add_epi64(acc[r][i][v], _mm512_popcnt_epi64(_mm512_xor_si512(x, wv[v])));
           }
         }
       }
@@ -71,16 +73,16 @@ LSQBQ_AVX512 void tile_avx512_r(const Job& J, const Rows& rw, int r0, int64_t m0
   for (int r = 0; r < R; ++r) {
     const int64_t m = m0 + r;
     const __m512i basev = _mm512_set1_epi64(rw.count[r0 + r]);
-    __m256i corr[4];
+    __m256i corr[V];
 #pragma GCC unroll 4
-    for (int v = 0; v < 4; ++v) corr[v] = _mm256_setzero_si256();
+    for (int v = 0; v < V; ++v) corr[v] = _mm256_setzero_si256();
     uint64_t inv = MASK ? 0 : rw.inv[r0 + r];
     while (inv) {
       const int t = __builtin_ctzll(inv);
       inv &= inv - 1;
       const int32_t* wt = J.wtap + (j * J.T + t) * NPNB + n0;
 #pragma GCC unroll 4
-      for (int v = 0; v < 4; ++v)
+      for (int v = 0; v < V; ++v)
         corr[v] = _mm256_add_epi32(corr[v], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wt + 8 * v)));
     }
     if (J.out_i) {
@@ -88,7 +90,7 @@ LSQBQ_AVX512 void tile_avx512_r(const Job& J, const Rows& rw, int r0, int64_t m0
       for (int i = 0; i < PA; ++i) {
         int32_t* o = J.out_i + (((ig + i) * J.pw + j) * J.M + m) * J.N + n0;
 #pragma GCC unroll 4
-        for (int v = 0; v < 4; ++v) {
+        for (int v = 0; v < V; ++v) {
           const __m256i d = _mm256_sub_epi32(
               _mm512_cvtepi64_epi32(_mm512_sub_epi64(basev, _mm512_add_epi64(acc[r][i][v], acc[r][i][v]))), corr[v]);
           _mm256_mask_storeu_epi32(o + 8 * v, lm[v], d);
@@ -102,12 +104,12 @@ LSQBQ_AVX512 void tile_avx512_r(const Job& J, const Rows& rw, int r0, int64_t m0
       const bool corrected = !MASK && rw.inv[r0 + r] != 0;
       const __m256 basef = _mm256_set1_ps(static_cast<float>(rw.count[r0 + r]));
       const __m256 minus2 = _mm256_set1_ps(-2.0f);
-      __m256 accf[4];
+      __m256 accf[V];
 #pragma GCC unroll 4
       for (int i = 0; i < PA; ++i) {
         const __m256 s = _mm256_set1_ps(J.sa[b * pal + ig + i]);
 #pragma GCC unroll 4
-        for (int v = 0; v < 4; ++v) {
+        for (int v = 0; v < V; ++v) {
           __m256 df = _mm256_fmadd_ps(_mm512_cvtepi64_ps(acc[r][i][v]), minus2, basef);
           if (corrected) df = _mm256_sub_ps(df, _mm256_cvtepi32_ps(corr[v]));
           accf[v] = i == 0 ? _mm256_mul_ps(s, df) : _mm256_fmadd_ps(s, df, accf[v]);
@@ -115,7 +117,7 @@ LSQBQ_AVX512 void tile_avx512_r(const Job& J, const Rows& rw, int r0, int64_t m0
       }
       float* o = J.out_f + m * J.N + n0;
 #pragma GCC unroll 4
-      for (int v = 0; v < 4; ++v) {
+      for (int v = 0; v < V; ++v) {
         __m256 prev;
         if (first) prev = J.bias ? _mm256_maskz_loadu_ps(lm[v], J.bias + n0 + 8 * v) : _mm256_setzero_ps();
         else prev = _mm256_maskz_loadu_ps(lm[v], o + 8 * v);
@@ -125,18 +127,26 @@ LSQBQ_AVX512 void tile_avx512_r(const Job& J, const Rows& rw, int r0, int64_t m0
   }
 }
 
-template <int PA, bool MASK>
-LSQBQ_AVX512 void tile_pa(const Job& J, const Rows& rw, int r0, int64_t m0, int rows, int64_t p, int64_t j,
-                              int64_t ig, bool first) {
+template <int PA, bool MASK, int V>
+LSQBQ_AVX512 void tile_pv(const Job& J, const Rows& rw, int r0, int64_t m0, int rows, int64_t p, int64_t j,
+                          int64_t ig, bool first) {
   switch (rows) {
-    case 1: tile_avx512_r<1, PA, MASK>(J, rw, r0, m0, p, j, ig, first); break;
-    case 2: tile_avx512_r<2, PA, MASK>(J, rw, r0, m0, p, j, ig, first); break;
-    case 3: tile_avx512_r<3, PA, MASK>(J, rw, r0, m0, p, j, ig, first); break;
-    case 4: if constexpr (PA == 1) { tile_avx512_r<4, PA, MASK>(J, rw, r0, m0, p, j, ig, first); } break;
-    case 5: if constexpr (PA == 1) { tile_avx512_r<5, PA, MASK>(J, rw, r0, m0, p, j, ig, first); } break;
-    case 6: if constexpr (PA == 1) { tile_avx512_r<6, PA, MASK>(J, rw, r0, m0, p, j, ig, first); } break;
+    case 1: tile_avx512_r<1, PA, MASK, V>(J, rw, r0, m0, p, j, ig, first); break;
+    case 2: tile_avx512_r<2, PA, MASK, V>(J, rw, r0, m0, p, j, ig, first); break;
+    case 3: tile_avx512_r<3, PA, MASK, V>(J, rw, r0, m0, p, j, ig, first); break;
+    case 4: if constexpr (PA == 1) { tile_avx512_r<4, PA, MASK, V>(J, rw, r0, m0, p, j, ig, first); } break;
+    case 5: if constexpr (PA == 1) { tile_avx512_r<5, PA, MASK, V>(J, rw, r0, m0, p, j, ig, first); } break;
+    case 6: if constexpr (PA == 1) { tile_avx512_r<6, PA, MASK, V>(J, rw, r0, m0, p, j, ig, first); } break;
     default: throw std::logic_error("lsqbq: bad tile height");
   }
+}
+
+// The panel's first 16 channels only where no more are left in it (V = 2), else all 32.
+template <int PA, bool MASK>
+LSQBQ_AVX512 void tile_pa(const Job& J, const Rows& rw, int r0, int64_t m0, int rows, int64_t p, int64_t j,
+                          int64_t ig, bool first) {
+  if (J.N - p * NB <= 16) return tile_pv<PA, MASK, 2>(J, rw, r0, m0, rows, p, j, ig, first);
+  tile_pv<PA, MASK, 4>(J, rw, r0, m0, rows, p, j, ig, first);
 }
 
 template <int ACT>
