@@ -34,16 +34,17 @@ LSQBQ_AVX2 inline __attribute__((always_inline)) __m256i nibble_table() {
 
 // cnt[n] = sum_k popcount(x_k XOR w_k[n]) (sign planes) or popcount((s_k XOR w_k[n]) AND m_k) (ternary: the mask
 // word m_k lies ap words after s_k), n < 32, over the k words of one receptive field: x_k = row[koff[k]]. Returns
-// the 32 counts as 4 vectors of 8 int32 (channels 8v .. 8v + 7).
-template <bool MASK>
+// the 32 counts as 4 vectors of 8 int32 (channels 8v .. 8v + 7). G = 8 groups of 4 channels; G = 4 counts the
+// first 16 channels only (a panel with no more left) and returns zeros for the others.
+template <bool MASK, int G>
 LSQBQ_AVX2 inline __attribute__((always_inline)) void stream(const uint64_t* row, int64_t ap, const int64_t* koff,
                                                              const uint64_t* wp, int64_t KWt, __m256i* cnt) {
   const __m256i lut = nibble_table(), low = _mm256_set1_epi8(0x0f), zero = _mm256_setzero_si256();
   for (int64_t k0 = 0; k0 < KWt; k0 += kFlush) {
     const int64_t k1 = std::min(KWt, k0 + kFlush);
-    __m256i acc[8];
+    __m256i acc[G];
 #pragma GCC unroll 8
-    for (int g = 0; g < 8; ++g) acc[g] = zero;
+    for (int g = 0; g < G; ++g) acc[g] = zero;
     const uint64_t* wk = wp + k0 * NB;
     for (int64_t k = k0; k < k1; ++k, wk += NB) {
       const uint64_t* at = row + koff[k];
@@ -51,7 +52,7 @@ LSQBQ_AVX2 inline __attribute__((always_inline)) void stream(const uint64_t* row
       __m256i mk = zero;
       if (MASK) mk = _mm256_set1_epi64x(static_cast<long long>(at[ap]));
 #pragma GCC unroll 8
-      for (int g = 0; g < 8; ++g) {
+      for (int g = 0; g < G; ++g) {
         __m256i v = _mm256_xor_si256(x, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk + 4 * g)));
         if (MASK) v = _mm256_and_si256(v, mk);
         acc[g] = _mm256_add_epi8(acc[g], popcount_bytes(v, lut, low));
@@ -59,13 +60,14 @@ LSQBQ_AVX2 inline __attribute__((always_inline)) void stream(const uint64_t* row
     }
     // vpsadbw: the channel counts of groups 2v, 2v + 1 as 4 + 4 int64 (< 2^31), packed into 8 int32 in order
 #pragma GCC unroll 4
-    for (int v = 0; v < 4; ++v) {
+    for (int v = 0; v < G / 2; ++v) {
       const __m256 lo = _mm256_castsi256_ps(_mm256_sad_epu8(acc[2 * v], zero));
       const __m256 hi = _mm256_castsi256_ps(_mm256_sad_epu8(acc[2 * v + 1], zero));
       const __m256i sum = _mm256_permute4x64_epi64(_mm256_castps_si256(_mm256_shuffle_ps(lo, hi, 0x88)), 0xd8);
       cnt[v] = k0 == 0 ? sum : _mm256_add_epi32(cnt[v], sum);
     }
   }
+  for (int v = G / 2; v < 4; ++v) cnt[v] = zero;
 }
 
 // Lanes n < left of 8 (all-ones), for the channel tail of a panel.
@@ -87,13 +89,17 @@ LSQBQ_AVX2 void tile_pa(const Job& J, const Rows& rw, int r0, int64_t m0, int ro
   __m256i lm[4];
 #pragma GCC unroll 4
   for (int v = 0; v < 4; ++v) lm[v] = first_lanes8(J.N - n0 - 8 * v);
+  const bool half = J.N - n0 <= 16;  // the panel's first 16 channels are all it has left
   const __m256 zero = _mm256_setzero_ps();
   for (int r = 0; r < rows; ++r) {
     const int64_t m = m0 + r;
     const uint64_t* row = J.a + rw.base[r0 + r] + (MASK ? 0 : ig * J.a_plane);
     __m256i cnt[PA][4];
 #pragma GCC unroll 2
-    for (int i = 0; i < PA; ++i) stream<MASK>(row + i * J.a_plane, J.a_plane, J.koff.data(), wp, J.KWt, cnt[i]);
+    for (int i = 0; i < PA; ++i) {
+      if (half) stream<MASK, 4>(row + i * J.a_plane, J.a_plane, J.koff.data(), wp, J.KWt, cnt[i]);
+      else stream<MASK, 8>(row + i * J.a_plane, J.a_plane, J.koff.data(), wp, J.KWt, cnt[i]);
+    }
     __m256i corr[4];
 #pragma GCC unroll 4
     for (int v = 0; v < 4; ++v) corr[v] = _mm256_setzero_si256();
