@@ -33,8 +33,8 @@ import torch
 from ..atomic import atomic_write, write_text_atomic
 from .machine import cpu_ticks, load, machine_record, steal_percent
 
-__all__ = ["EXPERIMENT_PREFIX", "PROVENANCE", "BenchRun", "experiment_name", "headline_cells", "int_at_least", "int_list", "parser",
-           "provenance_line", "thread_counts", "write_csv", "write_figure", "write_text"]
+__all__ = ["EXPERIMENT_PREFIX", "PROVENANCE", "BenchRun", "experiment_name", "headline_cells", "int_at_least",
+           "int_list", "parser", "provenance_line", "thread_counts", "write_csv", "write_figure", "write_text"]
 
 EXPERIMENT_PREFIX = "lsqbq-bench-"
 # columns every benchmark CSV row carries (besides the machine record's)

@@ -117,7 +117,7 @@ void run_tiles(const Job& J, int64_t isa) {
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, work));
   const bool fused = J.out_f && (J.act != 0 || J.res != nullptr);
   // below 2^19 word ops (tens of microseconds) one thread is faster than waking another; the stride-2 layers of the
-  // ImageNet ResNet-18 at batch 1 (0.9M word ops) stayed on one thread under 2^20 and ran 1.2-2.0x faster split
+  // ImageNet ResNet-18 at batch 1 (0.9M word ops) stayed on one thread under 2^20 and ran 1.2-1.6x faster split
   parallel(total, grain, total * work, int64_t(1) << 19, J.threads, [&](int64_t begin, int64_t end) {
     for (int64_t idx = begin; idx < end; ++idx) {
       // panels outer: a weight panel stays in cache while the row tiles stream past it (panels inner made the

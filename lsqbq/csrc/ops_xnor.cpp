@@ -70,7 +70,7 @@ Job checked_job(const at::Tensor& a, const at::Tensor& w, const at::Tensor& wtap
   TORCH_CHECK(T <= 64, "lsqbq: kernels with more than 64 taps are not supported");
   // per-tap panels (T * Cw k words), or packed-tap panels (KH * ceil(KW / G) k words, at most 32 channels)
   const int64_t Kp = packed_words(g.C, g.KH, g.KW);
-  const bool can_pack = tap_group(g.C, g.KW) >= 2 && Kp < T * Cw;
+  const bool can_pack = tap_group(g.C, g.KW) >= 2;  // then always fewer words than one per tap
   const bool packed = can_pack && w.size(2) == Kp;
   TORCH_CHECK((w.size(2) == T * Cw || packed) && w.size(3) == NB, "lsqbq: weight panels ", w.sizes(),
               " expected (P_w, NP, ", T * Cw, ", ", NB, ")",

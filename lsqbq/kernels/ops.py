@@ -237,16 +237,16 @@ def pack_weight(planes: Tensor, scales: Tensor | None = None) -> PackedWeight:
     cw = rows.shape[-1]
     n_pad = -(-N // NB) * NB
     g = tap_group(C, KW)
-    if g >= 2 and KH * -(-KW // g) < T * cw:  # packed taps: groups of g taps of a kernel row per word (zeros pad the last)
+    if g >= 2:  # packed taps (C <= 32, KW >= 2: always fewer words): g taps of a kernel row per word, zero padded
         groups = -(-KW // g)
         per_row = planes.permute(0, 1, 3, 4, 2)  # (P_w, N, KH, KW, C)
         per_row = torch.nn.functional.pad(per_row, (0, 0, 0, groups * g - KW))  # (P_w, N, KH, groups * g, C)
         flat = ref.pack_signs(per_row.reshape(P, N, KH * groups, g * C)).reshape(P, N, KH * groups)
     else:
         flat = rows.reshape(P, N, T * cw)  # (P_w, N, Kw)
-    kw = flat.shape[-1]
+    words = flat.shape[-1]
     flat = torch.nn.functional.pad(flat, (0, 0, 0, n_pad - N))  # (P_w, Npad, Kw)
-    panels = flat.reshape(P, n_pad // NB, NB, kw).transpose(2, 3).contiguous()  # (P_w, NP, Kw, 32)
+    panels = flat.reshape(P, n_pad // NB, NB, words).transpose(2, 3).contiguous()  # (P_w, NP, Kw, 32)
     tapsum = nhwc.sum(-1).round().to(torch.int32)  # (P_w, N, T)
     tapsum = torch.nn.functional.pad(tapsum.transpose(1, 2), (0, n_pad - N)).contiguous()  # (P_w, T, Npad)
     s = torch.ones(N, P) if scales is None else scales.detach().float().reshape(N, P)
