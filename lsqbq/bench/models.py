@@ -42,6 +42,7 @@ from torch import nn
 
 from ..errors import CheckpointNotFoundError
 from ..kernels import freeze, to_bitwise
+from ..kernels.chunks import SERIAL_PASS_BYTES
 from ..schemes import get_scheme, kernel_name
 from .harness import BenchRun, headline_cells, int_list, parser, provenance_line, thread_counts, write_text
 from .timing import load, time_threads
@@ -296,8 +297,10 @@ def to_markdown(df: pd.DataFrame, info: dict, summary: dict[str, float], profile
         "cores. Bitwise models: `to_bitwise` with fusion (BatchNorm / activation / residual in the binary ops), "
         "fed the same tensor as the eager models; scale mode as listed (`fitted`: per-sample scales at run time, "
         "as the default-profile students evaluate; `stored`, the rows `bitwise stored`: the moving averages recorded "
-        "in training, no per-image fit). `bitwise frozen`: the same conversion through `lsqbq.kernels.freeze` (one traced "
-        "graph per input signature, without the modules' Python; on 2 threads it runs the model itself).",
+        "in training, no per-image fit). `bitwise frozen`: the same conversion through `lsqbq.kernels.freeze` "
+        "(one traced graph per input signature, without the modules' Python; on 2 threads it runs the model itself, "
+        f"except for inputs under {SERIAL_PASS_BYTES >> 10} KiB, which the model runs on one thread anyway and so "
+        "does the graph).",
         *filter(None, [provenance_line(df)]),
         "## Headline (1 thread)", headline_markdown(summary, str(info["kernels"])).rstrip("\n")]
     for kind, title in (("network", "ResNet-18 from models.build, batch 1"),

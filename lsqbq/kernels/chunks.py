@@ -56,7 +56,7 @@ from torch import Tensor, nn
 from ..passes import CHUNK_BYTES, check_chunk, chunk_images, run_in_passes, run_with_threads
 
 __all__ = ["CHUNK_BYTES", "MIN_PASS_IMAGES", "PASS_ACTIVATION_BYTES", "SERIAL_PASS_BYTES", "BatchChunks",
-           "auto_pass_images", "chunk_images", "check_chunk"]
+           "auto_pass_images", "chunk_images", "check_chunk", "runs_serially"]
 
 #: ``chunk="auto"``: images per pass at least (module docstring), where the budgets would give fewer.
 MIN_PASS_IMAGES = 8
@@ -136,3 +136,12 @@ class BatchChunks:
 
     def __repr__(self) -> str:
         return f"BatchChunks(chunk={self.chunk!r})"
+
+
+def runs_serially(module: nn.Module, x) -> bool:
+    """Whether ``module`` (a :func:`~lsqbq.kernels.to_bitwise` network) runs all of ``x`` on one thread: its
+    forward is a :class:`BatchChunks` and ``x``, a batch on the CPU, has less than :data:`SERIAL_PASS_BYTES` of
+    input, so every pass has too (for a network with one output row per image, as a classifier has)."""
+    return (isinstance(module.__dict__.get("forward"), BatchChunks) and isinstance(x, Tensor) and x.dim() >= 2
+            and x.device.type == "cpu" and x.numel() * x.element_size() < SERIAL_PASS_BYTES)
+

@@ -12,7 +12,10 @@ replays the ops that the traced call ran, with that call's pass sizes and kernel
 * it serves inference on one thread: with autograd recording (``torch.is_grad_enabled()`` outside
   ``inference_mode``), with more than one torch thread (the converted layers choose their thread count per call,
   :func:`lsqbq.passes.run_with_threads`, which is Python that a graph does not replay, and the float kernels'
-  results depend on it in the last bits) or with an input that is not a tensor, a call runs the model itself;
+  results depend on it in the last bits) or with an input that is not a tensor, a call runs the model itself.
+  The exception is an input the model would run on one thread anyway (a few small images:
+  :func:`~lsqbq.kernels.chunks.runs_serially`): its graph runs with torch's threads set to one for the call, as
+  the model's own passes are;
 * a call whose graph fails (a kernel's report of a non-finite input) runs the model itself, which raises its own
   error (:class:`~lsqbq.errors.InputError` naming the sample); a model that cannot be traced (the int8 float parts'
   packed weights are not TorchScript values) runs as it is, after one ``RuntimeWarning``.
@@ -29,6 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import _native
+from ..passes import run_with_threads
+from .chunks import runs_serially
 
 __all__ = ["Frozen", "freeze", "MAX_GRAPHS"]
 
@@ -56,7 +61,8 @@ class Frozen(nn.Module):
         return super().train(False)
 
     def forward(self, x: Tensor) -> Tensor:
-        if (not isinstance(x, Tensor) or torch.get_num_threads() != 1
+        if (not isinstance(x, Tensor)
+                or (torch.get_num_threads() != 1 and not runs_serially(self.model, x))
                 or (torch.is_grad_enabled() and not torch.is_inference_mode_enabled())):
             return self.model(x)
         key = (tuple(x.shape), x.stride(), x.dtype, x.device, _native.switch_state())
@@ -64,7 +70,7 @@ class Frozen(nn.Module):
         if graph is None:
             graph = self._trace(x, key)
         try:
-            return graph(x)
+            return run_with_threads(1, graph, x)
         except (ValueError, RuntimeError):  # e.g. NaN input: the model raises its own error (or runs, if it can)
             return self.model(x)
 

@@ -57,8 +57,25 @@ def test_one_graph_per_signature_and_grad_mode_or_threads_run_the_model(nets):
     assert len(frozen._graphs) == 2 and torch.equal(y, frozen.model(x))
     torch.set_num_threads(2)  # per-layer thread choices: the model itself
     with torch.inference_mode():
-        y = frozen(torch.randn(4, 1, 28, 28))
-    assert len(frozen._graphs) == 2
+        y = frozen(torch.randn(8, 1, 28, 28))  # 25,088 bytes: passes over SERIAL_PASS_BYTES
+    assert len(frozen._graphs) == 2 and torch.get_num_threads() == 2
+
+
+def test_an_input_the_model_runs_on_one_thread_runs_its_graph_on_more_threads(nets):
+    fast = to_bitwise(nets["resnet_small"])
+    frozen = freeze(fast)
+    x = torch.randn(4, 1, 28, 28)  # 12,544 bytes: under SERIAL_PASS_BYTES, the model's own pass takes one thread
+    seen = []
+    conv = next(m for m in fast.modules() if isinstance(m, BitwiseConv2d))
+    hook = conv.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    torch.set_num_threads(2)
+    with torch.inference_mode():
+        want = fast(x)
+        assert torch.equal(frozen(x), want)  # traced
+        assert torch.equal(frozen(x), want)  # the graph
+    hook.remove()
+    assert len(frozen._graphs) == 1 and torch.get_num_threads() == 2
+    assert seen == [1, 1, 1], seen  # the model, then freeze: its check call and the trace (a graph runs no hooks)
 
 
 def test_a_new_backend_switch_gets_its_own_graph(nets, monkeypatch):
