@@ -110,6 +110,8 @@ namespace {
 // batch), so batch 1 uses every thread; the grain keeps at least ~64k word ops per task so that small layers do
 // not pay for waking threads they cannot use. Every output element is computed by one task in a fixed order, so
 // results do not depend on the thread count.
+constexpr int64_t kRowsOuterBytes = int64_t(128) << 10;  // weight panels of a job that all stay in L2 (run_tiles)
+
 void run_tiles(const Job& J, int64_t isa) {
   const int64_t R = (J.mask || J.pa == 1) ? RMAX : RMAX / 2;
   const int64_t ntiles = (J.M + R - 1) / R;
@@ -117,13 +119,18 @@ void run_tiles(const Job& J, int64_t isa) {
   const int64_t work = R * NB * J.KWt * J.pw * J.pa;  // word ops per task
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, work));
   const bool fused = J.out_f && (J.act != 0 || J.res != nullptr);
+  // Which tiles a thread gets: contiguous index ranges (the torch runner splits [0, total) into one range per
+  // thread). Panels outer keeps a weight panel in cache while the row tiles stream past it (panels inner made the
+  // portable 2x1 / 2x2 GEMMs 1.7-1.9x slower where L2 cannot hold all panels: 512 KB against 590 KB at 512@7x7).
+  // Where all panels fit in kRowsOuterBytes, rows outer instead: each thread then writes every channel of a block
+  // of output rows, the rows the next layer's encode (split by rows the same way) reads on that thread, rather
+  // than some channels of every row, half of which the next layer must fetch from the other core's cache.
+  const bool rows_outer = J.NP * J.KWt * NB * J.pw * static_cast<int64_t>(sizeof(uint64_t)) <= kRowsOuterBytes;
   // below 2^19 word ops (tens of microseconds) one thread is faster than waking another; the stride-2 layers of the
   // ImageNet ResNet-18 at batch 1 (0.9M word ops) stayed on one thread under 2^20 and ran 1.2-1.6x faster split
   parallel(total, grain, total * work, int64_t(1) << 19, J.threads, [&](int64_t begin, int64_t end) {
     for (int64_t idx = begin; idx < end; ++idx) {
-      // panels outer: a weight panel stays in cache while the row tiles stream past it (panels inner made the
-      // portable 2x1 / 2x2 GEMMs 1.7-1.9x slower where L2 cannot hold all panels: 512 KB against 590 KB at 512@7x7)
-      const int64_t p = idx / ntiles, tl = idx % ntiles;
+      const int64_t p = rows_outer ? idx % J.NP : idx / ntiles, tl = rows_outer ? idx / J.NP : idx % ntiles;
       const int64_t m0 = tl * R;
       const int rows = static_cast<int>(std::min<int64_t>(R, J.M - m0));
       Rows rw;
