@@ -59,7 +59,7 @@ from torch import nn
 from ..errors import ConfigError
 from .harness import BenchRun, int_at_least, int_list, parser, provenance_line, thread_counts
 from .peers_report import (AGREE_RTOL, BASELINE, CALIBRATION_BATCHES, DRIFT_LIMIT, drift_verdict,  # noqa: F401
-                           headline, summarise, thread_interference, to_markdown)
+                           headline, slower_with_threads, summarise, thread_interference, to_markdown)
 from .peers_profile import profile_binary
 from .timing import load, time_stats, with_threads
 

@@ -9,7 +9,7 @@ import pandas as pd
 from .harness import provenance_line
 
 __all__ = ["BASELINE", "DRIFT_LIMIT", "AGREE_RTOL", "CALIBRATION_BATCHES", "drift_verdict", "thread_interference",
-           "to_markdown", "headline", "verdict", "metric_name", "summarise"]
+           "slower_with_threads", "to_markdown", "headline", "verdict", "metric_name", "summarise"]
 
 BASELINE = "torch fp32"  # the engine every ratio divides
 DRIFT_LIMIT = 0.10  # |baseline at the end / at the start - 1| above this: the machine's speed changed
@@ -43,6 +43,24 @@ def thread_interference(df: pd.DataFrame, limit: float = 1.2) -> float:
     return worst if worst > limit else 0.0
 
 
+def slower_with_threads(df: pd.DataFrame, limit: float = 1.2) -> str:
+    """A sentence naming every engine other than the baseline whose time with more threads is above ``limit``
+    times its time with one thread at the same batch (such a cell says more about the run than the engine: in this
+    process OpenVINO's binary rows at batch 1 took either about 3.2 or about 7.3 ms on 2 threads, run by run, with
+    5.2-5.9 ms on 1), or "" when there is none."""
+    if not {"engine", "batch", "threads", "seconds"} <= set(df.columns):
+        return ""
+    found = []
+    for (engine, batch), g in df[df.engine != BASELINE].groupby(["engine", "batch"], sort=False):
+        one, more = g.loc[g.threads == 1, "seconds"], g.loc[g.threads > 1, "seconds"]
+        if len(one) and len(more) and float(more.max() / one.iloc[0]) > limit:
+            found.append(f"{engine} at batch {batch} ({float(more.max() / one.iloc[0]):.2f}x)")
+    if not found:
+        return ""
+    return ("Slower with more threads than with one, so those cells are suspect (rerun): " + ", ".join(found)
+            + ".")
+
+
 def to_markdown(df: pd.DataFrame, skipped: list[dict]) -> str:
     r = df.iloc[0]
     table = df[["engine", "precision", "method", "batch", "threads", "ms", "ratio_vs_torch_fp32", "max_abs_diff",
@@ -62,7 +80,7 @@ def to_markdown(df: pd.DataFrame, skipped: list[dict]) -> str:
         f"`agrees`: within rtol {AGREE_RTOL:g} of lsqbq's logits. Int8 calibration: {CALIBRATION_BATCHES} "
         "synthetic batches.",
         *filter(None, [provenance_line(df)]),
-        drift_verdict(df) + ".",
+        " ".join(filter(None, [drift_verdict(df) + ".", slower_with_threads(df)])),
         table.to_markdown(index=False)]
     if skipped:
         parts += ["## Skipped", "\n".join(f"- {s['engine']}: {s['reason']}" for s in skipped)]
@@ -82,7 +100,8 @@ def headline(df: pd.DataFrame) -> str:
     table = cell.pivot_table(index=["engine", "precision"], columns="group", values="text", aggfunc="first",
                              sort=False)
     table = table[sorted(table.columns, key=lambda g: (int(g.split()[1].rstrip(",")), g))].reset_index()
-    return table.fillna("").to_markdown(index=False) + "\n" + verdict(df)
+    suspect = slower_with_threads(df)
+    return table.fillna("").to_markdown(index=False) + "\n" + verdict(df) + (f"\n{suspect}\n" if suspect else "")
 
 
 def verdict(df: pd.DataFrame) -> str:

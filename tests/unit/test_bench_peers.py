@@ -217,6 +217,17 @@ def test_only_the_papers_binary_topology_is_built():
     """)
 
 
+def test_an_engine_slower_with_more_threads_is_named_as_suspect():
+    df = pd.DataFrame(dict(engine=[peers.BASELINE] * 2 + ["openvino binary"] * 4 + ["lsqbq binary"] * 2,
+                           batch=[1, 1, 1, 1, 16, 16, 1, 1], threads=[1, 2, 1, 2, 1, 2, 1, 2],
+                           seconds=[0.044, 0.026, 0.0055, 0.0074, 0.10, 0.06, 0.007, 0.004], drift=[0.0] * 8))
+    said = peers.slower_with_threads(df)
+    assert said.startswith("Slower with more threads") and "openvino binary at batch 1 (1.35x)" in said
+    assert "batch 16" not in said and "lsqbq" not in said and peers.BASELINE not in said
+    assert said in peers.headline(df.assign(precision="x", ms=df.seconds * 1e3, ratio_vs_torch_fp32=1.0))
+    assert peers.slower_with_threads(df[df.engine != "openvino binary"]) == ""
+
+
 def test_drift_beyond_the_limit_says_rerun():
     assert "drifted: rerun on a quiet machine" in peers.drift_verdict(pd.DataFrame({"drift": [0.02, -0.15]}))
     assert "no drift" in peers.drift_verdict(pd.DataFrame({"drift": [0.02, -0.05]}))
