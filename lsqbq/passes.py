@@ -27,19 +27,30 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["CHUNK_BYTES", "check_chunk", "chunk_images", "run_in_passes", "run_with_threads"]
+__all__ = ["CHUNK_BYTES", "check_chunk", "chunk_images", "run_in_passes", "run_with_threads", "thread_switches"]
 
 #: ``chunk="auto"``: the input bytes of one pass (ImageNet 224x224 float32: 1 image; 32x32: 21; 28x28x1: 83).
 CHUNK_BYTES = 256 << 10
+
+
+_switches = 0  # calls of run_with_threads that set another thread count (thread_switches)
+
+
+def thread_switches() -> int:
+    """How many calls of :func:`run_with_threads` so far set a thread count other than torch's (a traced graph
+    does not replay such a setting: :mod:`lsqbq.kernels.frozen` checks that none happened while tracing)."""
+    return _switches
 
 
 def run_with_threads(threads: int, fn: Callable, *args):
     """``fn(*args)`` with torch's intra-op thread count set to ``threads`` for the call and restored after (also
     on an error); a plain call when it already is, or when the caller is not the main thread: the count is
     process-wide in torch, and two threads setting and restoring it at once could leave it changed."""
+    global _switches
     before = torch.get_num_threads()
     if threads == before or threading.current_thread() is not threading.main_thread():
         return fn(*args)
+    _switches += 1
     torch.set_num_threads(threads)
     try:
         return fn(*args)

@@ -298,9 +298,9 @@ def to_markdown(df: pd.DataFrame, info: dict, summary: dict[str, float], profile
         "fed the same tensor as the eager models; scale mode as listed (`fitted`: per-sample scales at run time, "
         "as the default-profile students evaluate; `stored`, the rows `bitwise stored`: the moving averages recorded "
         "in training, no per-image fit). `bitwise frozen`: the same conversion through `lsqbq.kernels.freeze` "
-        "(one traced graph per input signature, without the modules' Python; on 2 threads it runs the model itself, "
-        f"except for inputs under {SERIAL_PASS_BYTES >> 10} KiB, which the model runs on one thread anyway and so "
-        "does the graph).",
+        "(one traced graph per input signature and thread count, without the modules' Python; inputs under "
+        f"{SERIAL_PASS_BYTES >> 10} KiB run on one thread, as in the model; on 2 threads, a network whose tracing set "
+        "a thread count of its own for some op runs the model itself).",
         *filter(None, [provenance_line(df)]),
         "## Headline (1 thread)", headline_markdown(summary, str(info["kernels"])).rstrip("\n")]
     for kind, title in (("network", "ResNet-18 from models.build, batch 1"),

@@ -11,8 +11,7 @@ Rows (ResNet-18, ImageNet layout, 1000 classes, random weights, every engine fed
                             from :func:`lsqbq.bench.models.resnet18_network`, converted by
                             :func:`~lsqbq.kernels.to_bitwise` (fused);
 * ``lsqbq binary, frozen``  the same conversion through :func:`~lsqbq.kernels.freeze` (one traced graph per input
-                            signature, without the modules' Python; on more than one thread it runs the model itself,
-                            except for inputs the model runs on one thread anyway);
+                            signature and thread count, without the modules' Python);
 * ``lsqbq binary, int8 float parts`` the same conversion with ``float_parts="int8"`` (stem, shortcuts and
                             classifier in oneDNN int8; an option, not the paper's topology);
 * ``openvino binary``       the same network with the same weights as an OpenVINO graph on its ``BinaryConvolution``

@@ -1,21 +1,22 @@
 """Frozen inference graphs of a converted network: the same ops, replayed without the Python of its modules.
 
 ``freeze(model)`` wraps a :func:`~lsqbq.kernels.to_bitwise` network (or any eval-mode module of traceable ops).
-The first call for an input signature -- shape, strides, dtype, device and the kernel back-end switch
-(:func:`lsqbq._native.switch_state`) -- runs ``torch.jit.trace`` on the model with that input and keeps the graph
-(at most :data:`MAX_GRAPHS`; then it starts over); later calls with the same signature run the graph. A graph
-replays the ops that the traced call ran, with that call's pass sizes and kernel arguments, so:
+The first call for an input signature -- shape, strides, dtype, device, the kernel back-end switch
+(:func:`lsqbq._native.switch_state`), torch's thread count and whether the caller is the main thread -- runs
+``torch.jit.trace`` on the model with that input and keeps the graph (at most :data:`MAX_GRAPHS`; then it starts
+over); later calls with the same signature run the graph. A graph replays the ops that the traced call ran, with
+that call's pass sizes and kernel arguments, so:
 
 * the model is frozen, as with ``torch.jit.freeze``: after changing it, call :meth:`Frozen.refresh`. A graph holds
   the converted layers' packed weights, scales and kernel arguments as they were when it was traced (it shares
   the float layers' parameters, so in-place changes to those do show);
-* it serves inference on one thread: with autograd recording (``torch.is_grad_enabled()`` outside
-  ``inference_mode``), with more than one torch thread (the converted layers choose their thread count per call,
-  :func:`lsqbq.passes.run_with_threads`, which is Python that a graph does not replay, and the float kernels'
-  results depend on it in the last bits) or with an input that is not a tensor, a call runs the model itself.
-  The exception is an input the model would run on one thread anyway (a few small images:
-  :func:`~lsqbq.kernels.chunks.runs_serially`): its graph runs with torch's threads set to one for the call, as
-  the model's own passes are;
+* the ops read torch's thread count when they run, in the graph as in the model, but the model also sets it in
+  Python for some calls (:func:`lsqbq.passes.run_with_threads`: a float convolution too small to split, a pass of
+  a few small images), which a graph does not replay, and the float kernels' results depend on it in the last
+  bits. So an input the model runs on one thread throughout (:func:`~lsqbq.kernels.chunks.runs_serially`) has its
+  graph traced and run on one thread; on more threads, a signature whose tracing set a thread count anywhere keeps
+  the model itself instead of a graph. With autograd recording (``torch.is_grad_enabled()`` outside
+  ``inference_mode``) or an input that is not a tensor, a call runs the model itself;
 * a call whose graph fails (a kernel's report of a non-finite input) runs the model itself, which raises its own
   error (:class:`~lsqbq.errors.InputError` naming the sample); a model that cannot be traced (the int8 float parts'
   packed weights are not TorchScript values) runs as it is, after one ``RuntimeWarning``.
@@ -26,13 +27,14 @@ thread, about 0.7 ms of 7 (``results/bench/models.md``, ``results/bench/peers.md
 """
 from __future__ import annotations
 
+import threading
 import warnings
 
 import torch
 from torch import Tensor, nn
 
 from .. import _native
-from ..passes import run_with_threads
+from ..passes import run_with_threads, thread_switches
 from .chunks import runs_serially
 
 __all__ = ["Frozen", "freeze", "MAX_GRAPHS"]
@@ -61,28 +63,31 @@ class Frozen(nn.Module):
         return super().train(False)
 
     def forward(self, x: Tensor) -> Tensor:
-        if (not isinstance(x, Tensor)
-                or (torch.get_num_threads() != 1 and not runs_serially(self.model, x))
-                or (torch.is_grad_enabled() and not torch.is_inference_mode_enabled())):
+        if not isinstance(x, Tensor) or (torch.is_grad_enabled() and not torch.is_inference_mode_enabled()):
             return self.model(x)
-        key = (tuple(x.shape), x.stride(), x.dtype, x.device, _native.switch_state())
+        threads = 1 if runs_serially(self.model, x) else torch.get_num_threads()
+        main = threading.current_thread() is threading.main_thread()
+        key = (tuple(x.shape), x.stride(), x.dtype, x.device, _native.switch_state(), threads, main)
         graph = self._graphs.get(key)
         if graph is None:
-            graph = self._trace(x, key)
+            graph = run_with_threads(threads, self._trace, x, key)
         try:
-            return run_with_threads(1, graph, x)
+            return run_with_threads(threads, graph, x)
         except (ValueError, RuntimeError):  # e.g. NaN input: the model raises its own error (or runs, if it can)
             return self.model(x)
 
     def _trace(self, x: Tensor, key: tuple):
         self.model(x)  # the model's own checks and errors first (a bad input is never traced)
+        switches = thread_switches()
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # TracerWarning: the shape-dependent Python is what a graph freezes
                 graph = torch.jit.trace(self.model, (x,), check_trace=False)
+            if thread_switches() != switches:  # an op ran on a thread count of its own: not replayable (docstring)
+                graph = self.model
         except RuntimeError as exc:  # an op TorchScript cannot hold (e.g. int8 float parts' packed weights)
             warnings.warn(f"freeze: this model cannot be traced ({str(exc).splitlines()[0]}); it runs as it is",
-                          RuntimeWarning, stacklevel=3)
+                          RuntimeWarning, stacklevel=4)
             graph = self.model
         if len(self._graphs) >= MAX_GRAPHS:
             self._graphs.clear()

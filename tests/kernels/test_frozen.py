@@ -43,7 +43,7 @@ def test_frozen_outputs_equal_the_model_bit_for_bit(nets, name, mode):
     assert len(frozen._graphs) == len(signatures) == 4
 
 
-def test_one_graph_per_signature_and_grad_mode_or_threads_run_the_model(nets):
+def test_one_graph_per_signature_and_grad_mode_runs_the_model(nets):
     frozen = freeze(to_bitwise(nets["lenet5"]))
     x = torch.randn(2, 1, 28, 28)
     with torch.inference_mode():
@@ -55,10 +55,35 @@ def test_one_graph_per_signature_and_grad_mode_or_threads_run_the_model(nets):
     assert len(frozen._graphs) == 2
     y = frozen(x)  # autograd recording: the model itself, nothing traced
     assert len(frozen._graphs) == 2 and torch.equal(y, frozen.model(x))
-    torch.set_num_threads(2)  # per-layer thread choices: the model itself
+
+
+def test_a_signature_whose_tracing_sets_a_thread_count_keeps_the_model(nets):
+    fast = to_bitwise(nets["resnet_small"])
+    frozen = freeze(fast)
+    x = torch.randn(8, 1, 28, 28)  # 25,088 bytes: over SERIAL_PASS_BYTES, so a 2-thread signature
+    torch.set_num_threads(2)
     with torch.inference_mode():
-        y = frozen(torch.randn(8, 1, 28, 28))  # 25,088 bytes: passes over SERIAL_PASS_BYTES
-    assert len(frozen._graphs) == 2 and torch.get_num_threads() == 2
+        want = fast(x)
+        assert torch.equal(frozen(x), want) and torch.equal(frozen(x), want)
+    # the last 1x1 shortcut (64 x 7 x 7 outputs per image) is under SERIAL_OUTPUTS / SERIAL_MACS at batch 8: it runs
+    # on one thread of its own choice, which a graph would replay on two
+    assert len(frozen._graphs) == 1 and next(iter(frozen._graphs.values())) is fast
+    assert torch.get_num_threads() == 2
+
+
+def test_a_graph_traced_on_two_threads_equals_the_model_on_two_threads(nets):
+    fast = to_bitwise(nets["resnet_small"])
+    frozen = freeze(fast)
+    x = torch.randn(16, 1, 28, 28)  # every float conv large enough for torch's threads, one pass
+    torch.set_num_threads(2)
+    with torch.inference_mode():
+        want = fast(x)
+        assert torch.equal(frozen(x), want)
+        assert torch.equal(frozen(x), want)
+        torch.set_num_threads(1)
+        frozen(x)  # another thread count: another signature
+    graphs = list(frozen._graphs.values())
+    assert len(graphs) == 2 and all(isinstance(g, torch.jit.ScriptModule) for g in graphs)
 
 
 def test_an_input_the_model_runs_on_one_thread_runs_its_graph_on_more_threads(nets):
