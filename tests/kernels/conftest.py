@@ -1,4 +1,5 @@
-"""Shared fixtures of the kernel tests: the compiled back ends available on this machine."""
+"""Shared fixtures of the kernel tests: the compiled back ends available on this machine, thread counts, random
+sign planes and BatchNorm statistics."""
 from __future__ import annotations
 
 import pytest
@@ -25,6 +26,17 @@ def threads(request) -> int:
     torch.set_num_threads(request.param)
     yield request.param
     torch.set_num_threads(before)
+
+
+def pm1(*shape, gen: torch.Generator) -> torch.Tensor:
+    """Random ±1 planes of ``shape`` (float32) from ``gen``."""
+    return torch.where(torch.randn(*shape, generator=gen) >= 0, 1.0, -1.0)
+
+
+@pytest.fixture(name="pm1", scope="session")
+def pm1_fixture():
+    """:func:`pm1`, for the test modules."""
+    return pm1
 
 
 def randomise_bns(model: nn.Module, seed: int) -> nn.Module:

@@ -35,13 +35,9 @@ def _same(fn):
             assert torch.equal(w, g)
 
 
-def _pm1(*shape, gen) -> torch.Tensor:
-    return torch.where(torch.randn(*shape, generator=gen) >= 0, 1.0, -1.0)
-
-
 @pytest.mark.parametrize("k", [1, 63, 64, 65, 577, 64 * 31, 64 * 31 + 1, 5000])
 @pytest.mark.parametrize("mode", MODES, ids=IDS)
-def test_gemm_equals_portable(k, mode, threads):
+def test_gemm_equals_portable(k, mode, threads, pm1):
     pa, pw, mask = mode
     gen = torch.Generator().manual_seed(k + 7 * pa + pw)
     for m, n in [(1, 1), (7, 33), (13, 64), (40, 31)]:
@@ -50,7 +46,7 @@ def test_gemm_equals_portable(k, mode, threads):
         if mask:
             s[:, 1] = s[:, 0]
         a = encode(x, s, mask=mask, backend="reference")
-        w = pack_weight(_pm1(pw, n, k, gen=gen), torch.rand(n, pw, generator=gen))
+        w = pack_weight(pm1(pw, n, k, gen=gen), torch.rand(n, pw, generator=gen))
         sa, bias = torch.rand(m, 1 if mask else pa, generator=gen), torch.randn(n, generator=gen)
         _same(lambda b: xnor_gemm(a, w, mask=mask, backend=b))
         _same(lambda b: xnor_gemm_scaled(a, w, sa, bias, mask=mask, backend=b))
@@ -70,7 +66,7 @@ CONVS = [  # (B, C, H, W, N, kernel, stride, padding, dilation)
 
 @pytest.mark.parametrize("shape", CONVS, ids=[f"b{s[0]}c{s[1]}k{s[5]}s{s[6]}p{s[7]}d{s[8]}" for s in CONVS])
 @pytest.mark.parametrize("mode", MODES, ids=IDS)
-def test_conv_equals_portable(shape, mode, threads):
+def test_conv_equals_portable(shape, mode, threads, pm1):
     B, C, H, W, N, k, s, p, d = shape
     pa, pw, mask = mode
     gen = torch.Generator().manual_seed(C + k + pa)
@@ -80,7 +76,7 @@ def test_conv_equals_portable(shape, mode, threads):
         v[:, 1] = v[:, 0]
     _same(lambda b: encode(x, v, mask=mask, padding=(p, p), backend=b))
     a = encode(x, v, mask=mask, padding=(p, p), backend="reference")
-    w = pack_weight(_pm1(pw, N, C, k, k, gen=gen), torch.rand(N, pw, generator=gen))
+    w = pack_weight(pm1(pw, N, C, k, k, gen=gen), torch.rand(N, pw, generator=gen))
     sa, bias = torch.rand(B, 1 if mask else pa, generator=gen), torch.randn(N, generator=gen)
     _same(lambda b: xnor_conv2d(a, w, (H, W), s, p, d, mask=mask, backend=b))
     _same(lambda b: xnor_conv2d_scaled(a, w, sa, bias, (H, W), s, p, d, mask=mask, backend=b))
@@ -92,14 +88,14 @@ FITS = [(1, FIT_GREEDY, False), (3, FIT_GREEDY, False), (2, FIT_LS2, False), (2,
 
 @pytest.mark.parametrize("planes,fit,mask", FITS, ids=["ls-1", "gf-3", "ls-2", "ls-T", "given"])
 @pytest.mark.parametrize("act,residual_first", [(0, True), (1, True), (1, False), (2, True), (2, False)])
-def test_fused_layer_equals_portable(planes, fit, mask, act, residual_first, threads):
+def test_fused_layer_equals_portable(planes, fit, mask, act, residual_first, threads, pm1):
     """The whole layer op: encode with a BatchNorm prologue and a clamp, fitted or given scales, the convolution and
     the fused epilogue (bias, ReLU / PReLU, residual before or after), including NaN and -0.0 in the residual."""
     gen = torch.Generator().manual_seed(planes + 10 * fit + act)
     B, C, H, W, N = 2, 70, 6, 5, 37
     x = torch.randn(B, C, H, W, generator=gen).contiguous(memory_format=torch.channels_last)
     prologue = (torch.rand(C, generator=gen) + 0.5, 0.1 * torch.randn(C, generator=gen))
-    w = pack_weight(_pm1(2, N, C, 3, 3, gen=gen), torch.rand(N, 2, generator=gen))
+    w = pack_weight(pm1(2, N, C, 3, 3, gen=gen), torch.rand(N, 2, generator=gen))
     res = torch.randn(B, N, H, W, generator=gen)
     res[0, 0, 0, :2] = torch.tensor([float("nan"), -0.0])
     slope = torch.rand(N, generator=gen) if act == 2 else None

@@ -16,10 +16,6 @@ MODES = [(1, 1, False), (2, 1, False), (2, 2, False), (3, 2, False), (1, 2, Fals
 IDS = ["1x1", "2x1", "2x2", "3x2", "1x2", "Tx1", "Tx2"]
 
 
-def _pm1(*shape, gen) -> torch.Tensor:
-    return torch.where(torch.randn(*shape, generator=gen) >= 0, 1.0, -1.0)
-
-
 def _acts(pa: int, mask: bool, m: int, k: int, gen) -> torch.Tensor:
     a = ref.pack_signs(torch.randn(2 if mask else pa, m, k, generator=gen))
     return a
@@ -27,12 +23,12 @@ def _acts(pa: int, mask: bool, m: int, k: int, gen) -> torch.Tensor:
 
 @pytest.mark.parametrize("k", [1, 63, 64, 65, 130, 577])
 @pytest.mark.parametrize("mode", MODES, ids=IDS)
-def test_gemm_bit_exact(backend, k, mode):
+def test_gemm_bit_exact(backend, k, mode, pm1):
     pa, pw, mask = mode
     gen = torch.Generator().manual_seed(k)
     for m, n in [(1, 1), (7, 33), (13, 64), (6, 31)]:
         a = _acts(pa, mask, m, k, gen)
-        w = pack_weight(_pm1(pw, n, k, gen=gen), torch.rand(n, pw, generator=gen))
+        w = pack_weight(pm1(pw, n, k, gen=gen), torch.rand(n, pw, generator=gen))
         want = xnor_gemm(a, w, mask=mask, backend="reference")
         assert torch.equal(xnor_gemm(a, w, mask=mask, backend=backend), want)
         sa = torch.rand(m, 1 if mask else pa, generator=gen)
@@ -54,7 +50,7 @@ CONVS = [  # (B, C, H, W, N, kernel, stride, padding)
 
 @pytest.mark.parametrize("shape", CONVS, ids=[f"c{s[1]}k{s[5]}s{s[6]}p{s[7]}b{s[0]}" for s in CONVS])
 @pytest.mark.parametrize("mode", MODES, ids=IDS)
-def test_conv_bit_exact(backend, shape, mode):
+def test_conv_bit_exact(backend, shape, mode, pm1):
     B, C, H, W, N, k, s, p = shape
     pa, pw, mask = mode
     gen = torch.Generator().manual_seed(C + k)
@@ -64,7 +60,7 @@ def test_conv_bit_exact(backend, shape, mode):
         scales[:, 1] = scales[:, 0]
     a = encode(x, scales, mask=mask, padding=(p, p), backend="reference")
     assert torch.equal(encode(x, scales, mask=mask, padding=(p, p), backend=backend), a)
-    w = pack_weight(_pm1(pw, N, C, k, k, gen=gen), torch.rand(N, pw, generator=gen))
+    w = pack_weight(pm1(pw, N, C, k, k, gen=gen), torch.rand(N, pw, generator=gen))
     want = xnor_conv2d(a, w, (H, W), s, p, mask=mask, backend="reference")
     assert torch.equal(xnor_conv2d(a, w, (H, W), s, p, mask=mask, backend=backend), want)
     sa, bias = torch.rand(B, 1 if mask else pa, generator=gen), torch.randn(N, generator=gen)

@@ -9,10 +9,6 @@ from lsqbq.kernels import pack_weight, reference as ref
 from lsqbq.quantizers import foldable_bits, sign
 
 
-def _pm1(*shape, gen) -> torch.Tensor:
-    return torch.where(torch.randn(*shape, generator=gen) >= 0, 1.0, -1.0)
-
-
 def test_popcount64_matches_python():
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(-(2**63), 2**63 - 1, (500,), dtype=torch.int64, generator=gen)
@@ -36,18 +32,18 @@ def test_pack_roundtrip_and_sign_of_zero(k):
 
 @pytest.mark.parametrize("k", [1, 63, 64, 65, 200])
 @pytest.mark.parametrize("pa,pw", [(1, 1), (2, 1), (2, 2)])
-def test_gemm_equals_float_matmul_of_signs(k, pa, pw):
+def test_gemm_equals_float_matmul_of_signs(k, pa, pw, pm1):
     gen = torch.Generator().manual_seed(7 * k + pa)
-    a, w = _pm1(pa, 5, k, gen=gen), _pm1(pw, 9, k, gen=gen)
+    a, w = pm1(pa, 5, k, gen=gen), pm1(pw, 9, k, gen=gen)
     d = ref.xnor_gemm(ref.pack_signs(a), ref.pack_signs(w), k)
     assert d.dtype == torch.int32 and d.shape == (pa, pw, 5, 9)
     assert torch.equal(d.double(), torch.einsum("imk,jnk->ijmn", a.double(), w.double()))
 
 
-def test_ternary_mask_gemm_equals_float_matmul():
+def test_ternary_mask_gemm_equals_float_matmul(pm1):
     gen = torch.Generator().manual_seed(3)
     t = torch.randint(-1, 2, (6, 70), generator=gen).float()  # {-1, 0, 1}
-    w = _pm1(2, 11, 70, gen=gen)
+    w = pm1(2, 11, 70, gen=gen)
     a = torch.stack([ref.pack_signs(torch.where(t < 0, -1.0, 1.0)), ref.pack_signs(torch.where(t != 0, -1.0, 1.0))])
     d = ref.xnor_gemm(a, ref.pack_signs(w), 70, mask=True)
     assert torch.equal(d[0].double(), torch.einsum("mk,jnk->jmn", t.double(), w.double()))
@@ -55,13 +51,13 @@ def test_ternary_mask_gemm_equals_float_matmul():
 
 @pytest.mark.parametrize("stride,padding,dilation,kernel", [(1, 1, 1, 3), (2, 1, 1, 3), (2, 2, 1, 3), (1, 0, 1, 1),
                                                             (2, 0, 1, 1), (1, 2, 2, 3)])
-def test_conv_equals_float_conv_of_planes(stride, padding, dilation, kernel):
+def test_conv_equals_float_conv_of_planes(stride, padding, dilation, kernel, pm1):
     gen = torch.Generator().manual_seed(stride * 10 + padding)
     B, C, H, W, N = 2, 67, 7, 6, 5
     x = torch.randn(B, C, H, W, generator=gen)
     scales = torch.rand(B, 2, generator=gen)
     planes = foldable_bits(x.reshape(B, -1), scales).reshape(2, B, C, H, W)
-    wpl = _pm1(2, N, C, kernel, kernel, gen=gen)
+    wpl = pm1(2, N, C, kernel, kernel, gen=gen)
     a = ref.encode(x, scales, padding=(padding, padding))
     d = ref.xnor_conv2d(a, pack_weight(wpl).rows, C, (H, W), (kernel, kernel), (stride,) * 2, (padding,) * 2,
                         (dilation,) * 2)
@@ -82,13 +78,13 @@ def test_encode_matches_foldable_bits_with_clamp_and_ternary():
     assert torch.equal(torch.where(m < 0, s, 0.0), t)
 
 
-def test_conv_refuses_activation_words_narrower_than_the_weights():
+def test_conv_refuses_activation_words_narrower_than_the_weights(pm1):
     """64-channel words against 256-channel weights (the shared rule of :mod:`lsqbq.kernels.shapes`, as the C++
     ops): an InputError naming both widths, not a broadcast result."""
     from lsqbq.errors import InputError
 
     gen = torch.Generator().manual_seed(3)
-    w = pack_weight(_pm1(1, 4, 256, 3, 3, gen=gen))
+    w = pack_weight(pm1(1, 4, 256, 3, 3, gen=gen))
     a = ref.encode(torch.randn(2, 64, 5, 5, generator=gen), torch.full((2, 1), 0.5), padding=(1, 1))
     with pytest.raises(InputError, match=r"activation words \(1, 2, 7, 7, 1\) do not match the geometry "
                                          r"\(B, H \+ 2 ph, W \+ 2 pw, Cw\) = \(2, 7, 7, 4\) for 256 input channels"):
