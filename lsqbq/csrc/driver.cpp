@@ -57,18 +57,19 @@ std::vector<int64_t> group_sizes(int64_t G, int64_t KW) {
 // words for each distinct group size s in `sizes`, word (h, w) = OR_i a(h, w + i dw) << (i C) over i < s with
 // w + i dw < Wp (positions past the row are never part of a receptive field). Rows of planes in parallel.
 void pack_taps(const Job& J, const std::vector<int64_t>& sizes, uint64_t* buf) {
-  const int64_t pixels = J.B * J.Hp * J.Wp, rows = J.pa * J.B * J.Hp, nreg = static_cast<int64_t>(sizes.size());
+  const int64_t B = J.geo.B, pixels = B * J.Hp * J.Wp, rows = J.pa * B * J.Hp;
+  const int64_t nreg = static_cast<int64_t>(sizes.size());
   parallel(rows, std::max<int64_t>(1, 4096 / J.Wp), rows * J.Wp * nreg, int64_t(1) << 16, J.threads,
            [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
-      const int64_t i = row / (J.B * J.Hp), rest = row - i * J.B * J.Hp;
+      const int64_t i = row / (B * J.Hp), rest = row - i * B * J.Hp;
       const uint64_t* src = J.a + i * J.a_plane + rest * J.Wp;
       for (int64_t q = 0; q < nreg; ++q) {
         uint64_t* dst = buf + (i * nreg + q) * pixels + rest * J.Wp;
         // tap by tap over the row: a copy, then one shift-or per further tap (loops the compiler vectorises)
         std::memcpy(dst, src, J.Wp * sizeof(uint64_t));
         for (int64_t t = 1; t < sizes[q]; ++t) {
-          const int64_t off = t * J.dw, shift = t * J.C;
+          const int64_t off = t * J.geo.dw, shift = t * J.geo.C;
           for (int64_t w = 0; w + off < J.Wp; ++w) dst[w] |= src[w + off] << shift;
         }
       }
@@ -84,20 +85,21 @@ void run_tiles(const Job& J, int64_t isa);
 // k word (kh, group g) at the region of its group size, offset kh dh Wp + g G dw.
 void run(const Job& J, int64_t isa) {
   if (J.group < 2) return run_tiles(J, isa);
-  std::vector<int64_t> per_row = group_sizes(J.group, J.KW), sizes = per_row;
+  const Geometry& g = J.geo;
+  std::vector<int64_t> per_row = group_sizes(J.group, g.KW), sizes = per_row;
   std::sort(sizes.begin(), sizes.end());
   sizes.erase(std::unique(sizes.begin(), sizes.end()), sizes.end());
-  const int64_t pixels = J.B * J.Hp * J.Wp, nreg = static_cast<int64_t>(sizes.size());
+  const int64_t pixels = g.B * J.Hp * J.Wp, nreg = static_cast<int64_t>(sizes.size());
   std::unique_ptr<uint64_t[]> buf(new uint64_t[J.pa * nreg * pixels]);
   pack_taps(J, sizes, buf.get());
   Job P = J;
   P.a = buf.get();
   P.a_plane = nreg * pixels;
   P.koff.clear();
-  for (int64_t kh = 0; kh < J.KH; ++kh)
-    for (size_t g = 0; g < per_row.size(); ++g) {
-      const int64_t q = std::find(sizes.begin(), sizes.end(), per_row[g]) - sizes.begin();
-      P.koff.push_back(q * pixels + kh * J.dh * J.Wp + static_cast<int64_t>(g) * J.group * J.dw);
+  for (int64_t kh = 0; kh < g.KH; ++kh)
+    for (size_t i = 0; i < per_row.size(); ++i) {
+      const int64_t q = std::find(sizes.begin(), sizes.end(), per_row[i]) - sizes.begin();
+      P.koff.push_back(q * pixels + kh * g.dh * J.Wp + static_cast<int64_t>(i) * J.group * g.dw);
     }
   P.KWt = static_cast<int64_t>(P.koff.size());
   run_tiles(P, isa);
@@ -185,7 +187,7 @@ Job make_job(const uint64_t* a, int64_t pa, const uint64_t* w, int64_t pw, int64
       throw std::invalid_argument("lsqbq: packed taps need at most 32 input channels and a kernel wider than 1");
     J.group = tap_group(g.C, g.KW);
   }
-  J.C = g.C; J.KH = g.KH; J.KW = g.KW; J.dh = g.dh; J.dw = g.dw; J.B = g.B;
+  J.geo = g;
   const int64_t Cw = (g.C + 63) / 64;
   const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw;
   J.T = g.KH * g.KW;

@@ -39,6 +39,11 @@ constexpr int RMAX = 6;     // rows per micro-kernel tile (1 plane)
 // Number of set mask bits over a row's receptive field (the length of a ternary dot product); hw: use POPCNT.
 int32_t mask_count(const uint64_t* mp, const int64_t* koff, int64_t n, bool hw);
 
+// A convolution's shape: batch, input, kernel, stride, padding, dilation and output.
+struct Geometry {
+  int64_t B, H, W, C, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW;
+};
+
 struct Job {
   const uint64_t* a = nullptr;  // (P_a, B, Hp, Wp, Cw)
   int64_t a_plane = 0;          // words per activation plane
@@ -71,8 +76,9 @@ struct Job {
   int64_t pa_logical() const { return mask ? 1 : pa; }
 
   std::vector<int64_t> koff;       // (KWt) word offset of k word (tap t, word c) from a row's base: tap_off[t] + c
-  // Packed taps (header; 0: off): taps per group G; the geometry the driver packs the activation words with.
-  int64_t group = 0, C = 0, KH = 1, KW = 1, dh = 1, dw = 1, B = 1;
+  // Packed taps (header; 0: off): taps per group G; geo: the geometry the driver packs the activation words with.
+  int64_t group = 0;
+  Geometry geo{};
   bool hw_popcnt = false;          // the CPU has POPCNT: count mask bits with it
 
   // Rows m0 .. m0 + n - 1 of a tile: word offset of each receptive field (top-left tap) in a plane, taps falling
@@ -109,9 +115,6 @@ struct Job {
 using Rows = Job::Rows;
 
 // Convolution geometry: input (B, C, H, W), kernel (KH, KW), stride, padding, dilation, output (OH, OW).
-struct Geometry {
-  int64_t B, H, W, C, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW;
-};
 Geometry conv_geometry(int64_t B, int64_t C, int64_t H, int64_t W, int64_t KH, int64_t KW, int64_t sh, int64_t sw,
                        int64_t ph, int64_t pw, int64_t dh, int64_t dw);
 Geometry gemm_geometry(int64_t B, int64_t K);
