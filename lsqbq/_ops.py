@@ -14,7 +14,8 @@ The quantizer's own gradient is not the op's: :func:`foldable_quantize`, the enc
 rule of the layers, on both paths.
 
 Kernel ops (``pack_signs``, ``pack_activations``, ``encode_fused``, ``bitwise_conv2d``, ``xnor_*``,
-``popcount_peak``, ``isa_supported``): CPU only,
+``max_pool2d_nhwc``, ``quantize_uint8``, ``int8_conv2d``, ``int8_linear``, ``popcount_peak``, ``isa_supported``):
+CPU only,
 inference: their outputs are registered as non-differentiable; :mod:`lsqbq.kernels.ops` picks the back end.
 
 Every op has a fake (meta) kernel, so it traces under FakeTensor and ``torch.compile``.
@@ -186,6 +187,15 @@ def _fake_kernels() -> dict:
         q = x.new_empty((x.shape[0], channels or x.shape[1], oh, ow), dtype=torch.uint8)
         return q.contiguous(memory_format=torch.channels_last), x.new_empty(4, dtype=torch.float64)
 
+    def int8_conv2d(x, packed, w_scale, w_zero, bias, step, levels, channels, stride, padding, dilation, groups,
+                    relu, isa):
+        hw = [-(-x.shape[2 + i] // step[i]) for i in (0, 1)]
+        oh, ow = conv_out(hw, packed.shape[2:], stride, padding, dilation)
+        return x.new_empty((x.shape[0], w_scale.shape[0], oh, ow)).contiguous(memory_format=torch.channels_last)
+
+    def int8_linear(x, packed, w_scale, w_zero, bias, levels, relu, isa):
+        return x.new_empty((x.shape[0], w_scale.shape[0]))
+
     # No tensor arguments: the answers recorded from the C++ functions when the library loaded.
     def popcount_peak(iters, isa):
         if isa not in _macs_per_iter:
@@ -200,7 +210,8 @@ def _fake_kernels() -> dict:
             "bitwise_conv2d": bitwise_conv2d, "xnor_gemm": xnor_gemm,
             "xnor_gemm_scaled": xnor_gemm_scaled, "xnor_conv2d": xnor_conv2d,
             "xnor_conv2d_scaled": xnor_conv2d_scaled, "max_pool2d_nhwc": max_pool2d_nhwc,
-            "quantize_uint8": quantize_uint8, "popcount_peak": popcount_peak, "isa_supported": isa_supported}
+            "quantize_uint8": quantize_uint8, "int8_conv2d": int8_conv2d, "int8_linear": int8_linear,
+            "popcount_peak": popcount_peak, "isa_supported": isa_supported}
 
 
 _macs_per_iter: dict[int, int] = {}  # supported isa -> binary MACs per iteration of popcount_peak

@@ -13,8 +13,8 @@ the load average are recorded too):
                   (the teacher's regular blocks, and the students' xnor topology with fp32 convs), the simulated
                   quantized model (eager), and its :func:`~lsqbq.kernels.to_bitwise` conversion (fused), for the
                   1-bit and 2x1 kernels (fp32 stem, shortcuts and classifier); the 1-bit conversion also frozen
-                  (:func:`~lsqbq.kernels.freeze`, rows ``bitwise frozen``: traced graphs on 1 thread, the model
-                  itself on 2).
+                  (:func:`~lsqbq.kernels.freeze`, rows ``bitwise frozen``: one traced graph per thread count), with
+                  each kind of float parts timed.
 * ``checkpoint``  every quantized default-profile checkpoint found under ``--checkpoints``
                   (``<model>/<x>_<w>/s<seed>/checkpoint.pt``, both schemes quantized): the simulated eager model, its
                   fp32 teacher (``fp_fp`` of the same model and seed) and its bitwise conversion, at batch 1 and
@@ -95,7 +95,7 @@ def bench_networks(threads_list: list[int], backend: str, repeats: int, shapes: 
                 cands[f"bitwise {label}" + _fp_suffix(fp)] = (
                     lambda fast=fast: fast(x_cl),
                     dict(scheme=label, model="bitwise", layout="NHWC", scale_mode="fitted", float_parts=fp))
-                if xq == NETWORK_PAIRS[0][0] and fp == "fp32":  # as traced graphs (1 thread; else the model)
+                if xq == NETWORK_PAIRS[0][0]:  # as traced graphs (lsqbq.kernels.freeze)
                     frozen = freeze(to_bitwise(sim, backend=backend, float_parts=fp))
                     cands[f"bitwise frozen {label}" + _fp_suffix(fp)] = (
                         lambda frozen=frozen: frozen(x_cl),

@@ -14,6 +14,7 @@ Rows (ResNet-18, ImageNet layout, 1000 classes, random weights, every engine fed
                             signature and thread count, without the modules' Python);
 * ``lsqbq binary, int8 float parts`` the same conversion with ``float_parts="int8"`` (stem, shortcuts and
                             classifier in oneDNN int8; an option, not the paper's topology);
+* ``lsqbq binary, int8 float parts, frozen`` that conversion through :func:`~lsqbq.kernels.freeze`;
 * ``openvino binary``       the same network with the same weights as an OpenVINO graph on its ``BinaryConvolution``
                             op (:mod:`lsqbq.bench.peers_openvino`); its logits must equal ours (``agrees``:
                             ``|ov - ours| <= 1e-4 |ours| + 1e-4 max|ours|``; ``max_abs_diff`` recorded);
@@ -112,6 +113,7 @@ class Setup:
     workdir: Path
     binary_int8: nn.Module | None = None  # the same conversion with int8 full-precision parts (None: unavailable)
     binary_frozen: nn.Module | None = None  # the fp32-parts conversion as traced graphs (lsqbq.kernels.freeze)
+    binary_int8_frozen: nn.Module | None = None  # the int8-parts conversion as traced graphs
     skipped: list[dict] = field(default_factory=list)
 
     def skip(self, engine: str, reason: str) -> None:
@@ -160,7 +162,8 @@ def make_setup(size: int, batches: list[int], backend: str, workdir: Path) -> Se
         except ConfigError:  # no oneDNN int8 ops in this torch build
             int8 = None
     return Setup(size, inputs, float_net, sim, fast, workdir, binary_int8=int8,
-                 binary_frozen=freeze(to_bitwise(sim, backend=backend)))
+                 binary_frozen=freeze(to_bitwise(sim, backend=backend)),
+                 binary_int8_frozen=None if int8 is None else freeze(copy.deepcopy(int8)))
 
 
 def _torch_engine(name: str, precision: str, network: str, net: nn.Module, s: Setup, reference: str = "") -> Engine:
@@ -253,8 +256,10 @@ def build_engines(s: Setup) -> list[Engine]:
                  if s.binary_frozen is not None else [])]
     if s.binary_int8 is not None:
         engines.append(_torch_engine("lsqbq binary, int8 float parts", "1-bit + int8", BINARY_NET, s.binary_int8, s))
+        engines.append(_torch_engine("lsqbq binary, int8 float parts, frozen", "1-bit + int8", BINARY_NET,
+                                     s.binary_int8_frozen, s))
     else:
-        s.skip("lsqbq binary, int8 float parts", "this torch build has no oneDNN int8 ops")
+        s.skip("lsqbq binary, int8 float parts (eager and frozen)", "this torch build has no oneDNN int8 ops")
     rng = np.random.default_rng(0)
     calibration = [rng.standard_normal((1, 3, s.size, s.size)).astype(np.float32)
                    for _ in range(CALIBRATION_BATCHES)]

@@ -22,6 +22,7 @@
 #include <cmath>
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <tuple>
 
 #include "encode.h"
@@ -407,6 +408,57 @@ std::tuple<at::Tensor, at::Tensor> quantize_uint8_cpu(const at::Tensor& x, at::I
   return {q, params};
 }
 
+// uint8 activations of x (quantize_uint8_cpu) for oneDNN's int8 ops: the pair (q, params); a range that is not
+// finite is a ValueError naming the shape and the range (no uint8 grid covers it).
+std::tuple<at::Tensor, at::Tensor> quantize_finite(const at::Tensor& x, at::IntArrayRef step, int64_t levels,
+                                                   int64_t channels, int64_t isa) {
+  auto out = quantize_uint8_cpu(x, step, levels, channels, isa);
+  const double* pr = std::get<1>(out).data_ptr<double>();
+  TORCH_CHECK_VALUE(std::get<0>(out).numel() > 0, "int8 float parts: activations of shape ", x.sizes(),
+                    " are not finite (min ", pr[2], ", max ", pr[3], "); no uint8 grid covers them: check the input, "
+                    "or convert with float_parts='fp32'");
+  return out;
+}
+
+// oneDNN's int8 op `name` (torch.ops.onednn, the kernels of torch's x86 quantization), called boxed: its schema
+// has a list of optional scalars, which TorchScript tracing cannot record, so the calls are recorded as this
+// library's ops instead.
+at::Tensor call_onednn(const char* name, torch::jit::Stack stack) {
+  const auto op = c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
+  op.callBoxed(&stack);
+  return stack.back().toTensor();
+}
+
+// The int8 float parts' convolution (lsqbq/kernels/float_parts.py, Int8Conv2d): uint8 activations of the grid of
+// `step` of x (channels past C the quantized 0), then oneDNN's qconv2d_pointwise with the prepacked int8 weights,
+// per-channel weight scales, float bias and an optional ReLU; float32 NHWC (channels_last) out.
+at::Tensor int8_conv2d_cpu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& w_scale,
+                           const at::Tensor& w_zero, const std::optional<at::Tensor>& bias, at::IntArrayRef step,
+                           int64_t levels, int64_t channels, at::IntArrayRef stride, at::IntArrayRef padding,
+                           at::IntArrayRef dilation, int64_t groups, bool relu, int64_t isa) {
+  auto [q, params] = quantize_finite(x, step, levels, channels, isa);
+  const double* pr = params.data_ptr<double>();
+  return call_onednn("onednn::qconv2d_pointwise",
+                     {q, pr[0], static_cast<int64_t>(pr[1]), packed, w_scale, w_zero, bias, stride.vec(),
+                      padding.vec(), dilation.vec(), groups, 1.0, int64_t{0}, std::optional<at::ScalarType>(at::kFloat),
+                      std::string(relu ? "relu" : "none"), c10::List<std::optional<at::Scalar>>(),
+                      std::optional<std::string>("")});
+}
+
+// The int8 float parts' linear layer (Int8Linear): uint8 activations of the rows x (N, F), then oneDNN's
+// qlinear_pointwise; float32 (N, out) out.
+at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& w_scale,
+                           const at::Tensor& w_zero, const std::optional<at::Tensor>& bias, int64_t levels, bool relu,
+                           int64_t isa) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "lsqbq: int8_linear needs contiguous rows (N, F), got ", x.sizes());
+  auto [q, params] = quantize_finite(x.view({x.size(0), x.size(1), 1, 1}), {1, 1}, levels, 0, isa);
+  const double* pr = params.data_ptr<double>();
+  return call_onednn("onednn::qlinear_pointwise",
+                     {q.view({x.size(0), x.size(1)}), pr[0], static_cast<int64_t>(pr[1]), packed, w_scale, w_zero,
+                      bias, 1.0, int64_t{0}, std::optional<at::ScalarType>(at::kFloat),
+                      std::string(relu ? "relu" : "none"), c10::List<std::optional<at::Scalar>>(), std::string("")});
+}
+
 int64_t popcount_peak_cpu(int64_t iters, int64_t isa) {
   check_isa(isa);
   return popcount_peak(iters, isa);
@@ -437,6 +489,10 @@ TORCH_LIBRARY_FRAGMENT(lsqbq, m) {
         "int isa) -> Tensor");
   m.def("max_pool2d_nhwc(Tensor x, int[] kernel, int[] stride, int[] padding, bool relu, int isa) -> Tensor");
   m.def("quantize_uint8(Tensor x, int[] step, int levels, int channels, int isa) -> (Tensor, Tensor)");
+  m.def("int8_conv2d(Tensor x, Tensor packed, Tensor w_scale, Tensor w_zero, Tensor? bias, int[] step, int levels, "
+        "int channels, int[] stride, int[] padding, int[] dilation, int groups, bool relu, int isa) -> Tensor");
+  m.def("int8_linear(Tensor x, Tensor packed, Tensor w_scale, Tensor w_zero, Tensor? bias, int levels, bool relu, "
+        "int isa) -> Tensor");
   m.def("popcount_peak(int iters, int isa) -> int");
   m.def("isa_supported(int isa) -> bool");
 }
@@ -458,7 +514,7 @@ void below_autograd(const c10::OperatorHandle& op, c10::DispatchKeySet ks, torch
 TORCH_LIBRARY_IMPL(lsqbq, Autograd, m) {
   for (const char* name : {"pack_signs", "pack_activations", "encode_fused", "bitwise_conv2d", "xnor_gemm",
                            "xnor_gemm_scaled", "xnor_conv2d", "xnor_conv2d_scaled", "max_pool2d_nhwc",
-                           "quantize_uint8"})
+                           "quantize_uint8", "int8_conv2d", "int8_linear"})
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&below_autograd>());
 }
 
@@ -473,4 +529,12 @@ TORCH_LIBRARY_IMPL(lsqbq, CPU, m) {
   m.impl("xnor_conv2d_scaled", &xnor_conv2d_scaled_cpu);
   m.impl("max_pool2d_nhwc", &max_pool2d_nhwc_cpu);
   m.impl("quantize_uint8", &quantize_uint8_cpu);
+  m.impl("int8_conv2d", &int8_conv2d_cpu);
+  m.impl("int8_linear", &int8_linear_cpu);
+}
+
+// The int8 ops also take oneDNN's packed weights (an MkldnnCPU tensor), whose dispatch key wins over the CPU one.
+TORCH_LIBRARY_IMPL(lsqbq, MkldnnCPU, m) {
+  m.impl("int8_conv2d", &int8_conv2d_cpu);
+  m.impl("int8_linear", &int8_linear_cpu);
 }

@@ -287,7 +287,12 @@ def _onednn_op(name: str):
 
 class _Int8Base(nn.Module):
     """Holds ``q`` (int8) and ``s`` (float32 per channel) as buffers; oneDNN's packed copy is made on first use
-    and never saved (:meth:`__getstate__`), so the module deep-copies, pickles and moves like any other."""
+    and never saved (:meth:`__getstate__`, not in the state dict) nor moved (:meth:`_apply` drops it: it is made
+    again), so the module deep-copies, pickles and moves like any other. The packed copy is a (non-persistent)
+    buffer so that :func:`~lsqbq.kernels.freeze` traces it as the module's attribute, not as a constant.
+
+    With a compiled back end a layer is one op, ``torch.ops.lsqbq.int8_conv2d`` / ``int8_linear`` (the
+    activations' quantization, then oneDNN's op), which a traced graph records; else the same steps in torch."""
 
     def _init_weight(self, w: Tensor, bias: Tensor | None, relu: bool) -> None:
         if w.device.type != "cpu":
@@ -297,12 +302,28 @@ class _Int8Base(nn.Module):
         self.register_buffer("weight_scale", s)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
         self.register_buffer("_zeros", torch.zeros(q.shape[0], dtype=torch.int32), persistent=False)
-        self.relu, self.levels, self._packed = relu, _levels(), None
+        self.register_buffer("_packed", None, persistent=False)
+        self.relu, self.levels = relu, _levels()
 
     def __getstate__(self):
         state = super().__getstate__()
-        state["_packed"] = None
+        state["_buffers"] = {**state["_buffers"], "_packed": None}
         return state
+
+    def _apply(self, fn, recurse=True):
+        self._packed = None  # oneDNN's layout, not a tensor that moves or converts: packed again on next use
+        return super()._apply(fn, recurse)
+
+    @staticmethod
+    def _isa(x: Tensor) -> int | None:
+        """The compiled back end's isa for a float32 CPU input (:func:`~lsqbq.kernels.ops.cached_isa`), else None."""
+        if x.dtype != torch.float32 or x.device.type != "cpu" or x.numel() == 0:
+            return None
+        return ops.cached_isa(None, x.device)
+
+    @staticmethod
+    def _input_error(exc: ValueError) -> InputError:
+        return InputError(str(exc).splitlines()[0])
 
 
 class Int8Conv2d(_Int8Base):
@@ -311,7 +332,7 @@ class Int8Conv2d(_Int8Base):
 
     def __init__(self, folded: FoldedConv2d):
         super().__init__()
-        self._op = _onednn_op("qconv2d_pointwise")
+        _onednn_op("qconv2d_pointwise")  # a ConfigError now where torch lacks them (not kept: ops do not pickle)
         _onednn_op("qconv_prepack")
         w = folded.weight
         self.in_channels = w.shape[1] * folded.groups
@@ -339,17 +360,43 @@ class Int8Conv2d(_Int8Base):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise InputError(f"{type(self).__name__}: expected input (B, {self.in_channels}, H, W), got "
                              f"{tuple(x.shape)}")
+        x = x.float()
         # a strided 1x1 convolution reads one pixel in s: only that grid is quantized
-        q, scale, zero = quantize_activations(x.float(), self.stride if self.subsample else (1, 1), self.levels,
-                                              self.in_padded)
+        step = self.stride if self.subsample else (1, 1)
+        isa = self._isa(x)
+        if isa is None:
+            y = self._forward_torch(x, step)
+        else:
+            if not x.is_contiguous(memory_format=torch.channels_last):  # the grid's channels_last copy
+                x = (x[:, :, :: step[0], :: step[1]] if step != (1, 1) else x).contiguous(
+                    memory_format=torch.channels_last)
+                step = (1, 1)
+            q_shape = (x.shape[0], self.in_padded or self.in_channels, -(-x.shape[2] // step[0]),
+                       -(-x.shape[3] // step[1]))
+            if self._packed is None:
+                self._packed = self._prepack(q_shape)
+            threads = conv_threads(torch.empty(q_shape, device="meta"), self.weight_q, self._conv_stride,
+                                   self.padding, self.dilation, self.groups)
+            try:
+                y = run_with_threads(threads, torch.ops.lsqbq.int8_conv2d, x, self._packed, self.weight_scale,
+                                     self._zeros, self.bias, list(step), self.levels, self.in_padded,
+                                     list(self._conv_stride), list(self.padding), list(self.dilation), self.groups,
+                                     self.relu, isa)
+            except ValueError as exc:  # a range that is not finite
+                raise self._input_error(exc) from None
+        # ReLU before the pool equals ReLU after it (module docstring)
+        return y if self.pool is None else max_pool2d(y, **self.pool)
+
+    def _forward_torch(self, x: Tensor, step: tuple[int, int]) -> Tensor:
+        """The layer's conv in torch calls: the activations quantized by :func:`quantize_activations`, then
+        oneDNN's op (no compiled back end)."""
+        q, scale, zero = quantize_activations(x, step, self.levels, self.in_padded)
         if self._packed is None:
             self._packed = self._prepack(q.shape)
         threads = conv_threads(q, self.weight_q, self._conv_stride, self.padding, self.dilation, self.groups)
-        y = run_with_threads(threads, self._op, q, scale, zero, self._packed, self.weight_scale, self._zeros,
-                              self.bias, list(self._conv_stride), list(self.padding), list(self.dilation),
-                              self.groups, 1.0, 0, torch.float32, "relu" if self.relu else "none", [], "")
-        # ReLU before the pool equals ReLU after it (module docstring)
-        return y if self.pool is None else max_pool2d(y, **self.pool)
+        return run_with_threads(threads, torch.ops.onednn.qconv2d_pointwise, q, scale, zero, self._packed, self.weight_scale, self._zeros,
+                                self.bias, list(self._conv_stride), list(self.padding), list(self.dilation),
+                                self.groups, 1.0, 0, torch.float32, "relu" if self.relu else "none", [], "")
 
     def extra_repr(self) -> str:
         w = self.weight_q
@@ -363,18 +410,26 @@ class Int8Linear(_Int8Base):
 
     def __init__(self, linear: nn.Linear, relu: bool = False):
         super().__init__()
-        self._op = _onednn_op("qlinear_pointwise")
+        _onednn_op("qlinear_pointwise")
         _onednn_op("qlinear_prepack")
         self._init_weight(linear.weight, linear.bias, relu)
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, x: Tensor) -> Tensor:
-        rows = x.float().reshape(-1, self.in_features)
+        rows = x.float().reshape(-1, self.in_features).contiguous()
         if self._packed is None:
             self._packed = torch.ops.onednn.qlinear_prepack(self.weight_q, None)
-        q, scale, zero = quantize_activations(rows.contiguous().view(*rows.shape, 1, 1), levels=self.levels)
-        y = self._op(q.view(rows.shape), scale, zero, self._packed, self.weight_scale, self._zeros, self.bias, 1.0, 0,
-                     torch.float32, "relu" if self.relu else "none", [], "")
+        isa = self._isa(rows)
+        if isa is None:
+            q, scale, zero = quantize_activations(rows.view(*rows.shape, 1, 1), levels=self.levels)
+            y = torch.ops.onednn.qlinear_pointwise(q.view(rows.shape), scale, zero, self._packed, self.weight_scale, self._zeros, self.bias,
+                         1.0, 0, torch.float32, "relu" if self.relu else "none", [], "")
+        else:
+            try:
+                y = torch.ops.lsqbq.int8_linear(rows, self._packed, self.weight_scale, self._zeros, self.bias,
+                                                self.levels, self.relu, isa)
+            except ValueError as exc:  # a range that is not finite
+                raise self._input_error(exc) from None
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

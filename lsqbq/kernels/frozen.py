@@ -18,8 +18,9 @@ that call's pass sizes and kernel arguments, so:
   the model itself instead of a graph. With autograd recording (``torch.is_grad_enabled()`` outside
   ``inference_mode``) or an input that is not a tensor, a call runs the model itself;
 * a call whose graph fails (a kernel's report of a non-finite input) runs the model itself, which raises its own
-  error (:class:`~lsqbq.errors.InputError` naming the sample); a model that cannot be traced (the int8 float parts'
-  packed weights are not TorchScript values) runs as it is, after one ``RuntimeWarning``.
+  error (:class:`~lsqbq.errors.InputError` naming the sample); a model that cannot be traced (e.g. int8 float parts
+  without the compiled library: oneDNN's int8 op takes a list of optional scalars, which tracing cannot record)
+  runs as it is, after one ``RuntimeWarning``. With the library, an int8 layer is one op of it and traces.
 
 Outputs equal the model's bit for bit (the ops and their arguments are the same). The saving is the modules'
 per-call Python (argument checks, plan lookups, back-end resolution): for the binary ResNet-18 at batch 1 on one
@@ -85,7 +86,7 @@ class Frozen(nn.Module):
                 graph = torch.jit.trace(self.model, (x,), check_trace=False)
             if thread_switches() != switches:  # an op ran on a thread count of its own: not replayable (docstring)
                 graph = self.model
-        except RuntimeError as exc:  # an op TorchScript cannot hold (e.g. int8 float parts' packed weights)
+        except RuntimeError as exc:  # an op call TorchScript cannot record (module docstring)
             warnings.warn(f"freeze: this model cannot be traced ({str(exc).splitlines()[0]}); it runs as it is",
                           RuntimeWarning, stacklevel=4)
             graph = self.model

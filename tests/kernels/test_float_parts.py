@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lsqbq import _native
 from lsqbq.errors import ConfigError, InputError
 from lsqbq.kernels import to_bitwise
 from lsqbq.kernels import float_parts
@@ -79,13 +80,10 @@ def test_small_float_convs_run_on_one_thread(monkeypatch, x_shape, conv, serial,
     torch.manual_seed(0)
     layer = FoldedConv2d(nn.Conv2d(**conv).eval())
     layer = Int8Conv2d(layer) if int8 else layer
-    seen = []
-    if int8:
-        op = layer._op
-        layer._op = lambda *a: (seen.append(torch.get_num_threads()), op(*a))[1]
-    else:
-        real = F.conv2d
-        monkeypatch.setattr(float_parts.F, "conv2d", lambda *a: (seen.append(torch.get_num_threads()), real(*a))[1])
+    seen = []  # the thread count inside each conv call the layer makes through run_with_threads
+    real = float_parts.run_with_threads
+    monkeypatch.setattr(float_parts, "run_with_threads", lambda threads, fn, *a: real(
+        threads, lambda *b: (seen.append(torch.get_num_threads()), fn(*b))[1], *a))
     x = torch.randn(*x_shape).contiguous(memory_format=torch.channels_last)
     before = torch.get_num_threads()
     try:
@@ -252,6 +250,30 @@ def test_int8_conv_is_within_the_derived_bound(case):
         assert (err <= bound).all(), f"{case}: worst excess {(err - bound).max().item():.3g}"
         assert err.max() > 0  # really quantized
         assert (err.max() / pre.abs().max()).item() < 0.05  # and the bound is not vacuous here
+
+
+@pytest.mark.skipif(not _native.active(), reason="the C++ library could not be built")
+@pytest.mark.parametrize("case", list(CONVS))
+def test_int8_layers_as_one_op_equal_their_torch_calls(case):
+    """With a compiled back end an int8 layer is one op (``torch.ops.lsqbq.int8_conv2d`` / ``int8_linear``:
+    quantization, then oneDNN); its outputs equal those of the pure-torch calls (``quantize_uint8``, then oneDNN's
+    op) bit for bit: channels_last or not, a strided view, the stem's padded 4th channel, the shortcut's grid."""
+    (cin, cout, k, s, p), (c, h, w), pooled = CONVS[case]
+    torch.manual_seed(14)
+    pool = nn.MaxPool2d(3, stride=2, padding=1) if pooled else None
+    q = Int8Conv2d(FoldedConv2d(nn.Conv2d(cin, cout, k, stride=s, padding=p), relu=pooled, pool=pool))
+    lin = Int8Linear(nn.Linear(c * 7, 9), relu=pooled)
+    base = torch.randn(2, c, h, w + 4) + 0.3
+    with torch.inference_mode():
+        for x in (base, base.contiguous(memory_format=torch.channels_last), base[..., 1::2]):
+            got = q(x)
+            with _native.disabled():
+                ref = q(x)
+            assert torch.equal(got, ref) and got.stride() == ref.stride()
+        rows = base[:, :, 0, :7].reshape(2, -1)
+        got = lin(rows)
+        with _native.disabled():
+            assert torch.equal(got, lin(rows))
 
 
 @pytest.mark.parametrize("relu", [False, True])

@@ -103,7 +103,8 @@ def test_a_missing_peer_is_skipped_naming_the_extra(tmp_path, monkeypatch, capsy
     monkeypatch.setenv("LSQBQ_TRACKING", "0")
     assert peers.main(["--smoke", "--out", str(tmp_path)]) == 0
     df = pd.read_csv(tmp_path / "peers.csv")
-    assert set(df.engine) == {"torch fp32", "lsqbq binary", "lsqbq binary, frozen", "lsqbq binary, int8 float parts"}
+    assert set(df.engine) == {"torch fp32", "lsqbq binary", "lsqbq binary, frozen", "lsqbq binary, int8 float parts",
+                              "lsqbq binary, int8 float parts, frozen"}
     md = (tmp_path / "peers.md").read_text()
     assert "openvino binary/fp32/bf16/int8: openvino is not installed (pip install 'lsqbq[peers]')" in md
     assert "onnxruntime fp32/int8: " in md and peers.EXTRA in md

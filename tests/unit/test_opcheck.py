@@ -48,6 +48,8 @@ def _samples(name: str) -> list[tuple]:
         return [(0,), (1,)]
     if name == "popcount_peak":
         return [(100, isa) for isa in ISAS]
+    if name in ("int8_conv2d", "int8_linear"):
+        return _int8_samples(name, gen)
     out = []
     for isa in ISAS:
         x = torch.randn(2, 70, 5, 4, generator=gen)
@@ -91,6 +93,33 @@ def _samples(name: str) -> list[tuple]:
     return out
 
 
+def _int8_samples(name: str, gen: torch.Generator) -> list[tuple]:
+    """The int8 float parts' ops on their layers' own arguments (oneDNN's packed weights, scales, zero points)."""
+    from lsqbq.kernels.float_parts import FoldedConv2d, Int8Conv2d, Int8Linear
+
+    if not hasattr(torch.ops, "onednn"):
+        return []
+    torch.manual_seed(0)
+    out = []
+    for isa in ISAS:
+        if name == "int8_linear":
+            layer = Int8Linear(torch.nn.Linear(70, 9), relu=True)
+            layer(torch.randn(2, 70))  # packs the weights
+            out.append((torch.randn(5, 70, generator=gen, requires_grad=True), layer._packed, layer.weight_scale, layer._zeros,
+                        layer.bias, layer.levels, True, isa))
+            continue
+        for conv, relu in ((torch.nn.Conv2d(3, 8, 3, padding=1), True), (torch.nn.Conv2d(6, 8, 1, stride=2), False)):
+            layer = Int8Conv2d(FoldedConv2d(conv, relu=relu))
+            x = torch.randn(2, conv.in_channels, 9, 7, generator=gen).contiguous(memory_format=torch.channels_last)
+            layer(x)
+            x.requires_grad_(relu)  # the op has no gradient (test_kernel_ops_run_below_autograd_in_cpp)
+            step = list(layer.stride) if layer.subsample else [1, 1]
+            out.append((x, layer._packed, layer.weight_scale, layer._zeros, layer.bias, step, layer.levels,
+                        layer.in_padded, list(layer._conv_stride), list(layer.padding), list(layer.dilation), 1,
+                        relu, isa))
+    return out
+
+
 def _utils(name: str, args: tuple) -> tuple[str, ...]:
     """All of opcheck's checks, but tracing the backward pass of an exact fit (ls-2, ls-T): it re-runs the
     pure-torch code, whose finiteness check branches on data."""
@@ -99,8 +128,13 @@ def _utils(name: str, args: tuple) -> tuple[str, ...]:
     return torch.library._OPCHECK_DEFAULT_UTILS
 
 
+# The int8 float parts' ops take oneDNN's packed weights, opaque tensors that opcheck cannot copy (it copies every
+# argument first): test_int8_fake_kernels_match_the_ops and test_kernel_ops_run_below_autograd_in_cpp cover them.
+INT8_OPS = ("int8_conv2d", "int8_linear")
+
+
 @needs_library
-@pytest.mark.parametrize("name", _ops.op_names())
+@pytest.mark.parametrize("name", [n for n in _ops.op_names() if n not in INT8_OPS])
 def test_opcheck(name):
     samples = _samples(name)
     assert samples, f"no opcheck samples for torch.ops.lsqbq.{name}: add them to _samples()"
@@ -109,8 +143,23 @@ def test_opcheck(name):
         torch.library.opcheck(op, args, test_utils=_utils(name, args))
 
 
+@needs_library
+@pytest.mark.parametrize("name", INT8_OPS)
+def test_int8_fake_kernels_match_the_ops(name):
+    """The fake kernel of an int8 op gives the op's output shape, dtype and strides (called on the real arguments:
+    FakeTensor cannot hold oneDNN's packed weights)."""
+    assert name in _ops.op_names()
+    samples = _samples(name)
+    if not samples:
+        pytest.skip("no oneDNN int8 ops in this torch build")
+    fake = _ops._fake_kernels()[name]
+    for args in samples:
+        real, meta = getattr(torch.ops.lsqbq, name)(*args), fake(*args)
+        assert (real.shape, real.dtype, real.stride()) == (meta.shape, meta.dtype, meta.stride())
+
+
 KERNEL_OPS = ("pack_signs", "pack_activations", "encode_fused", "bitwise_conv2d", "xnor_gemm", "xnor_gemm_scaled",
-              "xnor_conv2d", "xnor_conv2d_scaled")
+              "xnor_conv2d", "xnor_conv2d_scaled", *INT8_OPS)
 
 
 @needs_library
