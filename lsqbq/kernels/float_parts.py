@@ -98,17 +98,18 @@ SERIAL_OUTPUTS = 32768
 SERIAL_MACS = 4 << 20
 
 
-def conv_threads(x: Tensor, weight: Tensor, stride, padding, dilation, groups: int) -> int:
-    """Threads for ``conv2d(x, weight, ...)``: 1 when the call has fewer than :data:`SERIAL_OUTPUTS` outputs and
-    fewer than :data:`SERIAL_MACS` multiply-adds (module docstring), else torch's thread count. Output size per
-    dim ``floor((H + 2 p - d (k - 1) - 1) / s) + 1``; MACs ``outputs * C_in / groups * kh * kw``."""
+def conv_threads(shape, weight: Tensor, stride, padding, dilation, groups: int) -> int:
+    """Threads for ``conv2d(x, weight, ...)`` with ``x`` of ``shape``: 1 when the call has fewer than
+    :data:`SERIAL_OUTPUTS` outputs and fewer than :data:`SERIAL_MACS` multiply-adds (module docstring), else
+    torch's thread count. Output size per dim ``floor((H + 2 p - d (k - 1) - 1) / s) + 1``; MACs
+    ``outputs * C_in / groups * kh * kw``."""
     threads = torch.get_num_threads()
-    if threads == 1 or x.dim() != 4:
+    if threads == 1 or len(shape) != 4:
         return threads
-    outputs = x.shape[0] * weight.shape[0]
+    outputs = shape[0] * weight.shape[0]
     for i in (0, 1):
         k, st, p, d = weight.shape[2 + i], _pair(stride)[i], _pair(padding)[i], _pair(dilation)[i]
-        outputs *= max(0, (x.shape[2 + i] + 2 * p - d * (k - 1) - 1) // st + 1)
+        outputs *= max(0, (shape[2 + i] + 2 * p - d * (k - 1) - 1) // st + 1)
     macs = outputs * weight.shape[1] * weight.shape[2] * weight.shape[3]
     return 1 if outputs < SERIAL_OUTPUTS and macs < SERIAL_MACS else threads
 
@@ -197,7 +198,7 @@ class FoldedConv2d(nn.Module):
         self.folded = bn is not None
 
     def forward(self, x: Tensor) -> Tensor:
-        threads = conv_threads(x, self.weight, self.stride, self.padding, self.dilation, self.groups)
+        threads = conv_threads(x.shape, self.weight, self.stride, self.padding, self.dilation, self.groups)
         y = run_with_threads(threads, F.conv2d, x, self.weight, self.bias, self.stride, self.padding, self.dilation,
                               self.groups)
         if self.pool is not None:
@@ -375,8 +376,8 @@ class Int8Conv2d(_Int8Base):
                        -(-x.shape[3] // step[1]))
             if self._packed is None:
                 self._packed = self._prepack(q_shape)
-            threads = conv_threads(torch.empty(q_shape, device="meta"), self.weight_q, self._conv_stride,
-                                   self.padding, self.dilation, self.groups)
+            threads = conv_threads(q_shape, self.weight_q, self._conv_stride, self.padding, self.dilation,
+                                   self.groups)
             try:
                 y = run_with_threads(threads, torch.ops.lsqbq.int8_conv2d, x, self._packed, self.weight_scale,
                                      self._zeros, self.bias, list(step), self.levels, self.in_padded,
@@ -393,7 +394,7 @@ class Int8Conv2d(_Int8Base):
         q, scale, zero = quantize_activations(x, step, self.levels, self.in_padded)
         if self._packed is None:
             self._packed = self._prepack(q.shape)
-        threads = conv_threads(q, self.weight_q, self._conv_stride, self.padding, self.dilation, self.groups)
+        threads = conv_threads(q.shape, self.weight_q, self._conv_stride, self.padding, self.dilation, self.groups)
         return run_with_threads(threads, torch.ops.onednn.qconv2d_pointwise, q, scale, zero, self._packed, self.weight_scale, self._zeros,
                                 self.bias, list(self._conv_stride), list(self.padding), list(self.dilation),
                                 self.groups, 1.0, 0, torch.float32, "relu" if self.relu else "none", [], "")

@@ -88,7 +88,7 @@ def test_small_float_convs_run_on_one_thread(monkeypatch, x_shape, conv, serial,
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        assert (conv_threads(x, layer.weight_q if int8 else layer.weight, layer.stride if not int8
+        assert (conv_threads(x.shape, layer.weight_q if int8 else layer.weight, layer.stride if not int8
                              else layer._conv_stride, layer.padding, layer.dilation, layer.groups) == 1) == (
             serial and not (int8 and layer.subsample))
         with torch.inference_mode():
