@@ -12,6 +12,9 @@
 // ls-2 / ls-T fit without a full sort -- sign planes and padding), the convolution on the packed NHWC words (no
 // im2col copy: each output row reads its taps in place) and the float epilogue (scales, bias, BatchNorm folded by
 // the caller, ReLU / PReLU, residual add before or after the activation), writing NHWC float output.
+//
+// Int8 ops (int8_conv2d, int8_linear): the int8 float parts' layers in one call each, uint8 activations (quantize.h)
+// then oneDNN's int8 op through the dispatcher, so that a traced graph can record them.
 #include <ATen/core/Tensor.h>
 #include <ATen/Functions.h>
 #include <ATen/Parallel.h>
