@@ -426,10 +426,19 @@ std::tuple<at::Tensor, at::Tensor> quantize_finite(const at::Tensor& x, at::IntA
 // oneDNN's int8 op `name` (torch.ops.onednn, the kernels of torch's x86 quantization), called boxed: its schema
 // has a list of optional scalars, which TorchScript tracing cannot record, so the calls are recorded as this
 // library's ops instead.
-at::Tensor call_onednn(const char* name, torch::jit::Stack stack) {
-  const auto op = c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
+at::Tensor call_onednn(const c10::OperatorHandle& op, torch::jit::Stack stack) {
   op.callBoxed(&stack);
   return stack.back().toTensor();
+}
+
+// The handles, looked up once (a lookup takes the dispatcher's lock and a hash of the name).
+const c10::OperatorHandle& qconv_op() {
+  static const c10::OperatorHandle op = c10::Dispatcher::singleton().findSchemaOrThrow("onednn::qconv2d_pointwise", "");
+  return op;
+}
+const c10::OperatorHandle& qlinear_op() {
+  static const c10::OperatorHandle op = c10::Dispatcher::singleton().findSchemaOrThrow("onednn::qlinear_pointwise", "");
+  return op;
 }
 
 // The int8 float parts' convolution (lsqbq/kernels/float_parts.py, Int8Conv2d): uint8 activations of the grid of
@@ -441,7 +450,7 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& x, const at::Tensor& packed, const 
                            at::IntArrayRef dilation, int64_t groups, bool relu, int64_t isa) {
   auto [q, params] = quantize_finite(x, step, levels, channels, isa);
   const double* pr = params.data_ptr<double>();
-  return call_onednn("onednn::qconv2d_pointwise",
+  return call_onednn(qconv_op(),
                      {q, pr[0], static_cast<int64_t>(pr[1]), packed, w_scale, w_zero, bias, stride.vec(),
                       padding.vec(), dilation.vec(), groups, 1.0, int64_t{0}, std::optional<at::ScalarType>(at::kFloat),
                       std::string(relu ? "relu" : "none"), c10::List<std::optional<at::Scalar>>(),
@@ -456,7 +465,7 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const 
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "lsqbq: int8_linear needs contiguous rows (N, F), got ", x.sizes());
   auto [q, params] = quantize_finite(x.view({x.size(0), x.size(1), 1, 1}), {1, 1}, levels, 0, isa);
   const double* pr = params.data_ptr<double>();
-  return call_onednn("onednn::qlinear_pointwise",
+  return call_onednn(qlinear_op(),
                      {q.view({x.size(0), x.size(1)}), pr[0], static_cast<int64_t>(pr[1]), packed, w_scale, w_zero,
                       bias, 1.0, int64_t{0}, std::optional<at::ScalarType>(at::kFloat),
                       std::string(relu ? "relu" : "none"), c10::List<std::optional<at::Scalar>>(), std::string("")});
