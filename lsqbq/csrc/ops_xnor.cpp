@@ -412,12 +412,12 @@ std::tuple<at::Tensor, at::Tensor> quantize_uint8_cpu(const at::Tensor& x, at::I
 }
 
 // uint8 activations of x (quantize_uint8_cpu) for oneDNN's int8 ops: the pair (q, params); a range that is not
-// finite is a ValueError naming the shape and the range (no uint8 grid covers it).
+// finite is a ValueError naming the shape `shown` (the layer's input) and the range (no uint8 grid covers it).
 std::tuple<at::Tensor, at::Tensor> quantize_finite(const at::Tensor& x, at::IntArrayRef step, int64_t levels,
-                                                   int64_t channels, int64_t isa) {
+                                                   int64_t channels, int64_t isa, at::IntArrayRef shown) {
   auto out = quantize_uint8_cpu(x, step, levels, channels, isa);
   const double* pr = std::get<1>(out).data_ptr<double>();
-  TORCH_CHECK_VALUE(std::get<0>(out).numel() > 0, "int8 float parts: activations of shape ", x.sizes(),
+  TORCH_CHECK_VALUE(std::get<0>(out).numel() > 0, "int8 float parts: activations of shape ", shown,
                     " are not finite (min ", pr[2], ", max ", pr[3], "); no uint8 grid covers them: check the input, "
                     "or convert with float_parts='fp32'");
   return out;
@@ -448,7 +448,7 @@ at::Tensor int8_conv2d_cpu(const at::Tensor& x, const at::Tensor& packed, const 
                            const at::Tensor& w_zero, const std::optional<at::Tensor>& bias, at::IntArrayRef step,
                            int64_t levels, int64_t channels, at::IntArrayRef stride, at::IntArrayRef padding,
                            at::IntArrayRef dilation, int64_t groups, bool relu, int64_t isa) {
-  auto [q, params] = quantize_finite(x, step, levels, channels, isa);
+  auto [q, params] = quantize_finite(x, step, levels, channels, isa, x.sizes());
   const double* pr = params.data_ptr<double>();
   return call_onednn(qconv_op(),
                      {q, pr[0], static_cast<int64_t>(pr[1]), packed, w_scale, w_zero, bias, stride.vec(),
@@ -463,7 +463,7 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const 
                            const at::Tensor& w_zero, const std::optional<at::Tensor>& bias, int64_t levels, bool relu,
                            int64_t isa) {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "lsqbq: int8_linear needs contiguous rows (N, F), got ", x.sizes());
-  auto [q, params] = quantize_finite(x.view({x.size(0), x.size(1), 1, 1}), {1, 1}, levels, 0, isa);
+  auto [q, params] = quantize_finite(x.view({x.size(0), x.size(1), 1, 1}), {1, 1}, levels, 0, isa, x.sizes());
   const double* pr = params.data_ptr<double>();
   return call_onednn(qlinear_op(),
                      {q.view({x.size(0), x.size(1)}), pr[0], static_cast<int64_t>(pr[1]), packed, w_scale, w_zero,

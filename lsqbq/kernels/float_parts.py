@@ -362,6 +362,8 @@ class Int8Conv2d(_Int8Base):
             raise InputError(f"{type(self).__name__}: expected input (B, {self.in_channels}, H, W), got "
                              f"{tuple(x.shape)}")
         x = x.float()
+        if x.shape[0] == 0:  # an empty batch: an empty output of the layer's shape (no range to quantize over)
+            return self._empty_output(x)
         # a strided 1x1 convolution reads one pixel in s: only that grid is quantized
         step = self.stride if self.subsample else (1, 1)
         isa = self._isa(x)
@@ -387,6 +389,23 @@ class Int8Conv2d(_Int8Base):
                 raise self._input_error(exc) from None
         # ReLU before the pool equals ReLU after it (module docstring)
         return y if self.pool is None else max_pool2d(y, **self.pool)
+
+    def _empty_output(self, x: Tensor) -> Tensor:
+        """The output of an empty batch, ``(0, N, OH, OW)`` channels_last: per dim ``OH = floor((H + 2 p - d (k - 1)
+        - 1) / s) + 1`` for the conv, then the same for the pool (rounded up with ``ceil_mode``, a last window that
+        would start in the right padding dropped, as torch's pooling does)."""
+        size = [int(n) for n in x.shape[2:]]
+        for i in (0, 1):
+            k = self.weight_q.shape[2 + i]
+            size[i] = (size[i] + 2 * self.padding[i] - self.dilation[i] * (k - 1) - 1) // self.stride[i] + 1
+            if self.pool is not None:
+                pk, ps, pp, pd = (_pair(self.pool[key])[i] for key in ("kernel_size", "stride", "padding", "dilation"))
+                ceil = self.pool["ceil_mode"]
+                out = (size[i] + 2 * pp - pd * (pk - 1) - 1 + (ps - 1 if ceil else 0)) // ps + 1
+                size[i] = out - 1 if ceil and (out - 1) * ps >= size[i] + pp else out
+        if min(size) < 1:
+            raise InputError(f"{type(self).__name__}: input {tuple(x.shape)} is smaller than the kernel")
+        return x.new_zeros(0, self.weight_q.shape[0], *size).contiguous(memory_format=torch.channels_last)
 
     def _forward_torch(self, x: Tensor, step: tuple[int, int]) -> Tensor:
         """The layer's conv in torch calls: the activations quantized by :func:`quantize_activations`, then
@@ -417,6 +436,10 @@ class Int8Linear(_Int8Base):
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            raise InputError(f"{type(self).__name__}: expected input (..., {self.in_features}), got {tuple(x.shape)}")
+        if x.numel() == 0:  # no rows: an empty output (no range to quantize over)
+            return x.new_zeros(*x.shape[:-1], self.out_features, dtype=torch.float32)
         rows = x.float().reshape(-1, self.in_features).contiguous()
         if self._packed is None:
             self._packed = torch.ops.onednn.qlinear_prepack(self.weight_q, None)

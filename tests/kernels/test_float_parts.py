@@ -276,6 +276,35 @@ def test_int8_layers_as_one_op_equal_their_torch_calls(case):
             assert torch.equal(got, lin(rows))
 
 
+EMPTY_POOLS = {"ceil": dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
+               "ceil, last window dropped": dict(kernel_size=3, stride=3, padding=1, ceil_mode=True)}
+
+
+@pytest.mark.parametrize("case", list(CONVS) + list(EMPTY_POOLS))
+def test_int8_layers_give_an_empty_batch_an_empty_output(case):
+    """An empty batch has no range to quantize over: the int8 conv returns the empty output the float32 conv (and
+    its pool) gives, shape for shape, channels_last (ceil-mode pools too, where torch drops a last window that
+    would start in the padding: 5 -> 2, 8 -> 3); the int8 linear layer an empty (0, N); a wrong feature count
+    is an InputError naming both sizes."""
+    if case in EMPTY_POOLS:
+        (cin, cout, k, s, p), (c, h, w), pool = (1, 4, 3, 1, 1), (1, 5, 8), nn.MaxPool2d(**EMPTY_POOLS[case])
+    else:
+        (cin, cout, k, s, p), (c, h, w), pooled = CONVS[case]
+        pool = nn.MaxPool2d(3, stride=2, padding=1) if pooled else None
+    folded = FoldedConv2d(nn.Conv2d(cin, cout, k, stride=s, padding=p), relu=True, pool=pool)
+    q = Int8Conv2d(folded)
+    for hh, ww in ((h, w), (h + 1, w + 2)):
+        x = torch.zeros(0, c, hh, ww)
+        with torch.inference_mode():
+            got, ref = q(x), folded(x)
+        assert got.shape == ref.shape and got.is_contiguous(memory_format=torch.channels_last)
+    lin = Int8Linear(nn.Linear(12, 5))
+    with torch.inference_mode():
+        assert lin(torch.zeros(0, 3, 12)).shape == (0, 3, 5)
+        with pytest.raises(InputError, match=re.escape("expected input (..., 12), got (2, 7)")):
+            lin(torch.zeros(2, 7))
+
+
 @pytest.mark.parametrize("relu", [False, True])
 def test_int8_linear_is_within_the_derived_bound(relu):
     """``Int8Linear`` against ``nn.Linear``: ``(s_j / 2) sum_k (|x_k| + s_x / 2) + (s_x / 2) ||w_j||_1``."""
