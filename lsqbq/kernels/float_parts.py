@@ -414,9 +414,10 @@ class Int8Conv2d(_Int8Base):
         if self._packed is None:
             self._packed = self._prepack(q.shape)
         threads = conv_threads(q.shape, self.weight_q, self._conv_stride, self.padding, self.dilation, self.groups)
-        return run_with_threads(threads, torch.ops.onednn.qconv2d_pointwise, q, scale, zero, self._packed, self.weight_scale, self._zeros,
-                                self.bias, list(self._conv_stride), list(self.padding), list(self.dilation),
-                                self.groups, 1.0, 0, torch.float32, "relu" if self.relu else "none", [], "")
+        return run_with_threads(threads, torch.ops.onednn.qconv2d_pointwise, q, scale, zero, self._packed,
+                                self.weight_scale, self._zeros, self.bias, list(self._conv_stride), list(self.padding),
+                                list(self.dilation), self.groups, 1.0, 0, torch.float32,
+                                "relu" if self.relu else "none", [], "")
 
     def extra_repr(self) -> str:
         w = self.weight_q
@@ -446,8 +447,9 @@ class Int8Linear(_Int8Base):
         isa = self._isa(rows)
         if isa is None:
             q, scale, zero = quantize_activations(rows.view(*rows.shape, 1, 1), levels=self.levels)
-            y = torch.ops.onednn.qlinear_pointwise(q.view(rows.shape), scale, zero, self._packed, self.weight_scale, self._zeros, self.bias,
-                         1.0, 0, torch.float32, "relu" if self.relu else "none", [], "")
+            y = torch.ops.onednn.qlinear_pointwise(q.view(rows.shape), scale, zero, self._packed, self.weight_scale,
+                                                   self._zeros, self.bias, 1.0, 0, torch.float32,
+                                                   "relu" if self.relu else "none", [], "")
         else:
             try:
                 y = torch.ops.lsqbq.int8_linear(rows, self._packed, self.weight_scale, self._zeros, self.bias,

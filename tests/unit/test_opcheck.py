@@ -105,8 +105,8 @@ def _int8_samples(name: str, gen: torch.Generator) -> list[tuple]:
         if name == "int8_linear":
             layer = Int8Linear(torch.nn.Linear(70, 9), relu=True)
             layer(torch.randn(2, 70))  # packs the weights
-            out.append((torch.randn(5, 70, generator=gen, requires_grad=True), layer._packed, layer.weight_scale, layer._zeros,
-                        layer.bias, layer.levels, True, isa))
+            x = torch.randn(5, 70, generator=gen, requires_grad=True)
+            out.append((x, layer._packed, layer.weight_scale, layer._zeros, layer.bias, layer.levels, True, isa))
             continue
         for conv, relu in ((torch.nn.Conv2d(3, 8, 3, padding=1), True), (torch.nn.Conv2d(6, 8, 1, stride=2), False)):
             layer = Int8Conv2d(FoldedConv2d(conv, relu=relu))
