@@ -423,7 +423,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_finite(const at::Tensor& x, at::IntA
   return out;
 }
 
-// oneDNN's int8 op `name` (torch.ops.onednn, the kernels of torch's x86 quantization), called boxed: its schema
+// oneDNN's int8 op `op` (torch.ops.onednn, the kernels of torch's x86 quantization), called boxed: its schema
 // has a list of optional scalars, which TorchScript tracing cannot record, so the calls are recorded as this
 // library's ops instead.
 at::Tensor call_onednn(const c10::OperatorHandle& op, torch::jit::Stack stack) {
