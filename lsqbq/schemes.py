@@ -150,6 +150,19 @@ class Scheme:
     def __str__(self) -> str:
         return self.name
 
+    # ------------------------------------------------------------------ copies
+    def __reduce__(self):
+        """Pickled by name: the registry owns a scheme's properties (and its fit function is a closure pickle cannot
+        hold), so a pickled model loads the registry's scheme of that name (:func:`get_scheme`; a custom scheme
+        must be registered in the loading process too, else a :class:`SchemeError` names it)."""
+        return get_scheme, (self.name,)
+
+    def __copy__(self) -> "Scheme":
+        return self  # immutable: copies share it (also an unregistered scheme)
+
+    def __deepcopy__(self, memo) -> "Scheme":
+        return self
+
 
 _REGISTRY: dict[str, Scheme] = {}
 _GREEDY = re.compile(r"gf-([1-9][0-9]*)")

@@ -198,3 +198,22 @@ def test_a_model_that_cannot_be_traced_runs_as_it_is(nets):
         with pytest.warns(RuntimeWarning, match="cannot be traced"):
             y = frozen(x)
         assert torch.equal(y, fast(x)) and torch.equal(frozen(x), fast(x))
+
+
+@pytest.mark.parametrize("float_parts", ["fp32", "int8"])
+def test_models_save_and_load_whole(nets, float_parts, tmp_path):
+    """``torch.save`` of a whole simulated, converted or frozen network, then ``torch.load``: the same outputs bit
+    for bit (schemes pickle by name; oneDNN's packed int8 weights and traced graphs are made again on first use)."""
+    sim = nets["resnet_small"]
+    try:
+        fast = to_bitwise(sim, float_parts=float_parts)
+    except ConfigError:
+        pytest.skip("this torch build has no oneDNN int8 ops")
+    x = torch.randn(3, 1, 28, 28)
+    for i, net in enumerate((sim, fast, freeze(fast))):
+        with torch.inference_mode():
+            want = net(x)
+        torch.save(net, tmp_path / f"{i}.pt")
+        loaded = torch.load(tmp_path / f"{i}.pt", weights_only=False)
+        with torch.inference_mode():
+            assert torch.equal(loaded(x), want)

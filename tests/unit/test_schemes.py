@@ -241,3 +241,24 @@ def test_importing_the_registry_does_not_import_torch():
     code = "import sys, lsqbq.schemes; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_schemes_pickle_by_name_and_copies_share_them():
+    """A pickled scheme loads as the registry's scheme of its name (its fit function is a closure pickle cannot
+    hold): registered and gf-<k> schemes round-trip to equal schemes that fit the same scales; an unregistered one
+    is a SchemeError naming it on load; copies share the (immutable) scheme."""
+    import copy
+    import pickle
+
+    x = torch.randn(4, 50, generator=torch.Generator().manual_seed(0))
+    for name in ("ls-1", "ls-2", "ls-T", "gf-3", "fp"):
+        s = get_scheme(name)
+        back = pickle.loads(pickle.dumps(s))
+        assert back == s and back.name == name
+        if not s.is_fp:
+            assert torch.equal(back.fit(x), s.fit(x))
+    custom = Scheme("my-unregistered", 1, "1", "ls", get_scheme("ls-1").fit_fn)
+    assert copy.deepcopy(custom) is custom and copy.copy(custom) is custom
+    blob = pickle.dumps(custom)
+    with pytest.raises(SchemeError, match="my-unregistered"):
+        pickle.loads(blob)
