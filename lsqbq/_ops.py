@@ -15,8 +15,8 @@ rule of the layers, on both paths.
 
 Kernel ops (``pack_signs``, ``pack_activations``, ``encode_fused``, ``bitwise_conv2d``, ``xnor_*``,
 ``max_pool2d_nhwc``, ``quantize_uint8``, ``int8_conv2d``, ``int8_linear``, ``popcount_peak``, ``isa_supported``):
-CPU only,
-inference: their outputs are registered as non-differentiable; :mod:`lsqbq.kernels.ops` picks the back end.
+CPU only, inference: their outputs are registered as non-differentiable; :mod:`lsqbq.kernels.ops` picks the back
+end.
 
 Every op has a fake (meta) kernel, so it traces under FakeTensor and ``torch.compile``.
 """

@@ -163,7 +163,7 @@ def make_setup(size: int, batches: list[int], backend: str, workdir: Path) -> Se
             int8 = None
     return Setup(size, inputs, float_net, sim, fast, workdir, binary_int8=int8,
                  binary_frozen=freeze(to_bitwise(sim, backend=backend)),
-                 binary_int8_frozen=None if int8 is None else freeze(copy.deepcopy(int8)))
+                 binary_int8_frozen=None if int8 is None else freeze(int8))  # engines run copies
 
 
 def _torch_engine(name: str, precision: str, network: str, net: nn.Module, s: Setup, reference: str = "") -> Engine:

@@ -144,4 +144,3 @@ def runs_serially(module: nn.Module, x) -> bool:
     input, so every pass has too (for a network with one output row per image, as a classifier has)."""
     return (isinstance(module.__dict__.get("forward"), BatchChunks) and isinstance(x, Tensor) and x.dim() >= 2
             and x.device.type == "cpu" and x.numel() * x.element_size() < SERIAL_PASS_BYTES)
-

@@ -246,6 +246,15 @@ def _check_range(lo: float, hi: float, shape: tuple) -> None:
                          "no uint8 grid covers them: check the input, or convert with float_parts='fp32'")
 
 
+def _channels_last_grid(x: Tensor, step: tuple[int, int]) -> tuple[Tensor, tuple[int, int]]:
+    """``(x, step)`` for a channels_last ``x`` (the engine reads the grid in place), else a channels_last copy of
+    the grid ``x[:, :, ::sh, ::sw]`` and ``(1, 1)``."""
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return x, step
+    grid = x[:, :, :: step[0], :: step[1]] if step != (1, 1) else x
+    return grid.contiguous(memory_format=torch.channels_last), (1, 1)
+
+
 def quantize_activations(x: Tensor, step: tuple[int, int] = (1, 1), levels: int = 255,
                          channels: int = 0) -> tuple[Tensor, float, int]:
     """:func:`quantize_uint8` of the pixel grid ``x[:, :, ::sh, ::sw]``, with zero channels appended up to
@@ -254,9 +263,7 @@ def quantize_activations(x: Tensor, step: tuple[int, int] = (1, 1), levels: int 
     end (another layout is first copied to a channels_last grid, as the torch path copies it), else in torch on
     the grid's copy."""
     if x.dim() == 4 and x.dtype == torch.float32 and x.device.type == "cpu" and x.numel() > 0:
-        if not x.is_contiguous(memory_format=torch.channels_last):
-            x = (x[:, :, :: step[0], :: step[1]] if step != (1, 1) else x).contiguous(memory_format=torch.channels_last)
-            step = (1, 1)
+        x, step = _channels_last_grid(x, step)
         out = ops.quantize_uint8_nhwc(x, step, levels, channels)
         if out is not None:
             q, scale, zero, lo, hi = out
@@ -365,25 +372,23 @@ class Int8Conv2d(_Int8Base):
         if x.shape[0] == 0:  # an empty batch: an empty output of the layer's shape (no range to quantize over)
             return self._empty_output(x)
         # a strided 1x1 convolution reads one pixel in s: only that grid is quantized
-        step = self.stride if self.subsample else (1, 1)
+        x, step = _channels_last_grid(x, self.stride if self.subsample else (1, 1))
+        q_shape = (x.shape[0], self.in_padded or self.in_channels, -(-x.shape[2] // step[0]),
+                   -(-x.shape[3] // step[1]))
+        if self._packed is None:
+            self._packed = self._prepack(q_shape)
+        threads = conv_threads(q_shape, self.weight_q, self._conv_stride, self.padding, self.dilation, self.groups)
+        geometry = (list(self._conv_stride), list(self.padding), list(self.dilation), self.groups)
         isa = self._isa(x)
-        if isa is None:
-            y = self._forward_torch(x, step)
+        if isa is None:  # the same steps in torch calls
+            q, scale, zero = quantize_activations(x, step, self.levels, self.in_padded)
+            y = run_with_threads(threads, torch.ops.onednn.qconv2d_pointwise, q, scale, zero, self._packed,
+                                 self.weight_scale, self._zeros, self.bias, *geometry, 1.0, 0, torch.float32,
+                                 "relu" if self.relu else "none", [], "")
         else:
-            if not x.is_contiguous(memory_format=torch.channels_last):  # the grid's channels_last copy
-                x = (x[:, :, :: step[0], :: step[1]] if step != (1, 1) else x).contiguous(
-                    memory_format=torch.channels_last)
-                step = (1, 1)
-            q_shape = (x.shape[0], self.in_padded or self.in_channels, -(-x.shape[2] // step[0]),
-                       -(-x.shape[3] // step[1]))
-            if self._packed is None:
-                self._packed = self._prepack(q_shape)
-            threads = conv_threads(q_shape, self.weight_q, self._conv_stride, self.padding, self.dilation,
-                                   self.groups)
             try:
                 y = run_with_threads(threads, torch.ops.lsqbq.int8_conv2d, x, self._packed, self.weight_scale,
-                                     self._zeros, self.bias, list(step), self.levels, self.in_padded,
-                                     list(self._conv_stride), list(self.padding), list(self.dilation), self.groups,
+                                     self._zeros, self.bias, list(step), self.levels, self.in_padded, *geometry,
                                      self.relu, isa)
             except ValueError as exc:  # a range that is not finite
                 raise self._input_error(exc) from None
@@ -406,18 +411,6 @@ class Int8Conv2d(_Int8Base):
         if min(size) < 1:
             raise InputError(f"{type(self).__name__}: input {tuple(x.shape)} is smaller than the kernel")
         return x.new_zeros(0, self.weight_q.shape[0], *size).contiguous(memory_format=torch.channels_last)
-
-    def _forward_torch(self, x: Tensor, step: tuple[int, int]) -> Tensor:
-        """The layer's conv in torch calls: the activations quantized by :func:`quantize_activations`, then
-        oneDNN's op (no compiled back end)."""
-        q, scale, zero = quantize_activations(x, step, self.levels, self.in_padded)
-        if self._packed is None:
-            self._packed = self._prepack(q.shape)
-        threads = conv_threads(q.shape, self.weight_q, self._conv_stride, self.padding, self.dilation, self.groups)
-        return run_with_threads(threads, torch.ops.onednn.qconv2d_pointwise, q, scale, zero, self._packed,
-                                self.weight_scale, self._zeros, self.bias, list(self._conv_stride), list(self.padding),
-                                list(self.dilation), self.groups, 1.0, 0, torch.float32,
-                                "relu" if self.relu else "none", [], "")
 
     def extra_repr(self) -> str:
         w = self.weight_q
