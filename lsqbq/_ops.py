@@ -14,7 +14,8 @@ The quantizer's own gradient is not the op's: :func:`foldable_quantize`, the enc
 rule of the layers, on both paths.
 
 Kernel ops (``pack_signs``, ``pack_activations``, ``encode_fused``, ``bitwise_conv2d``, ``xnor_*``,
-``max_pool2d_nhwc``, ``quantize_uint8``, ``int8_conv2d``, ``int8_linear``, ``popcount_peak``, ``isa_supported``):
+``max_pool2d_nhwc``, ``quantize_uint8``, ``int8_conv2d``, ``int8_linear``, ``int8_direct_conv2d``, ``popcount_peak``,
+``isa_supported``, ``direct_conv_supported``):
 CPU only, inference: their outputs are registered as non-differentiable; :mod:`lsqbq.kernels.ops` picks the back
 end.
 
@@ -196,6 +197,12 @@ def _fake_kernels() -> dict:
     def int8_linear(x, packed, w_scale, w_zero, bias, levels, relu, isa):
         return x.new_empty((x.shape[0], w_scale.shape[0]))
 
+    def int8_direct_conv2d(x, w_packed, w_sum, w_scale, bias, levels, kernel, stride, padding, relu, pool, isa):
+        oh, ow = conv_out(x.shape[2:], kernel, stride, padding, (1, 1))
+        if pool:
+            oh, ow = conv_out((oh, ow), (pool[0],) * 2, (pool[1],) * 2, (pool[2],) * 2, (1, 1))
+        return x.new_empty((x.shape[0], w_sum.shape[0], oh, ow)).contiguous(memory_format=torch.channels_last)
+
     # No tensor arguments: the answers recorded from the C++ functions when the library loaded.
     def popcount_peak(iters, isa):
         if isa not in _macs_per_iter:
@@ -205,16 +212,21 @@ def _fake_kernels() -> dict:
     def isa_supported(isa):
         return isa in _macs_per_iter
 
+    def direct_conv_supported():
+        return _direct_conv[0]
+
     return {"fit_greedy": fit_greedy, "fit_ls2": fit_two, "fit_ternary": fit_two, "quant_encode": quant_encode,
             "pack_signs": pack_signs, "pack_activations": pack_activations, "encode_fused": encode_fused,
             "bitwise_conv2d": bitwise_conv2d, "xnor_gemm": xnor_gemm,
             "xnor_gemm_scaled": xnor_gemm_scaled, "xnor_conv2d": xnor_conv2d,
             "xnor_conv2d_scaled": xnor_conv2d_scaled, "max_pool2d_nhwc": max_pool2d_nhwc,
             "quantize_uint8": quantize_uint8, "int8_conv2d": int8_conv2d, "int8_linear": int8_linear,
-            "popcount_peak": popcount_peak, "isa_supported": isa_supported}
+            "int8_direct_conv2d": int8_direct_conv2d, "popcount_peak": popcount_peak, "isa_supported": isa_supported,
+            "direct_conv_supported": direct_conv_supported}
 
 
 _macs_per_iter: dict[int, int] = {}  # supported isa -> binary MACs per iteration of popcount_peak
+_direct_conv = [False]  # direct_conv_supported(), recorded when the library loaded
 
 
 def register() -> None:
@@ -234,8 +246,14 @@ def register() -> None:
     for isa in (0, 1):
         if torch.ops.lsqbq.isa_supported(isa):
             _macs_per_iter[isa] = torch.ops.lsqbq.popcount_peak(1, isa)
+    _direct_conv[0] = bool(torch.ops.lsqbq.direct_conv_supported())
     for name, fn in _fake_kernels().items():
         torch.library.register_fake(f"{NAMESPACE}::{name}", fn, lib=_lib)
+
+
+def direct_conv_recorded() -> bool:
+    """``torch.ops.lsqbq.direct_conv_supported()`` as recorded when the library loaded (False before)."""
+    return _direct_conv[0]
 
 
 # ------------------------------------------------------------------------------------------------ calls

@@ -24,10 +24,12 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <tuple>
 
+#include "direct_conv.h"
 #include "encode.h"
 #include "isa.h"
 #include "job.h"
@@ -471,6 +473,85 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const 
                       std::string(relu ? "relu" : "none"), c10::List<std::optional<at::Scalar>>(), std::string("")});
 }
 
+// The int8 float parts' direct convolution (Int8Conv2d on an input of few channels, the RGB stem): uint8
+// activations of x (quantize_finite), padded with their zero point, then direct_conv (direct_conv.h) with the
+// max-pool `pool` = (kernel, stride, padding) fused, or none for []; float32 NHWC (channels_last) out, equal to
+// int8_conv2d followed by the max-pool.
+at::Tensor int8_direct_conv2d_cpu(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& w_sum,
+                                  const at::Tensor& w_scale, const std::optional<at::Tensor>& bias, int64_t levels,
+                                  at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding, bool relu,
+                                  at::IntArrayRef pool, int64_t isa) {
+  TORCH_CHECK(direct_conv_supported(), "lsqbq: int8_direct_conv2d needs a CPU with AVX-512 VNNI");
+  TORCH_CHECK(x.dim() == 4, "lsqbq: int8_direct_conv2d needs a (B, C, H, W) input, got ", x.sizes());
+  TORCH_CHECK(kernel.size() == 2 && stride.size() == 2 && padding.size() == 2 && (pool.empty() || pool.size() == 3),
+              "lsqbq: int8_direct_conv2d needs 2 kernel sizes, strides and paddings and a pool of 0 or 3 ints");
+  const int64_t N = w_sum.numel(), C = x.size(1);
+  DirectConv d;
+  d.B = x.size(0);
+  d.C = C;
+  d.N = N;
+  d.KH = kernel[0];
+  d.KW = kernel[1];
+  d.sh = stride[0];
+  d.sw_ = stride[1];
+  TORCH_CHECK(w_packed.scalar_type() == at::kChar && w_packed.is_contiguous() &&
+                  w_packed.numel() == (N + 15) / 16 * 16 * d.KH * d.dwords() * 4,
+              "lsqbq: int8_direct_conv2d weights do not match ", N, " outputs of ", C, " x ", kernel, " taps");
+  TORCH_CHECK(w_sum.scalar_type() == at::kInt && w_scale.scalar_type() == at::kFloat && w_scale.numel() == N &&
+                  (!bias || (bias->scalar_type() == at::kFloat && bias->numel() == N)),
+              "lsqbq: int8_direct_conv2d needs int32 weight sums and float32 scales and bias of ", N, " channels");
+  d.Hp = x.size(2) + 2 * padding[0];
+  d.Wp = x.size(3) + 2 * padding[1];
+  TORCH_CHECK(d.KH > 0 && d.KW > 0 && d.sh > 0 && d.sw_ > 0 && d.Hp >= d.KH && d.Wp >= d.KW,
+              "lsqbq: int8_direct_conv2d input ", x.sizes(), " with padding ", padding, " is smaller than the kernel ",
+              kernel, " (or a stride is not positive)");
+  d.OH = (d.Hp - d.KH) / d.sh + 1;
+  d.OW = (d.Wp - d.KW) / d.sw_ + 1;
+  if (!pool.empty()) {
+    d.pk = pool[0];
+    d.ps = pool[1];
+    d.pp = pool[2];
+    d.POH = (d.OH + 2 * d.pp - d.pk) / d.ps + 1;
+    d.POW = (d.OW + 2 * d.pp - d.pk) / d.ps + 1;
+    TORCH_CHECK(d.pk > 0 && d.pk <= 16 && d.ps > 0 && d.pp >= 0 && 2 * d.pp <= d.pk && d.POH > 0 && d.POW > 0,
+                "lsqbq: int8_direct_conv2d pool ", pool, " does not fit the output ", d.OH, "x", d.OW);
+  }
+  auto [q, params] = quantize_finite(x.contiguous(at::MemoryFormat::ChannelsLast), {1, 1}, levels, 0, isa,
+                                     x.sizes());
+  const double* pr = params.data_ptr<double>();
+  d.sx = static_cast<float>(pr[0]);
+  d.z = static_cast<int32_t>(pr[1]);
+  // the padded activations, the zero point in the padding, and the few bytes a last dword reads past the end
+  auto padded = at::empty({d.B * d.Hp * d.Wp * C + 64}, q.options().memory_format(at::MemoryFormat::Contiguous));
+  uint8_t* pq = padded.data_ptr<uint8_t>();
+  std::memset(pq, d.z, padded.numel());
+  const uint8_t* src = q.data_ptr<uint8_t>();
+  const int64_t H = x.size(2), W = x.size(3);
+  for (int64_t b = 0; b < d.B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      std::memcpy(pq + ((b * d.Hp + h + padding[0]) * d.Wp + padding[1]) * C, src + (b * H + h) * W * C, W * C);
+  d.q = pq;
+  d.w = w_packed.data_ptr<int8_t>();
+  auto wsum = w_sum.contiguous();
+  auto wscale = w_scale.contiguous();
+  d.wsum = wsum.data_ptr<int32_t>();
+  d.sw = wscale.data_ptr<float>();
+  at::Tensor b_;
+  if (bias) {
+    b_ = bias->contiguous();
+    d.bias = b_.data_ptr<float>();
+  }
+  d.relu = relu;
+  auto out = at::empty({d.B, N, d.pk ? d.POH : d.OH, d.pk ? d.POW : d.OW},
+                       x.options().dtype(at::kFloat).memory_format(at::MemoryFormat::ChannelsLast));
+  d.out = out.data_ptr<float>();
+  d.threads = torch_threads();
+  direct_conv(d);
+  return out;
+}
+
+bool direct_conv_supported_cpu() { return direct_conv_supported(); }
+
 int64_t popcount_peak_cpu(int64_t iters, int64_t isa) {
   check_isa(isa);
   return popcount_peak(iters, isa);
@@ -505,6 +586,9 @@ TORCH_LIBRARY_FRAGMENT(lsqbq, m) {
         "int channels, int[] stride, int[] padding, int[] dilation, int groups, bool relu, int isa) -> Tensor");
   m.def("int8_linear(Tensor x, Tensor packed, Tensor w_scale, Tensor w_zero, Tensor? bias, int levels, bool relu, "
         "int isa) -> Tensor");
+  m.def("int8_direct_conv2d(Tensor x, Tensor w_packed, Tensor w_sum, Tensor w_scale, Tensor? bias, int levels, "
+        "int[] kernel, int[] stride, int[] padding, bool relu, int[] pool, int isa) -> Tensor");
+  m.def("direct_conv_supported() -> bool");
   m.def("popcount_peak(int iters, int isa) -> int");
   m.def("isa_supported(int isa) -> bool");
 }
@@ -513,6 +597,7 @@ TORCH_LIBRARY_FRAGMENT(lsqbq, m) {
 TORCH_LIBRARY_IMPL(lsqbq, CompositeExplicitAutograd, m) {
   m.impl("popcount_peak", &popcount_peak_cpu);
   m.impl("isa_supported", &isa_supported_cpu);
+  m.impl("direct_conv_supported", &direct_conv_supported_cpu);
 }
 
 // Autograd key of the kernel ops: their outputs (sign words, integer dot products, inference outputs) have no
@@ -526,7 +611,7 @@ void below_autograd(const c10::OperatorHandle& op, c10::DispatchKeySet ks, torch
 TORCH_LIBRARY_IMPL(lsqbq, Autograd, m) {
   for (const char* name : {"pack_signs", "pack_activations", "encode_fused", "bitwise_conv2d", "xnor_gemm",
                            "xnor_gemm_scaled", "xnor_conv2d", "xnor_conv2d_scaled", "max_pool2d_nhwc",
-                           "quantize_uint8", "int8_conv2d", "int8_linear"})
+                           "quantize_uint8", "int8_conv2d", "int8_linear", "int8_direct_conv2d"})
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&below_autograd>());
 }
 
@@ -543,6 +628,7 @@ TORCH_LIBRARY_IMPL(lsqbq, CPU, m) {
   m.impl("quantize_uint8", &quantize_uint8_cpu);
   m.impl("int8_conv2d", &int8_conv2d_cpu);
   m.impl("int8_linear", &int8_linear_cpu);
+  m.impl("int8_direct_conv2d", &int8_direct_conv2d_cpu);
 }
 
 // The int8 ops also take oneDNN's packed weights (an MkldnnCPU tensor), whose dispatch key wins over the CPU one.

@@ -79,6 +79,12 @@ def available_backends() -> list[str]:
     return out
 
 
+def direct_conv_supported(isa: int | None) -> bool:
+    """Whether the int8 direct convolution (``torch.ops.lsqbq.int8_direct_conv2d``, AVX-512 VNNI) runs for the
+    compiled isa ``isa`` (:func:`cached_isa`): the AVX-512 back end on a CPU with VNNI."""
+    return isa == _ISA["avx512"] and _ops.direct_conv_recorded()
+
+
 @functools.lru_cache(maxsize=None)
 def _isa_supported(name: str) -> bool:
     return bool(torch.ops.lsqbq.isa_supported(_ISA[name]))

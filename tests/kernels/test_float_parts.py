@@ -276,6 +276,72 @@ def test_int8_layers_as_one_op_equal_their_torch_calls(case):
             assert torch.equal(got, lin(rows))
 
 
+DIRECT = {  # (in, out, kernel, stride, padding, bias), input (H, W), pool (kernel, stride, padding) or None, relu
+    "stem, pool fused": ((3, 64, 7, 2, 3, True), (45, 38), (3, 2, 1), True),
+    "24 outputs, no relu": ((3, 24, 7, 2, 3, True), (29, 31), (3, 2, 1), False),
+    "1 channel 5x5": ((1, 20, 5, 1, 0, True), (17, 14), None, True),
+    "4 channels, 2 panels, pool 2/2": ((4, 80, 3, 1, 1, False), (12, 15), (2, 2, 0), True),
+    "2 channels 3x3/2": ((2, 16, 3, 2, 1, False), (9, 10), None, False),
+}
+
+
+def _direct_supported() -> bool:
+    from lsqbq.kernels import ops
+    return _native.active() and ops.direct_conv_supported(ops.cached_isa(None, "cpu"))
+
+
+@pytest.mark.skipif(not _direct_supported(), reason="the direct int8 convolution needs AVX-512 VNNI")
+@pytest.mark.parametrize("case", list(DIRECT))
+def test_direct_int8_conv_equals_onednn_and_the_formula(case):
+    """A conv of few input channels runs on the engine's direct convolution (pool fused); it equals, bit for bit,
+    oneDNN's convolution then the pool (the torch calls) and the formula of ``direct_conv.h`` computed here from
+    an exact float64 convolution of ``q - z``: ``((float) acc * s_x) * s_w + bias``, ReLU, max-pool; on 1 and 2
+    threads, batch 1 and 2."""
+    (cin, cout, k, s, p, bias), (h, w), pool, relu = DIRECT[case]
+    torch.manual_seed(21)
+    folded = FoldedConv2d(nn.Conv2d(cin, cout, k, stride=s, padding=p, bias=bias), relu=relu,
+                          pool=nn.MaxPool2d(pool[0], pool[1], pool[2]) if pool else None)
+    layer = Int8Conv2d(folded)
+    x = (torch.randn(2, cin, h, w) + 0.3).contiguous(memory_format=torch.channels_last)
+    before = torch.get_num_threads()
+    try:
+        with torch.inference_mode():
+            outs = []
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                outs += [layer(x), layer(x[:1])]
+            assert layer._direct_w is not None  # the direct path ran
+            with _native.disabled():
+                refs = [layer(x), layer(x[:1])] * 2  # a batch's own range: batch 1 is quantized on its own
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(y, ref) and y.stride() == ref.stride() for y, ref in zip(outs, refs))
+    q, sx, z = quantize_uint8(x, layer.levels)
+    acc = F.conv2d(q.double() - z, layer.weight_q[:, :cin].double(), stride=s, padding=p)  # exact int32 sums
+    y = (acc.float() * torch.tensor(sx, dtype=torch.float32)) * layer.weight_scale.view(-1, 1, 1)
+    if bias:
+        y = y + layer.bias.view(-1, 1, 1)
+    y = y.relu() if relu else y
+    y = F.max_pool2d(y, pool[0], pool[1], pool[2]) if pool else y
+    assert torch.equal(outs[0], y)
+
+
+def test_int8_layers_pack_again_after_a_state_dict_load():
+    """Loading a state dict into an int8 layer that already ran replaces its packed weight copies (oneDNN's and
+    the direct convolution's): it then gives what a layer built on the loaded weights gives."""
+    torch.manual_seed(22)
+    convs = [nn.Conv2d(3, 16, 7, stride=2, padding=3), nn.Conv2d(3, 16, 7, stride=2, padding=3)]
+    pool = nn.MaxPool2d(3, 2, 1)
+    a, b = (Int8Conv2d(FoldedConv2d(c, relu=True, pool=pool)) for c in convs)
+    la, lb = Int8Linear(nn.Linear(20, 5)), Int8Linear(nn.Linear(20, 5))
+    x, rows = torch.randn(1, 3, 30, 30), torch.randn(4, 20)
+    with torch.inference_mode():
+        a(x), la(rows)  # packs a's own weights
+        a.load_state_dict(b.state_dict())
+        la.load_state_dict(lb.state_dict())
+        assert torch.equal(a(x), b(x)) and torch.equal(la(rows), lb(rows))
+
+
 EMPTY_POOLS = {"ceil": dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
                "ceil, last window dropped": dict(kernel_size=3, stride=3, padding=1, ceil_mode=True)}
 

@@ -46,6 +46,10 @@ def _samples(name: str) -> list[tuple]:
         return [(torch.randn(4, 3, 131, generator=gen, requires_grad=True),)]
     if name == "isa_supported":
         return [(0,), (1,)]
+    if name == "direct_conv_supported":
+        return [()]
+    if name == "int8_direct_conv2d":
+        return _direct_samples(gen)
     if name == "popcount_peak":
         return [(100, isa) for isa in ISAS]
     if name in ("int8_conv2d", "int8_linear"):
@@ -120,6 +124,22 @@ def _int8_samples(name: str, gen: torch.Generator) -> list[tuple]:
     return out
 
 
+def _direct_samples(gen: torch.Generator) -> list[tuple]:
+    """The direct int8 convolution (AVX-512 VNNI only): a stem with its pool fused, and one without a pool."""
+    from lsqbq.kernels.float_parts import packed_direct_weight
+
+    if 1 not in ISAS or not torch.ops.lsqbq.direct_conv_supported():
+        return []
+    out = []
+    for c, n, k, stride, pad, pool in ((3, 24, 7, 2, 3, [3, 2, 1]), (2, 16, 3, 1, 1, [])):
+        q = torch.randint(-127, 128, (n, c, k, k), generator=gen, dtype=torch.int8)
+        w, wsum = packed_direct_weight(q)
+        x = torch.randn(2, c, 13, 11, generator=gen).contiguous(memory_format=torch.channels_last)
+        out.append((x.requires_grad_(bool(pool)), w, wsum, torch.rand(n, generator=gen), torch.randn(n, generator=gen),
+                    255, [k, k], [stride, stride], [pad, pad], bool(pool), pool, 1))
+    return out
+
+
 def _utils(name: str, args: tuple) -> tuple[str, ...]:
     """All of opcheck's checks, but tracing the backward pass of an exact fit (ls-2, ls-T): it re-runs the
     pure-torch code, whose finiteness check branches on data."""
@@ -137,6 +157,8 @@ INT8_OPS = ("int8_conv2d", "int8_linear")
 @pytest.mark.parametrize("name", [n for n in _ops.op_names() if n not in INT8_OPS])
 def test_opcheck(name):
     samples = _samples(name)
+    if not samples and name == "int8_direct_conv2d":
+        pytest.skip("the direct int8 convolution needs a CPU with AVX-512 VNNI")
     assert samples, f"no opcheck samples for torch.ops.lsqbq.{name}: add them to _samples()"
     op = getattr(torch.ops.lsqbq, name).default
     for args in samples:
@@ -159,7 +181,7 @@ def test_int8_fake_kernels_match_the_ops(name):
 
 
 KERNEL_OPS = ("pack_signs", "pack_activations", "encode_fused", "bitwise_conv2d", "xnor_gemm", "xnor_gemm_scaled",
-              "xnor_conv2d", "xnor_conv2d_scaled", *INT8_OPS)
+              "xnor_conv2d", "xnor_conv2d_scaled", "int8_direct_conv2d", *INT8_OPS)
 
 
 @needs_library

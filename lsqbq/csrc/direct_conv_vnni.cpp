@@ -1,0 +1,168 @@
+// Direct uint8 x int8 convolution with a fused max-pool on AVX-512 VNNI (direct_conv.h): tiles of R output pixels
+// of one row x 16 V output channels, one vpdpbusd per (pixel, 16 channels, dword of a kernel row).
+#include "direct_conv.h"
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+
+#include "isa.h"
+#include "pool.h"
+
+namespace lsqbq {
+
+bool direct_conv_supported() {
+#if LSQBQ_X86
+  static const bool ok = avx512_supported() && __builtin_cpu_supports("avx512vnni");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+#if LSQBQ_X86
+#define LSQBQ_VNNI __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")))
+namespace {
+
+constexpr int kTile = 6;  // output pixels per tile: 6 x 4 accumulators + 4 weight registers + broadcasts
+
+// Output pixels ow0 .. ow0 + R - 1 of conv row (b, oh), channels n0 .. n0 + 16 V - 1 of the panel at wp, into
+// y (row of OW pixels x N floats).
+template <int R, int V>
+LSQBQ_VNNI void tile(const DirectConv& d, int64_t b, int64_t oh, int64_t ow0, const int8_t* wp, int64_t n0,
+                     float* y) {
+  __m512i acc[R][V];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_si512();
+  const int64_t D = d.dwords(), step = d.sw_ * d.C;
+  for (int64_t kh = 0; kh < d.KH; ++kh) {
+    const uint8_t* row = d.q + ((b * d.Hp + oh * d.sh + kh) * d.Wp + ow0 * d.sw_) * d.C;
+    const int8_t* wk = wp + kh * D * V * 64;
+    for (int64_t t = 0; t < D; ++t, wk += V * 64) {
+      __m512i wv[V];
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) wv[v] = _mm512_loadu_si512(wk + 64 * v);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        int32_t a;
+        std::memcpy(&a, row + r * step + 4 * t, 4);
+        const __m512i x = _mm512_set1_epi32(a);
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v) acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], x, wv[v]);
+      }
+    }
+  }
+  const __m512 sx = _mm512_set1_ps(d.sx), zero = _mm512_setzero_ps();
+  const __m512i z = _mm512_set1_epi32(d.z);
+#pragma GCC unroll 4
+  for (int v = 0; v < V; ++v) {
+    const int64_t n = n0 + 16 * v;
+    const __mmask16 lm = first_lanes(d.N - n);
+    const __m512i comp = _mm512_mullo_epi32(z, _mm512_maskz_loadu_epi32(lm, d.wsum + n));
+    const __m512 s = _mm512_maskz_loadu_ps(lm, d.sw + n);
+    const __m512 bias = d.bias ? _mm512_maskz_loadu_ps(lm, d.bias + n) : zero;
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][v], comp));
+      f = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(f, sx), s), bias);
+      if (d.relu) f = _mm512_max_ps(f, zero);
+      _mm512_mask_storeu_ps(y + (ow0 + r) * d.N + n, lm, f);
+    }
+  }
+}
+
+template <int V>
+LSQBQ_VNNI void tile_rows(const DirectConv& d, int64_t b, int64_t oh, int64_t ow0, int rows, const int8_t* wp,
+                          int64_t n0, float* y) {
+  switch (rows) {
+    case 6: return tile<6, V>(d, b, oh, ow0, wp, n0, y);
+    case 5: return tile<5, V>(d, b, oh, ow0, wp, n0, y);
+    case 4: return tile<4, V>(d, b, oh, ow0, wp, n0, y);
+    case 3: return tile<3, V>(d, b, oh, ow0, wp, n0, y);
+    case 2: return tile<2, V>(d, b, oh, ow0, wp, n0, y);
+    default: return tile<1, V>(d, b, oh, ow0, wp, n0, y);
+  }
+}
+
+// Conv row (b, oh), every output channel, into y (OW x N floats).
+LSQBQ_VNNI void conv_row(const DirectConv& d, int64_t b, int64_t oh, float* y) {
+  const int64_t panel = d.KH * d.dwords() * 64;  // bytes per 16 channels of a panel
+  for (int64_t ow0 = 0; ow0 < d.OW; ow0 += kTile) {
+    const int rows = static_cast<int>(std::min<int64_t>(kTile, d.OW - ow0));
+    for (int64_t n0 = 0; n0 < d.N; n0 += 64) {
+      const int64_t vectors = std::min<int64_t>(4, (d.N - n0 + 15) / 16);
+      const int8_t* wp = d.w + (n0 / 16) * panel;
+      switch (vectors) {
+        case 4: tile_rows<4>(d, b, oh, ow0, rows, wp, n0, y); break;
+        case 3: tile_rows<3>(d, b, oh, ow0, rows, wp, n0, y); break;
+        case 2: tile_rows<2>(d, b, oh, ow0, rows, wp, n0, y); break;
+        default: tile_rows<1>(d, b, oh, ow0, rows, wp, n0, y); break;
+      }
+    }
+  }
+}
+
+// Pool row (b, ph) from conv rows h0 .. h1 - 1, conv row h at ring[h % pk].
+LSQBQ_VNNI void pool_row(const DirectConv& d, const float* ring, int64_t b, int64_t ph, int64_t h0, int64_t h1) {
+  const float* rows[16];  // pk <= 16 (the op checks)
+  for (int64_t h = h0; h < h1; ++h) rows[h - h0] = ring + (h % d.pk) * d.OW * d.N;
+  const int64_t nr = h1 - h0, N = d.N;
+  float* o = d.out + (b * d.POH + ph) * d.POW * N;
+  for (int64_t pw = 0; pw < d.POW; ++pw) {
+    const int64_t w0 = std::max<int64_t>(0, pw * d.ps - d.pp), w1 = std::min<int64_t>(d.OW, pw * d.ps - d.pp + d.pk);
+    for (int64_t n = 0; n < N; n += 16) {
+      const __mmask16 lm = first_lanes(N - n);
+      __m512 m = _mm512_maskz_loadu_ps(lm, rows[0] + w0 * N + n);
+      for (int64_t i = 0; i < nr; ++i) {
+        const float* r = rows[i] + n;
+        for (int64_t w = w0; w < w1; ++w) m = _mm512_max_ps(m, _mm512_maskz_loadu_ps(lm, r + w * N));
+      }
+      _mm512_mask_storeu_ps(o + pw * N + n, lm, m);
+    }
+  }
+}
+
+// Pool rows [p0, p1) of image b: their conv rows in order through a ring of pk rows, each pool row as soon as its
+// last conv row is done.
+void pooled_band(const DirectConv& d, int64_t b, int64_t p0, int64_t p1, float* ring) {
+  int64_t next = std::max<int64_t>(0, p0 * d.ps - d.pp);  // the next conv row to compute
+  for (int64_t ph = p0; ph < p1; ++ph) {
+    const int64_t h0 = std::max<int64_t>(0, ph * d.ps - d.pp), h1 = std::min<int64_t>(d.OH, ph * d.ps - d.pp + d.pk);
+    next = std::max(next, h0);
+    for (; next < h1; ++next) conv_row(d, b, next, ring + (next % d.pk) * d.OW * d.N);
+    pool_row(d, ring, b, ph, h0, h1);
+  }
+}
+
+}  // namespace
+
+void direct_conv(const DirectConv& d) {
+  if (!direct_conv_supported()) throw std::logic_error("lsqbq: direct_conv needs AVX-512 VNNI");
+  const int64_t rows = d.pk ? d.POH : d.OH;  // output rows per image
+  // Bands of output rows: one per image on one thread (no conv row computed twice); else about two per thread,
+  // the pool's overlapping conv rows computed by both bands they border.
+  const int64_t bands = d.threads <= 1 ? 1 : std::min<int64_t>(rows, (2 * d.threads + d.B - 1) / d.B);
+  const int64_t per_band = (rows + bands - 1) / bands;
+  const int64_t work = d.B * d.OH * d.OW * d.N * d.KH * d.dwords();
+  parallel(d.B * bands, 1, work, int64_t(1) << 20, d.threads, [&](int64_t begin, int64_t end) {
+    std::unique_ptr<float[]> ring(d.pk ? new float[d.pk * d.OW * d.N] : nullptr);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / bands, r0 = (task % bands) * per_band, r1 = std::min(rows, r0 + per_band);
+      if (d.pk) {
+        if (r0 < r1) pooled_band(d, b, r0, r1, ring.get());
+      } else {
+        for (int64_t oh = r0; oh < r1; ++oh) conv_row(d, b, oh, d.out + (b * d.OH + oh) * d.OW * d.N);
+      }
+    }
+  });
+}
+
+#else  // not x86-64: never called (direct_conv_supported() is false)
+
+void direct_conv(const DirectConv&) { throw std::logic_error("lsqbq: direct_conv needs AVX-512 VNNI"); }
+
+#endif
+}  // namespace lsqbq
