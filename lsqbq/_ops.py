@@ -197,8 +197,9 @@ def _fake_kernels() -> dict:
     def int8_linear(x, packed, w_scale, w_zero, bias, levels, relu, isa):
         return x.new_empty((x.shape[0], w_scale.shape[0]))
 
-    def int8_direct_conv2d(x, w_packed, w_sum, w_scale, bias, levels, kernel, stride, padding, relu, pool, isa):
-        oh, ow = conv_out(x.shape[2:], kernel, stride, padding, (1, 1))
+    def int8_direct_conv2d(x, w_packed, w_sum, w_scale, bias, levels, step, kernel, stride, padding, relu, pool, isa):
+        hw = [-(-x.shape[2 + i] // step[i]) for i in (0, 1)]
+        oh, ow = conv_out(hw, kernel, stride, padding, (1, 1))
         if pool:
             oh, ow = conv_out((oh, ow), (pool[0],) * 2, (pool[1],) * 2, (pool[2],) * 2, (1, 1))
         return x.new_empty((x.shape[0], w_sum.shape[0], oh, ow)).contiguous(memory_format=torch.channels_last)

@@ -473,14 +473,14 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const 
                       std::string(relu ? "relu" : "none"), c10::List<std::optional<at::Scalar>>(), std::string("")});
 }
 
-// The int8 float parts' direct convolution (Int8Conv2d on an input of few channels, the RGB stem): uint8
-// activations of x (quantize_finite), padded with their zero point, then direct_conv (direct_conv.h) with the
-// max-pool `pool` = (kernel, stride, padding) fused, or none for []; float32 NHWC (channels_last) out, equal to
-// int8_conv2d followed by the max-pool.
+// The int8 float parts' direct convolution (Int8Conv2d on an input of few channels, the RGB stem, and 1x1
+// convolutions): uint8 activations of the grid of `step` of x (quantize_finite), padded with their zero point, then
+// direct_conv (direct_conv.h) with the max-pool `pool` = (kernel, stride, padding) fused, or none for []; float32
+// NHWC (channels_last) out, equal to int8_conv2d followed by the max-pool.
 at::Tensor int8_direct_conv2d_cpu(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& w_sum,
                                   const at::Tensor& w_scale, const std::optional<at::Tensor>& bias, int64_t levels,
-                                  at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding, bool relu,
-                                  at::IntArrayRef pool, int64_t isa) {
+                                  at::IntArrayRef step, at::IntArrayRef kernel, at::IntArrayRef stride,
+                                  at::IntArrayRef padding, bool relu, at::IntArrayRef pool, int64_t isa) {
   TORCH_CHECK(direct_conv_supported(), "lsqbq: int8_direct_conv2d needs a CPU with AVX-512 VNNI");
   TORCH_CHECK(x.dim() == 4, "lsqbq: int8_direct_conv2d needs a (B, C, H, W) input, got ", x.sizes());
   TORCH_CHECK(kernel.size() == 2 && stride.size() == 2 && padding.size() == 2 && (pool.empty() || pool.size() == 3),
@@ -500,8 +500,11 @@ at::Tensor int8_direct_conv2d_cpu(const at::Tensor& x, const at::Tensor& w_packe
   TORCH_CHECK(w_sum.scalar_type() == at::kInt && w_scale.scalar_type() == at::kFloat && w_scale.numel() == N &&
                   (!bias || (bias->scalar_type() == at::kFloat && bias->numel() == N)),
               "lsqbq: int8_direct_conv2d needs int32 weight sums and float32 scales and bias of ", N, " channels");
-  d.Hp = x.size(2) + 2 * padding[0];
-  d.Wp = x.size(3) + 2 * padding[1];
+  TORCH_CHECK(step.size() == 2 && step[0] > 0 && step[1] > 0, "lsqbq: int8_direct_conv2d needs 2 positive steps, got ",
+              step);
+  const int64_t H = (x.size(2) + step[0] - 1) / step[0], W = (x.size(3) + step[1] - 1) / step[1];  // the grid
+  d.Hp = H + 2 * padding[0];
+  d.Wp = W + 2 * padding[1];
   TORCH_CHECK(d.KH > 0 && d.KW > 0 && d.sh > 0 && d.sw_ > 0 && d.Hp >= d.KH && d.Wp >= d.KW,
               "lsqbq: int8_direct_conv2d input ", x.sizes(), " with padding ", padding, " is smaller than the kernel ",
               kernel, " (or a stride is not positive)");
@@ -516,21 +519,23 @@ at::Tensor int8_direct_conv2d_cpu(const at::Tensor& x, const at::Tensor& w_packe
     TORCH_CHECK(d.pk > 0 && d.pk <= 16 && d.ps > 0 && d.pp >= 0 && 2 * d.pp <= d.pk && d.POH > 0 && d.POW > 0,
                 "lsqbq: int8_direct_conv2d pool ", pool, " does not fit the output ", d.OH, "x", d.OW);
   }
-  auto [q, params] = quantize_finite(x.contiguous(at::MemoryFormat::ChannelsLast), {1, 1}, levels, 0, isa,
+  auto [q, params] = quantize_finite(x.contiguous(at::MemoryFormat::ChannelsLast), step, levels, 0, isa,
                                      x.sizes());
   const double* pr = params.data_ptr<double>();
   d.sx = static_cast<float>(pr[0]);
   d.z = static_cast<int32_t>(pr[1]);
-  // the padded activations, the zero point in the padding, and the few bytes a last dword reads past the end
-  auto padded = at::empty({d.B * d.Hp * d.Wp * C + 64}, q.options().memory_format(at::MemoryFormat::Contiguous));
-  uint8_t* pq = padded.data_ptr<uint8_t>();
-  std::memset(pq, d.z, padded.numel());
-  const uint8_t* src = q.data_ptr<uint8_t>();
-  const int64_t H = x.size(2), W = x.size(3);
-  for (int64_t b = 0; b < d.B; ++b)
-    for (int64_t h = 0; h < H; ++h)
-      std::memcpy(pq + ((b * d.Hp + h + padding[0]) * d.Wp + padding[1]) * C, src + (b * H + h) * W * C, W * C);
-  d.q = pq;
+  at::Tensor padded = q;  // read in place where there is no padding and no dword reads past a kernel row
+  if (padding[0] || padding[1] || d.KW * C % 4) {
+    // the padded activations, the zero point in the padding, and the few bytes a last dword reads past the end
+    padded = at::empty({d.B * d.Hp * d.Wp * C + 4}, q.options().memory_format(at::MemoryFormat::Contiguous));
+    uint8_t* pq = padded.data_ptr<uint8_t>();
+    std::memset(pq, d.z, padded.numel());
+    const uint8_t* src = q.data_ptr<uint8_t>();
+    for (int64_t b = 0; b < d.B; ++b)
+      for (int64_t h = 0; h < H; ++h)
+        std::memcpy(pq + ((b * d.Hp + h + padding[0]) * d.Wp + padding[1]) * C, src + (b * H + h) * W * C, W * C);
+  }
+  d.q = padded.data_ptr<uint8_t>();
   d.w = w_packed.data_ptr<int8_t>();
   auto wsum = w_sum.contiguous();
   auto wscale = w_scale.contiguous();
@@ -587,7 +592,7 @@ TORCH_LIBRARY_FRAGMENT(lsqbq, m) {
   m.def("int8_linear(Tensor x, Tensor packed, Tensor w_scale, Tensor w_zero, Tensor? bias, int levels, bool relu, "
         "int isa) -> Tensor");
   m.def("int8_direct_conv2d(Tensor x, Tensor w_packed, Tensor w_sum, Tensor w_scale, Tensor? bias, int levels, "
-        "int[] kernel, int[] stride, int[] padding, bool relu, int[] pool, int isa) -> Tensor");
+        "int[] step, int[] kernel, int[] stride, int[] padding, bool relu, int[] pool, int isa) -> Tensor");
   m.def("direct_conv_supported() -> bool");
   m.def("popcount_peak(int iters, int isa) -> int");
   m.def("isa_supported(int isa) -> bool");

@@ -282,6 +282,8 @@ DIRECT = {  # (in, out, kernel, stride, padding, bias), input (H, W), pool (kern
     "1 channel 5x5": ((1, 20, 5, 1, 0, True), (17, 14), None, True),
     "4 channels, 2 panels, pool 2/2": ((4, 80, 3, 1, 1, False), (12, 15), (2, 2, 0), True),
     "2 channels 3x3/2": ((2, 16, 3, 2, 1, False), (9, 10), None, False),
+    "shortcut 1x1/2": ((64, 128, 1, 2, 0, True), (15, 14), None, False),
+    "1x1, 40 channels": ((40, 48, 1, 1, 0, True), (5, 6), None, True),
 }
 
 
@@ -293,10 +295,10 @@ def _direct_supported() -> bool:
 @pytest.mark.skipif(not _direct_supported(), reason="the direct int8 convolution needs AVX-512 VNNI")
 @pytest.mark.parametrize("case", list(DIRECT))
 def test_direct_int8_conv_equals_onednn_and_the_formula(case):
-    """A conv of few input channels runs on the engine's direct convolution (pool fused); it equals, bit for bit,
-    oneDNN's convolution then the pool (the torch calls) and the formula of ``direct_conv.h`` computed here from
-    an exact float64 convolution of ``q - z``: ``((float) acc * s_x) * s_w + bias``, ReLU, max-pool; on 1 and 2
-    threads, batch 1 and 2."""
+    """A conv of few input channels or a 1x1 conv runs on the engine's direct convolution (pool fused); it equals,
+    bit for bit, oneDNN's convolution then the pool (the torch calls) and the formula of ``direct_conv.h`` computed
+    here from an exact float64 convolution of ``q - z``: ``((float) acc * s_x) * s_w + bias``, ReLU, max-pool; on 1
+    and 2 threads, batch 1 and 2."""
     (cin, cout, k, s, p, bias), (h, w), pool, relu = DIRECT[case]
     torch.manual_seed(21)
     folded = FoldedConv2d(nn.Conv2d(cin, cout, k, stride=s, padding=p, bias=bias), relu=relu,
@@ -318,6 +320,9 @@ def test_direct_int8_conv_equals_onednn_and_the_formula(case):
     assert all(torch.equal(y, ref) and y.stride() == ref.stride() for y, ref in zip(outs, refs))
     q, sx, z = quantize_uint8(x, layer.levels)
     acc = F.conv2d(q.double() - z, layer.weight_q[:, :cin].double(), stride=s, padding=p)  # exact int32 sums
+    if layer.subsample:  # the quantized grid is the strided 1x1 conv's (the range over that grid only)
+        q, sx, z = quantize_uint8(x[:, :, ::s, ::s], layer.levels)
+        acc = F.conv2d(q.double() - z, layer.weight_q.double())
     y = (acc.float() * torch.tensor(sx, dtype=torch.float32)) * layer.weight_scale.view(-1, 1, 1)
     if bias:
         y = y + layer.bias.view(-1, 1, 1)

@@ -115,9 +115,10 @@ def _int8_samples(name: str, gen: torch.Generator) -> list[tuple]:
         for conv, relu in ((torch.nn.Conv2d(3, 8, 3, padding=1), True), (torch.nn.Conv2d(6, 8, 1, stride=2), False)):
             layer = Int8Conv2d(FoldedConv2d(conv, relu=relu))
             x = torch.randn(2, conv.in_channels, 9, 7, generator=gen).contiguous(memory_format=torch.channels_last)
-            layer(x)
             x.requires_grad_(relu)  # the op has no gradient (test_kernel_ops_run_below_autograd_in_cpp)
             step = list(layer.stride) if layer.subsample else [1, 1]
+            # oneDNN's packed weights (the layer itself may run on the direct convolution and not pack them)
+            layer._packed = layer._prepack((2, layer.in_padded or conv.in_channels, -(-9 // step[0]), -(-7 // step[1])))
             out.append((x, layer._packed, layer.weight_scale, layer._zeros, layer.bias, step, layer.levels,
                         layer.in_padded, list(layer._conv_stride), list(layer.padding), list(layer.dilation), 1,
                         relu, isa))
@@ -125,18 +126,20 @@ def _int8_samples(name: str, gen: torch.Generator) -> list[tuple]:
 
 
 def _direct_samples(gen: torch.Generator) -> list[tuple]:
-    """The direct int8 convolution (AVX-512 VNNI only): a stem with its pool fused, and one without a pool."""
+    """The direct int8 convolution (AVX-512 VNNI only): a stem with its pool fused, one without a pool, and a 1x1
+    convolution on the pixel grid of step 2 (a strided shortcut)."""
     from lsqbq.kernels.float_parts import packed_direct_weight
 
     if 1 not in ISAS or not torch.ops.lsqbq.direct_conv_supported():
         return []
     out = []
-    for c, n, k, stride, pad, pool in ((3, 24, 7, 2, 3, [3, 2, 1]), (2, 16, 3, 1, 1, [])):
+    for c, n, k, step, stride, pad, pool in ((3, 24, 7, 1, 2, 3, [3, 2, 1]), (2, 16, 3, 1, 1, 1, []),
+                                             (8, 32, 1, 2, 1, 0, [])):
         q = torch.randint(-127, 128, (n, c, k, k), generator=gen, dtype=torch.int8)
         w, wsum = packed_direct_weight(q)
         x = torch.randn(2, c, 13, 11, generator=gen).contiguous(memory_format=torch.channels_last)
         out.append((x.requires_grad_(bool(pool)), w, wsum, torch.rand(n, generator=gen), torch.randn(n, generator=gen),
-                    255, [k, k], [stride, stride], [pad, pad], bool(pool), pool, 1))
+                    255, [step, step], [k, k], [stride, stride], [pad, pad], bool(pool), pool, 1))
     return out
 
 
