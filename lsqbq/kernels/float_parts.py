@@ -33,7 +33,9 @@ int8 (:class:`Int8Conv2d`, :class:`Int8Linear`; every full-precision conv and li
   on the engine's own direct convolution instead (``lsqbq/csrc/direct_conv.h``), with the max-pool after it fused
   in: the same int32 sums and the same float roundings as oneDNN's, so the same outputs bit for bit; the stem on 3
   channels instead of 4 and without writing the unpooled output (the ImageNet stem at batch 1 on one Zen 4 core:
-  0.76 against 1.04 ms for oneDNN's convolution and the pool; the ResNet-18 shortcuts 44-54 against 91-143 us).
+  0.76 against 1.04 ms for oneDNN's convolution and the pool; the ResNet-18 shortcuts 44-54 against 91-143 us),
+  and so does a linear layer of at most :data:`DIRECT_LINEAR_ROWS` rows (as 1x1 pixels; the classifier at batch
+  1: 14 against 34 us).
 
 Error bound (int8, per output ``j`` at position ``p``, receptive field ``R(p)``; integer products and sums exact):
 ``|y_hat - y| <= (s_j / 2) sum_{k in R(p)} (|x_k| + s_x / 2) + (s_x / 2) sum_k |w_jk|`` plus float32 rounding, from
@@ -228,6 +230,10 @@ def _levels() -> int:
 
 
 DIRECT_ROW_BYTES = 32  # the direct int8 convolution reads a kernel row (KW x C uint8) as at most 8 dwords
+# Int8Linear runs on the direct convolution up to this many rows: as 1x1 pixels, one per row, it shares no weight
+# load between rows (512 -> 1000 on one Zen 4 core: 14 / 19 / 30 / 51 us for 1 / 2 / 4 / 8 rows, oneDNN's
+# inner product 34 / 34 / 38 / 48 us)
+DIRECT_LINEAR_ROWS = 4
 
 
 def packed_direct_weight(q: Tensor) -> tuple[Tensor, Tensor]:
@@ -482,6 +488,8 @@ class Int8Linear(_Int8Base):
         _onednn_op("qlinear_prepack")
         self._init_weight(linear.weight, linear.bias, relu)
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("_direct_w", None, persistent=False)
+        self.register_buffer("_direct_sum", None, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() < 1 or x.shape[-1] != self.in_features:
@@ -489,9 +497,19 @@ class Int8Linear(_Int8Base):
         if x.numel() == 0:  # no rows: an empty output (no range to quantize over)
             return x.new_zeros(*x.shape[:-1], self.out_features, dtype=torch.float32)
         rows = x.float().reshape(-1, self.in_features).contiguous()
+        isa = self._isa(rows)
+        if rows.shape[0] <= DIRECT_LINEAR_ROWS and ops.direct_conv_supported(isa):  # as 1x1 pixels (module docs)
+            if self._direct_w is None:
+                self._direct_w, self._direct_sum = packed_direct_weight(self.weight_q[:, :, None, None])
+            try:
+                y = torch.ops.lsqbq.int8_direct_conv2d(rows[:, :, None, None], self._direct_w, self._direct_sum,
+                                                       self.weight_scale, self.bias, self.levels, [1, 1], [1, 1],
+                                                       [1, 1], [0, 0], self.relu, [], isa)
+            except ValueError as exc:  # a range that is not finite
+                raise self._input_error(exc) from None
+            return y.reshape(*x.shape[:-1], self.out_features)
         if self._packed is None:
             self._packed = torch.ops.onednn.qlinear_prepack(self.weight_q, None)
-        isa = self._isa(rows)
         if isa is None:
             q, scale, zero = quantize_activations(rows.view(*rows.shape, 1, 1), levels=self.levels)
             y = torch.ops.onednn.qlinear_pointwise(q.view(rows.shape), scale, zero, self._packed, self.weight_scale,

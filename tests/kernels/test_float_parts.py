@@ -331,6 +331,28 @@ def test_direct_int8_conv_equals_onednn_and_the_formula(case):
     assert torch.equal(outs[0], y)
 
 
+@pytest.mark.skipif(not _direct_supported(), reason="the direct int8 convolution needs AVX-512 VNNI")
+@pytest.mark.parametrize("relu", [False, True])
+def test_int8_linear_of_few_rows_runs_direct_and_equals_onednn(relu):
+    """Up to ``DIRECT_LINEAR_ROWS`` rows an int8 linear layer runs on the direct convolution (rows as 1x1 pixels),
+    more on oneDNN's inner product; both give the torch calls' outputs bit for bit, extra leading dims too."""
+    torch.manual_seed(23)
+    lin, many = Int8Linear(nn.Linear(70, 40), relu=relu), Int8Linear(nn.Linear(70, 40), relu=relu)
+    x = torch.randn(9, 70) - 0.2
+    with torch.inference_mode():
+        many(x)  # more rows than DIRECT_LINEAR_ROWS: oneDNN's weights only
+        assert many._direct_w is None and many._packed is not None
+        lin(x[:1])
+        assert lin._direct_w is not None and lin._packed is None  # the direct convolution's weights only
+        for n in (1, float_parts.DIRECT_LINEAR_ROWS, float_parts.DIRECT_LINEAR_ROWS + 1, 9):
+            got = lin(x[:n])
+            with _native.disabled():
+                assert torch.equal(got, lin(x[:n]))
+        got = lin(x[:4].view(2, 2, 70))
+        with _native.disabled():
+            assert torch.equal(got, lin(x[:4].view(2, 2, 70))) and got.shape == (2, 2, 40)
+
+
 def test_int8_layers_pack_again_after_a_state_dict_load():
     """Loading a state dict into an int8 layer that already ran replaces its packed weight copies (oneDNN's and
     the direct convolution's): it then gives what a layer built on the loaded weights gives."""

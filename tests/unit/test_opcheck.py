@@ -108,7 +108,7 @@ def _int8_samples(name: str, gen: torch.Generator) -> list[tuple]:
     for isa in ISAS:
         if name == "int8_linear":
             layer = Int8Linear(torch.nn.Linear(70, 9), relu=True)
-            layer(torch.randn(2, 70))  # packs the weights
+            layer._packed = torch.ops.onednn.qlinear_prepack(layer.weight_q, None)  # oneDNN's packed weights
             x = torch.randn(5, 70, generator=gen, requires_grad=True)
             out.append((x, layer._packed, layer.weight_scale, layer._zeros, layer.bias, layer.levels, True, isa))
             continue
