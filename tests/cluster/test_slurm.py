@@ -57,10 +57,22 @@ def cluster():
 
 
 def _sacct(*args: str) -> list[dict[str, str]]:
+    """Job records (allocations) of the accounting; from any start time: sacct's default window begins at midnight,
+    which dropped a job that started before it from a run across midnight."""
     fields = ["JobID", "Comment", "State", "Account", "Partition", "Elapsed"]
-    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", ",".join(f"{f}%200" for f in fields), *args],
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-S", "2000-01-01T00:00:00",
+                          "-o", ",".join(f"{f}%200" for f in fields), *args],
                          capture_output=True, text=True, check=True).stdout
     return [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line.strip()]
+
+
+def _sacct_until(*args: str, timeout: float = 60.0) -> list[dict[str, str]]:
+    """:func:`_sacct` repeated until it lists a job: slurmctld hands job records to slurmdbd asynchronously, so a
+    job that just ended may not be in the accounting yet."""
+    deadline = time.time() + timeout
+    while not (jobs := _sacct(*args)) and time.time() < deadline:
+        time.sleep(1)
+    return jobs
 
 
 def _rule(comment: str) -> str:
@@ -159,7 +171,8 @@ def _cancel_then_resume(repo, tmp_path) -> tuple[list[str], int]:
                                 capture_output=True, text=True, check=True).stdout.splitlines()
         train = [job for job, comment in (line.split("|") for line in queued) if _rule(comment) == "train"]
         assert len(train) == 1, (queued, first.poll())
-        subprocess.run(["scancel", train[0]], check=True)
+        cancelled = train[0]
+        subprocess.run(["scancel", cancelled], check=True)
         first.wait(timeout=600)
     finally:
         _stop(first)
@@ -177,10 +190,13 @@ def _cancel_then_resume(repo, tmp_path) -> tuple[list[str], int]:
     assert ran == list(range(done_epochs + 1, EPOCHS + 1)), log[-2000:]  # resumed, not restarted
     assert json.loads((ckpt_dir / "metrics.json").read_text())["epochs"] == EPOCHS
     assert not list(ckpt_dir.glob("partial-*"))
-    resumed = _sacct("--name", _run_uuid(second.stdout + second.stderr))
-    # the training jobs only (the first call may also run prepare_data in this fresh copy)
-    states = [j["State"] for j in _sacct("--name", _run_uuid(first_out)) + resumed if _rule(j["Comment"]) == "train"]
-    assert states[0].startswith("CANCELLED") and states[1:] == ["COMPLETED"], states
+    # the cancelled job by its id; of the second call, the training jobs only (the first call may also have run
+    # prepare_data in this fresh copy)
+    first_jobs = _sacct_until("-j", cancelled)
+    resumed = [j for j in _sacct_until("--name", _run_uuid(second.stdout + second.stderr))
+               if _rule(j["Comment"]) == "train"]
+    states = [j["State"] for j in first_jobs + resumed]
+    assert states[0].startswith("CANCELLED") and states[1:] == ["COMPLETED"], (states, first_jobs, resumed)
     return states, done_epochs
 
 
