@@ -254,9 +254,7 @@ def packed_direct_weight(q: Tensor) -> tuple[Tensor, Tensor]:
 def _drop_packed(module: nn.Module, incompatible_keys=None) -> None:
     """Forget an int8 layer's packed weight copies (made again from ``weight_q`` on next use): after a move, a
     conversion or a state dict load (a ``load_state_dict`` post hook)."""
-    module._packed = None
-    if "_direct_w" in module._buffers:
-        module._direct_w = module._direct_sum = None
+    module._packed = module._direct_w = module._direct_sum = None
 
 
 def quantize_uint8(x: Tensor, levels: int = 255) -> tuple[Tensor, float, int]:
@@ -348,6 +346,9 @@ class _Int8Base(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
         self.register_buffer("_zeros", torch.zeros(q.shape[0], dtype=torch.int32), persistent=False)
         self.register_buffer("_packed", None, persistent=False)
+        # the direct convolution's weights and their sums (packed_direct_weight), made on first use like _packed
+        self.register_buffer("_direct_w", None, persistent=False)
+        self.register_buffer("_direct_sum", None, persistent=False)
         self.register_load_state_dict_post_hook(_drop_packed)  # new weights: pack them again
         self.relu, self.levels = relu, _levels()
 
@@ -370,6 +371,18 @@ class _Int8Base(nn.Module):
     @staticmethod
     def _input_error(exc: ValueError) -> InputError:
         return InputError(str(exc).splitlines()[0])
+
+    def _direct(self, x: Tensor, weight: Tensor, step, kernel, stride, padding, pool: list[int], isa: int) -> Tensor:
+        """``torch.ops.lsqbq.int8_direct_conv2d`` of ``x`` with this layer's scales, bias and ReLU, the weights
+        ``weight (N, C, KH, KW)`` packed on first use; a range that is not finite is an :class:`InputError`."""
+        if self._direct_w is None:
+            self._direct_w, self._direct_sum = packed_direct_weight(weight)
+        try:
+            return torch.ops.lsqbq.int8_direct_conv2d(x, self._direct_w, self._direct_sum, self.weight_scale,
+                                                      self.bias, self.levels, list(step), list(kernel), list(stride),
+                                                      list(padding), self.relu, pool, isa)
+        except ValueError as exc:
+            raise self._input_error(exc) from None
 
 
 class Int8Conv2d(_Int8Base):
@@ -406,8 +419,6 @@ class Int8Conv2d(_Int8Base):
                 and (not pool or (k[0] == k[1] <= 16 and st[0] == st[1] and p[0] == p[1] and 2 * p[0] <= k[0]
                                   and _pair(pool.get("dilation", 1)) == (1, 1) and not pool.get("ceil_mode")))):
             self._direct_pool = [k[0], st[0], p[0]] if pool else []
-        self.register_buffer("_direct_w", None, persistent=False)
-        self.register_buffer("_direct_sum", None, persistent=False)
 
     def _prepack(self, shape) -> Tensor:
         q = self.weight_q.contiguous(memory_format=torch.channels_last)
@@ -428,15 +439,8 @@ class Int8Conv2d(_Int8Base):
         threads = conv_threads(q_shape, self.weight_q, self._conv_stride, self.padding, self.dilation, self.groups)
         isa = self._isa(x)
         if self._direct_pool is not None and ops.direct_conv_supported(isa):
-            if self._direct_w is None:
-                self._direct_w, self._direct_sum = packed_direct_weight(self.weight_q[:, :self.in_channels])
-            try:
-                return run_with_threads(threads, torch.ops.lsqbq.int8_direct_conv2d, x, self._direct_w,
-                                        self._direct_sum, self.weight_scale, self.bias, self.levels, list(step),
-                                        list(self.weight_q.shape[2:]), list(self._conv_stride), list(self.padding),
-                                        self.relu, self._direct_pool, isa)
-            except ValueError as exc:  # a range that is not finite
-                raise self._input_error(exc) from None
+            return run_with_threads(threads, self._direct, x, self.weight_q[:, :self.in_channels], step,
+                                    self.weight_q.shape[2:], self._conv_stride, self.padding, self._direct_pool, isa)
         if self._packed is None:
             self._packed = self._prepack(q_shape)
         geometry = (list(self._conv_stride), list(self.padding), list(self.dilation), self.groups)
@@ -488,8 +492,6 @@ class Int8Linear(_Int8Base):
         _onednn_op("qlinear_prepack")
         self._init_weight(linear.weight, linear.bias, relu)
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("_direct_w", None, persistent=False)
-        self.register_buffer("_direct_sum", None, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() < 1 or x.shape[-1] != self.in_features:
@@ -499,14 +501,8 @@ class Int8Linear(_Int8Base):
         rows = x.float().reshape(-1, self.in_features).contiguous()
         isa = self._isa(rows)
         if rows.shape[0] <= DIRECT_LINEAR_ROWS and ops.direct_conv_supported(isa):  # as 1x1 pixels (module docs)
-            if self._direct_w is None:
-                self._direct_w, self._direct_sum = packed_direct_weight(self.weight_q[:, :, None, None])
-            try:
-                y = torch.ops.lsqbq.int8_direct_conv2d(rows[:, :, None, None], self._direct_w, self._direct_sum,
-                                                       self.weight_scale, self.bias, self.levels, [1, 1], [1, 1],
-                                                       [1, 1], [0, 0], self.relu, [], isa)
-            except ValueError as exc:  # a range that is not finite
-                raise self._input_error(exc) from None
+            y = self._direct(rows[:, :, None, None], self.weight_q[:, :, None, None], (1, 1), (1, 1), (1, 1), (0, 0),
+                             [], isa)
             return y.reshape(*x.shape[:-1], self.out_features)
         if self._packed is None:
             self._packed = torch.ops.onednn.qlinear_prepack(self.weight_q, None)
