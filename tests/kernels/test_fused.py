@@ -157,6 +157,22 @@ def test_fused_conv_op_matches_the_reference(backend, act, residual_first, schem
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("act", [1, 2])
+def test_nan_in_the_residual_stays_nan_through_the_activation(backend, act):
+    """A NaN added before ReLU / PReLU comes out NaN, as with torch.relu (x86 max returns its second operand when
+    one is NaN, so the operand order decides), and only there."""
+    gen = torch.Generator().manual_seed(act)
+    B, C, H, W, N = 1, 64, 6, 6, 40
+    x = torch.randn(B, C, H, W, generator=gen)
+    layer = lsqbq.QuantConv2d(C, N, 3, padding=1, x_quant="ls-1", w_quant="ls-1").eval()
+    res = torch.randn(B, N, H, W, generator=gen)
+    res[0, 3, 2, 1] = res[0, 37, 5, 5] = float("nan")
+    kw = dict(planes=1, fit=_fit_args("ls-1")[1], residual=res, act=act, slope=torch.rand(N, generator=gen),
+              residual_first=True)
+    got = ops.bitwise_conv2d(x, BitwiseConv2d(layer).packed, None, 1, 1, backend=backend, **kw)
+    assert torch.equal(got.isnan(), res.permute(0, 2, 3, 1).isnan())  # the op returns (B, OH, OW, N)
+
+
 @pytest.mark.parametrize("scheme", ["ls-1", "gf-2", "ls-2", "ls-T"])
 def test_same_bits_with_one_and_two_threads(backend, scheme):
     planes, code, mask = _fit_args(scheme)

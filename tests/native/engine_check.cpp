@@ -8,11 +8,14 @@
 // batch 1 and 3, reductions past the accumulators' flush lengths) and the fused layer (encode, convolution, bias,
 // residual before or after ReLU / PReLU). Outputs are compared with memcmp: the integers, packed words and scales
 // always; the float outputs too, except on AVX-512, whose epilogue fuses multiply-adds and is held to a relative
-// tolerance. Prints one summary line per path and exits 1 on any mismatch (2 when there is no vector path).
+// tolerance. Where the CPU has AVX-512 VNNI, the direct uint8 x int8 convolution (direct_conv.h) is checked against
+// a scalar evaluation of its definition, bit for bit. Prints one summary line per path (and one for the direct
+// convolution) and exits 1 on any mismatch (2 when there is no vector path).
 //
 // Build: g++ -std=c++17 -O2 -ffp-contract=off -fno-trapping-math -pthread -I lsqbq/csrc
 //            tests/native/engine_check.cpp <lsqbq/csrc/*.cpp but ops_xnor.cpp, quant.cpp>
 // (the flags of the library build, lsqbq/_native.py); cross-compiled for aarch64 it runs under qemu-aarch64.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -20,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "direct_conv.h"
 #include "encode.h"
 #include "isa.h"
 #include "job.h"
@@ -408,6 +412,132 @@ void check_path(Checker& ck) {
     }
 }
 
+// ------------------------------------------------------------------ direct uint8 x int8 convolution (VNNI)
+// direct_conv (direct_conv.h) against a scalar evaluation of its definition: int64 sums of q (w) - z sum w, then
+// ((float) acc * s_x) * s_w + bias in that order, ReLU, and the max-pool over the floor-mode windows of the conv
+// output, compared with memcmp (both sides round the same three times). The weights are packed here from the
+// layout's description: per panel of up to 64 channels (of N rounded up to 16), (KH, D, channels, 4) bytes with
+// byte 4 t + i of a kernel row at k = kw C + c.
+struct DirectCase {
+  int64_t B, C, H, W, N, k, s, p;
+  bool relu;
+  int64_t pk, ps, pp;  // max-pool (pk = 0: none)
+};
+
+void check_direct_case(const DirectCase& dc, int64_t threads, uint64_t seed, Tally& tally) {
+  Rng rng(seed);
+  const int64_t Hp = dc.H + 2 * dc.p, Wp = dc.W + 2 * dc.p, K = dc.k;
+  const int64_t OH = (Hp - K) / dc.s + 1, OW = (Wp - K) / dc.s + 1;
+  const int32_t z = static_cast<int32_t>(rng.next() % 256);
+  std::vector<uint8_t> q(dc.B * Hp * Wp * dc.C + 4, static_cast<uint8_t>(z));  // padding holds z; 4 spare bytes
+  for (int64_t b = 0; b < dc.B; ++b)
+    for (int64_t h = 0; h < dc.H; ++h)
+      for (int64_t w = 0; w < dc.W; ++w)
+        for (int64_t c = 0; c < dc.C; ++c)
+          q[((b * Hp + h + dc.p) * Wp + w + dc.p) * dc.C + c] = static_cast<uint8_t>(rng.next() % 256);
+  std::vector<int8_t> wt(dc.N * dc.C * K * K);  // (N, C, KH, KW)
+  for (auto& x : wt) x = static_cast<int8_t>(static_cast<int>(rng.next() % 255) - 127);
+  auto wat = [&](int64_t n, int64_t c, int64_t kh, int64_t kw) { return wt[((n * dc.C + c) * K + kh) * K + kw]; };
+  const int64_t D = (K * dc.C + 3) / 4, Npad = (dc.N + 15) / 16 * 16;
+  std::vector<int8_t> packed;
+  for (int64_t n0 = 0; n0 < Npad; n0 += 64) {
+    const int64_t chans = std::min<int64_t>(64, Npad - n0);
+    for (int64_t kh = 0; kh < K; ++kh)
+      for (int64_t t = 0; t < D; ++t)
+        for (int64_t n = n0; n < n0 + chans; ++n)
+          for (int64_t i = 0; i < 4; ++i) {
+            const int64_t kk = 4 * t + i;
+            packed.push_back(n < dc.N && kk < K * dc.C ? wat(n, kk % dc.C, kh, kk / dc.C) : int8_t(0));
+          }
+  }
+  std::vector<int32_t> wsum(dc.N, 0);
+  std::vector<float> sw(dc.N), bias(dc.N);
+  for (int64_t n = 0; n < dc.N; ++n) {
+    for (int64_t c = 0; c < dc.C; ++c)
+      for (int64_t kh = 0; kh < K; ++kh)
+        for (int64_t kw = 0; kw < K; ++kw) wsum[n] += wat(n, c, kh, kw);
+    sw[n] = 1e-3f * (0.5f + rng.uniform());
+    bias[n] = rng.normal();
+  }
+  const float sx = 0.01f + 0.1f * rng.uniform();
+  // reference: conv output y (B, OH, OW, N), then the pool
+  std::vector<float> y(dc.B * OH * OW * dc.N);
+  for (int64_t b = 0; b < dc.B; ++b)
+    for (int64_t oh = 0; oh < OH; ++oh)
+      for (int64_t ow = 0; ow < OW; ++ow)
+        for (int64_t n = 0; n < dc.N; ++n) {
+          int64_t acc = -static_cast<int64_t>(z) * wsum[n];
+          for (int64_t kh = 0; kh < K; ++kh)
+            for (int64_t kw = 0; kw < K; ++kw)
+              for (int64_t c = 0; c < dc.C; ++c)
+                acc += int64_t(q[((b * Hp + oh * dc.s + kh) * Wp + ow * dc.s + kw) * dc.C + c]) * wat(n, c, kh, kw);
+          float f = static_cast<float>(acc) * sx;
+          f = f * sw[n];
+          f = f + bias[n];
+          if (dc.relu) f = f > 0.f ? f : 0.f;
+          y[((b * OH + oh) * OW + ow) * dc.N + n] = f;
+        }
+  std::vector<float> want = y;
+  int64_t POH = OH, POW = OW;
+  if (dc.pk) {
+    POH = (OH + 2 * dc.pp - dc.pk) / dc.ps + 1;
+    POW = (OW + 2 * dc.pp - dc.pk) / dc.ps + 1;
+    want.assign(dc.B * POH * POW * dc.N, 0.f);
+    for (int64_t b = 0; b < dc.B; ++b)
+      for (int64_t ph = 0; ph < POH; ++ph)
+        for (int64_t pw = 0; pw < POW; ++pw)
+          for (int64_t n = 0; n < dc.N; ++n) {
+            const int64_t h0 = ph * dc.ps - dc.pp, w0 = pw * dc.ps - dc.pp;  // the window, cut at the edges
+            float m = -INFINITY;
+            for (int64_t h = std::max<int64_t>(0, h0); h < std::min(OH, h0 + dc.pk); ++h)
+              for (int64_t w = std::max<int64_t>(0, w0); w < std::min(OW, w0 + dc.pk); ++w)
+                m = std::max(m, y[((b * OH + h) * OW + w) * dc.N + n]);
+            want[((b * POH + ph) * POW + pw) * dc.N + n] = m;
+          }
+  }
+  std::vector<float> got(want.size(), NAN);
+  DirectConv d;
+  d.q = q.data();
+  d.B = dc.B; d.Hp = Hp; d.Wp = Wp; d.C = dc.C;
+  d.w = packed.data(); d.wsum = wsum.data(); d.sw = sw.data(); d.bias = bias.data();
+  d.sx = sx; d.z = z;
+  d.N = dc.N; d.KH = K; d.KW = K; d.sh = dc.s; d.sw_ = dc.s; d.OH = OH; d.OW = OW;
+  d.relu = dc.relu;
+  d.pk = dc.pk; d.ps = dc.ps; d.pp = dc.pp; d.POH = dc.pk ? POH : 0; d.POW = dc.pk ? POW : 0;
+  d.out = got.data();
+  d.threads = threads;
+  direct_conv(d);
+  ++tally.checks;
+  if (!bits_equal(got, want)) {
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "direct conv b%lld c%lld %lldx%lld n%lld k%lld s%lld p%lld pool %lld/%lld/%lld, "
+                  "%lld threads", (long long)dc.B, (long long)dc.C, (long long)dc.H, (long long)dc.W,
+                  (long long)dc.N, (long long)K, (long long)dc.s, (long long)dc.p, (long long)dc.pk,
+                  (long long)dc.ps, (long long)dc.pp, (long long)threads);
+    tally.fail(buf);
+  }
+}
+
+// Shapes of the float parts that run it: a 7x7 / 2 stem with its 3 / 2 / 1 pool, 1x1 shortcuts (stride 1 and 2),
+// a classifier as 1x1 pixels; channel counts 1 - 5 (kernel rows of KW C bytes not a multiple of 4), output panels
+// of 16 - 128 channels (one or two panels, a partial vector), odd sizes whose pool windows are cut at the edges.
+int check_direct_conv() {
+  const DirectCase cases[] = {
+      {1, 3, 23, 21, 64, 7, 2, 3, true, 3, 2, 1}, {2, 3, 17, 19, 80, 7, 2, 3, true, 3, 2, 1},
+      {1, 1, 9, 11, 16, 3, 1, 1, false, 2, 2, 0}, {2, 4, 8, 8, 20, 5, 1, 2, true, 0, 1, 0},
+      {1, 5, 7, 6, 33, 3, 2, 0, false, 0, 1, 0},  {2, 64, 6, 6, 48, 1, 2, 0, false, 0, 1, 0},
+      {3, 128, 1, 1, 70, 1, 1, 0, false, 0, 1, 0}, {1, 2, 12, 10, 128, 3, 1, 1, true, 3, 1, 1},
+      {1, 3, 61, 57, 64, 7, 2, 3, true, 3, 2, 1},  // work enough for 2 threads: bands whose pool windows overlap
+  };
+  Tally tally{"direct int8 conv"};
+  uint64_t seed = 1000;
+  for (const DirectCase& dc : cases)
+    for (int64_t threads : {1, 2}) check_direct_case(dc, threads, seed++, tally);
+  std::printf("engine_check: direct int8 conv (VNNI) vs scalar reference: %lld checks, %lld mismatches "
+              "(bit for bit)\n", (long long)tally.checks, (long long)tally.failures);
+  return tally.failures ? 1 : 0;
+}
+
 }  // namespace
 
 int main() {
@@ -427,5 +557,6 @@ int main() {
                 ck.exact_float ? "all bit for bit" : "integers and encode bit for bit, floats to 1e-5");
     if (ck.tally.failures) rc = 1;
   }
+  if (direct_conv_supported() && check_direct_conv()) rc = 1;
   return rc;
 }

@@ -9,7 +9,9 @@ residual, ReLU / PReLU) of each vector path against the portable path with memcm
 * aarch64: the program is cross-compiled with Debian's ``aarch64-linux-gnu-g++`` and run under
   ``qemu-aarch64-static``, so the NEON path is tested on x86 machines (emulated: correctness only, never speed).
 * x86-64: the same program built natively compares AVX2 and AVX-512 (integers and encode bit for bit; the AVX-512
-  epilogue fuses multiply-adds, so its floats to 1e-5), and shows that the core builds without torch.
+  epilogue fuses multiply-adds, so its floats to 1e-5), and shows that the core builds without torch. Where the
+  CPU has AVX-512 VNNI it also checks the direct uint8 x int8 convolution of the int8 float parts (fused max-pool
+  included) against a scalar evaluation of its definition, bit for bit.
 """
 from __future__ import annotations
 
@@ -74,3 +76,15 @@ def test_x86_vector_paths_equal_portable(tmp_path):
         pytest.skip(f"no vector path on this CPU: {proc.stdout.strip()}")
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
     assert "NEON" not in proc.stdout and "AVX" in proc.stdout and "vs portable" in proc.stdout, proc.stdout
+    direct = "direct int8 conv (VNNI) vs scalar reference"
+    assert (direct in proc.stdout) == _has_vnni(), proc.stdout  # run exactly where the CPU has it
+
+
+def _has_vnni() -> bool:
+    """Whether this x86-64 CPU has what the direct convolution needs (AVX-512 F, BW, DQ, VL and VNNI)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        pytest.skip("no /proc/cpuinfo to read the CPU flags from")
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni"} <= set(flags)
