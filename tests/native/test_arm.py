@@ -21,6 +21,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from lsqbq import _native
 
@@ -76,15 +77,6 @@ def test_x86_vector_paths_equal_portable(tmp_path):
         pytest.skip(f"no vector path on this CPU: {proc.stdout.strip()}")
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
     assert "NEON" not in proc.stdout and "AVX" in proc.stdout and "vs portable" in proc.stdout, proc.stdout
-    direct = "direct int8 conv (VNNI) vs scalar reference"
-    assert (direct in proc.stdout) == _has_vnni(), proc.stdout  # run exactly where the CPU has it
-
-
-def _has_vnni() -> bool:
-    """Whether this x86-64 CPU has what the direct convolution needs (AVX-512 F, BW, DQ, VL and VNNI)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        pytest.skip("no /proc/cpuinfo to read the CPU flags from")
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni"} <= set(flags)
+    if _native.load():  # run exactly where the library says the CPU can run it
+        direct = "direct int8 conv (VNNI) vs scalar reference"
+        assert (direct in proc.stdout) == torch.ops.lsqbq.direct_conv_supported(), proc.stdout
