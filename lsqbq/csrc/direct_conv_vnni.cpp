@@ -105,6 +105,29 @@ LSQBQ_VNNI void conv_row(const DirectConv& d, int64_t b, int64_t oh, float* y) {
   }
 }
 
+// Max over one pool window of channels n .. n + 16 V - 1: V running maxima, one per vector, updated side by side,
+// so each load waits on its own vector's previous max only (one chain of 16 channels at a time waited on the
+// max's latency for every window pixel).
+template <int V>
+LSQBQ_VNNI void pool_window(const float* const* rows, int64_t nr, int64_t w0, int64_t w1, int64_t N, int64_t n,
+                            float* o) {
+  __mmask16 lm[V];
+  __m512 m[V];
+#pragma GCC unroll 4
+  for (int v = 0; v < V; ++v) {
+    lm[v] = first_lanes(N - n - 16 * v);
+    m[v] = _mm512_maskz_loadu_ps(lm[v], rows[0] + w0 * N + n + 16 * v);
+  }
+  for (int64_t i = 0; i < nr; ++i)
+    for (int64_t w = w0; w < w1; ++w) {
+      const float* r = rows[i] + w * N + n;
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) m[v] = _mm512_max_ps(m[v], _mm512_maskz_loadu_ps(lm[v], r + 16 * v));
+    }
+#pragma GCC unroll 4
+  for (int v = 0; v < V; ++v) _mm512_mask_storeu_ps(o + n + 16 * v, lm[v], m[v]);
+}
+
 // Pool row (b, ph) from conv rows h0 .. h1 - 1, conv row h at ring[h % pk].
 LSQBQ_VNNI void pool_row(const DirectConv& d, const float* ring, int64_t b, int64_t ph, int64_t h0, int64_t h1) {
   const float* rows[16];  // pk <= 16 (the op checks)
@@ -113,14 +136,14 @@ LSQBQ_VNNI void pool_row(const DirectConv& d, const float* ring, int64_t b, int6
   float* o = d.out + (b * d.POH + ph) * d.POW * N;
   for (int64_t pw = 0; pw < d.POW; ++pw) {
     const int64_t w0 = std::max<int64_t>(0, pw * d.ps - d.pp), w1 = std::min<int64_t>(d.OW, pw * d.ps - d.pp + d.pk);
-    for (int64_t n = 0; n < N; n += 16) {
-      const __mmask16 lm = first_lanes(N - n);
-      __m512 m = _mm512_maskz_loadu_ps(lm, rows[0] + w0 * N + n);
-      for (int64_t i = 0; i < nr; ++i) {
-        const float* r = rows[i] + n;
-        for (int64_t w = w0; w < w1; ++w) m = _mm512_max_ps(m, _mm512_maskz_loadu_ps(lm, r + w * N));
+    float* op = o + pw * N;
+    for (int64_t n = 0; n < N; n += 64) {
+      switch (std::min<int64_t>(4, (N - n + 15) / 16)) {
+        case 4: pool_window<4>(rows, nr, w0, w1, N, n, op); break;
+        case 3: pool_window<3>(rows, nr, w0, w1, N, n, op); break;
+        case 2: pool_window<2>(rows, nr, w0, w1, N, n, op); break;
+        default: pool_window<1>(rows, nr, w0, w1, N, n, op); break;
       }
-      _mm512_mask_storeu_ps(o + pw * N + n, lm, m);
     }
   }
 }

@@ -20,7 +20,7 @@ def _same(got: torch.Tensor, want: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("k,s,p", WINDOWS)
-@pytest.mark.parametrize("channels", [1, 3, 17, 64])
+@pytest.mark.parametrize("channels", [1, 3, 17, 40, 64, 130])
 def test_native_pool_equals_torch(backend, k, s, p, channels):
     gen = torch.Generator().manual_seed(1000 * k + 100 * s + 10 * p + channels)
     before = torch.get_num_threads()

@@ -527,6 +527,7 @@ int check_direct_conv() {
       {1, 1, 9, 11, 16, 3, 1, 1, false, 2, 2, 0}, {2, 4, 8, 8, 20, 5, 1, 2, true, 0, 1, 0},
       {1, 5, 7, 6, 33, 3, 2, 0, false, 0, 1, 0},  {2, 64, 6, 6, 48, 1, 2, 0, false, 0, 1, 0},
       {3, 128, 1, 1, 70, 1, 1, 0, false, 0, 1, 0}, {1, 2, 12, 10, 128, 3, 1, 1, true, 3, 1, 1},
+      {1, 3, 15, 13, 40, 3, 1, 1, true, 3, 2, 1}, {2, 1, 10, 9, 20, 3, 1, 1, false, 2, 2, 0},  // pools of 3, 2 vectors
       {1, 3, 61, 57, 64, 7, 2, 3, true, 3, 2, 1},  // work enough for 2 threads: bands whose pool windows overlap
   };
   Tally tally{"direct int8 conv"};
