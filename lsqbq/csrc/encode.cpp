@@ -71,14 +71,22 @@ void encode_greedy(const Enc& E, int64_t planes, float* v, int64_t isa) {
   const double n = static_cast<double>(E.C * E.H * E.W);
   std::vector<double> partial(rows);
   for (int64_t i = 0; i < planes; ++i) {
+    const bool pairs = i == 0 && !E.mask && isa == kAvx512;  // two rows' sums side by side (encode.h)
     parallel(rows, row_grain(E), rows * E.W * E.C, kMinEncodeWork, E.threads, [&](int64_t begin, int64_t end) {
       for (int64_t bh = begin; bh < end; ++bh) {
-        double lanes[16] = {0};
-        enc_row_isa(E, bh / E.H, bh % E.H, v + (bh / E.H) * planes, static_cast<int>(i), static_cast<int>(i), lanes,
-                    isa);
-        double s = 0.0;
-        for (int l = 0; l < 16; ++l) s += lanes[l];
-        partial[bh] = s;
+        double lanes[2][16] = {};
+        const int n = pairs && bh + 1 < end ? 2 : 1;
+        if (n == 2)
+          enc_first_pair_avx512(E, bh, lanes[0], lanes[1]);
+        else
+          enc_row_isa(E, bh / E.H, bh % E.H, v + (bh / E.H) * planes, static_cast<int>(i), static_cast<int>(i),
+                      lanes[0], isa);
+        for (int r = 0; r < n; ++r) {
+          double s = 0.0;
+          for (int l = 0; l < 16; ++l) s += lanes[r][l];
+          partial[bh + r] = s;
+        }
+        bh += n - 1;
       }
     });
     for (int64_t b = 0; b < E.B; ++b) {

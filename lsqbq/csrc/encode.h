@@ -58,6 +58,9 @@ void enc_row_portable(const Enc& E, int64_t b, int64_t h, const float* v, int fi
 void enc_row_avx512(const Enc& E, int64_t b, int64_t h, const float* v, int first, int last, double* lanes);
 void enc_row_avx2(const Enc& E, int64_t b, int64_t h, const float* v, int first, int last, double* lanes);
 void enc_row_neon(const Enc& E, int64_t b, int64_t h, const float* v, int first, int last, double* lanes);
+// AVX-512: the first plane of flat image rows row and row + 1 (b H + h) with their lane sums, side by side; the same
+// bits and sums as enc_row_avx512(E, b, h, v, 0, 0, lanes) of each row (unmasked planes only).
+void enc_first_pair_avx512(const Enc& E, int64_t row, double* lanes0, double* lanes1);
 
 // y = clamp(fma(x, a, b)) of one image row into out (W * C floats), for the exact fits that sort y.
 void prologue_row_portable(const Enc& E, int64_t b, int64_t h, float* out);
