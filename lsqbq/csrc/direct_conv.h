@@ -4,7 +4,9 @@
 // Input: uint8 activations q with zero point z, NHWC and already padded, (B, Hp, Wp, C), filled with z in the
 // padding and followed by at least 4 readable bytes. A kernel row of the NHWC input is KW C contiguous bytes; it is
 // read as D = ceil(KW C / 4) dwords (the bytes past KW C, of the next pixel, meet zero weights), so a 7x7 kernel on
-// 3 channels takes 7 * 6 = 42 dword steps per output pixel instead of the 49 of a 4-channel layout.
+// 3 channels takes 7 * 6 = 42 dword steps per output pixel instead of the 49 of a 4-channel layout; where it pays,
+// the rows' last KW C mod 4 bytes are gathered per call into fewer dwords (7 * 5 + 2 = 37 steps for that kernel;
+// direct_conv_vnni.cpp, Plan). The packed weights keep the layout below either way.
 //   acc[m, n]  = sum_k q[m, k] w[n, k] - z sum_k w[n, k]         (int32, exact: the sum over (q - z) w)
 //   y[m, n]    = ((float) acc * sx) * sw[n] + bias[n]            (three roundings, in this order: oneDNN's int8
 //                                                                 convolution rounds the same, so the outputs equal)

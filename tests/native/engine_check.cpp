@@ -519,8 +519,9 @@ void check_direct_case(const DirectCase& dc, int64_t threads, uint64_t seed, Tal
 }
 
 // Shapes of the float parts that run it: a 7x7 / 2 stem with its 3 / 2 / 1 pool, 1x1 shortcuts (stride 1 and 2),
-// a classifier as 1x1 pixels; channel counts 1 - 5 (kernel rows of KW C bytes not a multiple of 4), output panels
-// of 16 - 128 channels (one or two panels, a partial vector), odd sizes whose pool windows are cut at the edges.
+// a classifier as 1x1 pixels; channel counts 1 - 5 (kernel rows of KW C bytes not a multiple of 4, with their
+// tails gathered (7x7 on 3 channels, 3x3 on 2 and 3, 5x5 on 1) or read in place), output panels of 16 - 128
+// channels (one or two panels, a partial vector), odd sizes whose pool windows are cut at the edges.
 int check_direct_conv() {
   const DirectCase cases[] = {
       {1, 3, 23, 21, 64, 7, 2, 3, true, 3, 2, 1}, {2, 3, 17, 19, 80, 7, 2, 3, true, 3, 2, 1},
@@ -528,6 +529,7 @@ int check_direct_conv() {
       {1, 5, 7, 6, 33, 3, 2, 0, false, 0, 1, 0},  {2, 64, 6, 6, 48, 1, 2, 0, false, 0, 1, 0},
       {3, 128, 1, 1, 70, 1, 1, 0, false, 0, 1, 0}, {1, 2, 12, 10, 128, 3, 1, 1, true, 3, 1, 1},
       {1, 3, 15, 13, 40, 3, 1, 1, true, 3, 2, 1}, {2, 1, 10, 9, 20, 3, 1, 1, false, 2, 2, 0},  // pools of 3, 2 vectors
+      {2, 1, 12, 11, 24, 5, 1, 0, true, 0, 1, 0},  // 5-byte rows: two gathered tail dwords for 5 rows
       {1, 3, 61, 57, 64, 7, 2, 3, true, 3, 2, 1},  // work enough for 2 threads: bands whose pool windows overlap
   };
   Tally tally{"direct int8 conv"};
