@@ -128,15 +128,36 @@ void run_tiles(const Job& J, int64_t isa) {
   // of output rows, the rows the next layer's encode (split by rows the same way) reads on that thread, rather
   // than some channels of every row, half of which the next layer must fetch from the other core's cache.
   const bool rows_outer = J.NP * J.KWt * NB * J.pw * static_cast<int64_t>(sizeof(uint64_t)) <= kRowsOuterBytes;
+  // Every tile's rows (Job::rows: offsets, padding taps, ternary counts) are computed once per call. Rows outer, a
+  // task's consecutive indices share a row tile across its panels, then step to the next tile without a division.
+  // Panels outer, every panel visits every tile, so the row tiles are tabulated first (ntiles x 168 bytes; the
+  // panels-outer layers have big weights and few rows).
+  std::vector<Rows> table(rows_outer ? 0 : ntiles);
+  if (!table.empty()) {
+    // in the tiles' word ops (8 to a 512-bit popcount): a row is ~16 scalar instructions, plus a POPCNT per mask word
+    const int64_t row_ops = 8 * (2 + (J.mask ? J.KWt : 0));
+    parallel(ntiles, 64, ntiles * R * row_ops, int64_t(1) << 19, J.threads, [&](int64_t begin, int64_t end) {
+      Job::RowPos at = J.row_pos(begin * R);
+      for (int64_t tl = begin; tl < end; ++tl)
+        J.rows(at, static_cast<int>(std::min<int64_t>(R, J.M - tl * R)), table[tl]);
+    });
+  }
   // below 2^19 word ops (tens of microseconds) one thread is faster than waking another; the stride-2 layers of the
   // ImageNet ResNet-18 at batch 1 (0.9M word ops) stayed on one thread under 2^20 and ran 1.2-1.6x faster split
   parallel(total, grain, total * work, int64_t(1) << 19, J.threads, [&](int64_t begin, int64_t end) {
+    Rows own;
+    int64_t have = -1;
+    Job::RowPos at{};  // row 0's position, where a task's first tile is tile 0
     for (int64_t idx = begin; idx < end; ++idx) {
       const int64_t p = rows_outer ? idx % J.NP : idx / ntiles, tl = rows_outer ? idx / J.NP : idx % ntiles;
       const int64_t m0 = tl * R;
       const int rows = static_cast<int>(std::min<int64_t>(R, J.M - m0));
-      Rows rw;
-      J.rows(m0, rows, rw);
+      if (table.empty() && tl != have) {
+        if (tl != have + 1) at = J.row_pos(m0);
+        J.rows(at, rows, own);
+        have = tl;
+      }
+      const Rows& rw = table.empty() ? own : table[tl];
       for (int64_t j = 0; j < J.pw; ++j) {
         if (J.mask) {
           tile(J, rw, 0, isa, m0, rows, p, j, 0, j == 0, 1, true);

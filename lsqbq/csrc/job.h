@@ -83,33 +83,40 @@ struct Job {
 
   // Rows m0 .. m0 + n - 1 of a tile: word offset of each receptive field (top-left tap) in a plane, taps falling
   // into the zero padding (sign planes; the mask encoding pads with mask 0 and needs no correction), dot-product
-  // length (K, or the popcount of the ternary mask over the window) and sample. Three divisions per tile; the rows
-  // are stepped in (b, oh, ow) order.
+  // length (K, or the popcount of the ternary mask over the window) and sample. The rows are stepped in
+  // (b, oh, ow) order from `at`, row m0's position, which is left at row m0 + n (the next tile's first row).
   struct Rows {
     int64_t base[RMAX], b[RMAX];
     uint64_t inv[RMAX];
     int32_t count[RMAX];
   };
-  void rows(int64_t m0, int n, Rows& out) const {
-    int64_t b = m0 / rows_per_sample;
-    const int64_t r = m0 - b * rows_per_sample;
-    int64_t oh = r / OW, ow = r - (r / OW) * OW;
+  struct RowPos {
+    int64_t b, oh, ow;
+  };
+  RowPos row_pos(int64_t m) const {  // (b, oh, ow) of output row m
+    const int64_t b = m / rows_per_sample, r = m - b * rows_per_sample;
+    return {b, r / OW, r % OW};
+  }
+  void rows(RowPos& at, int n, Rows& out) const {
+    // the fields in locals: the stores to out would otherwise make the compiler reload them per row
+    const int64_t oh_n = OH, ow_n = OW, hp = Hp, wp = Wp, cw = Cw, s_h = sh, s_w = sw;
+    const bool corr = padded && !mask;
+    int64_t b = at.b, oh = at.oh, ow = at.ow;
     for (int i = 0; i < n; ++i) {
-      const int64_t base = ((b * Hp + oh * sh) * Wp + ow * sw) * Cw;
+      const int64_t base = ((b * hp + oh * s_h) * wp + ow * s_w) * cw;
       out.base[i] = base;
       out.b[i] = b;
-      out.inv[i] = (padded && !mask) ? (inv_h[oh] | inv_w[ow]) : 0;
-      int32_t cnt = K;
-      if (mask) cnt = mask_count(a + a_plane + base, koff.data(), KWt, hw_popcnt);
-      out.count[i] = cnt;
-      if (++ow == OW) {
+      out.inv[i] = corr ? (inv_h[oh] | inv_w[ow]) : 0;
+      out.count[i] = mask ? mask_count(a + a_plane + base, koff.data(), KWt, hw_popcnt) : K;
+      if (++ow == ow_n) {
         ow = 0;
-        if (++oh == OH) {
+        if (++oh == oh_n) {
           oh = 0;
           ++b;
         }
       }
     }
+    at = {b, oh, ow};
   }
 };
 using Rows = Job::Rows;

@@ -45,6 +45,7 @@ CONVS = [  # (B, C, H, W, N, kernel, stride, padding)
     (1, 130, 6, 5, 40, 3, 2, 2),
     (2, 63, 5, 7, 64, 1, 1, 0),
     (1, 64, 8, 8, 31, 1, 2, 0),
+    (2, 1024, 5, 5, 128, 3, 1, 1),  # weight panels over 128 KB: the driver runs panels outer on tabulated rows
 ]
 
 
@@ -67,6 +68,20 @@ def test_conv_bit_exact(backend, shape, mode, pm1):
     got = xnor_conv2d_scaled(a, w, sa, bias, (H, W), s, p, mask=mask, backend=backend)
     torch.testing.assert_close(got, xnor_conv2d_scaled(a, w, sa, bias, (H, W), s, p, mask=mask, backend="reference"),
                                rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", [(1, 1, False), (2, 1, True)], ids=["1x1", "Tx1"])
+def test_conv_panels_outer_on_threads(backend, mode, threads, pm1):
+    """Weight panels over the driver's 128 KB (1024 -> 128 channels, 3x3) run panels outer on row tiles tabulated
+    first; at 512 output rows the ternary table is work enough to be split over threads."""
+    pa, pw, mask = mode
+    gen = torch.Generator().manual_seed(7)
+    B, C, H, W, N = 2, 1024, 16, 16, 128
+    a = encode(torch.randn(B, C, H, W, generator=gen), torch.rand(B, 2 if mask else pa, generator=gen), mask=mask,
+               padding=(1, 1), backend="reference")
+    w = pack_weight(pm1(pw, N, C, 3, 3, gen=gen), torch.rand(N, pw, generator=gen))
+    assert torch.equal(xnor_conv2d(a, w, (H, W), 1, 1, mask=mask, backend=backend),
+                       xnor_conv2d(a, w, (H, W), 1, 1, mask=mask, backend="reference"))
 
 
 @pytest.mark.parametrize("planes,mask", [(1, False), (2, False), (3, False), (2, True)])
