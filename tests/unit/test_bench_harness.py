@@ -176,6 +176,25 @@ def test_headlines_judge_a_run_by_the_targets_of_its_back_end(backend, verdict):
                                                                  "portable": ""}[backend]
 
 
+def test_batch16_thread_headline_is_the_slowest_binary_row():
+    """The batch-16 thread speed-up of the kernel headline is the smallest 1 / 2-thread ratio over every binary
+    layer, scheme and scale mode at batch 16: here a 2x1 row with stored scales (1.5x), below the 1-bit rows
+    (2x) and ignoring fp32 rows and batch 1."""
+    from lsqbq.bench import kernel_report
+
+    rows = []
+    for layer, scheme, mode, impl, batch, t1, t2 in [
+            ("64@56x56", kernel_report.ONE_BIT, "fitted", "binary avx512", 16, 4.0, 2.0),
+            ("128@28x28", kernel_report.ONE_BIT, "fitted", "binary avx512", 16, 3.0, 1.5),
+            ("128@28x28", "2x1", "stored", "binary avx512", 16, 6.0, 4.0),
+            ("128@28x28", "2x1", "fitted", "binary avx512", 1, 1.0, 1.0),
+            ("128@28x28", "fp32", None, "fp32 F.conv2d NCHW", 16, 9.0, 9.0)]:
+        rows += [dict(kind="conv", layer=layer, scheme=scheme, scale_mode=mode, impl=impl, batch=batch, threads=t,
+                      seconds=sec) for t, sec in ((1, t1), (2, t2))]
+    summary = kernel_report.summarise(pd.DataFrame(rows))
+    assert summary["threads2_batch16_min"] == pytest.approx(1.5)
+
+
 def test_split_table_bounds_each_layer_by_the_measured_peak():
     """The 1-bit layer's split gains its bound from the peak, recomputed here by hand: a layer of 1.2e8 binary
     MACs at 1.2e12 MAC/s takes at least 0.1 ms; with 0.05 ms of encode and 3 ms of fp32 that bounds it at 20x."""
