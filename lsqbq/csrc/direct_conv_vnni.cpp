@@ -201,13 +201,17 @@ Plan make_plan(const DirectConv& dc, std::vector<uint8_t>& tail_act, std::vector
   d.tb = tb;
   d.td = td;
   tail_act.assign(d.B * d.OW * d.Hp * tb + 4, 0);  // + 4: a last dword may read past the last run
-  const int64_t moves = d.B * d.Hp * d.OW * tb;     // one byte each; a batch of 16 stems: 0.4 M, split
-  parallel(d.B * d.Hp, 16, moves, int64_t(1) << 17, d.threads, [&](int64_t begin, int64_t end) {
-    for (int64_t br = begin; br < end; ++br) {  // input row br = b Hp + r
-      const uint8_t* row = d.q + br * d.Wp * d.C + 4 * full;
-      uint8_t* out = tail_act.data() + ((br / d.Hp) * d.OW * d.Hp + br % d.Hp) * tb;
-      for (int64_t ow = 0; ow < d.OW; ++ow)
-        for (int64_t t = 0; t < tb; ++t) out[ow * d.Hp * tb + t] = row[ow * d.sw_ * d.C + t];
+  const int64_t moves = d.B * d.Hp * d.OW * tb;  // one byte each; a batch of 16 stems: 0.4 M, split
+  // Written in order, one output column (b, ow) at a time: its Hp rows' tails read one byte run from each of Hp
+  // input rows, lines that the next columns read again (Hp lines: 15 KB for the 224x224 stem, in L1). Input rows
+  // outer instead wrote every byte to another line (a stride of Hp tb bytes): 0.9 % of the int8 ResNet-18 at batch 1.
+  parallel(d.B * d.OW, 16, moves, int64_t(1) << 17, d.threads, [&](int64_t begin, int64_t end) {
+    for (int64_t bw = begin; bw < end; ++bw) {  // output column bw = b OW + ow
+      const int64_t b = bw / d.OW, ow = bw % d.OW;
+      const uint8_t* col = d.q + (b * d.Hp * d.Wp + ow * d.sw_) * d.C + 4 * full;
+      uint8_t* out = tail_act.data() + bw * d.Hp * tb;
+      for (int64_t r = 0; r < d.Hp; ++r)
+        for (int64_t t = 0; t < tb; ++t) out[r * tb + t] = col[r * d.Wp * d.C + t];
     }
   });
   const int64_t Npad = (d.N + 15) / 16 * 16;
