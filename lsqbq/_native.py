@@ -2,15 +2,15 @@
 
 Every source of the one C++ source folder ``csrc/`` (the quantizers ``quant.cpp``; the XNOR engine split by idea:
 ``isa``, ``pool``, ``job`` / ``driver``, ``tile_portable`` / ``tile_avx512`` / ``tile_avx2`` / ``tile_neon``,
-``encode*``, ``fit`` / ``sorted_fit`` (the exact fits), ``maxpool`` (the stem's pool + ReLU), ``quantize`` (int8
-float parts' inputs), ``direct_conv*`` (their stem, 1x1 and small linear layers on AVX-512 VNNI), and ``ops_xnor.cpp``,
-its torch ops) is compiled with ``torch.utils.cpp_extension`` into one library, once per
-source/header/flags/torch version, in a cache directory: ``LSQBQ_BUILD_DIR``, else ``TORCH_EXTENSIONS_DIR/lsqbq``, else
-``$XDG_CACHE_HOME/lsqbq`` (``~/.cache/lsqbq``), one sub-directory per torch version. No ``-march`` flag is used: the
-AVX-512 and AVX2 kernels carry function target attributes and are chosen at run time, so one build runs on any x86-64
-CPU; on aarch64 the same sources build the NEON kernels instead (the x86 files compile to stubs there, the NEON files to
-stubs on x86-64). The Python side of the ops (portable kernels, autograd, fake kernels) and the calls themselves live in
-:mod:`lsqbq._ops`.
+``encode*``, ``fit`` / ``sorted_fit`` (the exact fits), ``maxpool`` (the stem's pool + ReLU), ``quantize`` (int8 float
+parts' inputs), ``direct_conv*`` (their stem, 1x1 and small linear layers on AVX-512 VNNI), ``memprobe`` (the
+benchmarks' memory probe), and ``ops_xnor.cpp``, its torch ops) is compiled with ``torch.utils.cpp_extension`` into one
+library, once per source/header/flags/torch version, in a cache directory: ``LSQBQ_BUILD_DIR``, else
+``TORCH_EXTENSIONS_DIR/lsqbq``, else ``$XDG_CACHE_HOME/lsqbq`` (``~/.cache/lsqbq``), one sub-directory per torch
+version. No ``-march`` flag is used: the AVX-512 and AVX2 kernels carry function target attributes and are chosen at run
+time, so one build runs on any x86-64 CPU; on aarch64 the same sources build the NEON kernels instead (the x86 files
+compile to stubs there, the NEON files to stubs on x86-64). The Python side of the ops (portable kernels, autograd, fake
+kernels) and the calls themselves live in :mod:`lsqbq._ops`.
 
 The switch, one environment variable ``LSQBQ_BACKEND`` (:func:`requested_backend`):
 

@@ -7,7 +7,8 @@ Each ``lsqbq bench <name>`` invocation
   measurement), and where kernels are timed ``--backend`` and ``--render-only``;
 * opens one :class:`BenchRun`, which records the machine (:func:`~lsqbq.bench.machine.machine_record`: CPU model,
   flags, cores, torch and its threads, the kernel back end and its ISA path), the git commit and dirty flag, and the
-  load average and the CPU tick counters (for the steal share of the run) before the first timing;
+  load average, the CPU tick counters (for the steal share of the run) and the memory probe
+  (:func:`~lsqbq.bench.machine.memory_latency`) before the first timing, and all three again after the last;
 * gives every CSV row those machine columns and :data:`PROVENANCE` (:meth:`BenchRun.table`);
 * writes its CSV, markdown and figures atomically: a reader (or a later table build) sees the previous complete
   file or the new one, never half of one (:meth:`BenchRun.write_csv`, :meth:`~BenchRun.write_text`,
@@ -31,14 +32,17 @@ import pandas as pd
 import torch
 
 from ..atomic import atomic_write, write_text_atomic
-from .machine import cpu_ticks, load, machine_record, steal_percent
+from .machine import PROBE_BYTES, cpu_ticks, load, machine_record, memory_latency, steal_percent
 
-__all__ = ["EXPERIMENT_PREFIX", "PROVENANCE", "BenchRun", "experiment_name", "headline_cells", "int_at_least",
+__all__ = ["CONDITIONS", "EXPERIMENT_PREFIX", "PROVENANCE", "BenchRun", "experiment_name", "headline_cells", "int_at_least",
            "int_list", "parser", "provenance_line", "thread_counts", "write_csv", "write_figure", "write_text"]
 
 EXPERIMENT_PREFIX = "lsqbq-bench-"
 # columns every benchmark CSV row carries (besides the machine record's)
-PROVENANCE = ("git_commit", "git_dirty", "isa", "load_before", "load_after", "steal_pct")
+PROVENANCE = ("git_commit", "git_dirty", "isa", "load_before", "load_after", "steal_pct", "mem_ns_before",
+              "mem_ns_after")
+# provenance columns logged as MLflow metrics of the run
+CONDITIONS = ("load_before", "load_after", "steal_pct", "mem_ns_before", "mem_ns_after")
 
 
 def experiment_name(benchmark: str) -> str:
@@ -168,7 +172,23 @@ def provenance_line(df: pd.DataFrame) -> str:
     dirty = " with local changes" if str(r.get("git_dirty")).lower() == "true" else ""
     return (f"Commit `{str(r['git_commit'])[:12]}`{dirty}; kernels `{r.get('kernels', '')}` "
             f"(ISA path `{r.get('isa', '')}`); load average {_fmt(r.get('load_before'))} before, "
-            f"{_fmt(r.get('load_after'))} after the run{_steal(r.get('steal_pct'))}.")
+            f"{_fmt(r.get('load_after'))} after the run{_steal(r.get('steal_pct'))}"
+            f"{_memory(r.get('mem_ns_before'), r.get('mem_ns_after'))}.")
+
+
+def _memory(before: Any, after: Any) -> str:
+    """The provenance line's memory-probe clause (empty where the probe was not recorded)."""
+    b, a = _fmt(before), _fmt(after)
+    if b == "n/a" and a == "n/a":
+        return ""
+    mb = PROBE_BYTES >> 20
+    return (f"; a dependent random load over {mb} MB took {_ns(before)} before and {_ns(after)} after it (longer: "
+            f"other tenants held more of the shared cache)")
+
+
+def _ns(v: Any) -> str:
+    s = _fmt(v)
+    return s if s == "n/a" else f"{float(v):.0f} ns"
 
 
 def _steal(v: Any) -> str:
@@ -221,6 +241,8 @@ class BenchRun:
         self.load_after: float | None = None
         self._ticks_before = cpu_ticks()
         self.steal_pct: float | None = None
+        self.mem_ns_before = memory_latency()
+        self.mem_ns_after: float | None = None
 
     def __enter__(self) -> "BenchRun":
         return self
@@ -243,8 +265,9 @@ class BenchRun:
         if self.load_after is None:
             self.load_after = load()
             self.steal_pct = steal_percent(self._ticks_before, cpu_ticks())
+            self.mem_ns_after = memory_latency()
         return {**self.code, "isa": self.isa, "load_before": self.load_before, "load_after": self.load_after,
-                "steal_pct": self.steal_pct}
+                "steal_pct": self.steal_pct, "mem_ns_before": self.mem_ns_before, "mem_ns_after": self.mem_ns_after}
 
     def table(self, rows: Iterable[dict] | pd.DataFrame) -> pd.DataFrame:
         """The rows as a frame with the machine record and :data:`PROVENANCE` on every row (a column the rows
@@ -289,8 +312,8 @@ class BenchRun:
                source_run_ids: Iterable[str | None] = ()) -> str | None:
         """Log the one MLflow run of this invocation; returns its id (None: tracking off or the store failed).
 
-        Metrics: ``metrics`` (headline ratios) plus ``load_before`` / ``load_after`` / ``steal_pct``; artifacts: every file this
-        run wrote; ``source_run_ids``: the training runs whose checkpoints were timed.
+        Metrics: ``metrics`` (headline ratios) plus :data:`CONDITIONS` (load, steal, memory probe); artifacts:
+        every file this run wrote; ``source_run_ids``: the training runs whose checkpoints were timed.
         """
         from ..tracking import record_run
 
@@ -298,7 +321,7 @@ class BenchRun:
         return record_run(
             experiment_name(self.name), f"bench_{self.name}", strict=False,
             params={**self.params(), **(params or {})},
-            metrics={**metrics, **{k: prov[k] for k in ("load_before", "load_after", "steal_pct")}},
+            metrics={**metrics, **{k: prov[k] for k in CONDITIONS}},
             artifacts=list(self.files),
             tags={"lsqbq.kind": f"bench {self.name}", "lsqbq.isa": self.isa, "lsqbq.kernels": self.backend,
                   "quick": self.options.get("quick"), "smoke": self.options.get("smoke")},

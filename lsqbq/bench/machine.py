@@ -5,7 +5,9 @@ default thread count, CPU capability and int8 engines, the kernel back end and t
 (:func:`lsqbq.kernels.isa_path`, chosen by ``--backend`` or the switch ``LSQBQ_BACKEND``), and whether the
 quantizers run the C++ library or their torch code. :func:`load` is the 1-minute load average, taken before and
 after each group of timings; :func:`steal_percent` the share of CPU time a virtual machine's host took from it
-(steal) between two :func:`cpu_ticks` readings, over a whole run.
+(steal) between two :func:`cpu_ticks` readings, over a whole run; :func:`memory_latency` the time of one
+dependent random load over :data:`PROBE_BYTES`, before and after a run: on a shared host, other tenants' use of the
+last-level cache shows there (neither in the load nor in the steal) and moves the timings of cache-bound kernels.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ import subprocess
 
 import torch
 
-__all__ = ["FLAGS", "cpu_flags", "cpu_model", "cpu_ticks", "load", "machine_record", "steal_percent"]
+__all__ = ["FLAGS", "PROBE_BYTES", "PROBE_LOADS", "cpu_flags", "cpu_model", "cpu_ticks", "load", "machine_record",
+           "memory_latency", "steal_percent"]
 
 # SIMD flags that decide which kernels can run and how fast the baselines are
 FLAGS = ("avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vpopcntdq", "avx512_bitalg", "avx512_vnni", "avx_vnni",
@@ -68,6 +71,24 @@ def load() -> float:
         return os.getloadavg()[0]
     except OSError:
         return float("nan")
+
+
+#: The probe's working set: half the 32 MB L3 of the reference machine (a 2-core share of an AMD EPYC Zen 4), so an
+#: undisturbed cache holds it and other tenants' use of it shows as longer loads.
+PROBE_BYTES = 16 << 20
+PROBE_LOADS = 1 << 20  # about 0.2 s at DRAM latency
+
+
+def memory_latency(nbytes: int = PROBE_BYTES, loads: int = PROBE_LOADS) -> float:
+    """Nanoseconds per dependent random load over ``nbytes`` (``torch.ops.lsqbq.memory_latency_ns``: a pointer
+    chase through one random cycle of 64-byte lines, ``lsqbq/csrc/memprobe.h``); NaN without the compiled
+    library. Recorded before and after each benchmark run: a rise from one run to another at the same size says
+    that less of the shared cache was this machine's, and the cache-bound rows are slower for it."""
+    from .. import _native
+
+    if not _native.active():
+        return float("nan")
+    return float(torch.ops.lsqbq.memory_latency_ns(int(nbytes), int(loads)))
 
 
 def cpu_ticks(stat: str = "/proc/stat") -> tuple[int, int] | None:

@@ -34,6 +34,7 @@
 #include "isa.h"
 #include "job.h"
 #include "maxpool.h"
+#include "memprobe.h"
 #include "pool.h"
 #include "quantize.h"
 
@@ -564,6 +565,12 @@ int64_t popcount_peak_cpu(int64_t iters, int64_t isa) {
 
 bool isa_supported_cpu(int64_t isa) { return isa_supported(isa); }
 
+double memory_latency_ns_cpu(int64_t bytes, int64_t loads) {
+  TORCH_CHECK_VALUE(bytes >= 128 && loads >= 1, "lsqbq: memory_latency_ns needs bytes >= 128 and loads >= 1, got ",
+                    bytes, " and ", loads);
+  return random_load_ns(bytes, loads);
+}
+
 }  // namespace
 }  // namespace lsqbq
 
@@ -596,11 +603,13 @@ TORCH_LIBRARY_FRAGMENT(lsqbq, m) {
   m.def("direct_conv_supported() -> bool");
   m.def("popcount_peak(int iters, int isa) -> int");
   m.def("isa_supported(int isa) -> bool");
+  m.def("memory_latency_ns(int bytes, int loads) -> float");
 }
 
 // No tensor arguments, hence no device to dispatch on: one kernel for every dispatch key.
 TORCH_LIBRARY_IMPL(lsqbq, CompositeExplicitAutograd, m) {
   m.impl("popcount_peak", &popcount_peak_cpu);
+  m.impl("memory_latency_ns", &memory_latency_ns_cpu);
   m.impl("isa_supported", &isa_supported_cpu);
   m.impl("direct_conv_supported", &direct_conv_supported_cpu);
 }

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from lsqbq import cli, kernels
+from lsqbq import _native, cli, kernels
 from lsqbq.bench import BENCHMARKS, harness, machine
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -69,6 +69,8 @@ def test_smoke_run_writes_provenance_on_every_row_and_one_run(tmp_path, benchmar
     for col in ("load_before", "load_after", "steal_pct"):
         assert df[col].notna().all() and (df[col] >= 0).all()
     assert (df["steal_pct"] <= 100).all()
+    if _native.active():  # the memory probe needs the compiled library (NaN without it)
+        assert ((df["mem_ns_before"] > 0) & (df["mem_ns_after"] > 0)).all()
     assert (df["cpu"].astype(str).str.len() > 0).all() and df["torch"].notna().all()
 
     c, runs = _runs_of(benchmark, out)
@@ -77,7 +79,7 @@ def test_smoke_run_writes_provenance_on_every_row_and_one_run(tmp_path, benchmar
     assert run.info.status == "FINISHED" and run.info.run_name == f"bench_{benchmark}"
     assert run.data.params["isa"] == kernels.isa_path() and run.data.params["smoke"] == "true"
     assert run.data.tags["git_commit"] == commit and run.data.tags["lsqbq.isa"] == kernels.isa_path()
-    assert {"load_before", "load_after", "steal_pct"} <= set(run.data.metrics)
+    assert set(harness.CONDITIONS) <= set(run.data.metrics)
     artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
     written = {p.name for p in out.iterdir()}
     assert CSV[benchmark] in artifacts and artifacts == written  # every file written is in the run, and only those
@@ -115,6 +117,29 @@ def test_provenance_line_gives_the_steal_share_where_recorded():
                         "isa": "avx512-vpopcntdq", "load_before": 1.0, "load_after": 1.25, "steal_pct": 12.345}])
     assert harness.provenance_line(df).endswith("load average 1.00 before, 1.25 after the run; the host took 12.3 % "
                                                 "of the CPU time (steal) during it.")
+
+
+def test_provenance_line_gives_the_memory_probe_where_recorded():
+    row = {"git_commit": "0123456789abcdef", "git_dirty": False, "kernels": "avx512", "isa": "avx512-vpopcntdq",
+           "load_before": 1.0, "load_after": 1.25, "steal_pct": 0.0}
+    line = harness.provenance_line(pd.DataFrame([{**row, "mem_ns_before": 31.4, "mem_ns_after": 148.6}]))
+    assert line.endswith("(steal) during it; a dependent random load over 16 MB took 31 ns before and 149 ns after it "
+                         "(longer: other tenants held more of the shared cache).")
+    nan = float("nan")  # not recorded (no compiled library, or a CSV from before the probe): no clause
+    assert "random load" not in harness.provenance_line(pd.DataFrame([{**row, "mem_ns_before": nan,
+                                                                       "mem_ns_after": nan}]))
+    assert "random load" not in harness.provenance_line(pd.DataFrame([row]))
+
+
+@pytest.mark.skipif(not _native.active(), reason="the memory probe needs the compiled library")
+def test_memory_probe_tells_a_cached_set_from_one_that_is_not():
+    """Dependent loads over 32 KB (in L1 or L2 on any CPU) take far less than over 256 MB (beyond any last-level
+    cache here: DRAM); a bad size is a clear error."""
+    small = machine.memory_latency(32 << 10, 1 << 20)
+    large = machine.memory_latency(256 << 20, 1 << 18)
+    assert 0 < small < large / 3, (small, large)
+    with pytest.raises(ValueError, match="bytes >= 128"):
+        machine.memory_latency(64, 10)
 
 
 def test_steal_percent_from_proc_stat_lines(tmp_path):
