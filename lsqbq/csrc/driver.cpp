@@ -158,7 +158,7 @@ void run_tiles(const Job& J, int64_t isa) {
   // perf put half of the residual tail's samples at those loads. So a task asks for the next tile's output lines
   // while it computes the current one (and for its first tile's on entry). In-process A/B on a 2-core Zen 4, the
   // frozen ResNet-18 with int8 float parts: 0.99-1.05x at batch 1 on one thread (the low end in runs where the
-  // network stayed in cache), 1.05-1.07x beside a memory-heavy process, 1.08x on two threads, 1.02x at batch 16.
+  // network stayed in cache), 1.00-1.07x beside a memory-heavy process, 1.08x on two threads, 1.02x at batch 16.
   auto prefetch_outputs = [&](int64_t idx) {
     const int64_t p = rows_outer ? idx % J.NP : idx / ntiles, tl = rows_outer ? idx / J.NP : idx % ntiles;
     const int64_t n0 = p * NB, m0 = tl * R, rows = std::min<int64_t>(R, J.M - m0);
