@@ -34,15 +34,15 @@ import torch
 from ..atomic import atomic_write, write_text_atomic
 from .machine import PROBE_BYTES, cpu_ticks, load, machine_record, memory_latency, steal_percent
 
-__all__ = ["CONDITIONS", "EXPERIMENT_PREFIX", "PROVENANCE", "BenchRun", "experiment_name", "headline_cells", "int_at_least",
-           "int_list", "parser", "provenance_line", "thread_counts", "write_csv", "write_figure", "write_text"]
+__all__ = ["CONDITIONS", "EXPERIMENT_PREFIX", "PROVENANCE", "BenchRun", "experiment_name", "headline_cells",
+           "int_at_least", "int_list", "parser", "provenance_line", "thread_counts", "write_csv", "write_figure",
+           "write_text"]
 
 EXPERIMENT_PREFIX = "lsqbq-bench-"
-# columns every benchmark CSV row carries (besides the machine record's)
-PROVENANCE = ("git_commit", "git_dirty", "isa", "load_before", "load_after", "steal_pct", "mem_ns_before",
-              "mem_ns_after")
-# provenance columns logged as MLflow metrics of the run
+# the host's conditions around a run (load, steal, memory probe): CSV columns and MLflow metrics of the run
 CONDITIONS = ("load_before", "load_after", "steal_pct", "mem_ns_before", "mem_ns_after")
+# columns every benchmark CSV row carries (besides the machine record's)
+PROVENANCE = ("git_commit", "git_dirty", "isa", *CONDITIONS)
 
 
 def experiment_name(benchmark: str) -> str:

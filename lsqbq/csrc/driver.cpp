@@ -159,8 +159,7 @@ void run_tiles(const Job& J, int64_t isa) {
   // while it computes the current one (and for its first tile's on entry). In-process A/B on a 2-core Zen 4, the
   // frozen ResNet-18 with int8 float parts: 0.99-1.05x at batch 1 on one thread (the low end in runs where the
   // network stayed in cache), 1.00-1.07x beside a memory-heavy process, 1.08x on two threads, 1.02x at batch 16.
-  auto prefetch_outputs = [&](int64_t idx) {
-    const int64_t p = rows_outer ? idx % J.NP : idx / ntiles, tl = rows_outer ? idx / J.NP : idx % ntiles;
+  auto prefetch_outputs = [&](int64_t p, int64_t tl) {
     const int64_t n0 = p * NB, m0 = tl * R, rows = std::min<int64_t>(R, J.M - m0);
     for (int64_t r = 0; r < rows; ++r) {
       const float* o = J.out_f + (m0 + r) * J.N + n0;
@@ -168,7 +167,6 @@ void run_tiles(const Job& J, int64_t isa) {
     }
   };
   parallel(total, grain, total * work, int64_t(1) << 19, J.threads, [&](int64_t begin, int64_t end) {
-    if (fused) prefetch_outputs(begin);
     Rows own;
     int64_t have = -1;
     Job::RowPos at{};  // row 0's position, where a task's first tile is tile 0
@@ -182,7 +180,14 @@ void run_tiles(const Job& J, int64_t isa) {
         have = tl;
       }
       const Rows& rw = table.empty() ? own : table[tl];
-      if (fused && idx + 1 < end) prefetch_outputs(idx + 1);
+      if (fused) {
+        if (idx == begin) prefetch_outputs(p, tl);
+        if (idx + 1 < end) {  // the next index's tile, stepped as the index is split above
+          const bool wrap = rows_outer ? p + 1 == J.NP : tl + 1 == ntiles;
+          if (rows_outer) prefetch_outputs(wrap ? 0 : p + 1, wrap ? tl + 1 : tl);
+          else prefetch_outputs(wrap ? p + 1 : p, wrap ? 0 : tl + 1);
+        }
+      }
       for (int64_t j = 0; j < J.pw; ++j) {
         if (J.mask) {
           tile(J, rw, 0, isa, m0, rows, p, j, 0, j == 0, 1, true);
