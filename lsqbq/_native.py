@@ -3,7 +3,8 @@
 Every source of the one C++ source folder ``csrc/`` (the quantizers ``quant.cpp``; the XNOR engine split by idea:
 ``isa``, ``pool``, ``job`` / ``driver``, ``tile_portable`` / ``tile_avx512`` / ``tile_avx2`` / ``tile_neon``,
 ``encode*``, ``fit`` / ``sorted_fit`` (the exact fits), ``maxpool`` (the stem's pool + ReLU), ``quantize`` (int8 float
-parts' inputs), ``direct_conv*`` (their stem, 1x1 and small linear layers on AVX-512 VNNI), ``memprobe`` (the
+parts' inputs), ``direct_conv*`` (their stem, 1x1 and small linear layers on AVX-512 VNNI; ``direct_conv_f32``,
+the fp32 float parts' convolutions of few taps), ``memprobe`` (the
 benchmarks' memory probe), and ``ops_xnor.cpp``, its torch ops) is compiled with ``torch.utils.cpp_extension`` into one
 library, once per source/header/flags/torch version, in a cache directory: ``LSQBQ_BUILD_DIR``, else
 ``TORCH_EXTENSIONS_DIR/lsqbq``, else ``$XDG_CACHE_HOME/lsqbq`` (``~/.cache/lsqbq``), one sub-directory per torch

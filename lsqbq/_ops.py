@@ -14,8 +14,8 @@ The quantizer's own gradient is not the op's: :func:`foldable_quantize`, the enc
 rule of the layers, on both paths.
 
 Kernel ops (``pack_signs``, ``pack_activations``, ``encode_fused``, ``bitwise_conv2d``, ``xnor_*``,
-``max_pool2d_nhwc``, ``quantize_uint8``, ``int8_conv2d``, ``int8_linear``, ``int8_direct_conv2d``, ``popcount_peak``,
-``isa_supported``, ``direct_conv_supported``):
+``max_pool2d_nhwc``, ``quantize_uint8``, ``int8_conv2d``, ``int8_linear``, ``int8_direct_conv2d``,
+``f32_direct_conv2d``, ``popcount_peak``, ``isa_supported``, ``direct_conv_supported``):
 CPU only, inference: their outputs are registered as non-differentiable; :mod:`lsqbq.kernels.ops` picks the back
 end.
 
@@ -204,6 +204,10 @@ def _fake_kernels() -> dict:
             oh, ow = conv_out((oh, ow), (pool[0],) * 2, (pool[1],) * 2, (pool[2],) * 2, (1, 1))
         return x.new_empty((x.shape[0], w_sum.shape[0], oh, ow)).contiguous(memory_format=torch.channels_last)
 
+    def f32_direct_conv2d(x, w_packed, bias, n_out, kernel, stride, padding, relu, isa):
+        oh, ow = conv_out(x.shape[2:], kernel, stride, padding, (1, 1))
+        return x.new_empty((x.shape[0], n_out, oh, ow)).contiguous(memory_format=torch.channels_last)
+
     # No tensor arguments: the answers recorded from the C++ functions when the library loaded.
     def popcount_peak(iters, isa):
         if isa not in _macs_per_iter:
@@ -226,7 +230,8 @@ def _fake_kernels() -> dict:
             "xnor_gemm_scaled": xnor_gemm_scaled, "xnor_conv2d": xnor_conv2d,
             "xnor_conv2d_scaled": xnor_conv2d_scaled, "max_pool2d_nhwc": max_pool2d_nhwc,
             "quantize_uint8": quantize_uint8, "int8_conv2d": int8_conv2d, "int8_linear": int8_linear,
-            "int8_direct_conv2d": int8_direct_conv2d, "popcount_peak": popcount_peak, "isa_supported": isa_supported,
+            "int8_direct_conv2d": int8_direct_conv2d, "f32_direct_conv2d": f32_direct_conv2d,
+            "popcount_peak": popcount_peak, "isa_supported": isa_supported,
             "direct_conv_supported": direct_conv_supported, "memory_latency_ns": memory_latency_ns}
 
 

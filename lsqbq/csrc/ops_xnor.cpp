@@ -30,6 +30,7 @@
 #include <tuple>
 
 #include "direct_conv.h"
+#include "direct_conv_f32.h"
 #include "encode.h"
 #include "isa.h"
 #include "job.h"
@@ -556,6 +557,58 @@ at::Tensor int8_direct_conv2d_cpu(const at::Tensor& x, const at::Tensor& w_packe
   return out;
 }
 
+// The fp32 float parts' direct convolution of few taps (FoldedConv2d; core: direct_conv_f32.h): x channels_last
+// float32 (B, C, H, W), weights (KH, KW, C, Np) from packed_f32_direct_weight, bias (N) or none; y (B, N, OH, OW)
+// channels_last, relu(conv(x) + bias) with the sum in the order stated there.
+at::Tensor f32_direct_conv2d_cpu(const at::Tensor& x, const at::Tensor& w_packed, const std::optional<at::Tensor>& bias,
+                                 int64_t n_out, at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
+                                 bool relu, int64_t isa) {
+  check_isa(isa);
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 4 && x.device().is_cpu(),
+              "lsqbq: f32_direct_conv2d needs a float32 (B, C, H, W) CPU tensor, got ", x.sizes(), " ",
+              x.scalar_type());
+  TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast), "lsqbq: f32_direct_conv2d needs channels_last input");
+  TORCH_CHECK(kernel.size() == 2 && stride.size() == 2 && padding.size() == 2,
+              "lsqbq: f32_direct_conv2d takes 2 values each of kernel, stride and padding");
+  DirectConvF32 d;
+  d.B = x.size(0);
+  d.C = x.size(1);
+  d.H = x.size(2);
+  d.W = x.size(3);
+  d.N = n_out;
+  d.KH = kernel[0];
+  d.KW = kernel[1];
+  d.sh = stride[0];
+  d.sw = stride[1];
+  d.ph = padding[0];
+  d.pw = padding[1];
+  TORCH_CHECK(d.N > 0 && d.KH > 0 && d.KW > 0 && d.sh > 0 && d.sw > 0 && d.ph >= 0 && d.pw >= 0,
+              "lsqbq: f32_direct_conv2d needs positive outputs, kernel and stride and padding >= 0, got ", n_out, ", ",
+              kernel, ", ", stride, ", ", padding);
+  TORCH_CHECK(d.H + 2 * d.ph >= d.KH && d.W + 2 * d.pw >= d.KW, "lsqbq: f32_direct_conv2d input ", x.sizes(),
+              " with padding ", padding, " is smaller than the kernel ", kernel);
+  TORCH_CHECK(w_packed.scalar_type() == at::kFloat && w_packed.is_contiguous() &&
+                  w_packed.numel() == d.KH * d.KW * d.C * d.padded_n(),
+              "lsqbq: f32_direct_conv2d weights do not match ", n_out, " outputs of ", d.C, " x ", kernel, " taps");
+  TORCH_CHECK(!bias || (bias->scalar_type() == at::kFloat && bias->numel() == d.N),
+              "lsqbq: f32_direct_conv2d needs a float32 bias of ", n_out, " channels");
+  d.OH = (d.H + 2 * d.ph - d.KH) / d.sh + 1;
+  d.OW = (d.W + 2 * d.pw - d.KW) / d.sw + 1;
+  d.x = x.data_ptr<float>();
+  d.w = w_packed.data_ptr<float>();
+  at::Tensor b_;
+  if (bias) {
+    b_ = bias->contiguous();
+    d.bias = b_.data_ptr<float>();
+  }
+  d.relu = relu;
+  auto out = at::empty({d.B, d.N, d.OH, d.OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  d.out = out.data_ptr<float>();
+  d.threads = torch_threads();
+  direct_conv_f32(d, isa);
+  return out;
+}
+
 bool direct_conv_supported_cpu() { return direct_conv_supported(); }
 
 int64_t popcount_peak_cpu(int64_t iters, int64_t isa) {
@@ -600,6 +653,8 @@ TORCH_LIBRARY_FRAGMENT(lsqbq, m) {
         "int isa) -> Tensor");
   m.def("int8_direct_conv2d(Tensor x, Tensor w_packed, Tensor w_sum, Tensor w_scale, Tensor? bias, int levels, "
         "int[] step, int[] kernel, int[] stride, int[] padding, bool relu, int[] pool, int isa) -> Tensor");
+  m.def("f32_direct_conv2d(Tensor x, Tensor w_packed, Tensor? bias, int n_out, int[] kernel, int[] stride, "
+        "int[] padding, bool relu, int isa) -> Tensor");
   m.def("direct_conv_supported() -> bool");
   m.def("popcount_peak(int iters, int isa) -> int");
   m.def("isa_supported(int isa) -> bool");
@@ -625,7 +680,8 @@ void below_autograd(const c10::OperatorHandle& op, c10::DispatchKeySet ks, torch
 TORCH_LIBRARY_IMPL(lsqbq, Autograd, m) {
   for (const char* name : {"pack_signs", "pack_activations", "encode_fused", "bitwise_conv2d", "xnor_gemm",
                            "xnor_gemm_scaled", "xnor_conv2d", "xnor_conv2d_scaled", "max_pool2d_nhwc",
-                           "quantize_uint8", "int8_conv2d", "int8_linear", "int8_direct_conv2d"})
+                           "quantize_uint8", "int8_conv2d", "int8_linear", "int8_direct_conv2d",
+                           "f32_direct_conv2d"})
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&below_autograd>());
 }
 
@@ -643,6 +699,7 @@ TORCH_LIBRARY_IMPL(lsqbq, CPU, m) {
   m.impl("int8_conv2d", &int8_conv2d_cpu);
   m.impl("int8_linear", &int8_linear_cpu);
   m.impl("int8_direct_conv2d", &int8_direct_conv2d_cpu);
+  m.impl("f32_direct_conv2d", &f32_direct_conv2d_cpu);
 }
 
 // The int8 ops also take oneDNN's packed weights (an MkldnnCPU tensor), whose dispatch key wins over the CPU one.

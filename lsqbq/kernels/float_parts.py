@@ -64,9 +64,9 @@ from ..passes import run_with_threads
 from . import ops
 from .bitwise import bn_affine
 
-__all__ = ["FLOAT_PARTS", "SERIAL_MACS", "SERIAL_OUTPUTS", "FoldedConv2d", "Int8Conv2d", "Int8Linear",
-           "check_float_parts", "conv_threads", "fold_conv_bn", "fuse_float_parts", "max_pool2d",
-           "quantize_activations", "quantize_uint8", "weight_int8"]
+__all__ = ["DIRECT_F32_TAPS", "FLOAT_PARTS", "SERIAL_MACS", "SERIAL_OUTPUTS", "FoldedConv2d", "Int8Conv2d",
+           "Int8Linear", "check_float_parts", "conv_threads", "fold_conv_bn", "fuse_float_parts", "max_pool2d",
+           "packed_f32_direct_weight", "quantize_activations", "quantize_uint8", "weight_int8"]
 
 FLOAT_PARTS = ("fp32", "int8")
 
@@ -185,9 +185,35 @@ def max_pool2d(y: Tensor, kernel_size, stride, padding, dilation=1, ceil_mode: b
     return out.relu_() if relu else out
 
 
+#: A float convolution of at most this many taps per output (``C_in KH KW``) runs on the engine's direct convolution
+DIRECT_F32_TAPS = 32
+
+
+def packed_f32_direct_weight(w: Tensor) -> Tensor:
+    """Weights ``w (N, C, KH, KW)`` as the direct float32 convolution reads them (``lsqbq/csrc/direct_conv_f32.h``):
+    ``(KH, KW, C, Np)``, output channels last, zero-padded to ``Np``, a multiple of 16."""
+    return F.pad(w.detach().float().permute(2, 3, 1, 0), (0, -w.shape[0] % 16)).contiguous()
+
+
+def _drop_direct(module: nn.Module, incompatible_keys=None) -> None:
+    """Forget a :class:`FoldedConv2d`'s packed weights (made again on next use): after a move, a conversion or a
+    state dict load."""
+    module._buffers["_direct_w"] = None
+
+
 class FoldedConv2d(nn.Module):
     """``relu(maxpool(conv(x)))`` in float32 with a BatchNorm folded into the conv (module docstring); ``pool`` is
     the ``nn.MaxPool2d`` it replaces (or None) and ``relu`` says whether a ReLU follows.
+
+    A convolution of few taps per output (``C_in KH KW <=`` :data:`DIRECT_F32_TAPS`: the one-channel and RGB 3x3
+    stems, LeNet-5's ``conv1``, 1x1 shortcuts over at most 32 channels; no groups or dilation, ``2 p < k``) runs on
+    the engine's direct convolution with the bias and ReLU fused where the AVX-512 back end is active
+    (``torch.ops.lsqbq.f32_direct_conv2d``, ``lsqbq/csrc/direct_conv_f32.h``): oneDNN runs such layers far below
+    the CPU's multiply-add rate (LeNet-5's ``conv1`` at batch 256 on one Zen 4 core: 2.6 against 5.0 ms). Its sum
+    runs over the taps in a fixed order, ``(kh, kw, c)``, one fused multiply-add each, the bias after; oneDNN's
+    order depends on the kernel it picks for the shape and the strides (``(kw, kh)`` in some), so outputs can
+    differ from torch's convolution in the last bits, as the folding itself makes them differ from the eager
+    model's.
 
     Shapes: ``x: (B, C, H, W) -> (B, N, OH, OW)`` (channels_last when ``x`` is)."""
 
@@ -203,9 +229,34 @@ class FoldedConv2d(nn.Module):
                                                    padding=pool.padding, dilation=pool.dilation,
                                                    ceil_mode=pool.ceil_mode)
         self.folded = bn is not None
+        k = self.weight.shape[2:]
+        # the engine's direct convolution (class docstring); its packed weights are made on first use
+        self.direct = (self.groups == 1 and self.dilation == (1, 1) and w.shape[1] * k[0] * k[1] <= DIRECT_F32_TAPS
+                       and all(2 * p < kk for p, kk in zip(self.padding, k)))
+        self.register_buffer("_direct_w", None, persistent=False)
+        self.register_load_state_dict_post_hook(_drop_direct)
+
+    def _apply(self, fn, recurse=True):
+        _drop_direct(self)  # packed again on next use, from the weights as they are then
+        return super()._apply(fn, recurse)
+
+    def _direct(self, x: Tensor, threads: int, isa: int) -> Tensor:
+        if self._buffers.get("_direct_w") is None:  # (a module pickled before this buffer existed has none)
+            self._direct_w = packed_f32_direct_weight(self.weight)
+        relu = self.relu and self.pool is None
+        y = run_with_threads(threads, torch.ops.lsqbq.f32_direct_conv2d,
+                             x.contiguous(memory_format=torch.channels_last), self._direct_w, self.bias,
+                             self.weight.shape[0], list(self.weight.shape[2:]), list(self.stride), list(self.padding),
+                             relu, isa)
+        return y if self.pool is None else max_pool2d(y, **self.pool, relu=self.relu)
 
     def forward(self, x: Tensor) -> Tensor:
         threads = conv_threads(x.shape, self.weight, self.stride, self.padding, self.dilation, self.groups)
+        if (self.__dict__.get("direct") and x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 4
+                and x.numel() > 0 and x.shape[1] == self.weight.shape[1]):
+            isa = ops.cached_isa(None, x.device)
+            if isa == ops.AVX512_ISA:
+                return self._direct(x, threads, isa)
         y = run_with_threads(threads, F.conv2d, x, self.weight, self.bias, self.stride, self.padding, self.dilation,
                               self.groups)
         if self.pool is not None:

@@ -50,6 +50,14 @@ def _samples(name: str) -> list[tuple]:
         return [()]
     if name == "int8_direct_conv2d":
         return _direct_samples(gen)
+    if name == "f32_direct_conv2d":
+        from lsqbq.kernels.float_parts import packed_f32_direct_weight
+
+        x = torch.randn(2, 3, 9, 7, generator=gen).contiguous(memory_format=torch.channels_last)
+        w, b = torch.randn(20, 3, 3, 3, generator=gen), torch.randn(20, generator=gen)
+        return [(x, packed_f32_direct_weight(w), b, 20, [3, 3], [2, 1], [1, 1], relu, isa)
+                for isa in ISAS for relu in (False, True)] + [
+                (x, packed_f32_direct_weight(w[:5, :, :1, :1]), None, 5, [1, 1], [2, 2], [0, 0], False, ISAS[-1])]
     if name == "popcount_peak":
         return [(100, isa) for isa in ISAS]
     if name == "memory_latency_ns":
@@ -188,7 +196,7 @@ def test_int8_fake_kernels_match_the_ops(name):
 
 
 KERNEL_OPS = ("pack_signs", "pack_activations", "encode_fused", "bitwise_conv2d", "xnor_gemm", "xnor_gemm_scaled",
-              "xnor_conv2d", "xnor_conv2d_scaled", "int8_direct_conv2d", *INT8_OPS)
+              "xnor_conv2d", "xnor_conv2d_scaled", "int8_direct_conv2d", "f32_direct_conv2d", *INT8_OPS)
 
 
 @needs_library

@@ -1,0 +1,162 @@
+"""The engine's direct float32 convolution of few taps (``torch.ops.lsqbq.f32_direct_conv2d``, the fp32 float parts'
+stems and narrow 1x1 shortcuts): each output the sum of its in-image taps in the stated order, one rounding per
+fused multiply-add, then the bias and the ReLU (``lsqbq/csrc/direct_conv_f32.h``), checked against a step-by-step
+float64 emulation of that sum and against a float64 convolution within the rounding bound; the AVX-512 and portable
+paths and 1 and 2 threads bit for bit; NaN kept; ``FoldedConv2d`` takes it only where it applies; clear errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lsqbq import _ops
+from lsqbq.kernels import ops
+from lsqbq.kernels.float_parts import DIRECT_F32_TAPS, FoldedConv2d, packed_f32_direct_weight
+
+pytestmark = pytest.mark.skipif(not _ops.active(), reason="the C++ library could not be built")
+
+ISAS = {"portable": 0, "avx512": 1}
+# (B, C, H, W, N, (KH, KW), (sh, sw), (ph, pw)): borders clipped on every side, channel tails, strides up to 3
+CASES = [(2, 1, 28, 28, 16, (3, 3), (2, 2), (1, 1)), (3, 1, 12, 13, 20, (5, 5), (1, 1), (0, 0)),
+         (2, 3, 9, 11, 64, (3, 3), (1, 1), (1, 1)), (2, 16, 6, 7, 32, (1, 1), (2, 2), (0, 0)),
+         (1, 32, 5, 5, 70, (1, 1), (2, 2), (0, 0)), (2, 2, 7, 17, 5, (3, 1), (3, 2), (1, 0)),
+         (1, 4, 6, 9, 100, (2, 3), (1, 3), (0, 1)), (1, 1, 3, 40, 33, (3, 5), (1, 1), (1, 2))]
+
+
+def _isas() -> list[int]:
+    return [0] + ([1] if ops.AVX512_ISA in [ops._ISA.get(b) for b in ops.available_backends()] else [])
+
+
+def _case(case, seed: int, bias: bool = True):
+    b, c, h, w, n, k, s, p = case
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, c, h, w, generator=gen).contiguous(memory_format=torch.channels_last)
+    wt = torch.randn(n, c, *k, generator=gen)
+    return x, wt, (torch.randn(n, generator=gen) if bias else None), k, s, p
+
+
+def _run(x, wt, bias, k, s, p, relu: bool, isa: int) -> torch.Tensor:
+    return torch.ops.lsqbq.f32_direct_conv2d(x, packed_f32_direct_weight(wt), bias, wt.shape[0], list(k), list(s),
+                                             list(p), relu, isa)
+
+
+def _emulated(x, wt, bias, k, s, p, relu: bool) -> torch.Tensor:
+    """The stated sum, step by step: ``acc <- round32(acc + x w)`` over (kh, kw, c), the taps inside the image only
+    (zero padding adds ``x w = 0``, which leaves ``acc`` as it is), then ``+ bias`` and the ReLU. ``acc + x w`` is
+    formed in float64, where the float32 product is exact, and rounded once to float32: a fused multiply-add
+    (the float64 sum itself may round, but not on these inputs: the test would fail)."""
+    b, c, h, w = x.shape
+    n = wt.shape[0]
+    xp = F.pad(x.double(), (p[1], p[1], p[0], p[0]))
+    oh, ow = (h + 2 * p[0] - k[0]) // s[0] + 1, (w + 2 * p[1] - k[1]) // s[1] + 1
+    acc = torch.zeros(b, n, oh, ow, dtype=torch.float32)
+    for kh in range(k[0]):
+        for kw in range(k[1]):
+            patch = xp[:, :, kh: kh + s[0] * (oh - 1) + 1: s[0], kw: kw + s[1] * (ow - 1) + 1: s[1]]
+            for ci in range(c):
+                term = patch[:, ci: ci + 1] * wt[:, ci, kh, kw].double().view(1, n, 1, 1)
+                acc = (acc.double() + term).float()
+    y = acc if bias is None else acc + bias.view(1, n, 1, 1)
+    return y.relu() if relu else y
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("relu", [False, True])
+def test_sum_is_the_stated_order_on_every_path(case, relu):
+    x, wt, bias, k, s, p = _case(case, seed=CASES.index(case))
+    want = _emulated(x, wt, bias, k, s, p, relu)
+    for isa in _isas():
+        got = _run(x, wt, bias, k, s, p, relu, isa)
+        assert got.is_contiguous(memory_format=torch.channels_last) and got.shape == want.shape
+        assert torch.equal(got, want), f"isa {isa}: max diff {(got - want).abs().max().item():.3g}"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_within_the_rounding_bound_of_the_exact_convolution(case):
+    """``|y - y_exact| <= (T + 1) u (sum |x w| + |b|)`` with ``T`` taps, ``u = 2^-24`` (each step rounds once)."""
+    x, wt, bias, k, s, p = _case(case, seed=100 + CASES.index(case))
+    exact = F.conv2d(x.double(), wt.double(), bias.double(), s, p)
+    magnitude = F.conv2d(x.double().abs(), wt.double().abs(), bias.double().abs(), s, p)
+    taps = wt.shape[1] * k[0] * k[1]
+    for isa in _isas():
+        got = _run(x, wt, bias, k, s, p, False, isa).double()
+        assert ((got - exact).abs() <= (taps + 1) * 2.0**-24 * magnitude).all()
+        torch.testing.assert_close(got.float(), F.conv2d(x, wt, bias, s, p), rtol=1e-5, atol=1e-5)
+
+
+def test_threads_and_no_bias_give_the_same_bits():
+    x, wt, _, k, s, p = _case((5, 3, 30, 31, 48, (3, 3), (1, 1), (1, 1)), seed=7, bias=False)
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            outs += [_run(x, wt, None, k, s, p, True, isa) for isa in _isas()]
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(o, outs[0]) for o in outs[1:])
+    assert torch.equal(outs[0], _emulated(x, wt, None, k, s, p, True))
+
+
+def test_nan_input_stays_nan_through_the_relu():
+    x, wt, bias, k, s, p = _case((1, 1, 8, 8, 16, (3, 3), (1, 1), (1, 1)), seed=3)
+    x[0, 0, 4, 4] = float("nan")
+    for isa in _isas():
+        y = _run(x, wt, bias, k, s, p, True, isa)
+        assert y[0, :, 3:6, 3:6].isnan().all() and y.isnan().sum() == 9 * 16
+
+
+def test_bad_arguments_are_clear_errors():
+    x, wt, bias, k, s, p = _case((1, 2, 6, 6, 16, (3, 3), (1, 1), (1, 1)), seed=4)
+    with pytest.raises(RuntimeError, match="weights do not match 16 outputs of 3"):
+        _run(x[:, :1].repeat(1, 3, 1, 1).contiguous(memory_format=torch.channels_last), wt, bias, k, s, p, False, 0)
+    with pytest.raises(RuntimeError, match="needs channels_last input"):
+        _run(x.contiguous(), wt, bias, k, s, p, False, 0)
+    with pytest.raises(RuntimeError, match="smaller than the kernel"):
+        _run(x[:, :, :2, :2].contiguous(memory_format=torch.channels_last), wt, bias, (5, 5), s, (1, 1), False, 0)
+    with pytest.raises(RuntimeError, match="float32 bias of 16"):
+        _run(x, wt, bias[:3], k, s, p, False, 0)
+
+
+@pytest.mark.parametrize("conv, direct", [
+    (nn.Conv2d(1, 16, 3, 2, 1), True), (nn.Conv2d(3, 64, 3, 1, 1), True), (nn.Conv2d(32, 64, 1, 2), True),
+    (nn.Conv2d(1, 20, 5), True), (nn.Conv2d(3, 64, 7, 2, 3), False), (nn.Conv2d(64, 128, 1, 2), False),
+    (nn.Conv2d(4, 8, 3, 1, 1, groups=2), False), (nn.Conv2d(1, 8, 3, 1, 1, dilation=2), False),
+    (nn.Conv2d(1, 8, 3, 1, 2), False)])
+def test_folded_conv_takes_the_direct_path_where_it_applies(monkeypatch, conv, direct):
+    """Few taps, no groups or dilation and ``2 p < k``: the direct op on the AVX-512 back end (NCHW input too),
+    within float rounding of torch; any other layer, back end or input goes to torch's convolution."""
+    taps = conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
+    assert taps <= DIRECT_F32_TAPS or not direct
+    torch.manual_seed(0)
+    folded = FoldedConv2d(conv.eval(), relu=True)
+    assert folded.direct == direct
+    calls = []
+    real = torch.ops.lsqbq.f32_direct_conv2d
+    monkeypatch.setattr(torch.ops.lsqbq, "f32_direct_conv2d", lambda *a: calls.append(a[-1]) or real(*a))
+    x = torch.randn(2, conv.in_channels, 11, 12)
+    with torch.inference_mode():
+        ref = F.conv2d(x, folded.weight, folded.bias, conv.stride, conv.padding, conv.dilation, conv.groups).relu()
+        for xx in (x, x.contiguous(memory_format=torch.channels_last)):
+            torch.testing.assert_close(folded(xx), ref, rtol=1e-5, atol=1e-5)
+        on_avx512 = 1 in _isas() and ops.cached_isa(None, "cpu") == ops.AVX512_ISA
+        assert calls == ([ops.AVX512_ISA] * 2 if direct and on_avx512 else [])
+        with pytest.raises(RuntimeError):  # wrong channel count: torch's own error, not the op's
+            folded(torch.randn(2, conv.in_channels + 1, 11, 12))
+
+
+@pytest.mark.parametrize("n", [16, 40, 64])
+def test_every_row_width_splits_into_blocks_and_borders_alike(n):
+    """Widths 1 to 40 (interior runs of every length modulo the pixel blocks of 6, 8 and 12): the vector path's
+    blocks and per-pixel borders equal the portable code, which clips every pixel's taps on its own."""
+    if 1 not in _isas():
+        pytest.skip("no AVX-512 back end here")
+    gen = torch.Generator().manual_seed(n)
+    for w in range(1, 41):
+        for k, s, p in (((3, 3), (1, 1), (1, 1)), ((1, 5), (1, 2), (0, 2))):
+            if w + 2 * p[1] < k[1]:
+                continue
+            x = torch.randn(1, 2, 3, w, generator=gen).contiguous(memory_format=torch.channels_last)
+            wt, bias = torch.randn(n, 2, *k, generator=gen), torch.randn(n, generator=gen)
+            assert torch.equal(_run(x, wt, bias, k, s, p, False, 1), _run(x, wt, bias, k, s, p, False, 0)), (w, k)
