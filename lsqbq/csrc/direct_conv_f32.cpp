@@ -93,7 +93,8 @@ LSQBQ_AVX512 void block_avx512(const DirectConvF32& d, int64_t b, int64_t oh, in
   }
 }
 
-// Output channels n0 .. n0 + 16 V - 1 of row (b, oh): inner columns in blocks of P, the rest one at a time.
+// Output channels n0 .. n0 + 16 V - 1 of row (b, oh): inner columns in blocks of P, then of 4 and 2, the rest one
+// at a time.
 template <int V, int P>
 LSQBQ_AVX512 void panel_avx512(const DirectConvF32& d, int64_t b, int64_t oh, int64_t n0, int64_t lo, int64_t hi) {
   int64_t kh0, kh1;
@@ -106,6 +107,14 @@ LSQBQ_AVX512 void panel_avx512(const DirectConvF32& d, int64_t b, int64_t oh, in
   for (int64_t ow = 0; ow < lo; ++ow) one(ow);
   int64_t ow = lo;
   for (; ow + P <= hi; ow += P) block_avx512<V, P>(d, b, oh, ow, kh0, kh1, 0, d.KW, n0);
+  if (P > 4 && ow + 4 <= hi) {  // the rest of the inner run in smaller blocks: fewer loads of the same weights
+    block_avx512<V, (P > 4 ? 4 : 1)>(d, b, oh, ow, kh0, kh1, 0, d.KW, n0);
+    ow += 4;
+  }
+  if (P > 2 && ow + 2 <= hi) {
+    block_avx512<V, (P > 2 ? 2 : 1)>(d, b, oh, ow, kh0, kh1, 0, d.KW, n0);
+    ow += 2;
+  }
   for (; ow < d.OW; ++ow) one(ow);
 }
 

@@ -185,7 +185,8 @@ def max_pool2d(y: Tensor, kernel_size, stride, padding, dilation=1, ceil_mode: b
     return out.relu_() if relu else out
 
 
-#: A float convolution of at most this many taps per output (``C_in KH KW``) runs on the engine's direct convolution
+#: A float convolution of at most this many taps per output (``C_in KH KW``), or a 1x1 one, runs on the engine's direct
+#: convolution (:class:`FoldedConv2d`)
 DIRECT_F32_TAPS = 32
 
 
@@ -206,10 +207,12 @@ class FoldedConv2d(nn.Module):
     the ``nn.MaxPool2d`` it replaces (or None) and ``relu`` says whether a ReLU follows.
 
     A convolution of few taps per output (``C_in KH KW <=`` :data:`DIRECT_F32_TAPS`: the one-channel and RGB 3x3
-    stems, LeNet-5's ``conv1``, 1x1 shortcuts over at most 32 channels; no groups or dilation, ``2 p < k``) runs on
-    the engine's direct convolution with the bias and ReLU fused where the AVX-512 back end is active
-    (``torch.ops.lsqbq.f32_direct_conv2d``, ``lsqbq/csrc/direct_conv_f32.h``): oneDNN runs such layers far below
-    the CPU's multiply-add rate (LeNet-5's ``conv1`` at batch 256 on one Zen 4 core: 2.6 against 5.0 ms). Its sum
+    stems, LeNet-5's ``conv1``) or a 1x1 convolution (the projection shortcuts), without groups or dilation and with
+    ``2 p < k``, runs on the engine's direct convolution with the bias and ReLU fused where the AVX-512 back end is
+    active (``torch.ops.lsqbq.f32_direct_conv2d``, ``lsqbq/csrc/direct_conv_f32.h``): oneDNN runs the first far
+    below the CPU's multiply-add rate (LeNet-5's ``conv1`` at batch 256 on one Zen 4 core: 2.6 against 5.0 ms) and
+    reorders the second's weights on every call (the ResNet-18's 256 -> 512 shortcut at batch 1: 0.14 against
+    0.21 ms). Its sum
     runs over the taps in a fixed order, ``(kh, kw, c)``, one fused multiply-add each, the bias after; oneDNN's
     order depends on the kernel it picks for the shape and the strides (``(kw, kh)`` in some), so outputs can
     differ from torch's convolution in the last bits, as the folding itself makes them differ from the eager
@@ -231,8 +234,9 @@ class FoldedConv2d(nn.Module):
         self.folded = bn is not None
         k = self.weight.shape[2:]
         # the engine's direct convolution (class docstring); its packed weights are made on first use
-        self.direct = (self.groups == 1 and self.dilation == (1, 1) and w.shape[1] * k[0] * k[1] <= DIRECT_F32_TAPS
-                       and all(2 * p < kk for p, kk in zip(self.padding, k)))
+        self.direct = (self.groups == 1 and self.dilation == (1, 1)
+                       and all(2 * p < kk for p, kk in zip(self.padding, k))
+                       and (w.shape[1] * k[0] * k[1] <= DIRECT_F32_TAPS or tuple(k) == (1, 1)))
         self.register_buffer("_direct_w", None, persistent=False)
         self.register_load_state_dict_post_hook(_drop_direct)
 
