@@ -25,7 +25,8 @@ binary layers               ``lsqbq::bitwise_conv2d`` (encode with the   ``Binar
                                                                          residual, ReLU; ``Subgraph`` / ``Eltwise``)
 fp32 convolutions           ``aten::mkldnn_convolution`` (or             ``Convolution`` (stem with its BN and ReLU,
                             ``_slow_conv2d_forward``) and its wrappers   shortcuts)
-                            (stem with BN folded, shortcuts)
+                            (stem with BN folded), the engine's
+                            ``lsqbq::f32_direct_conv2d`` (shortcuts)
 max-pool                    ``aten::maximum`` / ``aten::max_pool2d``     ``MaxPool``
 global average pool         ``aten::mean`` / ``sum`` / ``div_``          ``ReduceMean`` to ``(B, C)``
 classifier                  ``aten::addmm`` / ``linear`` / ``mm``        ``FullyConnected`` / ``MatMul``
@@ -57,7 +58,7 @@ _TORCH = {
     "lsqbq::bitwise_conv2d": "binary layers",
     "aten::mkldnn_convolution": "fp32 convolutions", "aten::convolution": "fp32 convolutions",
     "aten::_convolution": "fp32 convolutions", "aten::conv2d": "fp32 convolutions",
-    "aten::_slow_conv2d_forward": "fp32 convolutions",
+    "aten::_slow_conv2d_forward": "fp32 convolutions", "lsqbq::f32_direct_conv2d": "fp32 convolutions",
     "aten::maximum": "max-pool", "lsqbq::max_pool2d_nhwc": "max-pool", "aten::max_pool2d": "max-pool",
     "aten::max_pool2d_with_indices": "max-pool",
     "aten::mean": "global average pool", "aten::sum": "global average pool", "aten::div_": "global average pool",
