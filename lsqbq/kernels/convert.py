@@ -156,7 +156,7 @@ def to_bitwise(model: nn.Module, *, backend: str | None = None, scales: str = "a
             report.simulated[""] = unconvertible_reason(model)
         _convert(model, make_conv, make_linear, fuse, report, "")
         if fuse:
-            report.float_parts = fuse_float_parts(model, float_parts)
+            report.float_parts = fuse_float_parts(model, float_parts, backend)
         if fuse:  # the bitwise ops write NHWC: run the float layers around them channels_last too (same values)
             model.to(memory_format=torch.channels_last)
             if chunk is not None:

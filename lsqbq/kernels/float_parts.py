@@ -258,7 +258,7 @@ class FoldedConv2d(nn.Module):
         threads = conv_threads(x.shape, self.weight, self.stride, self.padding, self.dilation, self.groups)
         if (self.__dict__.get("direct") and x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 4
                 and x.numel() > 0 and x.shape[1] == self.weight.shape[1]):
-            isa = ops.cached_isa(None, x.device)
+            isa = ops.cached_isa(self.__dict__.get("backend"), x.device)  # (None in a module pickled before)
             if isa == ops.AVX512_ISA:
                 return self._direct(x, threads, isa)
         y = run_with_threads(threads, F.conv2d, x, self.weight, self.bias, self.stride, self.padding, self.dilation,
@@ -416,12 +416,12 @@ class _Int8Base(nn.Module):
         _drop_packed(self)  # oneDNN's layout, not a tensor that moves or converts: packed again on next use
         return super()._apply(fn, recurse)
 
-    @staticmethod
-    def _isa(x: Tensor) -> int | None:
-        """The compiled back end's isa for a float32 CPU input (:func:`~lsqbq.kernels.ops.cached_isa`), else None."""
+    def _isa(self, x: Tensor) -> int | None:
+        """The compiled back end's isa for a float32 CPU input (:func:`~lsqbq.kernels.ops.cached_isa` of the
+        conversion's back end), else None."""
         if x.dtype != torch.float32 or x.device.type != "cpu" or x.numel() == 0:
             return None
-        return ops.cached_isa(None, x.device)
+        return ops.cached_isa(self.__dict__.get("backend"), x.device)
 
     @staticmethod
     def _input_error(exc: ValueError) -> InputError:
@@ -615,9 +615,11 @@ def _describe(module: nn.Module, absorbed, float_parts: str) -> str:
     return f"{float_parts}: " + " + ".join(kinds)
 
 
-def fuse_float_parts(model: nn.Module, float_parts: str = "fp32") -> dict[str, str]:
+def fuse_float_parts(model: nn.Module, float_parts: str = "fp32", backend: str | None = None) -> dict[str, str]:
     """Fold the full-precision convs of ``model`` (in place) with their BatchNorm / ReLU / max-pool, and with
-    ``float_parts="int8"`` run them and the full-precision linear layers in int8. Returns ``{layer: what}``."""
+    ``float_parts="int8"`` run them and the full-precision linear layers in int8; the engine's ops among them run on
+    the kernel back end ``backend`` (None: the switch ``LSQBQ_BACKEND`` at each call), the binary layers'.
+    Returns ``{layer: what}``."""
     check_float_parts(float_parts)
     done: dict[str, str] = {}
 
@@ -638,4 +640,7 @@ def fuse_float_parts(model: nn.Module, float_parts: str = "fp32") -> dict[str, s
                 visit(child, f"{path}.")
 
     visit(model, "")
+    for m in model.modules():
+        if isinstance(m, (FoldedConv2d, _Int8Base)):
+            m.backend = backend
     return done

@@ -160,3 +160,26 @@ def test_every_row_width_splits_into_blocks_and_borders_alike(n):
             x = torch.randn(1, 2, 3, w, generator=gen).contiguous(memory_format=torch.channels_last)
             wt, bias = torch.randn(n, 2, *k, generator=gen), torch.randn(n, generator=gen)
             assert torch.equal(_run(x, wt, bias, k, s, p, False, 1), _run(x, wt, bias, k, s, p, False, 0)), (w, k)
+
+
+@pytest.mark.parametrize("backend", ["portable", "avx512", None])
+def test_converted_float_parts_follow_the_conversion_backend(monkeypatch, backend):
+    """``to_bitwise(backend=...)`` runs the stem and shortcuts on the engine's direct convolution only where that
+    back end is AVX-512 (a model converted for the portable or AVX2 kernels keeps torch's convolution), whatever
+    the switch ``LSQBQ_BACKEND`` says; None follows the switch."""
+    from lsqbq.kernels import available_backends, to_bitwise
+    from lsqbq.models import build
+
+    if backend == "avx512" and "avx512" not in available_backends():
+        pytest.skip("no AVX-512 back end here")
+    calls = []
+    real = torch.ops.lsqbq.f32_direct_conv2d
+    monkeypatch.setattr(torch.ops.lsqbq, "f32_direct_conv2d", lambda *a: calls.append(a[-1]) or real(*a))
+    torch.manual_seed(0)
+    sim = build("resnet_small", num_classes=10, x_quant="ls-1", w_quant="ls-1", in_chans=1, stem_stride=2).eval()
+    with torch.inference_mode():
+        fast = to_bitwise(sim, backend=backend)
+        assert {m.backend for m in fast.modules() if isinstance(m, FoldedConv2d)} == {backend}
+        fast(torch.randn(2, 1, 28, 28))
+    auto = ops.cached_isa(None, "cpu") == ops.AVX512_ISA
+    assert calls == ([ops.AVX512_ISA] * 3 if backend == "avx512" or (backend is None and auto) else [])
