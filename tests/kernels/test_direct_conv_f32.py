@@ -121,12 +121,13 @@ def test_bad_arguments_are_clear_errors():
 
 @pytest.mark.parametrize("conv, direct", [
     (nn.Conv2d(1, 16, 3, 2, 1), True), (nn.Conv2d(3, 64, 3, 1, 1), True), (nn.Conv2d(32, 64, 1, 2), True),
-    (nn.Conv2d(1, 20, 5), True), (nn.Conv2d(3, 64, 7, 2, 3), False), (nn.Conv2d(64, 128, 1, 2), True), (nn.Conv2d(8, 16, 3, 1, 1), False),
+    (nn.Conv2d(1, 20, 5), True), (nn.Conv2d(3, 64, 7, 2, 3), False), (nn.Conv2d(64, 128, 1, 2), True),
+    (nn.Conv2d(8, 16, 3, 1, 1), False),
     (nn.Conv2d(4, 8, 3, 1, 1, groups=2), False), (nn.Conv2d(1, 8, 3, 1, 1, dilation=2), False),
     (nn.Conv2d(1, 8, 3, 1, 2), False)])
 def test_folded_conv_takes_the_direct_path_where_it_applies(monkeypatch, conv, direct):
-    """Few taps or a 1x1 kernel, no groups or dilation and ``2 p < k``: the direct op on the AVX-512 back end (NCHW input too),
-    within float rounding of torch; any other layer, back end or input goes to torch's convolution."""
+    """Few taps or a 1x1 kernel, no groups or dilation and ``2 p < k``: the direct op on the AVX-512 back end (NCHW
+    input too), within float rounding of torch; any other layer, back end or input goes to torch's convolution."""
     taps = conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
     assert taps <= DIRECT_F32_TAPS or conv.kernel_size == (1, 1) or not direct
     torch.manual_seed(0)
