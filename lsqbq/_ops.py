@@ -204,8 +204,10 @@ def _fake_kernels() -> dict:
             oh, ow = conv_out((oh, ow), (pool[0],) * 2, (pool[1],) * 2, (pool[2],) * 2, (1, 1))
         return x.new_empty((x.shape[0], w_sum.shape[0], oh, ow)).contiguous(memory_format=torch.channels_last)
 
-    def f32_direct_conv2d(x, w_packed, bias, n_out, kernel, stride, padding, relu, isa):
+    def f32_direct_conv2d(x, w_packed, bias, n_out, kernel, stride, padding, relu, pool, isa):
         oh, ow = conv_out(x.shape[2:], kernel, stride, padding, (1, 1))
+        if pool:
+            oh, ow = conv_out((oh, ow), (pool[0],) * 2, (pool[1],) * 2, (pool[2],) * 2, (1, 1))
         return x.new_empty((x.shape[0], n_out, oh, ow)).contiguous(memory_format=torch.channels_last)
 
     # No tensor arguments: the answers recorded from the C++ functions when the library loaded.

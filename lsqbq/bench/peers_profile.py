@@ -23,11 +23,13 @@ binary layers               ``lsqbq::bitwise_conv2d`` (encode with the   ``Binar
                             fit, BN, scales, residual and ReLU fused)    (signs), the per-sample ``ReduceMean`` (the
                                                                          fit) and the element-wise nodes (BN, scales,
                                                                          residual, ReLU; ``Subgraph`` / ``Eltwise``)
-fp32 convolutions           ``aten::mkldnn_convolution`` (or             ``Convolution`` (stem with its BN and ReLU,
-                            ``_slow_conv2d_forward``) and its wrappers   shortcuts)
-                            (stem with BN folded), the engine's
-                            ``lsqbq::f32_direct_conv2d`` (shortcuts)
-max-pool                    ``aten::maximum`` / ``aten::max_pool2d``     ``MaxPool``
+fp32 convolutions           the engine's ``lsqbq::f32_direct_conv2d``    ``Convolution`` (stem with its BN and ReLU,
+                            (stem with BN folded and its max-pool        shortcuts)
+                            fused, shortcuts), else
+                            ``aten::mkldnn_convolution`` (or
+                            ``_slow_conv2d_forward``) and its wrappers
+max-pool                    ``lsqbq::max_pool2d_nhwc`` / ``aten::        ``MaxPool``
+                            maximum`` / ``max_pool2d`` (not fused)
 global average pool         ``aten::mean`` / ``sum`` / ``div_``          ``ReduceMean`` to ``(B, C)``
 classifier                  ``aten::addmm`` / ``linear`` / ``mm``        ``FullyConnected`` / ``MatMul``
 other                       every other op (allocation, views)           every other node (``Reorder``: layouts)

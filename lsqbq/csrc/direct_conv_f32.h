@@ -4,7 +4,11 @@
 //   acc[b, oh, ow, n] = sum over (kh, kw, c), taps inside the image only, in this order, of
 //                       x[b, oh sh - ph + kh, ow sw - pw + kw, c] * w[n, c, kh, kw]
 //                       (from 0, one fused multiply-add per tap: one rounding each),
-//   y = acc + bias[n]   (after the sum),   y = relu?(y)   (NaN stays NaN).
+//   y = acc + bias[n]   (after the sum),   y = relu?(y)   (NaN stays NaN);
+// with a pool, out[b, ph, pw, n] = relu?(max of y over the window) (maxpool.h: floor mode, padding adds no value,
+// NaN propagates): the maximum of the same floats, so it equals the unfused pool's output. The conv rows live in
+// a ring of pk rows per task and never reach memory: the 7x7 ImageNet stem's output is 3.2 MB per image, written
+// and read again by an unfused pool.
 //
 // Every instruction-set path sums in this order, so they agree bit for bit. oneDNN's order depends on the kernel it
 // picks for a shape and its strides ((kw, kh) in some), so torch's convolution can differ in the last bits.
@@ -28,13 +32,14 @@ struct DirectConvF32 {
   const float* bias = nullptr;  // (N) or null
   int64_t N = 0, KH = 1, KW = 1, sh = 1, sw = 1, ph = 0, pw = 0, OH = 0, OW = 0;
   bool relu = false;
-  float* out = nullptr;  // (B, OH, OW, N)
+  int64_t pk = 0, ps = 1, pp = 0, POH = 0, POW = 0;  // max-pool (pk = 0: none; at most 16), floor mode
+  float* out = nullptr;  // (B, POH, POW, N) with a pool, else (B, OH, OW, N)
   int64_t threads = 1;
   int64_t padded_n() const { return (N + 15) / 16 * 16; }
 };
 
-// y of d, on the instruction path `isa` (isa.h: kAvx512, else the portable code, which rounds the same); rows
-// (b, oh) split over up to d.threads threads.
+// out of d, on the instruction path `isa` (isa.h: kAvx512, else the portable code, which rounds the same); rows
+// (b, oh) split over up to d.threads threads (with a pool: bands of pooled rows, maxpool.h pooled_band).
 void direct_conv_f32(const DirectConvF32& d, int64_t isa);
 
 }  // namespace lsqbq

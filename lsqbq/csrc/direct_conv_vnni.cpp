@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "isa.h"
+#include "maxpool.h"
 #include "pool.h"
 
 namespace lsqbq {
@@ -135,61 +136,6 @@ LSQBQ_VNNI void conv_row(const Plan& d, int64_t b, int64_t oh, float* y) {
   }
 }
 
-// Max over one pool window of channels n .. n + 16 V - 1: V running maxima, one per vector, updated side by side,
-// so each load waits on its own vector's previous max only (one chain of 16 channels at a time waited on the
-// max's latency for every window pixel).
-template <int V>
-LSQBQ_VNNI void pool_window(const float* const* rows, int64_t nr, int64_t w0, int64_t w1, int64_t N, int64_t n,
-                            float* o) {
-  __mmask16 lm[V];
-  __m512 m[V];
-#pragma GCC unroll 4
-  for (int v = 0; v < V; ++v) {
-    lm[v] = first_lanes(N - n - 16 * v);
-    m[v] = _mm512_maskz_loadu_ps(lm[v], rows[0] + w0 * N + n + 16 * v);
-  }
-  for (int64_t i = 0; i < nr; ++i)
-    for (int64_t w = w0; w < w1; ++w) {
-      const float* r = rows[i] + w * N + n;
-#pragma GCC unroll 4
-      for (int v = 0; v < V; ++v) m[v] = _mm512_max_ps(m[v], _mm512_maskz_loadu_ps(lm[v], r + 16 * v));
-    }
-#pragma GCC unroll 4
-  for (int v = 0; v < V; ++v) _mm512_mask_storeu_ps(o + n + 16 * v, lm[v], m[v]);
-}
-
-// Pool row (b, ph) from conv rows h0 .. h1 - 1, conv row h at ring[h % pk].
-LSQBQ_VNNI void pool_row(const Plan& d, const float* ring, int64_t b, int64_t ph, int64_t h0, int64_t h1) {
-  const float* rows[16];  // pk <= 16 (the op checks)
-  for (int64_t h = h0; h < h1; ++h) rows[h - h0] = ring + (h % d.pk) * d.OW * d.N;
-  const int64_t nr = h1 - h0, N = d.N;
-  float* o = d.out + (b * d.POH + ph) * d.POW * N;
-  for (int64_t pw = 0; pw < d.POW; ++pw) {
-    const int64_t w0 = std::max<int64_t>(0, pw * d.ps - d.pp), w1 = std::min<int64_t>(d.OW, pw * d.ps - d.pp + d.pk);
-    float* op = o + pw * N;
-    for (int64_t n = 0; n < N; n += 64) {
-      switch (std::min<int64_t>(4, (N - n + 15) / 16)) {
-        case 4: pool_window<4>(rows, nr, w0, w1, N, n, op); break;
-        case 3: pool_window<3>(rows, nr, w0, w1, N, n, op); break;
-        case 2: pool_window<2>(rows, nr, w0, w1, N, n, op); break;
-        default: pool_window<1>(rows, nr, w0, w1, N, n, op); break;
-      }
-    }
-  }
-}
-
-// Pool rows [p0, p1) of image b: their conv rows in order through a ring of pk rows, each pool row as soon as its
-// last conv row is done.
-void pooled_band(const Plan& d, int64_t b, int64_t p0, int64_t p1, float* ring) {
-  int64_t next = std::max<int64_t>(0, p0 * d.ps - d.pp);  // the next conv row to compute
-  for (int64_t ph = p0; ph < p1; ++ph) {
-    const int64_t h0 = std::max<int64_t>(0, ph * d.ps - d.pp), h1 = std::min<int64_t>(d.OH, ph * d.ps - d.pp + d.pk);
-    next = std::max(next, h0);
-    for (; next < h1; ++next) conv_row(d, b, next, ring + (next % d.pk) * d.OW * d.N);
-    pool_row(d, ring, b, ph, h0, h1);
-  }
-}
-
 // The plan of d (Plan): its step counts and, where tails pay, the two gathers into tail_act and tail_w.
 Plan make_plan(const DirectConv& dc, std::vector<uint8_t>& tail_act, std::vector<int8_t>& tail_w) {
   Plan d;
@@ -248,8 +194,10 @@ void direct_conv(const DirectConv& dc) {
     std::unique_ptr<float[]> ring(d.pk ? new float[d.pk * d.OW * d.N] : nullptr);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / bands, r0 = (task % bands) * per_band, r1 = std::min(rows, r0 + per_band);
-      if (d.pk) {
-        if (r0 < r1) pooled_band(d, b, r0, r1, ring.get());
+      if (d.pk) {  // ReLU (with the conv rows) before the pool equals ReLU after it
+        const PoolColumns cols{d.OW, d.N, d.pk, d.ps, d.pp, d.POW};
+        pooled_band([&](int64_t h, float* row) { conv_row(d, b, h, row); }, d.OH, d.pk, d.ps, d.pp, cols, r0, r1,
+                    ring.get(), d.out + (b * d.POH + r0) * d.POW * d.N, false, kAvx512);
       } else {
         for (int64_t oh = r0; oh < r1; ++oh) conv_row(d, b, oh, d.out + (b * d.OH + oh) * d.OW * d.N);
       }

@@ -20,4 +20,33 @@ struct PoolShape {
 // y (B, OH, OW, C) from x (B, H, W, C), both dense NHWC; rows (b, oh) split over up to `threads` threads.
 void max_pool_nhwc(const float* x, float* y, const PoolShape& s, bool relu, int64_t isa, int64_t threads);
 
+// The columns of a pool: input rows of W pixels x C floats, windows [ow sw - pw, ow sw - pw + KW) within [0, W),
+// OW outputs.
+struct PoolColumns {
+  int64_t W, C, KW, sw, pw, OW;
+};
+
+// One output row from the nr >= 1 input rows of its windows (any order: the maximum is commutative):
+//   y[ow, c] = relu?( max over i < nr and the window's columns w of rows[i][w C + c] ),   ow = 0 .. OW - 1.
+void max_pool_row(const float* const* rows, int64_t nr, float* y, const PoolColumns& s, bool relu, int64_t isa);
+
+// Pooled rows [p0, p1) of one image whose pool input is made on the fly, row by row, and never reaches memory:
+// make_row(h, dst) writes input row h (0 <= h < H, W C floats) to dst, a slot of `ring` (pk rows of W C floats,
+// row h in slot h mod pk); each row is made once, in increasing h, and pooled row p goes to out + (p - p0) OW C as
+// soon as its last input row is made. Rows pool with kernel pk, stride ps, padding pp (2 pp <= pk, at most 16).
+template <class MakeRow>
+void pooled_band(MakeRow&& make_row, int64_t H, int64_t pk, int64_t ps, int64_t pp, const PoolColumns& s, int64_t p0,
+                 int64_t p1, float* ring, float* out, bool relu, int64_t isa) {
+  const float* rows[16];
+  const int64_t row = s.W * s.C;
+  int64_t next = p0 * ps - pp < 0 ? 0 : p0 * ps - pp;  // the next input row to make
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t h0 = p * ps - pp < 0 ? 0 : p * ps - pp, h1 = p * ps - pp + pk < H ? p * ps - pp + pk : H;
+    if (next < h0) next = h0;
+    for (; next < h1; ++next) make_row(next, ring + (next % pk) * row);
+    for (int64_t h = h0; h < h1; ++h) rows[h - h0] = ring + (h % pk) * row;
+    max_pool_row(rows, h1 - h0, out + (p - p0) * s.OW * s.C, s, relu, isa);
+  }
+}
+
 }  // namespace lsqbq

@@ -559,17 +559,18 @@ at::Tensor int8_direct_conv2d_cpu(const at::Tensor& x, const at::Tensor& w_packe
 
 // The fp32 float parts' direct convolution of few taps (FoldedConv2d; core: direct_conv_f32.h): x channels_last
 // float32 (B, C, H, W), weights (KH, KW, C, Np) from packed_f32_direct_weight, bias (N) or none; y (B, N, OH, OW)
-// channels_last, relu(conv(x) + bias) with the sum in the order stated there.
+// channels_last, relu(conv(x) + bias) with the sum in the order stated there; with `pool` = (kernel, stride,
+// padding) of a max-pool, relu(maxpool(conv(x) + bias)) with the pool fused, else [].
 at::Tensor f32_direct_conv2d_cpu(const at::Tensor& x, const at::Tensor& w_packed, const std::optional<at::Tensor>& bias,
                                  int64_t n_out, at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
-                                 bool relu, int64_t isa) {
+                                 bool relu, at::IntArrayRef pool, int64_t isa) {
   check_isa(isa);
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 4 && x.device().is_cpu(),
               "lsqbq: f32_direct_conv2d needs a float32 (B, C, H, W) CPU tensor, got ", x.sizes(), " ",
               x.scalar_type());
   TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast), "lsqbq: f32_direct_conv2d needs channels_last input");
-  TORCH_CHECK(kernel.size() == 2 && stride.size() == 2 && padding.size() == 2,
-              "lsqbq: f32_direct_conv2d takes 2 values each of kernel, stride and padding");
+  TORCH_CHECK(kernel.size() == 2 && stride.size() == 2 && padding.size() == 2 && (pool.empty() || pool.size() == 3),
+              "lsqbq: f32_direct_conv2d takes 2 values each of kernel, stride and padding and a pool of 0 or 3");
   DirectConvF32 d;
   d.B = x.size(0);
   d.C = x.size(1);
@@ -594,6 +595,16 @@ at::Tensor f32_direct_conv2d_cpu(const at::Tensor& x, const at::Tensor& w_packed
               "lsqbq: f32_direct_conv2d needs a float32 bias of ", n_out, " channels");
   d.OH = (d.H + 2 * d.ph - d.KH) / d.sh + 1;
   d.OW = (d.W + 2 * d.pw - d.KW) / d.sw + 1;
+  if (!pool.empty()) {
+    d.pk = pool[0];
+    d.ps = pool[1];
+    d.pp = pool[2];
+    TORCH_CHECK(d.pk > 0 && d.pk <= 16 && d.ps > 0 && d.pp >= 0 && 2 * d.pp <= d.pk && d.OH + 2 * d.pp >= d.pk &&
+                    d.OW + 2 * d.pp >= d.pk,
+                "lsqbq: f32_direct_conv2d pool ", pool, " does not fit the output ", d.OH, "x", d.OW);
+    d.POH = (d.OH + 2 * d.pp - d.pk) / d.ps + 1;
+    d.POW = (d.OW + 2 * d.pp - d.pk) / d.ps + 1;
+  }
   d.x = x.data_ptr<float>();
   d.w = w_packed.data_ptr<float>();
   at::Tensor b_;
@@ -602,7 +613,8 @@ at::Tensor f32_direct_conv2d_cpu(const at::Tensor& x, const at::Tensor& w_packed
     d.bias = b_.data_ptr<float>();
   }
   d.relu = relu;
-  auto out = at::empty({d.B, d.N, d.OH, d.OW}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  auto out = at::empty({d.B, d.N, d.pk ? d.POH : d.OH, d.pk ? d.POW : d.OW},
+                       x.options().memory_format(at::MemoryFormat::ChannelsLast));
   d.out = out.data_ptr<float>();
   d.threads = torch_threads();
   direct_conv_f32(d, isa);
@@ -654,7 +666,7 @@ TORCH_LIBRARY_FRAGMENT(lsqbq, m) {
   m.def("int8_direct_conv2d(Tensor x, Tensor w_packed, Tensor w_sum, Tensor w_scale, Tensor? bias, int levels, "
         "int[] step, int[] kernel, int[] stride, int[] padding, bool relu, int[] pool, int isa) -> Tensor");
   m.def("f32_direct_conv2d(Tensor x, Tensor w_packed, Tensor? bias, int n_out, int[] kernel, int[] stride, "
-        "int[] padding, bool relu, int isa) -> Tensor");
+        "int[] padding, bool relu, int[] pool, int isa) -> Tensor");
   m.def("direct_conv_supported() -> bool");
   m.def("popcount_peak(int iters, int isa) -> int");
   m.def("isa_supported(int isa) -> bool");

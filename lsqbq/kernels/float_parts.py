@@ -12,7 +12,9 @@ Folding, exact in real arithmetic (float rounding only):
 
 Patterns ``[Conv2d, BatchNorm2d?, ReLU?, MaxPool2d?]`` are found in ``nn.Sequential`` containers (the ResNet stems
 and the ``conv 1x1 -> BN`` shortcuts); a lone full-precision ``nn.Conv2d`` elsewhere (LeNet-5's ``conv1``) becomes
-the same module without a BatchNorm. Weights are channels_last, as the bitwise ops read and write NHWC.
+the same module without a BatchNorm. Weights are channels_last, as the bitwise ops read and write NHWC. A
+full-precision ``nn.Linear`` (the classifier) keeps its weights and runs one row on them transposed
+(:class:`Float32Linear`).
 
 int8 (:class:`Int8Conv2d`, :class:`Int8Linear`; every full-precision conv and linear layer, so the classifier too):
 
@@ -64,9 +66,10 @@ from ..passes import run_with_threads
 from . import ops
 from .bitwise import bn_affine
 
-__all__ = ["DIRECT_F32_TAPS", "FLOAT_PARTS", "SERIAL_MACS", "SERIAL_OUTPUTS", "FoldedConv2d", "Int8Conv2d",
-           "Int8Linear", "check_float_parts", "conv_threads", "fold_conv_bn", "fuse_float_parts", "max_pool2d",
-           "packed_f32_direct_weight", "quantize_activations", "quantize_uint8", "weight_int8"]
+__all__ = ["DIRECT_F32_POOLED_CHANNELS", "DIRECT_F32_TAPS", "FLOAT_PARTS", "SERIAL_MACS", "SERIAL_OUTPUTS",
+           "Float32Linear", "FoldedConv2d", "Int8Conv2d", "Int8Linear", "check_float_parts", "conv_threads",
+           "fold_conv_bn", "fused_pool", "fuse_float_parts", "max_pool2d", "packed_f32_direct_weight",
+           "quantize_activations", "quantize_uint8", "weight_int8"]
 
 FLOAT_PARTS = ("fp32", "int8")
 
@@ -188,6 +191,21 @@ def max_pool2d(y: Tensor, kernel_size, stride, padding, dilation=1, ceil_mode: b
 #: A float convolution of at most this many taps per output (``C_in KH KW``), or a 1x1 one, runs on the engine's direct
 #: convolution (:class:`FoldedConv2d`)
 DIRECT_F32_TAPS = 32
+#: ... and so does one of at most this many input channels with a max-pool after it that fuses (:func:`fused_pool`)
+DIRECT_F32_POOLED_CHANNELS = 4
+
+
+def fused_pool(pool: dict | None) -> list[int] | None:
+    """The engine's direct convolutions' ``pool`` argument for a max-pool given as ``nn.MaxPool2d``'s arguments:
+    ``[kernel, stride, padding]`` where they fuse it (square, at most 16 wide, no dilation, floor mode,
+    ``2 padding <= kernel``), else None (no pool, or one that runs after the convolution)."""
+    if not pool:
+        return None
+    k, st, p = (_pair(pool.get(key, 1)) for key in ("kernel_size", "stride", "padding"))
+    if (k[0] == k[1] <= 16 and st[0] == st[1] and p[0] == p[1] and 2 * p[0] <= k[0]
+            and _pair(pool.get("dilation", 1)) == (1, 1) and not pool.get("ceil_mode")):
+        return [k[0], st[0], p[0]]
+    return None
 
 
 def packed_f32_direct_weight(w: Tensor) -> Tensor:
@@ -207,12 +225,14 @@ class FoldedConv2d(nn.Module):
     the ``nn.MaxPool2d`` it replaces (or None) and ``relu`` says whether a ReLU follows.
 
     A convolution of few taps per output (``C_in KH KW <=`` :data:`DIRECT_F32_TAPS`: the one-channel and RGB 3x3
-    stems, LeNet-5's ``conv1``) or a 1x1 convolution (the projection shortcuts), without groups or dilation and with
-    ``2 p < k``, runs on the engine's direct convolution with the bias and ReLU fused where the AVX-512 back end is
-    active (``torch.ops.lsqbq.f32_direct_conv2d``, ``lsqbq/csrc/direct_conv_f32.h``): oneDNN runs the first far
-    below the CPU's multiply-add rate (LeNet-5's ``conv1`` at batch 256 on one Zen 4 core: 2.6 against 5.0 ms) and
+    stems, LeNet-5's ``conv1``), a 1x1 convolution (the projection shortcuts) or one of at most
+    :data:`DIRECT_F32_POOLED_CHANNELS` input channels followed by a max-pool that fuses (:func:`fused_pool`: the
+    ImageNet 7x7 stem), without groups or dilation and with ``2 p < k``, runs on the engine's direct convolution
+    with the bias, ReLU and max-pool fused where the AVX-512 back end is active
+    (``torch.ops.lsqbq.f32_direct_conv2d``, ``lsqbq/csrc/direct_conv_f32.h``): oneDNN runs the first far
+    below the CPU's multiply-add rate (LeNet-5's ``conv1`` at batch 256 on one Zen 4 core: 2.6 against 5.0 ms),
     reorders the second's weights on every call (the ResNet-18's 256 -> 512 shortcut at batch 1: 0.14 against
-    0.21 ms). Its sum
+    0.21 ms), and writes the third's whole output before the pool reads it again (3.2 MB per image). Its sum
     runs over the taps in a fixed order, ``(kh, kw, c)``, one fused multiply-add each, the bias after; oneDNN's
     order depends on the kernel it picks for the shape and the strides (``(kw, kh)`` in some), so outputs can
     differ from torch's convolution in the last bits, as the folding itself makes them differ from the eager
@@ -233,10 +253,12 @@ class FoldedConv2d(nn.Module):
                                                    ceil_mode=pool.ceil_mode)
         self.folded = bn is not None
         k = self.weight.shape[2:]
-        # the engine's direct convolution (class docstring); its packed weights are made on first use
+        # the engine's direct convolution (class docstring), with its pool argument; packed weights on first use
+        self._direct_pool = fused_pool(self.pool)
         self.direct = (self.groups == 1 and self.dilation == (1, 1)
                        and all(2 * p < kk for p, kk in zip(self.padding, k))
-                       and (w.shape[1] * k[0] * k[1] <= DIRECT_F32_TAPS or tuple(k) == (1, 1)))
+                       and (w.shape[1] * k[0] * k[1] <= DIRECT_F32_TAPS or tuple(k) == (1, 1)
+                            or (self._direct_pool is not None and w.shape[1] <= DIRECT_F32_POOLED_CHANNELS)))
         self.register_buffer("_direct_w", None, persistent=False)
         self.register_load_state_dict_post_hook(_drop_direct)
 
@@ -247,12 +269,13 @@ class FoldedConv2d(nn.Module):
     def _direct(self, x: Tensor, threads: int, isa: int) -> Tensor:
         if self._buffers.get("_direct_w") is None:  # (a module pickled before this buffer existed has none)
             self._direct_w = packed_f32_direct_weight(self.weight)
-        relu = self.relu and self.pool is None
+        pool = self.__dict__.get("_direct_pool")  # (None in a module pickled before: the pool after the op)
+        after = self.pool is not None and pool is None
         y = run_with_threads(threads, torch.ops.lsqbq.f32_direct_conv2d,
                              x.contiguous(memory_format=torch.channels_last), self._direct_w, self.bias,
                              self.weight.shape[0], list(self.weight.shape[2:]), list(self.stride), list(self.padding),
-                             relu, isa)
-        return y if self.pool is None else max_pool2d(y, **self.pool, relu=self.relu)
+                             self.relu and not after, pool or [], isa)
+        return max_pool2d(y, **self.pool, relu=self.relu) if after else y
 
     def forward(self, x: Tensor) -> Tensor:
         threads = conv_threads(x.shape, self.weight, self.stride, self.padding, self.dilation, self.groups)
@@ -273,6 +296,37 @@ class FoldedConv2d(nn.Module):
                  f"stride={self.stride}", f"padding={self.padding}"]
         parts += ["bn folded"] * self.folded + ["max-pool"] * (self.pool is not None) + ["relu"] * self.relu
         return ", ".join(parts)
+
+
+class Float32Linear(nn.Module):
+    """``nn.Linear`` in float32 that keeps its weight in both layouts, ``(out, in)`` and transposed ``(in, out)``,
+    and runs one row as ``torch.addmm(b, x, W^T)`` on the second. Why: for one row MKL's matrix-vector product
+    reads ``nn.Linear``'s layout far slower where the weights come from memory, as a classifier's do after the rest
+    of the network (the ResNet-18 classifier 512 -> 1000 at batch 1 on one Zen 4 core, cache flushed before each
+    call: 144 against 206 us; 44 against 47 us in cache). More rows run ``nn.Linear``'s own product, as before
+    the conversion: on the transposed layout MKL's row blocks round some rows differently with the batch's other
+    rows (the last bits of a 128 -> 10 classifier's logits for batches split 21 + 9 against 6 x 5). Both are MKL's
+    sums, so one row differs from the same row in a batch in the last bits, as with ``nn.Linear``.
+
+    Shapes: ``x: (..., in) -> (..., out)``."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.register_buffer("weight", linear.weight.detach().float().clone())
+        self.register_buffer("weight_t", self.weight.t().contiguous())
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            raise InputError(f"{type(self).__name__}: expected input (..., {self.in_features}), got {tuple(x.shape)}")
+        if x.numel() != self.in_features or x.dtype != torch.float32:
+            return F.linear(x, self.weight, self.bias)
+        # (W^T)^T: a view of the transposed copy, which aten::linear multiplies as it is stored
+        return F.linear(x, self.weight_t.t(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, one row on (in, out)"
 
 
 # ---------------------------------------------------------------------------------------------- int8
@@ -466,14 +520,12 @@ class Int8Conv2d(_Int8Base):
         self._conv_stride = (1, 1) if self.subsample else self.stride
         # the engine's direct convolution (module docstring): its pool argument, None where it does not apply
         self._direct_pool = None
-        pool = self.pool or {}
-        k, st, p = (_pair(pool.get(key, 1)) for key in ("kernel_size", "stride", "padding"))
+        pool = fused_pool(self.pool)
         if (self.groups == 1 and self.dilation == (1, 1)
                 and (self.in_channels * self.weight_q.shape[3] <= DIRECT_ROW_BYTES
                      or tuple(self.weight_q.shape[2:]) == (1, 1))
-                and (not pool or (k[0] == k[1] <= 16 and st[0] == st[1] and p[0] == p[1] and 2 * p[0] <= k[0]
-                                  and _pair(pool.get("dilation", 1)) == (1, 1) and not pool.get("ceil_mode")))):
-            self._direct_pool = [k[0], st[0], p[0]] if pool else []
+                and (self.pool is None or pool is not None)):
+            self._direct_pool = pool or []
 
     def _prepack(self, shape) -> Tensor:
         q = self.weight_q.contiguous(memory_format=torch.channels_last)
@@ -636,7 +688,10 @@ def fuse_float_parts(model: nn.Module, float_parts: str = "fp32", backend: str |
             elif float_parts == "int8" and _plain_linear(child):
                 setattr(module, name, Int8Linear(child, relu=name in relu_after))
                 done[path] = "int8: linear" + " + ReLU" * (name in relu_after)
-            elif not isinstance(child, (FoldedConv2d, _Int8Base)):
+            elif _plain_linear(child):
+                setattr(module, name, Float32Linear(child))
+                done[path] = "fp32: linear"
+            elif not isinstance(child, (FoldedConv2d, Float32Linear, _Int8Base)):
                 visit(child, f"{path}.")
 
     visit(model, "")

@@ -2,7 +2,8 @@
 stems and narrow 1x1 shortcuts): each output the sum of its in-image taps in the stated order, one rounding per
 fused multiply-add, then the bias and the ReLU (``lsqbq/csrc/direct_conv_f32.h``), checked against a step-by-step
 float64 emulation of that sum and against a float64 convolution within the rounding bound; the AVX-512 and portable
-paths and 1 and 2 threads bit for bit; NaN kept; ``FoldedConv2d`` takes it only where it applies; clear errors."""
+paths and 1 and 2 threads bit for bit; NaN kept; a fused max-pool equal to the pool after the op;
+``FoldedConv2d`` takes it only where it applies; clear errors."""
 from __future__ import annotations
 
 import pytest
@@ -12,7 +13,8 @@ from torch import nn
 
 from lsqbq import _ops
 from lsqbq.kernels import ops
-from lsqbq.kernels.float_parts import DIRECT_F32_TAPS, FoldedConv2d, packed_f32_direct_weight
+from lsqbq.kernels.float_parts import (DIRECT_F32_POOLED_CHANNELS, DIRECT_F32_TAPS, FoldedConv2d, fused_pool,
+                                       packed_f32_direct_weight)
 
 pytestmark = pytest.mark.skipif(not _ops.active(), reason="the C++ library could not be built")
 
@@ -36,9 +38,9 @@ def _case(case, seed: int, bias: bool = True):
     return x, wt, (torch.randn(n, generator=gen) if bias else None), k, s, p
 
 
-def _run(x, wt, bias, k, s, p, relu: bool, isa: int) -> torch.Tensor:
+def _run(x, wt, bias, k, s, p, relu: bool, isa: int, pool=()) -> torch.Tensor:
     return torch.ops.lsqbq.f32_direct_conv2d(x, packed_f32_direct_weight(wt), bias, wt.shape[0], list(k), list(s),
-                                             list(p), relu, isa)
+                                             list(p), relu, list(pool), isa)
 
 
 def _emulated(x, wt, bias, k, s, p, relu: bool) -> torch.Tensor:
@@ -117,32 +119,74 @@ def test_bad_arguments_are_clear_errors():
         _run(x[:, :, :2, :2].contiguous(memory_format=torch.channels_last), wt, bias, (5, 5), s, (1, 1), False, 0)
     with pytest.raises(RuntimeError, match="float32 bias of 16"):
         _run(x, wt, bias[:3], k, s, p, False, 0)
+    with pytest.raises(RuntimeError, match=r"pool \[7, 1, 0\] does not fit the output 6x6"):
+        _run(x, wt, bias, k, s, p, False, 0, pool=(7, 1, 0))
+    with pytest.raises(RuntimeError, match="a pool of 0 or 3"):
+        _run(x, wt, bias, k, s, p, False, 0, pool=(3, 2))
+
+
+# (conv case, (pool kernel, stride, padding)): the ImageNet stem's 7x7/2 + 3x3/2 pool on a small image, pools with
+# 2 p = k, stride 1, windows past the last row, and bands that split one image on two threads
+POOLED = [((2, 3, 29, 34, 64, (7, 7), (2, 2), (3, 3)), (3, 2, 1)), ((1, 1, 12, 13, 20, (3, 3), (1, 1), (1, 1)),
+                                                                     (2, 2, 1)),
+          ((3, 2, 9, 10, 40, (3, 3), (1, 1), (0, 0)), (3, 1, 1)), ((1, 3, 40, 9, 16, (3, 3), (1, 1), (1, 1)),
+                                                                    (4, 3, 0))]
+
+
+@pytest.mark.parametrize("case, pool", POOLED)
+def test_fused_pool_equals_the_pool_after_the_convolution(case, pool):
+    """``relu(maxpool(conv + b))`` with the pool fused (conv rows in a ring, never in memory) equals torch's pool of
+    the unfused op's output bit for bit, on every path and 1 or 2 threads; a NaN input pools to NaN."""
+    x, wt, bias, k, s, p = _case(case, seed=POOLED.index((case, pool)))
+    x[0, 0, 5, 6] = float("nan")
+    before = torch.get_num_threads()
+    try:
+        for isa in _isas():
+            want = torch.max_pool2d(_run(x, wt, bias, k, s, p, False, isa), pool[0], pool[1], pool[2]).relu()
+            for t in (1, 2):
+                torch.set_num_threads(t)
+                got = _run(x, wt, bias, k, s, p, True, isa, pool)
+                assert got.is_contiguous(memory_format=torch.channels_last) and got.shape == want.shape
+                assert torch.equal(got.isnan(), want.isnan()) and got.isnan().any()
+                assert torch.equal(got.nan_to_num(), want.nan_to_num()), (isa, t)
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("conv, direct", [
     (nn.Conv2d(1, 16, 3, 2, 1), True), (nn.Conv2d(3, 64, 3, 1, 1), True), (nn.Conv2d(32, 64, 1, 2), True),
     (nn.Conv2d(1, 20, 5), True), (nn.Conv2d(3, 64, 7, 2, 3), False), (nn.Conv2d(64, 128, 1, 2), True),
+    ((nn.Conv2d(3, 64, 7, 2, 3), nn.MaxPool2d(3, 2, 1)), True),
+    ((nn.Conv2d(5, 16, 7, 2, 3), nn.MaxPool2d(3, 2, 1)), False),
+    ((nn.Conv2d(3, 16, 7, 2, 3), nn.MaxPool2d(3, 2, 1, ceil_mode=True)), False),
+    ((nn.Conv2d(3, 16, 3, 1, 1), nn.MaxPool2d((3, 2), 2)), True),
     (nn.Conv2d(8, 16, 3, 1, 1), False),
     (nn.Conv2d(4, 8, 3, 1, 1, groups=2), False), (nn.Conv2d(1, 8, 3, 1, 1, dilation=2), False),
     (nn.Conv2d(1, 8, 3, 1, 2), False)])
 def test_folded_conv_takes_the_direct_path_where_it_applies(monkeypatch, conv, direct):
-    """Few taps or a 1x1 kernel, no groups or dilation and ``2 p < k``: the direct op on the AVX-512 back end (NCHW
-    input too), within float rounding of torch; any other layer, back end or input goes to torch's convolution."""
+    """Few taps, a 1x1 kernel, or few input channels and a pool that fuses; no groups or dilation and ``2 p < k``:
+    the direct op on the AVX-512 back end (NCHW input too), within float rounding of torch (the pool fused where
+    it can be, else after the op); any other layer, back end or input goes to torch's convolution."""
+    conv, pool = conv if isinstance(conv, tuple) else (conv, None)
     taps = conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
-    assert taps <= DIRECT_F32_TAPS or conv.kernel_size == (1, 1) or not direct
+    fusable = pool is not None and fused_pool(vars(pool)) is not None
+    assert (taps <= DIRECT_F32_TAPS or conv.kernel_size == (1, 1)
+            or (fusable and conv.in_channels <= DIRECT_F32_POOLED_CHANNELS) or not direct)
     torch.manual_seed(0)
-    folded = FoldedConv2d(conv.eval(), relu=True)
+    folded = FoldedConv2d(conv.eval(), relu=True, pool=pool)
     assert folded.direct == direct
     calls = []
     real = torch.ops.lsqbq.f32_direct_conv2d
-    monkeypatch.setattr(torch.ops.lsqbq, "f32_direct_conv2d", lambda *a: calls.append(a[-1]) or real(*a))
+    monkeypatch.setattr(torch.ops.lsqbq, "f32_direct_conv2d", lambda *a: calls.append(a[-2:]) or real(*a))
     x = torch.randn(2, conv.in_channels, 11, 12)
     with torch.inference_mode():
         ref = F.conv2d(x, folded.weight, folded.bias, conv.stride, conv.padding, conv.dilation, conv.groups).relu()
+        ref = ref if pool is None else pool(ref)
         for xx in (x, x.contiguous(memory_format=torch.channels_last)):
             torch.testing.assert_close(folded(xx), ref, rtol=1e-5, atol=1e-5)
         on_avx512 = 1 in _isas() and ops.cached_isa(None, "cpu") == ops.AVX512_ISA
-        assert calls == ([ops.AVX512_ISA] * 2 if direct and on_avx512 else [])
+        fused = fused_pool(vars(pool)) if pool is not None else None
+        assert calls == ([(fused or [], ops.AVX512_ISA)] * 2 if direct and on_avx512 else [])
         with pytest.raises(RuntimeError):  # wrong channel count: torch's own error, not the op's
             folded(torch.randn(2, conv.in_channels + 1, 11, 12))
 

@@ -15,7 +15,7 @@ from lsqbq import _native
 from lsqbq.errors import ConfigError, InputError
 from lsqbq.kernels import to_bitwise
 from lsqbq.kernels import float_parts
-from lsqbq.kernels.float_parts import (FoldedConv2d, Int8Conv2d, Int8Linear, conv_threads, max_pool2d,
+from lsqbq.kernels.float_parts import (Float32Linear, FoldedConv2d, Int8Conv2d, Int8Linear, conv_threads, max_pool2d,
                                       quantize_uint8, weight_int8)
 from lsqbq.models import build
 
@@ -156,8 +156,9 @@ def test_resnet18_bitwise_with_folded_float_parts_equals_the_simulated_model(var
         ref = sim(x)
         fast, report = to_bitwise(sim, return_report=True)
         assert set(report.float_parts) == {"stem.0", "stages.1.0.shortcut.0", "stages.2.0.shortcut.0",
-                                           "stages.3.0.shortcut.0"}
+                                           "stages.3.0.shortcut.0", "fc"}
         assert report.float_parts["stem.0"] == "fp32: conv + BatchNorm2d + ReLU + MaxPool2d"
+        assert report.float_parts["fc"] == "fp32: linear"
         assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
         for xx in (x, x.contiguous(memory_format=torch.channels_last)):
             y = fast(xx)
@@ -176,13 +177,35 @@ def test_small_models_bitwise_with_folded_float_parts_equal_the_simulated_model(
     with torch.inference_mode():
         ref = sim(x)
         fast, report = to_bitwise(sim, return_report=True)
-        want = {"conv1": "fp32: conv + ReLU"} if name == "lenet5" else {
+        want = {"conv1": "fp32: conv + ReLU", "fc1": "fp32: linear", "fc2": "fp32: linear"} if name == "lenet5" else {
             "stem.0": "fp32: conv + BatchNorm2d + ReLU", "stages.1.0.shortcut.0": "fp32: conv + BatchNorm2d",
-            "stages.2.0.shortcut.0": "fp32: conv + BatchNorm2d"}
+            "stages.2.0.shortcut.0": "fp32: conv + BatchNorm2d", "fc": "fp32: linear"}
         assert report.float_parts == want
         y = fast(x)
     _close_to(y, ref)
     assert torch.equal(y.argmax(1), ref.argmax(1))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_float32_linear_equals_the_linear_layer_within_rounding(bias):
+    """One row (on the transposed copy) and several rows, batch dimensions kept: each output within the float32
+    rounding bound ``K u sum_k |x_k w_k|`` (``K`` products and the bias, ``u = 2^-24``) of a float64 product;
+    several rows as ``nn.Linear`` bit for bit; a wrong width is a clear error."""
+    torch.manual_seed(11)
+    lin = nn.Linear(300, 70, bias=bias)
+    fast = Float32Linear(lin)
+    x = torch.randn(2, 5, 300)
+    with torch.inference_mode():
+        for rows in (x[0, :1], x[0], x, x.reshape(10, 300)[3]):
+            y = fast(rows)
+            exact = F.linear(rows.double(), lin.weight.double(), None if lin.bias is None else lin.bias.double())
+            bound = F.linear(rows.double().abs(), lin.weight.double().abs(),
+                             None if lin.bias is None else lin.bias.double().abs()) * 301 * 2.0**-24
+            assert y.shape == exact.shape and y.dtype == torch.float32
+            assert ((y.double() - exact).abs() <= bound).all()
+        assert torch.equal(fast(x), lin(x))  # several rows: nn.Linear's own product
+        with pytest.raises(InputError, match=r"expected input \(\.\.\., 300\), got \(4, 299\)"):
+            fast(torch.randn(4, 299))
 
 
 def test_conversion_outside_inference_mode_folds_too():

@@ -152,8 +152,9 @@ def test_ops_fall_in_the_part_of_the_network_they_compute():
 
 
 def test_torch_op_times_count_each_op_once_per_inference():
-    """16 binary convolutions and 4 float ones (stem, three shortcuts) per inference of the binary ResNet-18: the
-    shortcuts on the engine's direct convolution where the AVX-512 back end runs, else on torch's."""
+    """16 binary convolutions and 4 float ones (stem, three shortcuts) per inference of the binary ResNet-18: all
+    four on the engine's direct convolution (the stem with its max-pool fused) where the AVX-512 back end runs,
+    else on torch's."""
     from lsqbq.bench.models import SHAPES, resnet18_network
     from lsqbq.kernels import to_bitwise
 
@@ -164,9 +165,12 @@ def test_torch_op_times_count_each_op_once_per_inference():
     ops = ops.set_index("op")
     assert ops.ms.sum() <= wall  # self times of the ops within the calls' wall time
     assert ops.loc["lsqbq::bitwise_conv2d", "calls"] == 16
-    direct = ops.loc["lsqbq::f32_direct_conv2d", "calls"] if "lsqbq::f32_direct_conv2d" in ops.index else 0
-    assert ops.loc["aten::_convolution", "calls"] + direct == 4 and direct in (0, 3)
-    assert (direct == 3) == (kernel_ops.cached_isa(None, "cpu") == kernel_ops.AVX512_ISA)
+    calls = {op: ops.loc[op, "calls"] if op in ops.index else 0
+             for op in ("lsqbq::f32_direct_conv2d", "aten::_convolution", "lsqbq::max_pool2d_nhwc")}
+    direct = calls["lsqbq::f32_direct_conv2d"]
+    assert calls["aten::_convolution"] + direct == 4 and direct in (0, 4)
+    assert (direct == 4) == (kernel_ops.cached_isa(None, "cpu") == kernel_ops.AVX512_ISA)
+    assert not (direct and calls["lsqbq::max_pool2d_nhwc"])  # the stem's pool fused
     assert set(ops.loc[[o for o in ops.index if "conv" in o and "bitwise" not in o], "part"]) == {"fp32 convolutions"}
     assert (ops.ms > 0).all() and set(ops.part) <= set(peers_profile.PARTS)
 

@@ -55,9 +55,10 @@ def _samples(name: str) -> list[tuple]:
 
         x = torch.randn(2, 3, 9, 7, generator=gen).contiguous(memory_format=torch.channels_last)
         w, b = torch.randn(20, 3, 3, 3, generator=gen), torch.randn(20, generator=gen)
-        return [(x, packed_f32_direct_weight(w), b, 20, [3, 3], [2, 1], [1, 1], relu, isa)
-                for isa in ISAS for relu in (False, True)] + [
-                (x, packed_f32_direct_weight(w[:5, :, :1, :1]), None, 5, [1, 1], [2, 2], [0, 0], False, ISAS[-1])]
+        return [(x, packed_f32_direct_weight(w), b, 20, [3, 3], [2, 1], [1, 1], relu, pool, isa)
+                for isa in ISAS for relu in (False, True) for pool in ([], [3, 2, 1])] + [
+                (x, packed_f32_direct_weight(w[:5, :, :1, :1]), None, 5, [1, 1], [2, 2], [0, 0], False, [],
+                 ISAS[-1])]
     if name == "popcount_peak":
         return [(100, isa) for isa in ISAS]
     if name == "memory_latency_ns":
