@@ -43,7 +43,7 @@ EPOCHS = 5  # of the cancelled run: it is cancelled after its first saved epoch
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("needs root: scripts/slurm_local.sh installs Debian packages and starts the SLURM daemons")
     was_up = subprocess.run([SCRIPT, "status"], capture_output=True).returncode == 0
@@ -51,9 +51,31 @@ def cluster():
     if p.returncode == 3:  # no package registry, a daemon that cannot start here, ...
         pytest.skip(p.stderr.strip().splitlines()[-1])
     assert p.returncode == 0, p.stdout + p.stderr
+    _cancel_leftover_jobs(_pytest_root(tmp_path_factory.getbasetemp()))
     yield
     if not was_up:
         subprocess.run([SCRIPT, "stop"], capture_output=True, timeout=300)
+
+
+def _pytest_root(basetemp: Path) -> Path:
+    """pytest's folder of every session's temporary folders (``pytest-of-<user>``), above this session's."""
+    return next((p for p in basetemp.parents if p.name.startswith("pytest-of-")), basetemp.parent)
+
+
+def _cancel_leftover_jobs(root: Path, timeout: float = 120.0) -> list[str]:
+    """Cancel the jobs that an interrupted earlier session of these tests left queued or running (their working
+    folders lie under pytest's temporary ``root``; this session has submitted none yet): this session's jobs would
+    wait behind them on the one node until the executor gave up. Returns their ids."""
+    out = subprocess.run(["squeue", "-h", "-o", "%i|%Z"], capture_output=True, text=True, check=True).stdout
+    stale = [job for job, _, folder in (line.partition("|") for line in out.splitlines())
+             if Path(folder.strip()).is_relative_to(root)]
+    if stale:
+        subprocess.run(["scancel", *stale], check=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline and subprocess.run(["squeue", "-h", "-j", ",".join(stale)], capture_output=True,
+                                                        text=True).stdout.strip():
+            time.sleep(1)
+    return stale
 
 
 def _sacct(*args: str) -> list[dict[str, str]]:
