@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <type_traits>
 
 #include "isa.h"
 #include "maxpool.h"
@@ -102,27 +103,30 @@ LSQBQ_AVX512 void block_avx512(const DirectConvF32& d, int64_t b, int64_t oh, in
   }
 }
 
-// Output channels n0 .. n0 + 16 V - 1 of row (b, oh): inner columns in blocks of P, then of 4 and 2, the rest one
-// at a time.
-template <int V, int P>
-LSQBQ_AVX512 void panel_avx512(const DirectConvF32& d, int64_t b, int64_t oh, int64_t n0, int64_t lo, int64_t hi,
-                               float* y) {
+// Row (b, oh) of one panel of output channels: the inner columns [lo, hi) in blocks of P pixels, then of 4 and 2,
+// the rest and the border columns (their taps clipped) one at a time; block(Pixels<Q>{}, ow, kh0, kh1, kw0, kw1)
+// makes Q pixels from column ow.
+template <int P>
+using Pixels = std::integral_constant<int, P>;
+
+template <int P, class Block>
+inline void panel(const DirectConvF32& d, int64_t oh, int64_t lo, int64_t hi, Block&& block) {
   int64_t kh0, kh1;
   clip(oh, d.sh, d.ph, d.KH, d.H, kh0, kh1);
   auto one = [&](int64_t ow) {
     int64_t kw0, kw1;
     clip(ow, d.sw, d.pw, d.KW, d.W, kw0, kw1);
-    block_avx512<V, 1>(d, b, oh, ow, kh0, kh1, kw0, kw1, n0, y);
+    block(Pixels<1>{}, ow, kh0, kh1, kw0, kw1);
   };
   for (int64_t ow = 0; ow < lo; ++ow) one(ow);
   int64_t ow = lo;
-  for (; ow + P <= hi; ow += P) block_avx512<V, P>(d, b, oh, ow, kh0, kh1, 0, d.KW, n0, y);
+  for (; ow + P <= hi; ow += P) block(Pixels<P>{}, ow, kh0, kh1, int64_t(0), d.KW);
   if (P > 4 && ow + 4 <= hi) {  // the rest of the inner run in smaller blocks: fewer loads of the same weights
-    block_avx512<V, (P > 4 ? 4 : 1)>(d, b, oh, ow, kh0, kh1, 0, d.KW, n0, y);
+    block(Pixels<(P > 4 ? 4 : 1)>{}, ow, kh0, kh1, int64_t(0), d.KW);
     ow += 4;
   }
   if (P > 2 && ow + 2 <= hi) {
-    block_avx512<V, (P > 2 ? 2 : 1)>(d, b, oh, ow, kh0, kh1, 0, d.KW, n0, y);
+    block(Pixels<(P > 2 ? 2 : 1)>{}, ow, kh0, kh1, int64_t(0), d.KW);
     ow += 2;
   }
   for (; ow < d.OW; ++ow) one(ow);
@@ -130,11 +134,85 @@ LSQBQ_AVX512 void panel_avx512(const DirectConvF32& d, int64_t b, int64_t oh, in
 
 LSQBQ_AVX512 void row_avx512(const DirectConvF32& d, int64_t b, int64_t oh, int64_t lo, int64_t hi, float* y) {
   for (int64_t n0 = 0; n0 < d.N; n0 += 64) {
+    auto run = [&](auto v, auto p) {  // V = v vectors of 16 channels, blocks of P = p pixels
+      panel<decltype(p)::value>(d, oh, lo, hi, [&](auto q, int64_t ow, int64_t kh0, int64_t kh1, int64_t kw0,
+                                                   int64_t kw1) {
+        block_avx512<decltype(v)::value, decltype(q)::value>(d, b, oh, ow, kh0, kh1, kw0, kw1, n0, y);
+      });
+    };
     switch (std::min<int64_t>(4, (d.N - n0 + 15) / 16)) {  // P V accumulators and V weights in 32 registers
-      case 1: panel_avx512<1, 12>(d, b, oh, n0, lo, hi, y); break;
-      case 2: panel_avx512<2, 12>(d, b, oh, n0, lo, hi, y); break;
-      case 3: panel_avx512<3, 8>(d, b, oh, n0, lo, hi, y); break;
-      default: panel_avx512<4, 6>(d, b, oh, n0, lo, hi, y); break;
+      case 1: run(Pixels<1>{}, Pixels<12>{}); break;
+      case 2: run(Pixels<2>{}, Pixels<12>{}); break;
+      case 3: run(Pixels<3>{}, Pixels<8>{}); break;
+      default: run(Pixels<4>{}, Pixels<6>{}); break;
+    }
+  }
+}
+
+// As block_avx512, on V vectors of 8 channels (16 registers: P V accumulators, V weights, one broadcast); the
+// same fused multiply-adds in the same order, so the same bits.
+template <int V, int P>
+LSQBQ_AVX2_FMA void block_avx2(const DirectConvF32& d, int64_t b, int64_t oh, int64_t ow0, int64_t kh0, int64_t kh1,
+                               int64_t kw0, int64_t kw1, int64_t n0, float* y) {
+  const int64_t Np = d.padded_n(), C = d.C, step = d.sw * C;
+  __m256 acc[P][V];
+#pragma GCC unroll 16
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) acc[p][v] = _mm256_setzero_ps();
+  for (int64_t kh = kh0; kh < kh1; ++kh) {
+    const int64_t row = ((b * d.H + oh * d.sh - d.ph + kh) * d.W + ow0 * d.sw - d.pw) * C;  // tap kw = 0
+    for (int64_t kw = kw0; kw < kw1; ++kw) {
+      const float* xp = d.x + (row + kw * C);
+      const float* wp = d.w + (kh * d.KW + kw) * C * Np + n0;
+      for (int64_t c = 0; c < C; ++c, wp += Np) {
+        __m256 wv[V];
+#pragma GCC unroll 2
+        for (int v = 0; v < V; ++v) wv[v] = _mm256_loadu_ps(wp + 8 * v);  // Np: within the zero padding
+#pragma GCC unroll 16
+        for (int p = 0; p < P; ++p) {
+          const __m256 xv = _mm256_broadcast_ss(xp + p * step + c);
+#pragma GCC unroll 2
+          for (int v = 0; v < V; ++v) acc[p][v] = _mm256_fmadd_ps(xv, wv[v], acc[p][v]);
+        }
+      }
+    }
+  }
+  const __m256 zero = _mm256_setzero_ps();
+  const bool relu = row_relu(d);
+#pragma GCC unroll 2
+  for (int v = 0; v < V; ++v) {
+    const int64_t n = n0 + 8 * v, k = std::min<int64_t>(8, d.N - n);
+    if (k <= 0) break;
+    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(k)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5,
+                                                                                                    6, 7));
+    const __m256 bv = d.bias ? _mm256_maskload_ps(d.bias + n, m) : zero;
+#pragma GCC unroll 16
+    for (int p = 0; p < P; ++p) {
+      __m256 r = d.bias ? _mm256_add_ps(acc[p][v], bv) : acc[p][v];
+      if (relu) r = _mm256_max_ps(zero, r);  // NaN (second operand) stays
+      float* out = y + (ow0 + p) * d.N + n;
+      if (k == 8) {
+        _mm256_storeu_ps(out, r);
+      } else {
+        _mm256_maskstore_ps(out, m, r);
+      }
+    }
+  }
+}
+
+LSQBQ_AVX2_FMA void row_avx2(const DirectConvF32& d, int64_t b, int64_t oh, int64_t lo, int64_t hi, float* y) {
+  for (int64_t n0 = 0; n0 < d.N; n0 += 16) {
+    auto run = [&](auto v, auto p) {
+      panel<decltype(p)::value>(d, oh, lo, hi, [&](auto q, int64_t ow, int64_t kh0, int64_t kh1, int64_t kw0,
+                                                   int64_t kw1) {
+        block_avx2<decltype(v)::value, decltype(q)::value>(d, b, oh, ow, kh0, kh1, kw0, kw1, n0, y);
+      });
+    };
+    if (d.N - n0 <= 8) {
+      run(Pixels<1>{}, Pixels<12>{});
+    } else {
+      run(Pixels<2>{}, Pixels<6>{});
     }
   }
 }
@@ -146,10 +224,14 @@ void direct_conv_f32(const DirectConvF32& d, int64_t isa) {
   if (d.B <= 0 || d.OH <= 0 || d.OW <= 0 || d.N <= 0) return;
   int64_t lo, hi;
   inner_columns(d, lo, hi);
-  const bool vector = LSQBQ_X86 && isa == kAvx512 && avx512_supported();
+  const int64_t path = !LSQBQ_X86 ? kPortable
+                       : isa == kAvx512 && avx512_supported() ? kAvx512
+                       : isa == kAvx2 && avx2_supported()     ? kAvx2
+                                                               : kPortable;
   auto conv_row = [&](int64_t b, int64_t oh, float* y) {
 #if LSQBQ_X86
-    if (vector) return row_avx512(d, b, oh, lo, hi, y);
+    if (path == kAvx512) return row_avx512(d, b, oh, lo, hi, y);
+    if (path == kAvx2) return row_avx2(d, b, oh, lo, hi, y);
 #endif
     row_portable(d, b, oh, y);
   };
@@ -165,13 +247,12 @@ void direct_conv_f32(const DirectConvF32& d, int64_t isa) {
   const int64_t bands = d.threads <= 1 ? 1 : std::min<int64_t>(d.POH, (2 * d.threads + d.B - 1) / d.B);
   const int64_t per_band = (d.POH + bands - 1) / bands;
   const PoolColumns cols{d.OW, d.N, d.pk, d.ps, d.pp, d.POW};
-  const int64_t pool_isa = vector ? kAvx512 : kPortable;
   parallel(d.B * bands, 1, work, int64_t(1) << 20, d.threads, [&](int64_t begin, int64_t end) {
     std::unique_ptr<float[]> ring(new float[d.pk * d.OW * d.N]);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / bands, p0 = (task % bands) * per_band, p1 = std::min(d.POH, p0 + per_band);
       pooled_band([&](int64_t h, float* row) { conv_row(b, h, row); }, d.OH, d.pk, d.ps, d.pp, cols, p0, p1,
-                  ring.get(), d.out + (b * d.POH + p0) * d.POW * d.N, d.relu, pool_isa);
+                  ring.get(), d.out + (b * d.POH + p0) * d.POW * d.N, d.relu, path);
     }
   });
 }

@@ -14,8 +14,8 @@
 // picks for a shape and its strides ((kw, kh) in some), so torch's convolution can differ in the last bits.
 // Why: with C KH KW taps small (9 for a 3x3 kernel over one channel), oneDNN's convolution is far below the
 // machine's multiply-add rate (LeNet-5's 5x5 conv1 of 20 filters at batch 256 on one Zen 4 core: 5.0 ms, 2.6 here).
-// Here each output pixel's N channels are N/16 vectors, a block of pixels shares every weight load, and each
-// input value is one broadcast.
+// Here each output pixel's N channels are N/16 vectors (N/8 on AVX2), a block of pixels shares every weight load,
+// and each input value is one broadcast.
 //
 // Layouts: x (B, H, W, C) and y (B, OH, OW, N) dense NHWC; weights (KH, KW, C, Np), Np = N rounded up to 16, the
 // padded channels zero (packed_f32_direct_weight in lsqbq/kernels/float_parts.py).
@@ -38,8 +38,9 @@ struct DirectConvF32 {
   int64_t padded_n() const { return (N + 15) / 16 * 16; }
 };
 
-// out of d, on the instruction path `isa` (isa.h: kAvx512, else the portable code, which rounds the same); rows
-// (b, oh) split over up to d.threads threads (with a pool: bands of pooled rows, maxpool.h pooled_band).
+// out of d, on the instruction path `isa` (isa.h: kAvx512 or kAvx2, else the portable code, which rounds the
+// same); rows (b, oh) split over up to d.threads threads (with a pool: bands of pooled rows, maxpool.h
+// pooled_band).
 void direct_conv_f32(const DirectConvF32& d, int64_t isa);
 
 }  // namespace lsqbq

@@ -228,11 +228,15 @@ class FoldedConv2d(nn.Module):
     stems, LeNet-5's ``conv1``), a 1x1 convolution (the projection shortcuts) or one of at most
     :data:`DIRECT_F32_POOLED_CHANNELS` input channels followed by a max-pool that fuses (:func:`fused_pool`: the
     ImageNet 7x7 stem), without groups or dilation and with ``2 p < k``, runs on the engine's direct convolution
-    with the bias, ReLU and max-pool fused where the AVX-512 back end is active
-    (``torch.ops.lsqbq.f32_direct_conv2d``, ``lsqbq/csrc/direct_conv_f32.h``): oneDNN runs the first far
+    with the bias, ReLU and max-pool fused where the AVX-512 back end is active, the last two kinds also where the
+    AVX2 one is (``torch.ops.lsqbq.f32_direct_conv2d``, ``lsqbq/csrc/direct_conv_f32.h``): oneDNN runs the first far
     below the CPU's multiply-add rate (LeNet-5's ``conv1`` at batch 256 on one Zen 4 core: 2.6 against 5.0 ms),
     reorders the second's weights on every call (the ResNet-18's 256 -> 512 shortcut at batch 1: 0.14 against
-    0.21 ms), and writes the third's whole output before the pool reads it again (3.2 MB per image). Its sum
+    0.21 ms), and writes the third's whole output before the pool reads it again (3.2 MB per image). On AVX2
+    (8-wide vectors, 16 registers), against oneDNN capped at AVX2, the 1x1 and pooled ones are as fast or faster
+    (shortcuts 1.1-1.2x on one thread, 1.4-2.2x on two; the stem with its pool 1.0x at batch 1, 1.6x at batch 16)
+    but the few-tap ones are not (LeNet-5's ``conv1`` at batch 256 0.74x, the small ResNet's stem 0.9-1.0x), so
+    those stay on oneDNN there. Its sum
     runs over the taps in a fixed order, ``(kh, kw, c)``, one fused multiply-add each, the bias after; oneDNN's
     order depends on the kernel it picks for the shape and the strides (``(kw, kh)`` in some), so outputs can
     differ from torch's convolution in the last bits, as the folding itself makes them differ from the eager
@@ -255,10 +259,11 @@ class FoldedConv2d(nn.Module):
         k = self.weight.shape[2:]
         # the engine's direct convolution (class docstring), with its pool argument; packed weights on first use
         self._direct_pool = fused_pool(self.pool)
-        self.direct = (self.groups == 1 and self.dilation == (1, 1)
-                       and all(2 * p < kk for p, kk in zip(self.padding, k))
-                       and (w.shape[1] * k[0] * k[1] <= DIRECT_F32_TAPS or tuple(k) == (1, 1)
-                            or (self._direct_pool is not None and w.shape[1] <= DIRECT_F32_POOLED_CHANNELS)))
+        plain = (self.groups == 1 and self.dilation == (1, 1)
+                 and all(2 * p < kk for p, kk in zip(self.padding, k)))
+        wide = tuple(k) == (1, 1) or (self._direct_pool is not None and w.shape[1] <= DIRECT_F32_POOLED_CHANNELS)
+        self.direct = plain and (wide or w.shape[1] * k[0] * k[1] <= DIRECT_F32_TAPS)
+        self.direct_avx2 = plain and wide  # (class docstring: the few-tap ones stay on oneDNN with AVX2)
         self.register_buffer("_direct_w", None, persistent=False)
         self.register_load_state_dict_post_hook(_drop_direct)
 
@@ -282,7 +287,7 @@ class FoldedConv2d(nn.Module):
         if (self.__dict__.get("direct") and x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 4
                 and x.numel() > 0 and x.shape[1] == self.weight.shape[1]):
             isa = ops.cached_isa(self.__dict__.get("backend"), x.device)  # (None in a module pickled before)
-            if isa == ops.AVX512_ISA:
+            if isa == ops.AVX512_ISA or (isa == ops.AVX2_ISA and self.__dict__.get("direct_avx2")):
                 return self._direct(x, threads, isa)
         y = run_with_threads(threads, F.conv2d, x, self.weight, self.bias, self.stride, self.padding, self.dilation,
                               self.groups)

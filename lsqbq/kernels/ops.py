@@ -68,6 +68,7 @@ __all__ = [
 BACKENDS = ("reference", "portable", "neon", "avx2", "avx512")  # slowest to fastest (x86 and aarch64 exclusive)
 _ISA = {"portable": 0, "avx512": 1, "avx2": 2, "neon": 3}  # the ``isa`` argument of the C++ ops (lsqbq/csrc/isa.h)
 AVX512_ISA = _ISA["avx512"]
+AVX2_ISA = _ISA["avx2"]
 NB = 32  # output channels per weight panel (fixed by the C++ micro-kernel)
 
 

@@ -18,7 +18,7 @@ from lsqbq.kernels.float_parts import (DIRECT_F32_POOLED_CHANNELS, DIRECT_F32_TA
 
 pytestmark = pytest.mark.skipif(not _ops.active(), reason="the C++ library could not be built")
 
-ISAS = {"portable": 0, "avx512": 1}
+ISAS = {"portable": 0, "avx512": 1, "avx2": 2}
 # (B, C, H, W, N, (KH, KW), (sh, sw), (ph, pw)): borders clipped on every side, channel tails, strides up to 3
 CASES = [(2, 1, 28, 28, 16, (3, 3), (2, 2), (1, 1)), (3, 1, 12, 13, 20, (5, 5), (1, 1), (0, 0)),
          (2, 3, 9, 11, 64, (3, 3), (1, 1), (1, 1)), (2, 16, 6, 7, 32, (1, 1), (2, 2), (0, 0)),
@@ -27,7 +27,8 @@ CASES = [(2, 1, 28, 28, 16, (3, 3), (2, 2), (1, 1)), (3, 1, 12, 13, 20, (5, 5), 
 
 
 def _isas() -> list[int]:
-    return [0] + ([1] if ops.AVX512_ISA in [ops._ISA.get(b) for b in ops.available_backends()] else [])
+    """The instruction paths of the op here: portable, and AVX-512 / AVX2 where the CPU has them."""
+    return [0] + [ops._ISA[b] for b in ("avx512", "avx2") if b in ops.available_backends()]
 
 
 def _case(case, seed: int, bias: bool = True):
@@ -153,20 +154,27 @@ def test_fused_pool_equals_the_pool_after_the_convolution(case, pool):
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("conv, direct", [
-    (nn.Conv2d(1, 16, 3, 2, 1), True), (nn.Conv2d(3, 64, 3, 1, 1), True), (nn.Conv2d(32, 64, 1, 2), True),
-    (nn.Conv2d(1, 20, 5), True), (nn.Conv2d(3, 64, 7, 2, 3), False), (nn.Conv2d(64, 128, 1, 2), True),
-    ((nn.Conv2d(3, 64, 7, 2, 3), nn.MaxPool2d(3, 2, 1)), True),
-    ((nn.Conv2d(5, 16, 7, 2, 3), nn.MaxPool2d(3, 2, 1)), False),
-    ((nn.Conv2d(3, 16, 7, 2, 3), nn.MaxPool2d(3, 2, 1, ceil_mode=True)), False),
-    ((nn.Conv2d(3, 16, 3, 1, 1), nn.MaxPool2d((3, 2), 2)), True),
-    (nn.Conv2d(8, 16, 3, 1, 1), False),
-    (nn.Conv2d(4, 8, 3, 1, 1, groups=2), False), (nn.Conv2d(1, 8, 3, 1, 1, dilation=2), False),
-    (nn.Conv2d(1, 8, 3, 1, 2), False)])
-def test_folded_conv_takes_the_direct_path_where_it_applies(monkeypatch, conv, direct):
+# (layer, on the direct op with AVX-512, with AVX2)
+@pytest.mark.parametrize("conv, direct, direct_avx2", [
+    (nn.Conv2d(1, 16, 3, 2, 1), True, False), (nn.Conv2d(3, 64, 3, 1, 1), True, False),
+    (nn.Conv2d(32, 64, 1, 2), True, True), (nn.Conv2d(1, 20, 5), True, False),
+    (nn.Conv2d(3, 64, 7, 2, 3), False, False),
+    (nn.Conv2d(64, 128, 1, 2), True, True),
+    ((nn.Conv2d(3, 64, 7, 2, 3), nn.MaxPool2d(3, 2, 1)), True, True),
+    ((nn.Conv2d(5, 16, 7, 2, 3), nn.MaxPool2d(3, 2, 1)), False, False),
+    ((nn.Conv2d(3, 16, 7, 2, 3), nn.MaxPool2d(3, 2, 1, ceil_mode=True)), False, False),
+    ((nn.Conv2d(3, 16, 3, 1, 1), nn.MaxPool2d((3, 2), 2)), True, False),
+    (nn.Conv2d(8, 16, 3, 1, 1), False, False),
+    (nn.Conv2d(4, 8, 3, 1, 1, groups=2), False, False), (nn.Conv2d(1, 8, 3, 1, 1, dilation=2), False, False),
+    (nn.Conv2d(1, 8, 3, 1, 2), False, False)])
+@pytest.mark.parametrize("backend", [None, "avx2"])
+def test_folded_conv_takes_the_direct_path_where_it_applies(monkeypatch, conv, direct, direct_avx2, backend):
     """Few taps, a 1x1 kernel, or few input channels and a pool that fuses; no groups or dilation and ``2 p < k``:
-    the direct op on the AVX-512 back end (NCHW input too), within float rounding of torch (the pool fused where
-    it can be, else after the op); any other layer, back end or input goes to torch's convolution."""
+    the direct op on the AVX-512 back end (NCHW input too), on AVX2 the 1x1 and pooled ones only, within float
+    rounding of torch (the pool fused where it can be, else after the op); any other layer, back end or input goes
+    to torch's convolution."""
+    if backend is not None and backend not in ops.available_backends():
+        pytest.skip(f"no {backend} back end here")
     conv, pool = conv if isinstance(conv, tuple) else (conv, None)
     taps = conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
     fusable = pool is not None and fused_pool(vars(pool)) is not None
@@ -174,6 +182,7 @@ def test_folded_conv_takes_the_direct_path_where_it_applies(monkeypatch, conv, d
             or (fusable and conv.in_channels <= DIRECT_F32_POOLED_CHANNELS) or not direct)
     torch.manual_seed(0)
     folded = FoldedConv2d(conv.eval(), relu=True, pool=pool)
+    folded.backend = backend
     assert folded.direct == direct
     calls = []
     real = torch.ops.lsqbq.f32_direct_conv2d
@@ -184,19 +193,20 @@ def test_folded_conv_takes_the_direct_path_where_it_applies(monkeypatch, conv, d
         ref = ref if pool is None else pool(ref)
         for xx in (x, x.contiguous(memory_format=torch.channels_last)):
             torch.testing.assert_close(folded(xx), ref, rtol=1e-5, atol=1e-5)
-        on_avx512 = 1 in _isas() and ops.cached_isa(None, "cpu") == ops.AVX512_ISA
+        isa = ops.cached_isa(backend, "cpu")
+        takes = (isa == ops.AVX512_ISA and direct) or (isa == ops.AVX2_ISA and direct_avx2)
         fused = fused_pool(vars(pool)) if pool is not None else None
-        assert calls == ([(fused or [], ops.AVX512_ISA)] * 2 if direct and on_avx512 else [])
+        assert calls == ([(fused or [], isa)] * 2 if takes else [])
         with pytest.raises(RuntimeError):  # wrong channel count: torch's own error, not the op's
             folded(torch.randn(2, conv.in_channels + 1, 11, 12))
 
 
-@pytest.mark.parametrize("n", [16, 40, 64])
+@pytest.mark.parametrize("n", [5, 16, 40, 64])
 def test_every_row_width_splits_into_blocks_and_borders_alike(n):
-    """Widths 1 to 40 (interior runs of every length modulo the pixel blocks of 6, 8 and 12): the vector path's
+    """Widths 1 to 40 (interior runs of every length modulo the pixel blocks of 6, 8 and 12): the vector paths'
     blocks and per-pixel borders equal the portable code, which clips every pixel's taps on its own."""
-    if 1 not in _isas():
-        pytest.skip("no AVX-512 back end here")
+    if len(_isas()) == 1:
+        pytest.skip("no vector back end here")
     gen = torch.Generator().manual_seed(n)
     for w in range(1, 41):
         for k, s, p in (((3, 3), (1, 1), (1, 1)), ((1, 5), (1, 2), (0, 2))):
@@ -204,19 +214,21 @@ def test_every_row_width_splits_into_blocks_and_borders_alike(n):
                 continue
             x = torch.randn(1, 2, 3, w, generator=gen).contiguous(memory_format=torch.channels_last)
             wt, bias = torch.randn(n, 2, *k, generator=gen), torch.randn(n, generator=gen)
-            assert torch.equal(_run(x, wt, bias, k, s, p, False, 1), _run(x, wt, bias, k, s, p, False, 0)), (w, k)
+            want = _run(x, wt, bias, k, s, p, False, 0)
+            for isa in _isas()[1:]:
+                assert torch.equal(_run(x, wt, bias, k, s, p, False, isa), want), (w, k, isa)
 
 
-@pytest.mark.parametrize("backend", ["portable", "avx512", None])
+@pytest.mark.parametrize("backend", ["portable", "avx512", "avx2", None])
 def test_converted_float_parts_follow_the_conversion_backend(monkeypatch, backend):
-    """``to_bitwise(backend=...)`` runs the stem and shortcuts on the engine's direct convolution only where that
-    back end is AVX-512 (a model converted for the portable or AVX2 kernels keeps torch's convolution), whatever
-    the switch ``LSQBQ_BACKEND`` says; None follows the switch."""
+    """``to_bitwise(backend=...)`` runs the stem and shortcuts on the engine's direct convolution where that back
+    end is AVX-512, the shortcuts alone where it is AVX2 (a model converted for the portable kernels keeps torch's
+    convolution), whatever the switch ``LSQBQ_BACKEND`` says; None follows the switch."""
     from lsqbq.kernels import available_backends, to_bitwise
     from lsqbq.models import build
 
-    if backend == "avx512" and "avx512" not in available_backends():
-        pytest.skip("no AVX-512 back end here")
+    if backend in ("avx512", "avx2") and backend not in available_backends():
+        pytest.skip(f"no {backend} back end here")
     calls = []
     real = torch.ops.lsqbq.f32_direct_conv2d
     monkeypatch.setattr(torch.ops.lsqbq, "f32_direct_conv2d", lambda *a: calls.append(a[-1]) or real(*a))
@@ -226,5 +238,5 @@ def test_converted_float_parts_follow_the_conversion_backend(monkeypatch, backen
         fast = to_bitwise(sim, backend=backend)
         assert {m.backend for m in fast.modules() if isinstance(m, FoldedConv2d)} == {backend}
         fast(torch.randn(2, 1, 28, 28))
-    auto = ops.cached_isa(None, "cpu") == ops.AVX512_ISA
-    assert calls == ([ops.AVX512_ISA] * 3 if backend == "avx512" or (backend is None and auto) else [])
+    isa = ops.cached_isa(backend, "cpu")
+    assert calls == {ops.AVX512_ISA: [isa] * 3, ops.AVX2_ISA: [isa] * 2}.get(isa, [])
