@@ -309,10 +309,11 @@ class Float32Linear(nn.Module):
     ``addmm(b, x, W^T)``; through ``torch.addmm`` itself a traced graph rounded differently from the eager call).
     Why: for one row MKL's matrix-vector product reads ``nn.Linear``'s layout far slower where the weights come
     from memory, as a classifier's do after the rest of the network (the ResNet-18 classifier 512 -> 1000 at batch
-    1 on one Zen 4 core, cache flushed before each call: 144 against 206 us; 44 against 47 us in cache). More rows run ``nn.Linear``'s own product, as before
-    the conversion: on the transposed layout MKL's row blocks round some rows differently with the batch's other
-    rows (the last bits of a 128 -> 10 classifier's logits for batches split 21 + 9 against 6 x 5). Both are MKL's
-    sums, so one row differs from the same row in a batch in the last bits, as with ``nn.Linear``.
+    1 on one Zen 4 core, cache flushed before each call: 144 against 206 us; 44 against 47 us in cache). More
+    rows run ``nn.Linear``'s own product, as before the conversion: on the transposed layout MKL's row blocks round
+    some rows differently with the batch's other rows (the last bits of a 128 -> 10 classifier's logits for batches
+    split 21 + 9 against 6 x 5). Both are MKL's sums, so one row differs from the same row in a batch in the last
+    bits, as with ``nn.Linear``.
 
     Shapes: ``x: (..., in) -> (..., out)``."""
 
