@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <memory>
 #include <type_traits>
 
 #include "isa.h"
@@ -242,19 +241,8 @@ void direct_conv_f32(const DirectConvF32& d, int64_t isa) {
     });
     return;
   }
-  // Bands of pooled rows: one per image on one thread (no conv row made twice); else about two per thread, the
-  // pool's overlapping conv rows made by both bands they border.
-  const int64_t bands = d.threads <= 1 ? 1 : std::min<int64_t>(d.POH, (2 * d.threads + d.B - 1) / d.B);
-  const int64_t per_band = (d.POH + bands - 1) / bands;
-  const PoolColumns cols{d.OW, d.N, d.pk, d.ps, d.pp, d.POW};
-  parallel(d.B * bands, 1, work, int64_t(1) << 20, d.threads, [&](int64_t begin, int64_t end) {
-    std::unique_ptr<float[]> ring(new float[d.pk * d.OW * d.N]);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / bands, p0 = (task % bands) * per_band, p1 = std::min(d.POH, p0 + per_band);
-      pooled_band([&](int64_t h, float* row) { conv_row(b, h, row); }, d.OH, d.pk, d.ps, d.pp, cols, p0, p1,
-                  ring.get(), d.out + (b * d.POH + p0) * d.POW * d.N, d.relu, path);
-    }
-  });
+  pooled_images(conv_row, d.B, d.OH, d.pk, d.ps, d.pp, d.POH, PoolColumns{d.OW, d.N, d.pk, d.ps, d.pp, d.POW}, d.out,
+                d.relu, path, work, int64_t(1) << 20, d.threads);
 }
 
 }  // namespace lsqbq

@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <memory>
 #include <stdexcept>
 #include <vector>
 
@@ -184,23 +183,19 @@ void direct_conv(const DirectConv& dc) {
   std::vector<uint8_t> tail_act;
   std::vector<int8_t> tail_w;
   const Plan d = make_plan(dc, tail_act, tail_w);
-  const int64_t rows = d.pk ? d.POH : d.OH;  // output rows per image
-  // Bands of output rows: one per image on one thread (no conv row computed twice); else about two per thread,
-  // the pool's overlapping conv rows computed by both bands they border.
-  const int64_t bands = d.threads <= 1 ? 1 : std::min<int64_t>(rows, (2 * d.threads + d.B - 1) / d.B);
-  const int64_t per_band = (rows + bands - 1) / bands;
   const int64_t work = d.B * d.OH * d.OW * d.N * (d.KH * d.row_dwords + d.td);
+  if (d.pk) {  // ReLU (with the conv rows) before the pool equals ReLU after it
+    pooled_images([&](int64_t b, int64_t h, float* row) { conv_row(d, b, h, row); }, d.B, d.OH, d.pk, d.ps, d.pp,
+                  d.POH, PoolColumns{d.OW, d.N, d.pk, d.ps, d.pp, d.POW}, d.out, false, kAvx512, work,
+                  int64_t(1) << 20, d.threads);
+    return;
+  }
+  // Bands of output rows, as a pool's (row_bands)
+  const int64_t bands = row_bands(d.OH, d.B, d.threads), per_band = (d.OH + bands - 1) / bands;
   parallel(d.B * bands, 1, work, int64_t(1) << 20, d.threads, [&](int64_t begin, int64_t end) {
-    std::unique_ptr<float[]> ring(d.pk ? new float[d.pk * d.OW * d.N] : nullptr);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / bands, r0 = (task % bands) * per_band, r1 = std::min(rows, r0 + per_band);
-      if (d.pk) {  // ReLU (with the conv rows) before the pool equals ReLU after it
-        const PoolColumns cols{d.OW, d.N, d.pk, d.ps, d.pp, d.POW};
-        pooled_band([&](int64_t h, float* row) { conv_row(d, b, h, row); }, d.OH, d.pk, d.ps, d.pp, cols, r0, r1,
-                    ring.get(), d.out + (b * d.POH + r0) * d.POW * d.N, false, kAvx512);
-      } else {
-        for (int64_t oh = r0; oh < r1; ++oh) conv_row(d, b, oh, d.out + (b * d.OH + oh) * d.OW * d.N);
-      }
+      const int64_t b = task / bands, r0 = (task % bands) * per_band, r1 = std::min(d.OH, r0 + per_band);
+      for (int64_t oh = r0; oh < r1; ++oh) conv_row(d, b, oh, d.out + (b * d.OH + oh) * d.OW * d.N);
     }
   });
 }

@@ -9,7 +9,11 @@
 // OH = (H + 2 ph - KH) / sh + 1, OW likewise.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <memory>
+
+#include "pool.h"
 
 namespace lsqbq {
 
@@ -47,6 +51,31 @@ void pooled_band(MakeRow&& make_row, int64_t H, int64_t pk, int64_t ps, int64_t 
     for (int64_t h = h0; h < h1; ++h) rows[h - h0] = ring + (h % pk) * row;
     max_pool_row(rows, h1 - h0, out + (p - p0) * s.OW * s.C, s, relu, isa);
   }
+}
+
+// Bands of an image's `rows` output rows for a call over B images on `threads` threads: one band per image on one
+// thread (no input row of a pool made twice); else about two bands per thread, a pool's overlapping input rows
+// then made by both bands they border.
+inline int64_t row_bands(int64_t rows, int64_t B, int64_t threads) {
+  return threads <= 1 ? 1 : std::min<int64_t>(rows, (2 * threads + B - 1) / B);
+}
+
+// out (B, POH, POW, C): the pool of B images whose input rows are made on the fly, make_row(b, h, dst), by bands
+// of pooled rows (row_bands, pooled_band: one ring per task) on up to `threads` threads, or on the calling thread
+// when `work` (the caller's units) is below `min_work` (pool.h parallel).
+template <class MakeRow>
+void pooled_images(MakeRow&& make_row, int64_t B, int64_t H, int64_t pk, int64_t ps, int64_t pp, int64_t POH,
+                   const PoolColumns& s, float* out, bool relu, int64_t isa, int64_t work, int64_t min_work,
+                   int64_t threads) {
+  const int64_t bands = row_bands(POH, B, threads), per_band = (POH + bands - 1) / bands;
+  parallel(B * bands, 1, work, min_work, threads, [&](int64_t begin, int64_t end) {
+    std::unique_ptr<float[]> ring(new float[pk * s.W * s.C]);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / bands, p0 = (task % bands) * per_band, p1 = std::min(POH, p0 + per_band);
+      pooled_band([&](int64_t h, float* row) { make_row(b, h, row); }, H, pk, ps, pp, s, p0, p1, ring.get(),
+                  out + (b * POH + p0) * s.OW * s.C, relu, isa);
+    }
+  });
 }
 
 }  // namespace lsqbq
