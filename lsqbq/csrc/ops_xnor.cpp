@@ -475,6 +475,22 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& packed, const 
                       std::string(relu ? "relu" : "none"), c10::List<std::optional<at::Scalar>>(), std::string("")});
 }
 
+// The max-pool fused into a direct convolution d (DirectConv, DirectConvF32), from the op's `pool` = (kernel,
+// stride, padding), or none for []: d's pool fields and pooled size POH x POW of its output OH x OW, checked to fit
+// before anything divides by the stride.
+template <class Conv>
+void set_fused_pool(Conv& d, at::IntArrayRef pool, const char* op) {
+  if (pool.empty()) return;
+  d.pk = pool[0];
+  d.ps = pool[1];
+  d.pp = pool[2];
+  TORCH_CHECK(d.pk > 0 && d.pk <= 16 && d.ps > 0 && d.pp >= 0 && 2 * d.pp <= d.pk && d.OH + 2 * d.pp >= d.pk &&
+                  d.OW + 2 * d.pp >= d.pk,
+              "lsqbq: ", op, " pool ", pool, " does not fit the output ", d.OH, "x", d.OW);
+  d.POH = (d.OH + 2 * d.pp - d.pk) / d.ps + 1;
+  d.POW = (d.OW + 2 * d.pp - d.pk) / d.ps + 1;
+}
+
 // The int8 float parts' direct convolution (Int8Conv2d on an input of few channels, the RGB stem, and 1x1
 // convolutions): uint8 activations of the grid of `step` of x (quantize_finite), padded with their zero point, then
 // direct_conv (direct_conv.h) with the max-pool `pool` = (kernel, stride, padding) fused, or none for []; float32
@@ -512,15 +528,7 @@ at::Tensor int8_direct_conv2d_cpu(const at::Tensor& x, const at::Tensor& w_packe
               kernel, " (or a stride is not positive)");
   d.OH = (d.Hp - d.KH) / d.sh + 1;
   d.OW = (d.Wp - d.KW) / d.sw_ + 1;
-  if (!pool.empty()) {
-    d.pk = pool[0];
-    d.ps = pool[1];
-    d.pp = pool[2];
-    d.POH = (d.OH + 2 * d.pp - d.pk) / d.ps + 1;
-    d.POW = (d.OW + 2 * d.pp - d.pk) / d.ps + 1;
-    TORCH_CHECK(d.pk > 0 && d.pk <= 16 && d.ps > 0 && d.pp >= 0 && 2 * d.pp <= d.pk && d.POH > 0 && d.POW > 0,
-                "lsqbq: int8_direct_conv2d pool ", pool, " does not fit the output ", d.OH, "x", d.OW);
-  }
+  set_fused_pool(d, pool, "int8_direct_conv2d");
   auto [q, params] = quantize_finite(x.contiguous(at::MemoryFormat::ChannelsLast), step, levels, 0, isa,
                                      x.sizes());
   const double* pr = params.data_ptr<double>();
@@ -595,16 +603,7 @@ at::Tensor f32_direct_conv2d_cpu(const at::Tensor& x, const at::Tensor& w_packed
               "lsqbq: f32_direct_conv2d needs a float32 bias of ", n_out, " channels");
   d.OH = (d.H + 2 * d.ph - d.KH) / d.sh + 1;
   d.OW = (d.W + 2 * d.pw - d.KW) / d.sw + 1;
-  if (!pool.empty()) {
-    d.pk = pool[0];
-    d.ps = pool[1];
-    d.pp = pool[2];
-    TORCH_CHECK(d.pk > 0 && d.pk <= 16 && d.ps > 0 && d.pp >= 0 && 2 * d.pp <= d.pk && d.OH + 2 * d.pp >= d.pk &&
-                    d.OW + 2 * d.pp >= d.pk,
-                "lsqbq: f32_direct_conv2d pool ", pool, " does not fit the output ", d.OH, "x", d.OW);
-    d.POH = (d.OH + 2 * d.pp - d.pk) / d.ps + 1;
-    d.POW = (d.OW + 2 * d.pp - d.pk) / d.ps + 1;
-  }
+  set_fused_pool(d, pool, "f32_direct_conv2d");
   d.x = x.data_ptr<float>();
   d.w = w_packed.data_ptr<float>();
   at::Tensor b_;

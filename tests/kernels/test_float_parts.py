@@ -355,6 +355,21 @@ def test_direct_int8_conv_equals_onednn_and_the_formula(case):
 
 
 @pytest.mark.skipif(not _direct_supported(), reason="the direct int8 convolution needs AVX-512 VNNI")
+@pytest.mark.parametrize("pool", [[3, 0, 1], [9, 1, 0], [3, 2, 2]])
+def test_direct_int8_conv_names_a_pool_that_does_not_fit(pool):
+    """A zero stride, a window wider than the padded output, or padding over half the window: an error naming the
+    pool and the output (a zero stride once divided before the check)."""
+    from lsqbq.kernels import ops
+    from lsqbq.kernels.float_parts import packed_direct_weight
+
+    x = torch.randn(1, 3, 9, 9).contiguous(memory_format=torch.channels_last)
+    w, w_sum = packed_direct_weight(torch.randint(-127, 128, (16, 3, 3, 3), dtype=torch.int8))
+    with pytest.raises(RuntimeError, match=re.escape(f"int8_direct_conv2d pool {pool} does not fit the output 7x7")):
+        torch.ops.lsqbq.int8_direct_conv2d(x, w, w_sum, torch.ones(16), None, 255, [1, 1], [3, 3], [1, 1], [0, 0],
+                                           False, pool, ops.cached_isa(None, "cpu"))
+
+
+@pytest.mark.skipif(not _direct_supported(), reason="the direct int8 convolution needs AVX-512 VNNI")
 @pytest.mark.parametrize("relu", [False, True])
 def test_int8_linear_of_few_rows_runs_direct_and_equals_onednn(relu):
     """Up to ``DIRECT_LINEAR_ROWS`` rows an int8 linear layer runs on the direct convolution (rows as 1x1 pixels),
