@@ -1,7 +1,10 @@
 """Shared test settings: deterministic CPU runs, MLflow telemetry off, runs the code records by default (an
 evaluation, an analysis) go to a throw-away store of each test process, never to the project's."""
 import os
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -18,6 +21,31 @@ import torch  # noqa: E402
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def peers_smoke(tmp_path_factory) -> tuple[Path, str]:
+    """One ``lsqbq bench peers --smoke`` run per test session (32x32, batch 1, 1 thread, one repeat; OpenVINO and
+    ONNX Runtime in that child process only), into its own output folder and MLflow store: ``(out, store uri)``.
+    The peers tests and the harness test read it; the first pytest-xdist worker to ask runs it under a file lock,
+    the others reuse it. Readers do not write into it."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # every worker's base directory lies in one session directory
+    root, out = base / "peers-smoke", base / "peers-smoke" / "out"
+    uri = f"sqlite:///{root}/mlflow.db"
+    with FileLock(str(base / "peers-smoke.lock")):
+        done = root / "done"
+        if not done.is_file():
+            root.mkdir(exist_ok=True)
+            env = {k: v for k, v in os.environ.items() if k != "LSQBQ_TRACKING"} | {"MLFLOW_TRACKING_URI": uri}
+            proc = subprocess.run([sys.executable, "-m", "lsqbq.cli", "bench", "peers", "--smoke", "--out", str(out)],
+                                  capture_output=True, text=True, timeout=600, env=env)
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+            done.write_text("")
+    return out, uri
 
 
 @pytest.fixture

@@ -84,8 +84,7 @@ def test_dvc_pull_refuses_while_the_workflow_runs(pulled):
 
 
 def test_a_killed_evaluation_is_redone_by_the_next_run(pulled):
-    runs = [f"results/evaluate/fashion-mnist/lenet5/ls-2_ls-1/s{seed}" for seed in (0, 1)]
-    targets = [f"{r}/metrics.json" for r in runs]
+    targets = ["results/evaluate/fashion-mnist/lenet5/ls-2_ls-1/s0/metrics.json"]
     snakemake(["--cores", "1", *targets], pulled)
     first = {t: (pulled / t).read_bytes() for t in targets}
     log = pulled / "forced.log"

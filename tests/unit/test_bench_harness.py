@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -36,8 +35,8 @@ def _head() -> tuple[str, bool]:
     return git("rev-parse", "HEAD"), bool(status)
 
 
-def _runs_of(benchmark: str, out: Path):
-    c = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+def _runs_of(benchmark: str, out: Path, uri: str):
+    c = MlflowClient(uri)
     exp = c.get_experiment_by_name(f"lsqbq-bench-{benchmark}")
     if exp is None:
         return c, []
@@ -51,14 +50,12 @@ def test_every_benchmark_has_an_experiment_of_its_own():
 
 
 @pytest.mark.parametrize("benchmark", BENCHMARKS)
-def test_smoke_run_writes_provenance_on_every_row_and_one_run(tmp_path, benchmark):
-    out = tmp_path / "out"
-    args = ["bench", benchmark, "--smoke", "--out", str(out), *EXTRA.get(benchmark, [])]
-    if benchmark == "peers":  # OpenVINO and ONNX Runtime in a child process only (see test_bench_peers.py)
-        proc = subprocess.run([sys.executable, "-m", "lsqbq.cli", *args], capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+def test_smoke_run_writes_provenance_on_every_row_and_one_run(tmp_path, benchmark, request):
+    if benchmark == "peers":  # the session's run (tests/conftest.py): OpenVINO and ONNX Runtime in a child process
+        out, uri = request.getfixturevalue("peers_smoke")
     else:
-        assert cli.main(args) == 0
+        out, uri = tmp_path / "out", os.environ["MLFLOW_TRACKING_URI"]
+        assert cli.main(["bench", benchmark, "--smoke", "--out", str(out), *EXTRA.get(benchmark, [])]) == 0
     df = pd.read_csv(out / CSV[benchmark], dtype={"git_commit": str})
     commit, dirty = _head()
     for extra in sorted(out.glob("*.csv")):  # every CSV a benchmark writes says which code it timed
@@ -73,7 +70,7 @@ def test_smoke_run_writes_provenance_on_every_row_and_one_run(tmp_path, benchmar
         assert ((df["mem_ns_before"] > 0) & (df["mem_ns_after"] > 0)).all()
     assert (df["cpu"].astype(str).str.len() > 0).all() and df["torch"].notna().all()
 
-    c, runs = _runs_of(benchmark, out)
+    c, runs = _runs_of(benchmark, out, uri)
     assert len(runs) == 1, f"{len(runs)} runs of lsqbq-bench-{benchmark} for {out}"
     run = runs[0]
     assert run.info.status == "FINISHED" and run.info.run_name == f"bench_{benchmark}"
@@ -168,7 +165,7 @@ def test_bad_backend_fails_before_anything_is_written(capsys, monkeypatch, tmp_p
     err = capsys.readouterr().err.strip()
     assert err.startswith("lsqbq bench: ") and needle in err and "LSQBQ_BACKEND" in err and "\n" not in err
     assert not out.exists()
-    assert _runs_of("kernels", out)[1] == []
+    assert _runs_of("kernels", out, os.environ["MLFLOW_TRACKING_URI"])[1] == []
 
 
 def test_switch_chooses_the_back_end_a_benchmark_times(monkeypatch, tmp_path):
@@ -181,7 +178,7 @@ def test_switch_chooses_the_back_end_a_benchmark_times(monkeypatch, tmp_path):
     df = pd.read_csv(out / "kernels.csv")
     assert set(df["kernels"]) == {"portable"} and set(df["isa"]) == {kernels.isa_path("portable")}
     assert set(df.loc[df["impl"].str.startswith("binary"), "impl"]) == {"binary portable"}
-    runs = _runs_of("kernels", out)[1]
+    runs = _runs_of("kernels", out, os.environ["MLFLOW_TRACKING_URI"])[1]
     assert len(runs) == 1 and runs[0].data.params["kernels"] == "portable"
 
 

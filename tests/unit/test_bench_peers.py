@@ -38,16 +38,10 @@ def _run_python(code: str, **env: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """One ``--smoke`` run (32x32, batch 1, 1 thread, one repeat) into a temporary output and MLflow store."""
-    root = tmp_path_factory.mktemp("peers")
-    uri = f"sqlite:///{root}/mlflow.db"
-    env = {k: v for k, v in os.environ.items() if k != "LSQBQ_TRACKING"} | {"MLFLOW_TRACKING_URI": uri}
-    proc = subprocess.run([sys.executable, "-m", "lsqbq.cli", "bench", "peers", "--smoke", "--out", str(root / "out")],
-                          capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    df = pd.read_csv(root / "out" / "peers.csv", dtype={"git_commit": str})
-    return root / "out", df, uri
+def smoke(peers_smoke):
+    """The session's one ``--smoke`` run (tests/conftest.py): its output folder, CSV and MLflow store."""
+    out, uri = peers_smoke
+    return out, pd.read_csv(out / "peers.csv", dtype={"git_commit": str}), uri
 
 
 def test_every_row_has_the_columns_a_positive_time_and_ratio(smoke):

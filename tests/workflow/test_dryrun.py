@@ -144,6 +144,16 @@ def test_slurm_profile_dry_run(repo):
     assert job_counts(out)["train"] == 27
 
 
+def test_multi_gpu_training_job_launches_torchrun_per_gpu(repo):
+    """A dry run with the SLURM profile (no cluster needed): a training job with 2 GPUs (the rule's `gpu` resource,
+    which the executor turns into `sbatch --gpus=2`) runs torchrun with one process per GPU inside the job, which
+    then joins with NCCL (tests/training/test_distributed.py)."""
+    out = snakemake(["-n", "-p", "--nolock", "--profile", "workflow/profiles/slurm",
+                     "--configfile", "config/cifar100.yaml", "--config", "gpus=2"], repo).stdout
+    train = [line for line in out.splitlines() if "-m lsqbq.train" in line or "lsqbq train" in line]
+    assert len(train) == 27 and all("torchrun --standalone --nproc-per-node=2 -m lsqbq.train" in t for t in train)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--config", "epochz=3"], "(top level): Additional properties are not allowed ('epochz' was unexpected)"),
     (["--config", "threads=zero"], "threads: 'zero' is not of type 'integer'"),
