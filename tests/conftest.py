@@ -27,25 +27,21 @@ def _seed():
 def peers_smoke(tmp_path_factory) -> tuple[Path, str]:
     """One ``lsqbq bench peers --smoke`` run per test session (32x32, batch 1, 1 thread, one repeat; OpenVINO and
     ONNX Runtime in that child process only), into its own output folder and MLflow store: ``(out, store uri)``.
-    The peers tests and the harness test read it; the first pytest-xdist worker to ask runs it under a file lock,
-    the others reuse it. Readers do not write into it."""
-    from filelock import FileLock
+    The peers tests and the harness test read it (``made_once``: one worker makes it, the others reuse it); readers
+    do not write into it."""
+    from workflow._repo import made_once  # tests/workflow/_repo.py
 
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent  # every worker's base directory lies in one session directory
-    root, out = base / "peers-smoke", base / "peers-smoke" / "out"
-    uri = f"sqlite:///{root}/mlflow.db"
-    with FileLock(str(base / "peers-smoke.lock")):
-        done = root / "done"
-        if not done.is_file():
-            root.mkdir(exist_ok=True)
-            env = {k: v for k, v in os.environ.items() if k != "LSQBQ_TRACKING"} | {"MLFLOW_TRACKING_URI": uri}
-            proc = subprocess.run([sys.executable, "-m", "lsqbq.cli", "bench", "peers", "--smoke", "--out", str(out)],
-                                  capture_output=True, text=True, timeout=600, env=env)
-            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-            done.write_text("")
-    return out, uri
+    def uri(root: Path) -> str:
+        return f"sqlite:///{root}/mlflow.db"
+
+    def make(root: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "LSQBQ_TRACKING"} | {"MLFLOW_TRACKING_URI": uri(root)}
+        proc = subprocess.run([sys.executable, "-m", "lsqbq.cli", "bench", "peers", "--smoke", "--out",
+                               str(root / "out")], capture_output=True, text=True, timeout=600, env=env)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    root = made_once(tmp_path_factory, "peers-smoke", make)
+    return root / "out", uri(root)
 
 
 @pytest.fixture

@@ -116,27 +116,38 @@ def job_counts(output: str) -> dict[str, int]:
 TEST_PROFILE = ["--configfile", "config/test.yaml", "--config", "output_root=."]
 
 
-def shared_test_profile_run(tmp_path_factory) -> tuple[Path, str]:
-    """One real run of the test profile (config/test.yaml with ``output_root=.``, so its checkpoints land where
-    dvc.yaml tracks them) per test session, in a throw-away copy after ``dvc pull`` of the raw data; returns the
-    copy and Snakemake's output.
-
-    Every test that reads such a run (the end-to-end tests, the cluster test's local reference) shares it: the
-    first pytest-xdist worker to ask makes it under a file lock, the others wait for it and reuse it. Users of the
-    run read its results; the few that write (a DVC commit, a report) add files without changing its results.
-    """
+def made_once(tmp_path_factory, name: str, make) -> Path:
+    """The folder ``name`` of this test session, made by ``make(folder)`` once per session: the first pytest-xdist
+    worker to ask makes it under a file lock, the others wait for it and reuse it; a folder an interrupted ``make``
+    left half-made is made again."""
     from filelock import FileLock
 
     base = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         base = base.parent  # every worker's base directory lies in one session directory
-    home = base / "shared-test-profile"
-    with FileLock(str(base / "shared-test-profile.lock")):
-        repo, log = home / "repo", home / "snakemake.log"
-        if not log.is_file():
+    home, done = base / name, base / name / ".made"
+    with FileLock(str(base / f"{name}.lock")):
+        if not done.is_file():
             shutil.rmtree(home, ignore_errors=True)
-            copy_repo(repo)
-            dvc(["pull", "fashion_mnist"], repo)  # raw data from the committed store: no network, no Debian package
-            p = snakemake(["--cores", "2", *TEST_PROFILE], repo, timeout=1500)
-            log.write_text(p.stdout + p.stderr)
-    return repo, log.read_text()
+            home.mkdir()
+            make(home)
+            done.write_text("")
+    return home
+
+
+def shared_test_profile_run(tmp_path_factory) -> tuple[Path, str]:
+    """One real run of the test profile (config/test.yaml with ``output_root=.``, so its checkpoints land where
+    dvc.yaml tracks them) per test session (:func:`made_once`), in a throw-away copy after ``dvc pull`` of the raw
+    data; returns the copy and Snakemake's output.
+
+    Every test that reads such a run (the end-to-end tests, the cluster test's local reference) shares it. Users of
+    the run read its results; the few that write (a DVC commit, a report) add files without changing its results.
+    """
+    def make(home: Path) -> None:
+        repo = copy_repo(home / "repo")
+        dvc(["pull", "fashion_mnist"], repo)  # raw data from the committed store: no network, no Debian package
+        p = snakemake(["--cores", "2", *TEST_PROFILE], repo, timeout=1500)
+        (home / "snakemake.log").write_text(p.stdout + p.stderr)
+
+    home = made_once(tmp_path_factory, "shared-test-profile", make)
+    return home / "repo", (home / "snakemake.log").read_text()
