@@ -3,6 +3,8 @@
 Usage::
 
     lsqbq bench peers [--quick | --smoke] [--out results/bench] [--batches 1,16] [--threads 1,2] [--size 224]
+    lsqbq bench peers --checkpoints checkpoints/fashion-mnist [--seeds 0]   # trained students beside their
+                                                                           # teacher (lsqbq.bench.peers_checkpoints)
 
 Rows (ResNet-18, ImageNet layout, 1000 classes, random weights, every engine fed the same input):
 
@@ -166,11 +168,13 @@ def make_setup(size: int, batches: list[int], backend: str, workdir: Path) -> Se
                  binary_int8_frozen=None if int8 is None else freeze(int8))  # engines run copies
 
 
-def _torch_engine(name: str, precision: str, network: str, net: nn.Module, s: Setup, reference: str = "") -> Engine:
+def torch_engine(name: str, precision: str, network: str, net: nn.Module, inputs: dict[int, torch.Tensor],
+                 reference: str = "") -> Engine:
+    """``net`` in torch, fed ``inputs[batch]`` in channels_last memory (the baseline when ``name`` is it)."""
     net_cl = copy.deepcopy(net).to(memory_format=torch.channels_last)
 
     def make(batch: int, threads: int):
-        x = s.inputs[batch].contiguous(memory_format=torch.channels_last)
+        x = inputs[batch].contiguous(memory_format=torch.channels_last)
 
         def output():
             torch.set_num_threads(threads)
@@ -186,34 +190,46 @@ FLOAT_NET = "torchvision resnet18"
 BINARY_NET = "lsqbq binary resnet18 (ls-1/ls-1)"
 
 
-def _openvino_engines(s: Setup, onnx_fp32: Path | None, onnx_qdq: Path | None, calibration) -> list[Engine]:
+def _ov_engine(inputs: dict[int, torch.Tensor], name: str, precision: str, network: str, model_for_batch,
+               hint: str = "f32", method: str = "", reference: str = "", check: bool = False) -> Engine:
+    from . import peers_openvino as pov
+
+    def make(batch: int, threads: int):
+        compiled = pov.compile_model(model_for_batch(batch), batch, threads, hint)
+        return pov.infer_fn(compiled, inputs[batch].numpy())
+    return Engine(name, "openvino", precision, network, make, method, reference, check)
+
+
+def _openvino_binary_engines(s: Setup) -> list[Engine]:
+    """OpenVINO's ``BinaryConvolution`` graph of the binary network, with and without the padding correction."""
+    from . import peers_openvino as pov
+
+    return [
+        _ov_engine(s.inputs, "openvino binary", "1-bit", BINARY_NET,
+                   lambda b: pov.binary_resnet_model(s.binary_sim, b, s.size), method="BinaryConvolution",
+                   reference="lsqbq binary", check=True),
+        _ov_engine(s.inputs, "openvino binary +1 pad", "1-bit", BINARY_NET,
+                   lambda b: pov.binary_resnet_model(s.binary_sim, b, s.size, pad_correction=False),
+                   method="BinaryConvolution, +1 padding (outputs differ)"),
+    ]
+
+
+def _openvino_float_engines(inputs: dict[int, torch.Tensor], network: str, onnx_fp32: Path | None,
+                            onnx_qdq: Path | None, calibration: list[np.ndarray], skip) -> list[Engine]:
+    """OpenVINO fp32, bf16 (where the CPU has it) and int8 (NNCF, else the QDQ model) of an ONNX export."""
     ov = require("openvino")
     from . import peers_openvino as pov
 
-    def ov_engine(name, precision, network, model_for_batch, hint="f32", method="", reference="", check=False):
-        def make(batch: int, threads: int):
-            compiled = pov.compile_model(model_for_batch(batch), batch, threads, hint)
-            return pov.infer_fn(compiled, s.inputs[batch].numpy())
-        return Engine(name, "openvino", precision, network, make, method, reference, check)
-
-    engines = [
-        ov_engine("openvino binary", "1-bit", BINARY_NET,
-                  lambda b: pov.binary_resnet_model(s.binary_sim, b, s.size), method="BinaryConvolution",
-                  reference="lsqbq binary", check=True),
-        ov_engine("openvino binary +1 pad", "1-bit", BINARY_NET,
-                  lambda b: pov.binary_resnet_model(s.binary_sim, b, s.size, pad_correction=False),
-                  method="BinaryConvolution, +1 padding (outputs differ)"),
-    ]
     if onnx_fp32 is None:
-        s.skip("openvino fp32/bf16/int8", "no ONNX export of the float network (see the onnx rows)")
-        return engines
+        skip("openvino fp32/bf16/int8", "no ONNX export of the float network (see the onnx rows)")
+        return []
     fp32 = pov.onnx_model(onnx_fp32)
-    engines.append(ov_engine("openvino fp32", "fp32", FLOAT_NET, lambda b: fp32, reference=BASELINE))
+    engines = [_ov_engine(inputs, "openvino fp32", "fp32", network, lambda b: fp32, reference=BASELINE)]
     if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-        engines.append(ov_engine("openvino bf16", "bf16", FLOAT_NET, lambda b: fp32, hint="bf16",
-                                 reference=BASELINE))
+        engines.append(_ov_engine(inputs, "openvino bf16", "bf16", network, lambda b: fp32, hint="bf16",
+                                  reference=BASELINE))
     else:
-        s.skip("openvino bf16", "the CPU has no bf16 instructions (OpenVINO reports no BF16 capability)")
+        skip("openvino bf16", "the CPU has no bf16 instructions (OpenVINO reports no BF16 capability)")
     int8, method = None, ""
     try:
         int8, method = pov.nncf_int8(fp32, calibration), "NNCF post-training quantization"
@@ -222,14 +238,15 @@ def _openvino_engines(s: Setup, onnx_fp32: Path | None, onnx_qdq: Path | None, c
             int8, method = pov.onnx_model(onnx_qdq), "QDQ ONNX model of onnxruntime.quantization"
             print(f"  openvino int8: nncf missing ({exc}); running the QDQ ONNX model instead", flush=True)
         else:
-            s.skip("openvino int8", f"nncf is not installed and there is no QDQ model ({EXTRA})")
+            skip("openvino int8", f"nncf is not installed and there is no QDQ model ({EXTRA})")
     if int8 is not None:
-        engines.append(ov_engine("openvino int8", "int8", FLOAT_NET, lambda b: int8, method=method,
-                                 reference=BASELINE))
+        engines.append(_ov_engine(inputs, "openvino int8", "int8", network, lambda b: int8, method=method,
+                                  reference=BASELINE))
     return engines
 
 
-def _onnxruntime_engines(s: Setup, onnx_fp32: Path, onnx_qdq: Path | None) -> list[Engine]:
+def _onnxruntime_engines(inputs: dict[int, torch.Tensor], network: str, onnx_fp32: Path,
+                         onnx_qdq: Path | None) -> list[Engine]:
     from . import peers_onnxruntime as port
 
     def ort_engine(name, precision, path, method=""):
@@ -238,8 +255,8 @@ def _onnxruntime_engines(s: Setup, onnx_fp32: Path, onnx_qdq: Path | None) -> li
         def make(batch: int, threads: int):
             if threads not in sessions:
                 sessions[threads] = port.session(path, threads)
-            return port.infer_fn(sessions[threads], s.inputs[batch].numpy())
-        return Engine(name, "onnxruntime", precision, FLOAT_NET, make, method, reference=BASELINE)
+            return port.infer_fn(sessions[threads], inputs[batch].numpy())
+        return Engine(name, "onnxruntime", precision, network, make, method, reference=BASELINE)
 
     engines = [ort_engine("onnxruntime fp32", "fp32", onnx_fp32)]
     if onnx_qdq is not None:
@@ -248,38 +265,60 @@ def _onnxruntime_engines(s: Setup, onnx_fp32: Path, onnx_qdq: Path | None) -> li
     return engines
 
 
-def build_engines(s: Setup) -> list[Engine]:
-    """Every engine that can run here, baseline first; the others are recorded in ``s.skipped`` with the reason."""
-    engines = [_torch_engine(BASELINE, "fp32", FLOAT_NET + " (eager, channels_last)", s.float_net, s),
-               _torch_engine("lsqbq binary", "1-bit", BINARY_NET, s.binary_fast, s),
-               *([_torch_engine("lsqbq binary, frozen", "1-bit", BINARY_NET, s.binary_frozen, s)]
-                 if s.binary_frozen is not None else [])]
-    if s.binary_int8 is not None:
-        engines.append(_torch_engine("lsqbq binary, int8 float parts", "1-bit + int8", BINARY_NET, s.binary_int8, s))
-        engines.append(_torch_engine("lsqbq binary, int8 float parts, frozen", "1-bit + int8", BINARY_NET,
-                                     s.binary_int8_frozen, s))
-    else:
-        s.skip("lsqbq binary, int8 float parts (eager and frozen)", "this torch build has no oneDNN int8 ops")
+def float_peer_engines(float_net: nn.Module, inputs: dict[int, torch.Tensor], network: str, workdir: Path, skip,
+                       openvino: bool = True) -> tuple[list[Engine], list[Engine]]:
+    """``(openvino, onnxruntime)`` engines of the float network ``float_net`` (eval mode) fed ``inputs``: its ONNX
+    export (batch dynamic) in OpenVINO fp32 / bf16 / int8 (unless ``openvino`` is False) and in ONNX Runtime fp32 /
+    static QDQ int8, int8 calibrated on :data:`CALIBRATION_BATCHES` synthetic batches of one image. A missing
+    package is reported through ``skip(engine, reason)``."""
     rng = np.random.default_rng(0)
-    calibration = [rng.standard_normal((1, 3, s.size, s.size)).astype(np.float32)
-                   for _ in range(CALIBRATION_BATCHES)]
+    shape = tuple(inputs[min(inputs)].shape[1:])
+    calibration = [rng.standard_normal((1, *shape)).astype(np.float32) for _ in range(CALIBRATION_BATCHES)]
     onnx_fp32 = onnx_qdq = None
     try:
         require("onnx")
         require("onnxruntime")
         from . import peers_onnxruntime as port
 
-        onnx_fp32 = port.export_onnx(s.float_net, s.inputs[min(s.inputs)], s.workdir / "resnet18.onnx")
-        onnx_qdq = port.qdq_int8(onnx_fp32, s.workdir / "resnet18_qdq.onnx", calibration)
+        onnx_fp32 = port.export_onnx(float_net, inputs[min(inputs)], workdir / "float.onnx")
+        onnx_qdq = port.qdq_int8(onnx_fp32, workdir / "float_qdq.onnx", calibration)
     except PeerMissing as exc:
-        s.skip("onnxruntime fp32/int8", str(exc))
-    ort_engines = _onnxruntime_engines(s, onnx_fp32, onnx_qdq) if onnx_fp32 is not None else []
+        skip("onnxruntime fp32/int8", str(exc))
+    ort = _onnxruntime_engines(inputs, network, onnx_fp32, onnx_qdq) if onnx_fp32 is not None else []
+    ov = _openvino_float_engines(inputs, network, onnx_fp32, onnx_qdq, calibration, skip) if openvino else []
+    return ov, ort
+
+
+def _missing(module: str) -> str:
+    """Why ``module`` cannot be imported (naming :data:`EXTRA`), or "" when it can."""
     try:
-        engines += _openvino_engines(s, onnx_fp32, onnx_qdq, calibration)
+        require(module)
+        return ""
     except PeerMissing as exc:
-        s.skip("openvino binary/fp32/bf16/int8", str(exc))
+        return str(exc)
+
+
+def build_engines(s: Setup) -> list[Engine]:
+    """Every engine that can run here, baseline first; the others are recorded in ``s.skipped`` with the reason."""
+    engines = [torch_engine(BASELINE, "fp32", FLOAT_NET + " (eager, channels_last)", s.float_net, s.inputs),
+               torch_engine("lsqbq binary", "1-bit", BINARY_NET, s.binary_fast, s.inputs),
+               *([torch_engine("lsqbq binary, frozen", "1-bit", BINARY_NET, s.binary_frozen, s.inputs)]
+                 if s.binary_frozen is not None else [])]
+    if s.binary_int8 is not None:
+        engines.append(torch_engine("lsqbq binary, int8 float parts", "1-bit + int8", BINARY_NET, s.binary_int8,
+                                    s.inputs))
+        engines.append(torch_engine("lsqbq binary, int8 float parts, frozen", "1-bit + int8", BINARY_NET,
+                                    s.binary_int8_frozen, s.inputs))
+    else:
+        s.skip("lsqbq binary, int8 float parts (eager and frozen)", "this torch build has no oneDNN int8 ops")
+    ov_missing = _missing("openvino")
+    ov_float, ort = float_peer_engines(s.float_net, s.inputs, FLOAT_NET, s.workdir, s.skip, openvino=not ov_missing)
+    if ov_missing:
+        s.skip("openvino binary/fp32/bf16/int8", ov_missing)
+    else:
+        engines += _openvino_binary_engines(s) + ov_float
     s.skip("larq compute engine", LCE_SKIPPED)
-    return engines + ort_engines
+    return engines + ort
 
 
 # ------------------------------------------------------------------------------------------------ timing
@@ -331,11 +370,19 @@ def _baseline(calls: dict, repeats: int, min_time: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = parser("peers", __doc__, quick="224x224, batch 1, 1 thread", backend=True)
-    p.add_argument("--batches", type=int_list(1), default=None, help="batch sizes (default 1,16)")
+    p.add_argument("--batches", type=int_list(1), default=None,
+                   help="batch sizes (default 1,16; 1,256 with --checkpoints)")
     p.add_argument("--size", type=int_at_least(32), default=None, help="input height and width (default 224)")
+    p.add_argument("--checkpoints", type=Path, default=None,
+                   help="time trained checkpoints instead of ResNet-18: root of <model>/<x>_<w>/s<seed>/checkpoint.pt; "
+                        "each model's students (bitwise, frozen) beside its fp32 teacher in torch, OpenVINO and "
+                        "ONNX Runtime (peers_checkpoints.csv / .md; batches default 1,256)")
+    p.add_argument("--seeds", type=int_list(0), default="0", help="checkpoint seeds, with --checkpoints")
     args = p.parse_args(argv)
     repeats = 1 if args.smoke else max(7, args.repeats)
     min_time = 0.0 if args.smoke else 0.05
+    if args.checkpoints is not None:
+        return _main_checkpoints(args, repeats, min_time)
     size = args.size or (32 if args.smoke else 224)
     batches = args.batches or ([1] if args.quick or args.smoke else [1, 16])
     with BenchRun("peers", args.out, backend=args.backend, options=vars(args)) as run:
@@ -365,6 +412,31 @@ def main(argv: list[str] | None = None) -> int:
         run.record(summarise(df), params={"repeats": repeats, "threads_timed": threads_list, "size": size,
                                           "batches_timed": batches,
                                           "skipped": "; ".join(s["engine"] for s in setup.skipped)})
+    print(md)
+    return 0
+
+
+def _main_checkpoints(args, repeats: int, min_time: float) -> int:
+    """``lsqbq bench peers --checkpoints ROOT``: :mod:`lsqbq.bench.peers_checkpoints`."""
+    from . import peers_checkpoints as pc
+
+    if args.size is not None:
+        raise ConfigError("--size: with --checkpoints every network runs on its checkpoint's own input size")
+    skip = pc.skips()
+    pc.groups(args.checkpoints, args.seeds, skip)  # nothing to time: the error, before the run starts
+    batches = args.batches or ([1] if args.quick or args.smoke else [1, 256])
+    with BenchRun("peers", args.out, backend=args.backend, options=vars(args)) as run:
+        threads_list = thread_counts(args.threads or ([1] if args.quick or args.smoke else [1, 2]), True)
+        with tempfile.TemporaryDirectory(prefix="lsqbq-peers-") as tmp:
+            df = pc.bench(args.checkpoints, args.seeds, batches, threads_list, run.backend, repeats, min_time,
+                          Path(tmp), skip)
+        df = run.table(df)
+        run.write_csv("peers_checkpoints.csv", df, float_format="%.6g")
+        md = pc.to_markdown(df, skip)
+        run.write_text("peers_checkpoints.md", md)
+        run.record(pc.summarise(df), params={"repeats": repeats, "threads_timed": threads_list,
+                                             "batches_timed": batches,
+                                             "skipped": "; ".join(s["engine"] for s in skip)})
     print(md)
     return 0
 
