@@ -149,7 +149,9 @@ def find_checkpoints(root: Path, seeds: list[int]) -> list[tuple[str, str, str, 
     return found
 
 
-def _input_shape(model: nn.Module, state: dict) -> tuple[int, ...]:
+def checkpoint_input_shape(model: nn.Module, state: dict) -> tuple[int, ...]:
+    """``(C, H, W)`` of one input image of a checkpoint's model: its config's ``data.image_size`` (28 when absent)
+    and its builder's ``in_chans`` (1 when absent)."""
     cfg = state.get("config", {})
     size = int(cfg.get("data", {}).get("image_size") or 28) if isinstance(cfg, dict) else 28
     chans = int(state.get("model_options", {}).get("in_chans", 1))
@@ -189,7 +191,7 @@ def bench_checkpoints(root: Path, seeds: list[int], threads_list: list[int], bat
             stored = to_bitwise(sim, scales="stored", backend=backend)
         others = {fp: to_bitwise(sim, backend=backend, float_parts=fp) for fp in float_parts if fp != "fp32"}
         teacher = ckpt_io.load_model(teacher_path).model.eval() if teacher_path.exists() else None
-        shape = _input_shape(sim, loaded.state)
+        shape = checkpoint_input_shape(sim, loaded.state)
         label = kernel_name(xq, wq)
         name = f"{model_name} {xq}/{wq} s{seed}"
         for batch in batches:

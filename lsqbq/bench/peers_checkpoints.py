@@ -35,9 +35,9 @@ from ..errors import CheckpointNotFoundError
 from ..kernels import freeze, to_bitwise
 from ..schemes import kernel_name
 from .harness import provenance_line
-from .models import _input_shape, find_checkpoints
-from .peers import BASELINE, COLUMNS, _missing, float_peer_engines, run_grid, torch_engine
-from .peers_report import drift_verdict, headline, metric_name, slower_with_threads
+from .models import checkpoint_input_shape, find_checkpoints
+from .peers_engines import COLUMNS, float_peer_engines, missing_reason, run_grid, torch_engine
+from .peers_report import BASELINE, drift_verdict, headline, metric_name, slower_with_threads
 
 __all__ = ["CHECKPOINT_COLUMNS", "bench", "groups", "skips", "summarise", "to_markdown"]
 
@@ -90,14 +90,14 @@ def _student_engine(xq: str, wq: str, path: Path, model: str, seed: int, inputs:
 def bench(root: Path, seeds: list[int], batches: list[int], threads_list: list[int], backend: str, repeats: int,
           min_time: float, workdir: Path, skip) -> pd.DataFrame:
     """Time every model group of :func:`groups` (module docstring); one row per engine, batch and thread count."""
-    ov_missing = _missing("openvino")
+    ov_missing = missing_reason("openvino")
     if ov_missing:
         skip("openvino fp32/bf16/int8", ov_missing)
     frames = []
     for (model, seed), (teacher_path, students) in groups(root, seeds, skip).items():
         loaded = ckpt_io.load_model(teacher_path)
         teacher = loaded.model.eval()
-        shape = _input_shape(teacher, loaded.state)
+        shape = checkpoint_input_shape(teacher, loaded.state)
         torch.manual_seed(0)
         inputs = {b: torch.randn(b, *shape) for b in batches}
         network = f"{model} fp32 teacher s{seed}"
