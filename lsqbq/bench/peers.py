@@ -56,8 +56,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from .harness import BenchRun, int_at_least, int_list, parser, provenance_line, thread_counts
-from .peers_engines import (COLUMNS, EXTRA, Engine, PeerMissing, float_peer_engines, missing_reason,  # noqa: F401
-                            openvino_engine, require, run_grid, torch_engine)
+from .peers_engines import (COLUMNS, EXTRA, Engine, PeerMissing, Skips, float_peer_engines,  # noqa: F401
+                            missing_reason, openvino_engine, require, run_grid, torch_engine)
 from .peers_report import (AGREE_RTOL, BASELINE, CALIBRATION_BATCHES, DRIFT_LIMIT, drift_verdict,  # noqa: F401
                            headline, slower_with_threads, summarise, thread_interference, to_markdown)
 from .peers_profile import profile_binary
@@ -82,11 +82,10 @@ class Setup:
     binary_int8: nn.Module | None = None  # the same conversion with int8 full-precision parts (None: unavailable)
     binary_frozen: nn.Module | None = None  # the fp32-parts conversion as traced graphs (lsqbq.kernels.freeze)
     binary_int8_frozen: nn.Module | None = None  # the int8-parts conversion as traced graphs
-    skipped: list[dict] = field(default_factory=list)
+    skipped: Skips = field(default_factory=Skips)
 
     def skip(self, engine: str, reason: str) -> None:
-        self.skipped.append({"engine": engine, "reason": reason})
-        print(f"  {engine}: skipped ({reason})", flush=True)
+        self.skipped(engine, reason)
 
 
 # ------------------------------------------------------------------------------------------------ networks
@@ -231,14 +230,13 @@ def _main_checkpoints(args, repeats: int, min_time: float) -> int:
 
     if args.size is not None:
         raise ConfigError("--size: with --checkpoints every network runs on its checkpoint's own input size")
-    skip = pc.skips()
-    pc.groups(args.checkpoints, args.seeds, skip)  # nothing to time: the error, before the run starts
+    skip = Skips()
+    found = pc.groups(args.checkpoints, args.seeds, skip)  # nothing to time: the error, before the run starts
     batches = args.batches or ([1] if args.quick or args.smoke else [1, 256])
     with BenchRun("peers", args.out, backend=args.backend, options=vars(args)) as run:
         threads_list = thread_counts(args.threads or ([1] if args.quick or args.smoke else [1, 2]), True)
         with tempfile.TemporaryDirectory(prefix="lsqbq-peers-") as tmp:
-            df = pc.bench(args.checkpoints, args.seeds, batches, threads_list, run.backend, repeats, min_time,
-                          Path(tmp), skip)
+            df = pc.bench(found, batches, threads_list, run.backend, repeats, min_time, Path(tmp), skip)
         df = run.table(df)
         run.write_csv("peers_checkpoints.csv", df, float_format="%.6g")
         md = pc.to_markdown(df, skip)

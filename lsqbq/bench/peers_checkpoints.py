@@ -39,19 +39,9 @@ from .models import checkpoint_input_shape, find_checkpoints
 from .peers_engines import COLUMNS, float_peer_engines, missing_reason, run_grid, torch_engine
 from .peers_report import BASELINE, drift_verdict, headline, metric_name, slower_with_threads
 
-__all__ = ["CHECKPOINT_COLUMNS", "bench", "groups", "skips", "summarise", "to_markdown"]
+__all__ = ["CHECKPOINT_COLUMNS", "bench", "groups", "summarise", "to_markdown"]
 
 CHECKPOINT_COLUMNS = ("model", "seed", "input_shape", "checkpoint", *COLUMNS)
-
-
-class _Skips(list):
-    """``skip(engine, reason)`` for every model group, each distinct reason listed and printed once."""
-
-    def __call__(self, engine: str, reason: str) -> None:
-        item = {"engine": engine, "reason": reason}
-        if item not in self:
-            self.append(item)
-            print(f"  {engine}: skipped ({reason})", flush=True)
 
 
 def groups(root: Path, seeds: list[int], skip) -> dict[tuple[str, int], tuple[Path, list[tuple[str, str, Path]]]]:
@@ -81,20 +71,19 @@ def _student_engine(xq: str, wq: str, path: Path, model: str, seed: int, inputs:
         warnings.simplefilter("ignore")
         fast = to_bitwise(student, backend=backend)
     modes = sorted({m.scale_mode for m in fast.modules() if hasattr(m, "scale_mode")})
-    engine = torch_engine(f"lsqbq {xq}/{wq}, frozen", kernel_name(xq, wq), f"{model} {xq}/{wq} s{seed}",
-                          freeze(fast), inputs)
-    engine.method = f"{'/'.join(modes)} activation scales"
-    return engine
+    return torch_engine(f"lsqbq {xq}/{wq}, frozen", kernel_name(xq, wq), f"{model} {xq}/{wq} s{seed}",
+                        freeze(fast), inputs, method=f"{'/'.join(modes)} activation scales")
 
 
-def bench(root: Path, seeds: list[int], batches: list[int], threads_list: list[int], backend: str, repeats: int,
-          min_time: float, workdir: Path, skip) -> pd.DataFrame:
-    """Time every model group of :func:`groups` (module docstring); one row per engine, batch and thread count."""
+def bench(found: dict, batches: list[int], threads_list: list[int], backend: str, repeats: int, min_time: float,
+          workdir: Path, skip) -> pd.DataFrame:
+    """Time every model group ``found`` by :func:`groups` (module docstring); one row per engine, batch and thread
+    count."""
     ov_missing = missing_reason("openvino")
     if ov_missing:
         skip("openvino fp32/bf16/int8", ov_missing)
     frames = []
-    for (model, seed), (teacher_path, students) in groups(root, seeds, skip).items():
+    for (model, seed), (teacher_path, students) in found.items():
         loaded = ckpt_io.load_model(teacher_path)
         teacher = loaded.model.eval()
         shape = checkpoint_input_shape(teacher, loaded.state)
@@ -142,8 +131,3 @@ def summarise(df: pd.DataFrame) -> dict[str, float]:
            float(r.ratio_vs_torch_fp32) for r in df.itertuples() if r.engine != BASELINE}
     out["max_drift"] = float(df["drift"].abs().max())
     return out
-
-
-def skips() -> _Skips:
-    """A fresh ``skip`` callable that also holds what it was told (a list of ``{"engine", "reason"}``)."""
-    return _Skips()

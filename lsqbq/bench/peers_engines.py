@@ -22,13 +22,24 @@ from torch import nn
 from .peers_report import AGREE_RTOL, BASELINE, CALIBRATION_BATCHES
 from .timing import load, time_stats, with_threads
 
-__all__ = ["COLUMNS", "EXTRA", "Engine", "PeerMissing", "float_peer_engines", "missing_reason", "openvino_engine",
-           "require", "run_grid", "torch_engine"]
+__all__ = ["COLUMNS", "EXTRA", "Engine", "PeerMissing", "Skips", "float_peer_engines", "missing_reason",
+           "openvino_engine", "require", "run_grid", "torch_engine"]
 
 EXTRA = "pip install 'lsqbq[peers]'"
 COLUMNS = ("engine", "runtime", "precision", "method", "network", "size", "batch", "threads", "seconds",
            "seconds_min", "ms", "ratio_vs_torch_fp32", "reference", "max_abs_diff", "agrees", "drift",
            "load_start", "load_end")
+
+
+class Skips(list):
+    """The engines that cannot run here: ``skips(engine, reason)`` lists ``{"engine", "reason"}`` and prints it,
+    each distinct entry once (the checkpoint table meets the same missing package once per model)."""
+
+    def __call__(self, engine: str, reason: str) -> None:
+        item = {"engine": engine, "reason": reason}
+        if item not in self:
+            self.append(item)
+            print(f"  {engine}: skipped ({reason})", flush=True)
 
 
 class PeerMissing(ImportError):
@@ -59,7 +70,7 @@ class Engine:
 
 
 def torch_engine(name: str, precision: str, network: str, net: nn.Module, inputs: dict[int, torch.Tensor],
-                 reference: str = "") -> Engine:
+                 method: str = "", reference: str = "") -> Engine:
     """``net`` in torch, fed ``inputs[batch]`` in channels_last memory (the baseline when ``name`` is it)."""
     net_cl = copy.deepcopy(net).to(memory_format=torch.channels_last)
 
@@ -71,7 +82,7 @@ def torch_engine(name: str, precision: str, network: str, net: nn.Module, inputs
             with torch.inference_mode():
                 return net_cl(x).float().numpy()
         return with_threads(threads, lambda: net_cl(x)), output
-    return Engine(name, "torch" if name == BASELINE else "lsqbq", precision, network, make, reference=reference)
+    return Engine(name, "torch" if name == BASELINE else "lsqbq", precision, network, make, method, reference)
 
 
 def openvino_engine(inputs: dict[int, torch.Tensor], name: str, precision: str, network: str, model_for_batch,
