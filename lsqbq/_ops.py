@@ -197,7 +197,8 @@ def _fake_kernels() -> dict:
     def int8_linear(x, packed, w_scale, w_zero, bias, levels, relu, isa):
         return x.new_empty((x.shape[0], w_scale.shape[0]))
 
-    def int8_direct_conv2d(x, w_packed, w_sum, w_scale, bias, levels, step, kernel, stride, padding, relu, pool, isa):
+    def int8_direct_conv2d(x, w_packed, w_sum, w_scale, bias, levels, step, kernel, stride, padding, relu, pool, isa,
+                           fold_scales=False):
         hw = [-(-x.shape[2 + i] // step[i]) for i in (0, 1)]
         oh, ow = conv_out(hw, kernel, stride, padding, (1, 1))
         if pool:

@@ -8,8 +8,10 @@
 // the rows' last KW C mod 4 bytes are gathered per call into fewer dwords (7 * 5 + 2 = 37 steps for that kernel;
 // direct_conv_vnni.cpp, Plan). The packed weights keep the layout below either way.
 //   acc[m, n]  = sum_k q[m, k] w[n, k] - z sum_k w[n, k]         (int32, exact: the sum over (q - z) w)
-//   y[m, n]    = ((float) acc * sx) * sw[n] + bias[n]            (three roundings, in this order: oneDNN's int8
-//                                                                 convolution rounds the same, so the outputs equal)
+//   y[m, n]    = ((float) acc * sx) * sw[n] + bias[n]            (three roundings, in this order, as oneDNN's VNNI
+//                                                                 int8 convolution rounds, so the outputs equal; its
+//                                                                 AMX one rounds (float) acc * (sx * sw[n]) + bias[n],
+//                                                                 which the op computes by passing sx * sw and 1)
 //   y          = max(y, 0) with relu;
 // then, with a pool, out[b, ph, pw, n] = max of y over the window (floor mode, padding never chosen): the maximum
 // of the same floats, so the result equals the unfused max-pool's. The conv rows live in a ring of pk rows per

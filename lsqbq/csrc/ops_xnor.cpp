@@ -498,7 +498,8 @@ void set_fused_pool(Conv& d, at::IntArrayRef pool, const char* op) {
 at::Tensor int8_direct_conv2d_cpu(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& w_sum,
                                   const at::Tensor& w_scale, const std::optional<at::Tensor>& bias, int64_t levels,
                                   at::IntArrayRef step, at::IntArrayRef kernel, at::IntArrayRef stride,
-                                  at::IntArrayRef padding, bool relu, at::IntArrayRef pool, int64_t isa) {
+                                  at::IntArrayRef padding, bool relu, at::IntArrayRef pool, int64_t isa,
+                                  bool fold_scales) {
   TORCH_CHECK(direct_conv_supported(), "lsqbq: int8_direct_conv2d needs a CPU with AVX-512 VNNI");
   TORCH_CHECK(x.dim() == 4, "lsqbq: int8_direct_conv2d needs a (B, C, H, W) input, got ", x.sizes());
   TORCH_CHECK(kernel.size() == 2 && stride.size() == 2 && padding.size() == 2 && (pool.empty() || pool.size() == 3),
@@ -551,6 +552,12 @@ at::Tensor int8_direct_conv2d_cpu(const at::Tensor& x, const at::Tensor& w_packe
   auto wscale = w_scale.contiguous();
   d.wsum = wsum.data_ptr<int32_t>();
   d.sw = wscale.data_ptr<float>();
+  at::Tensor folded;
+  if (fold_scales) {  // (float) acc * (sx * sw[n]) + bias[n]: the kernel's ((float) acc * 1) * sw'[n] + bias[n]
+    folded = wscale.mul(d.sx);  // float32 products, one rounding each
+    d.sw = folded.data_ptr<float>();
+    d.sx = 1.f;  // multiplying by 1 is exact
+  }
   at::Tensor b_;
   if (bias) {
     b_ = bias->contiguous();
@@ -663,7 +670,8 @@ TORCH_LIBRARY_FRAGMENT(lsqbq, m) {
   m.def("int8_linear(Tensor x, Tensor packed, Tensor w_scale, Tensor w_zero, Tensor? bias, int levels, bool relu, "
         "int isa) -> Tensor");
   m.def("int8_direct_conv2d(Tensor x, Tensor w_packed, Tensor w_sum, Tensor w_scale, Tensor? bias, int levels, "
-        "int[] step, int[] kernel, int[] stride, int[] padding, bool relu, int[] pool, int isa) -> Tensor");
+        "int[] step, int[] kernel, int[] stride, int[] padding, bool relu, int[] pool, int isa, "
+        "bool fold_scales=False) -> Tensor");
   m.def("f32_direct_conv2d(Tensor x, Tensor w_packed, Tensor? bias, int n_out, int[] kernel, int[] stride, "
         "int[] padding, bool relu, int[] pool, int isa) -> Tensor");
   m.def("direct_conv_supported() -> bool");

@@ -31,13 +31,14 @@ int8 (:class:`Int8Conv2d`, :class:`Int8Linear`; every full-precision conv and li
   "onednn"`` / ``"x86"``; VNNI where the CPU has it) with int32 accumulation, the scales, the bias and a ReLU applied
   in float32 on the way out (no output quantization). A strided 1x1 convolution (shortcut) reads every s-th pixel
   only, so that pixel grid is taken first and only it is quantized. On CPUs with AVX-512 VNNI a convolution of few
-  input channels (the RGB stem: a kernel row of at most :data:`DIRECT_ROW_BYTES` bytes) or a 1x1 convolution runs
-  on the engine's own direct convolution instead (``lsqbq/csrc/direct_conv.h``), with the max-pool after it fused
-  in: the same int32 sums and the same float roundings as oneDNN's, so the same outputs bit for bit; the stem on 3
-  channels instead of 4 and without writing the unpooled output (the ImageNet stem at batch 1 on one Zen 4 core:
-  0.76 against 1.04 ms for oneDNN's convolution and the pool; the ResNet-18 shortcuts 44-54 against 91-143 us),
-  and so does a linear layer of at most :data:`DIRECT_LINEAR_ROWS` rows (as 1x1 pixels; the classifier at batch
-  1: 14 against 34 us).
+  input channels (the RGB stem: a kernel row of at most :data:`DIRECT_ROW_BYTES` bytes) or a 1x1 convolution runs on
+  the engine's own direct convolution instead (``lsqbq/csrc/direct_conv.h``), with the max-pool after it fused in: the
+  same int32 sums and the same float roundings as oneDNN's op on this CPU (:func:`onednn_folds_scales`: its AMX
+  convolutions multiply the two scales first, its VNNI ones do not), so the same outputs bit for bit; the stem on 3
+  channels instead of 4 and without writing the unpooled output (the ImageNet stem at batch 1 on one Zen 4 core: 0.76
+  against 1.04 ms for oneDNN's convolution and the pool; the ResNet-18 shortcuts 44-54 against 91-143 us), and so does
+  a linear layer of at most :data:`DIRECT_LINEAR_ROWS` rows (as 1x1 pixels; the classifier at batch 1: 14 against 34
+  us).
 
 Error bound (int8, per output ``j`` at position ``p``, receptive field ``R(p)``; integer products and sums exact):
 ``|y_hat - y| <= (s_j / 2) sum_{k in R(p)} (|x_k| + s_x / 2) + (s_x / 2) sum_k |w_jk|`` plus float32 rounding, from
@@ -53,6 +54,7 @@ at 28x28 (100k outputs) 1.24x. Such a layer then computes exactly what it comput
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -68,8 +70,8 @@ from .bitwise import bn_affine
 
 __all__ = ["DIRECT_F32_POOLED_CHANNELS", "DIRECT_F32_TAPS", "FLOAT_PARTS", "SERIAL_MACS", "SERIAL_OUTPUTS",
            "Float32Linear", "FoldedConv2d", "Int8Conv2d", "Int8Linear", "check_float_parts", "conv_threads",
-           "fold_conv_bn", "fused_pool", "fuse_float_parts", "max_pool2d", "packed_f32_direct_weight",
-           "quantize_activations", "quantize_uint8", "weight_int8"]
+           "fold_conv_bn", "fused_pool", "fuse_float_parts", "max_pool2d", "onednn_folds_scales",
+           "packed_f32_direct_weight", "quantize_activations", "quantize_uint8", "weight_int8"]
 
 FLOAT_PARTS = ("fp32", "int8")
 
@@ -436,6 +438,40 @@ def weight_int8(w: Tensor) -> tuple[Tensor, Tensor]:
     return q, s
 
 
+@functools.cache
+def onednn_folds_scales(kind: str) -> bool:
+    """Whether oneDNN's int8 ``kind`` on this CPU (``"conv"``: ``qconv2d_pointwise``, ``"linear"``:
+    ``qlinear_pointwise``) rounds its float output as ``(float) acc * (s_x s_w) + b``, the two scales multiplied
+    first (its AMX convolutions do), rather than ``((float) acc * s_x) * s_w + b`` (its VNNI kernels, its inner
+    product). Found once per process from one small fixed problem, against both formulas computed here from exact
+    integer sums; the engine's direct convolution then rounds as the op it replaces, so their outputs stay equal
+    bit for bit. False where the op matches neither (the engine keeps the second order)."""
+    g = torch.Generator().manual_seed(5)
+    n, c = 16, 4
+    q = torch.randint(0, 256, (1, c, 6, 6), generator=g, dtype=torch.uint8)
+    w = torch.randint(-127, 128, (n, c, 3, 3) if kind == "conv" else (n, c * 36), generator=g, dtype=torch.int8)
+    sx, z = 0.0123457, 113  # scales whose products round differently in the two orders
+    sw = torch.rand(n, generator=g) * 0.02 + 1e-3
+    bias = torch.randn(n, generator=g)
+    with torch.inference_mode():
+        if kind == "conv":
+            packed = _onednn_op("qconv_prepack")(w.contiguous(memory_format=torch.channels_last), sw, 1.0, 0,
+                                                 [1, 1], [0, 0], [1, 1], 1, list(q.shape))
+            y = _onednn_op("qconv2d_pointwise")(q.contiguous(memory_format=torch.channels_last), sx, z, packed, sw,
+                                               torch.zeros(n, dtype=torch.int32), bias, [1, 1], [0, 0], [1, 1], 1,
+                                               1.0, 0, torch.float32, "none", [], "")
+            acc = F.conv2d(q.double() - z, w.double()).permute(0, 2, 3, 1).reshape(-1, n)
+            y = y.permute(0, 2, 3, 1).reshape(-1, n)
+        else:
+            packed = _onednn_op("qlinear_prepack")(w, None)
+            y = _onednn_op("qlinear_pointwise")(q.reshape(1, -1), sx, z, packed, sw, torch.zeros(n, dtype=torch.int32),
+                                               bias, 1.0, 0, torch.float32, "none", [], "")
+            acc = (q.reshape(1, -1).double() - z) @ w.double().t()
+    acc, sx32 = acc.float(), torch.tensor(sx, dtype=torch.float32)
+    sequential, folded = (acc * sx32) * sw + bias, acc * (sx32 * sw) + bias
+    return bool(torch.equal(y, folded) and not torch.equal(y, sequential))
+
+
 def _onednn_op(name: str):
     op = getattr(torch.ops.onednn, name, None) if hasattr(torch.ops, "onednn") else None
     if op is None:
@@ -488,15 +524,17 @@ class _Int8Base(nn.Module):
     def _input_error(exc: ValueError) -> InputError:
         return InputError(str(exc).splitlines()[0])
 
-    def _direct(self, x: Tensor, weight: Tensor, step, kernel, stride, padding, pool: list[int], isa: int) -> Tensor:
+    def _direct(self, x: Tensor, weight: Tensor, step, kernel, stride, padding, pool: list[int], isa: int,
+                kind: str = "conv") -> Tensor:
         """``torch.ops.lsqbq.int8_direct_conv2d`` of ``x`` with this layer's scales, bias and ReLU, the weights
-        ``weight (N, C, KH, KW)`` packed on first use; a range that is not finite is an :class:`InputError`."""
+        ``weight (N, C, KH, KW)`` packed on first use, rounding as oneDNN's ``kind`` op does here
+        (:func:`onednn_folds_scales`); a range that is not finite is an :class:`InputError`."""
         if self._direct_w is None:
             self._direct_w, self._direct_sum = packed_direct_weight(weight)
         try:
             return torch.ops.lsqbq.int8_direct_conv2d(x, self._direct_w, self._direct_sum, self.weight_scale,
                                                       self.bias, self.levels, list(step), list(kernel), list(stride),
-                                                      list(padding), self.relu, pool, isa)
+                                                      list(padding), self.relu, pool, isa, onednn_folds_scales(kind))
         except ValueError as exc:
             raise self._input_error(exc) from None
 
@@ -616,7 +654,7 @@ class Int8Linear(_Int8Base):
         isa = self._isa(rows)
         if rows.shape[0] <= DIRECT_LINEAR_ROWS and ops.direct_conv_supported(isa):  # as 1x1 pixels (module docs)
             y = self._direct(rows[:, :, None, None], self.weight_q[:, :, None, None], (1, 1), (1, 1), (1, 1), (0, 0),
-                             [], isa)
+                             [], isa, "linear")
             return y.reshape(*x.shape[:-1], self.out_features)
         if self._packed is None:
             self._packed = torch.ops.onednn.qlinear_prepack(self.weight_q, None)

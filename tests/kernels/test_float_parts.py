@@ -16,7 +16,7 @@ from lsqbq.errors import ConfigError, InputError
 from lsqbq.kernels import to_bitwise
 from lsqbq.kernels import float_parts
 from lsqbq.kernels.float_parts import (Float32Linear, FoldedConv2d, Int8Conv2d, Int8Linear, conv_threads, max_pool2d,
-                                      quantize_uint8, weight_int8)
+                                      onednn_folds_scales, packed_direct_weight, quantize_uint8, weight_int8)
 from lsqbq.models import build
 
 
@@ -320,8 +320,9 @@ def _direct_supported() -> bool:
 def test_direct_int8_conv_equals_onednn_and_the_formula(case):
     """A conv of few input channels or a 1x1 conv runs on the engine's direct convolution (pool fused); it equals,
     bit for bit, oneDNN's convolution then the pool (the torch calls) and the formula of ``direct_conv.h`` computed
-    here from an exact float64 convolution of ``q - z``: ``((float) acc * s_x) * s_w + bias``, ReLU, max-pool; on 1
-    and 2 threads, batch 1 and 2."""
+    here from an exact float64 convolution of ``q - z``: ``((float) acc * s_x) * s_w + bias`` (``(float) acc * (s_x
+    s_w) + bias`` where oneDNN's convolution rounds so here, :func:`onednn_folds_scales`), ReLU, max-pool; on 1 and
+    2 threads, batch 1 and 2."""
     (cin, cout, k, s, p, bias), (h, w), pool, relu = DIRECT[case]
     torch.manual_seed(21)
     folded = FoldedConv2d(nn.Conv2d(cin, cout, k, stride=s, padding=p, bias=bias), relu=relu,
@@ -346,7 +347,8 @@ def test_direct_int8_conv_equals_onednn_and_the_formula(case):
     if layer.subsample:  # the quantized grid is the strided 1x1 conv's (the range over that grid only)
         q, sx, z = quantize_uint8(x[:, :, ::s, ::s], layer.levels)
         acc = F.conv2d(q.double() - z, layer.weight_q.double())
-    y = (acc.float() * torch.tensor(sx, dtype=torch.float32)) * layer.weight_scale.view(-1, 1, 1)
+    sx32, sw = torch.tensor(sx, dtype=torch.float32), layer.weight_scale.view(-1, 1, 1)
+    y = acc.float() * (sx32 * sw) if onednn_folds_scales("conv") else (acc.float() * sx32) * sw
     if bias:
         y = y + layer.bias.view(-1, 1, 1)
     y = y.relu() if relu else y
@@ -355,12 +357,41 @@ def test_direct_int8_conv_equals_onednn_and_the_formula(case):
 
 
 @pytest.mark.skipif(not _direct_supported(), reason="the direct int8 convolution needs AVX-512 VNNI")
+def test_direct_int8_conv_rounds_in_either_order_and_the_probe_names_onednns():
+    """``fold_scales`` picks the epilogue's rounding: ``((float) acc * s_x) * s_w + b`` or ``(float) acc * (s_x s_w)
+    + b`` (both checked against exact integer sums, and shown to differ); :func:`onednn_folds_scales` names the one
+    oneDNN's convolution follows on this CPU, checked here on another shape (the ImageNet stem's 7x7/2 filters over
+    3 channels, 64 outputs) than the one it is probed on."""
+    from lsqbq.kernels import ops
+
+    torch.manual_seed(8)
+    x = (torch.randn(1, 3, 23, 19) + 0.3).contiguous(memory_format=torch.channels_last)
+    wq, ws = weight_int8(torch.randn(64, 3, 7, 7))
+    bias = torch.randn(64)
+    w, w_sum = packed_direct_weight(wq)
+    q, sx, z = quantize_uint8(x, 255)
+    acc = F.conv2d(q.double() - z, wq.double(), stride=2, padding=3).float()
+    sx32, sw, b = torch.tensor(sx, dtype=torch.float32), ws.view(-1, 1, 1), bias.view(-1, 1, 1)
+    formulas = {False: (acc * sx32) * sw + b, True: acc * (sx32 * sw) + b}
+    assert not torch.equal(formulas[False], formulas[True])  # the two orders round differently on this input
+    with torch.inference_mode():
+        for fold, want in formulas.items():
+            got = torch.ops.lsqbq.int8_direct_conv2d(x, w, w_sum, ws, bias, 255, [1, 1], [7, 7], [2, 2], [3, 3],
+                                                     False, [], ops.cached_isa(None, "cpu"), fold)
+            assert torch.equal(got, want)
+        packed = torch.ops.onednn.qconv_prepack(wq.contiguous(memory_format=torch.channels_last), ws, 1.0, 0,
+                                                [2, 2], [3, 3], [1, 1], 1, list(q.shape))
+        onednn = torch.ops.onednn.qconv2d_pointwise(q, sx, z, packed, ws, torch.zeros(64, dtype=torch.int32), bias,
+                                                    [2, 2], [3, 3], [1, 1], 1, 1.0, 0, torch.float32, "none", [], "")
+    assert torch.equal(onednn, formulas[onednn_folds_scales("conv")])
+
+
+@pytest.mark.skipif(not _direct_supported(), reason="the direct int8 convolution needs AVX-512 VNNI")
 @pytest.mark.parametrize("pool", [[3, 0, 1], [9, 1, 0], [3, 2, 2]])
 def test_direct_int8_conv_names_a_pool_that_does_not_fit(pool):
     """A zero stride, a window wider than the padded output, or padding over half the window: an error naming the
     pool and the output (a zero stride once divided before the check)."""
     from lsqbq.kernels import ops
-    from lsqbq.kernels.float_parts import packed_direct_weight
 
     x = torch.randn(1, 3, 9, 9).contiguous(memory_format=torch.channels_last)
     w, w_sum = packed_direct_weight(torch.randint(-127, 128, (16, 3, 3, 3), dtype=torch.int8))
