@@ -472,6 +472,15 @@ def onednn_folds_scales(kind: str) -> bool:
     return bool(torch.equal(y, folded) and not torch.equal(y, sequential))
 
 
+def _probe_now(kind: str) -> None:
+    """Run :func:`onednn_folds_scales` at conversion, outside any tracing or fake-tensor mode a first forward
+    may run under; a failure is not cached (the direct path asks again when it runs)."""
+    try:
+        onednn_folds_scales(kind)
+    except Exception:  # e.g. a CPU whose oneDNN has no int8 kernels: the direct path does not run there either
+        pass
+
+
 def _onednn_op(name: str):
     op = getattr(torch.ops.onednn, name, None) if hasattr(torch.ops, "onednn") else None
     if op is None:
@@ -571,6 +580,7 @@ class Int8Conv2d(_Int8Base):
                      or tuple(self.weight_q.shape[2:]) == (1, 1))
                 and (self.pool is None or pool is not None)):
             self._direct_pool = pool or []
+            _probe_now("conv")
 
     def _prepack(self, shape) -> Tensor:
         q = self.weight_q.contiguous(memory_format=torch.channels_last)
@@ -644,6 +654,7 @@ class Int8Linear(_Int8Base):
         _onednn_op("qlinear_prepack")
         self._init_weight(linear.weight, linear.bias, relu)
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        _probe_now("linear")
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() < 1 or x.shape[-1] != self.in_features:
