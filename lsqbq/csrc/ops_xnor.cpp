@@ -28,6 +28,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "direct_conv.h"
 #include "direct_conv_f32.h"
@@ -552,10 +553,11 @@ at::Tensor int8_direct_conv2d_cpu(const at::Tensor& x, const at::Tensor& w_packe
   auto wscale = w_scale.contiguous();
   d.wsum = wsum.data_ptr<int32_t>();
   d.sw = wscale.data_ptr<float>();
-  at::Tensor folded;
+  std::vector<float> folded;
   if (fold_scales) {  // (float) acc * (sx * sw[n]) + bias[n]: the kernel's ((float) acc * 1) * sw'[n] + bias[n]
-    folded = wscale.mul(d.sx);  // float32 products, one rounding each
-    d.sw = folded.data_ptr<float>();
+    folded.resize(N);
+    for (int64_t n = 0; n < N; ++n) folded[n] = d.sx * d.sw[n];  // float32 products, one rounding each
+    d.sw = folded.data();
     d.sx = 1.f;  // multiplying by 1 is exact
   }
   at::Tensor b_;
